@@ -1,0 +1,292 @@
+"""UniconModel: one frozen backbone that grows through per-task skills.
+
+A *skill* is what one task trains and what travels in federation: the task's LoRA adapter (a peft
+named adapter on the backbone's attention and MLP projections), its head, and the stem it
+introduced (stems from the foundation checkpoint are shared and frozen; any other stem is private
+to the task that introduced it, because a stem another task keeps training would drift).
+Everything else is frozen, so adding and training task B cannot change the backbone or task A's
+outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import replace
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from unicon_core.config import BackboneConfig, TaskSpec
+from unicon_core.keys import SkillPart
+from unicon_core.model.backbone import Backbone
+from unicon_core.model.heads import build_head
+from unicon_core.model.stems import StemSpec, build_stem
+
+
+class SkillStateError(ValueError):
+    """A skill state dict does not match the task's skill (keys, shapes or dtypes)."""
+
+
+def _derived_seed(seed: int, name: str) -> int:
+    """A stable per-name seed, so every site initialises a task's skill identically."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator inside the block only (no global side effect)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class UniconModel(nn.Module):
+    """Frozen backbone + modality stems + task heads + one LoRA adapter per task."""
+
+    def __init__(self, cfg: BackboneConfig | None = None, seed: int = 0) -> None:
+        super().__init__()
+        self.cfg = cfg or BackboneConfig()
+        self.seed = seed
+        with _seeded(seed):
+            self.backbone: nn.Module = Backbone(self.cfg)
+        self.stems = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        self.specs: dict[str, TaskSpec] = {}
+        self.stem_specs: dict[str, StemSpec] = {}
+        #: stem key -> the task that trains it, or None for a frozen foundation stem
+        self.stem_owner: dict[str, str | None] = {}
+        #: task -> key of the stem it uses
+        self.task_stem: dict[str, str] = {}
+        self._active: str | None = None
+        self.backbone.requires_grad_(False)
+        if self.cfg.checkpoint:
+            from unicon_core.model.foundation import load_foundation_into
+
+            load_foundation_into(self, self.cfg.checkpoint)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def core_backbone(self) -> Backbone:
+        """The backbone module itself (inside the peft wrapper once adapters exist)."""
+        if isinstance(self.backbone, PeftModel):
+            return self.backbone.base_model.model  # type: ignore[return-value]
+        return self.backbone  # type: ignore[return-value]
+
+    @property
+    def tasks(self) -> list[str]:
+        """Task names in the order they were added."""
+        return list(self.specs)
+
+    def spec(self, task: str) -> TaskSpec:
+        """The spec of a known task (clear error otherwise)."""
+        if task not in self.specs:
+            raise KeyError(f"unknown task {task!r}; known tasks: {self.tasks}")
+        return self.specs[task]
+
+    def add_stem(self, stem_spec: StemSpec, owner: str | None) -> None:
+        """Register a stem (``owner`` None: a frozen foundation stem)."""
+        if stem_spec.key in self.stems:
+            raise ValueError(f"stem {stem_spec.key!r} exists already")
+        with _seeded(_derived_seed(self.seed, "stem:" + stem_spec.key)):
+            stem = build_stem(stem_spec, self.cfg.hidden_size, self.cfg.num_heads)
+        stem.requires_grad_(False)
+        self.stems[stem_spec.key] = stem
+        self.stem_specs[stem_spec.key] = stem_spec
+        self.stem_owner[stem_spec.key] = owner
+
+    def add_task(self, spec: TaskSpec) -> None:
+        """Add a task's skill: LoRA adapter named after the task, head, and stem if new.
+
+        Initialisation depends only on the model seed and the task name, so every site and the
+        server build identical initial skills.
+        """
+        if spec.name in self.specs:
+            raise ValueError(f"task {spec.name!r} exists already")
+        stem_spec = StemSpec.from_task(spec)
+        if self.stem_owner.get(stem_spec.key, "") is None:
+            # A frozen foundation stem of this modality: share it.
+            if self.stem_specs[stem_spec.key] != stem_spec:
+                raise ValueError(
+                    f"task {spec.name!r}: foundation stem {stem_spec.key!r} has another definition"
+                )
+        else:
+            # A stem some other task trains would drift under that task's training and degrade
+            # this one, so a stem outside the foundation is private to the task introducing it.
+            if stem_spec.key in self.stems:
+                stem_spec = replace(stem_spec, key=f"{stem_spec.key}__{spec.name}")
+            self.add_stem(stem_spec, owner=spec.name)
+        self.task_stem[spec.name] = stem_spec.key
+        with _seeded(_derived_seed(self.seed, "task:" + spec.name)):
+            head = build_head(spec, self.cfg.hidden_size)
+            self._add_adapter(spec)
+        head.requires_grad_(False)
+        self.heads[spec.name] = head
+        self.specs[spec.name] = spec
+        self.freeze_all()
+
+    def _add_adapter(self, spec: TaskSpec) -> None:
+        lora = LoraConfig(
+            r=spec.lora.rank,
+            lora_alpha=spec.lora.alpha,
+            lora_dropout=spec.lora.dropout,
+            target_modules=list(spec.lora.targets),
+            bias="none",
+        )
+        if isinstance(self.backbone, PeftModel):
+            self.backbone.add_adapter(spec.name, lora)
+        else:
+            self.backbone = get_peft_model(self.backbone, lora, adapter_name=spec.name)
+        self._active = None
+
+    # ------------------------------------------------------------------ forward
+    def _activate(self, task: str) -> None:
+        if self._active != task:
+            assert isinstance(self.backbone, PeftModel)
+            trainable = {id(p) for p in self.parameters() if p.requires_grad}
+            self.backbone.set_adapter(task)
+            # peft's set_adapter toggles requires_grad; keep the caller's choice instead.
+            for p in self.parameters():
+                p.requires_grad_(id(p) in trainable)
+            self._active = task
+
+    def encode(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        """Tokens after the stem and the backbone with the task's adapter, ``(B, N, D)``."""
+        self.spec(task)
+        tokens = self.stems[self.task_stem[task]](x)
+        self._activate(task)
+        return self.backbone(tokens)
+
+    def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:  # type: ignore[override]
+        """Run ``task`` on ``x``: class logits, segmentation logits or risk scores."""
+        tokens = self.encode(x, task)
+        return self.heads[task](tokens, x)
+
+    # ------------------------------------------------------------------ skills
+    def skill_parameters(self, task: str) -> dict[str, nn.Parameter]:
+        """Exactly the parameters ``task`` trains, under portable keys.
+
+        Keys: ``adapter.<module path>.lora_A.weight`` (adapter name removed, so a skill loads
+        into a model where the task has the same name), ``head.<name>``, ``stem.<name>``.
+        """
+        stem_key = self.task_stem[self.spec(task).name]
+        out: dict[str, nn.Parameter] = {}
+        marks = (f".lora_A.{task}.", f".lora_B.{task}.")
+        for name, param in self.core_backbone.named_parameters():
+            for mark in marks:
+                if mark in name:
+                    key = name.replace(mark, mark.replace(f"{task}.", ""))
+                    out[f"{SkillPart.ADAPTER.value}.{key}"] = param
+        for name, param in self.heads[task].named_parameters():
+            out[f"{SkillPart.HEAD.value}.{name}"] = param
+        if self.stem_owner.get(stem_key) == task:
+            for name, param in self.stems[stem_key].named_parameters():
+                out[f"{SkillPart.STEM.value}.{name}"] = param
+        return out
+
+    def skill_keys(self, task: str) -> set[str]:
+        """Keys of ``skill_state_dict(task)`` (for egress checks)."""
+        return set(self.skill_parameters(task))
+
+    def skill_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        """Copies of the task's skill tensors: nothing of the backbone or other tasks."""
+        return {k: p.detach().clone() for k, p in self.skill_parameters(task).items()}
+
+    def load_skill_state_dict(
+        self, task: str, state: Mapping[str, torch.Tensor | np.ndarray]
+    ) -> None:
+        """Load a skill, checking keys, shapes and dtypes strictly; nothing loads on error."""
+        expected = self.skill_parameters(task)
+        problems: list[str] = []
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        tensors: dict[str, torch.Tensor] = {}
+        for key in sorted(set(expected) & set(state)):
+            value = state[key]
+            tensor = torch.as_tensor(value) if isinstance(value, np.ndarray) else value
+            if not isinstance(tensor, torch.Tensor):
+                problems.append(f"{key}: expected a tensor, got {type(value).__name__}")
+                continue
+            if tuple(tensor.shape) != tuple(expected[key].shape):
+                problems.append(
+                    f"{key}: shape {tuple(tensor.shape)} != expected {tuple(expected[key].shape)}"
+                )
+            elif not tensor.is_floating_point():
+                problems.append(f"{key}: dtype {tensor.dtype} is not floating point")
+            else:
+                tensors[key] = tensor
+        if problems:
+            raise SkillStateError(
+                f"skill state for task {task!r} does not fit: " + "; ".join(problems)
+            )
+        with torch.no_grad():
+            for key, tensor in tensors.items():
+                expected[key].copy_(tensor.to(expected[key].dtype))
+
+    # ------------------------------------------------------------------ training modes
+    def freeze_all(self) -> None:
+        """Make every parameter non-trainable."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def train_skill(self, task: str) -> list[nn.Parameter]:
+        """Make exactly ``task``'s skill trainable; returns those parameters."""
+        self.freeze_all()
+        self._activate(task)
+        params = list(self.skill_parameters(task).values())
+        for p in params:
+            p.requires_grad_(True)
+        return params
+
+    # ------------------------------------------------------------------ foundation
+    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
+        """The frozen backbone's own weights under their plain (un-wrapped) names."""
+        return {
+            name.replace(".base_layer", ""): p.detach()
+            for name, p in self.core_backbone.named_parameters()
+            if ".lora_" not in name
+        }
+
+    def foundation_state_dict(self) -> dict[str, torch.Tensor]:
+        """Backbone plus foundation stems: what the foundation hash identifies."""
+        state = {f"backbone.{k}": v for k, v in self.backbone_state_dict().items()}
+        for key, owner in self.stem_owner.items():
+            if owner is None:
+                for name, p in self.stems[key].named_parameters():
+                    state[f"stem.{key}.{name}"] = p.detach()
+        return state
+
+    @property
+    def foundation_hash(self) -> str:
+        """sha256 over the foundation's names, dtypes, shapes and bytes (computed fresh)."""
+        return tensor_hash(self.foundation_state_dict())
+
+    def full_model_bytes(self, task: str | None = None) -> int:
+        """Bytes of a full model: for ``task``, backbone + its stem + head + adapter."""
+        if task is None:
+            return sum(p.numel() * p.element_size() for p in self.parameters())
+        self.spec(task)
+        params = list(self.backbone_state_dict().values())
+        params += list(self.stems[self.task_stem[task]].parameters())
+        params += [p for k, p in self.skill_parameters(task).items() if not k.startswith("stem.")]
+        return sum(p.numel() * p.element_size() for p in params)
+
+
+def tensor_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """Content hash of a tensor dict, independent of insertion order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,144 @@
+"""Local training and evaluation of one task's skill (the backbone stays frozen)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from unicon_core.config import TrainConfig
+from unicon_core.keys import BatchKey
+from unicon_core.metrics import metric_for
+from unicon_core.model import UniconModel
+from unicon_core.training.losses import loss_for
+
+#: Optional hook applied after the optimiser is built, e.g. opacus ``make_private``.
+MakePrivate = Callable[
+    [nn.Module, torch.optim.Optimizer, DataLoader],
+    tuple[nn.Module, torch.optim.Optimizer, DataLoader],
+]
+
+
+@dataclass
+class TrainResult:
+    """What a local training run did; ``num_examples`` counts examples, not batches."""
+
+    num_examples: int
+    steps: int
+    loss: float
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader whose shuffling depends only on ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Optimiser named in the config."""
+    params = list(params)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then constant or cosine decay to zero over ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.schedule == "cosine":
+            span = max(1, total_steps - cfg.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - cfg.warmup_steps) / span)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_task(
+    model: UniconModel,
+    task: str,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    *,
+    make_private: MakePrivate | None = None,
+    params: list[nn.Parameter] | None = None,
+) -> TrainResult:
+    """Train ``task``'s skill on ``loader``; everything outside the skill stays frozen.
+
+    ``params`` overrides what is trained (the adaptation-strategy baselines use it); by default
+    exactly the task's skill. Deterministic under ``cfg.seed`` (global RNG state is restored).
+    """
+    from tqdm.auto import tqdm
+
+    spec = model.spec(task)
+    trainable = model.train_skill(task) if params is None else _train_only(model, task, params)
+    optimizer = build_optimizer(trainable, cfg)
+    module: nn.Module = model
+    if make_private is not None:
+        module, optimizer, loader = make_private(model, optimizer, loader)
+    per_epoch = len(loader)
+    total = (
+        per_epoch * cfg.epochs
+        if cfg.max_steps is None
+        else min(per_epoch * cfg.epochs, cfg.max_steps)
+    )
+    schedule = build_schedule(optimizer, cfg, total)
+    loss_fn = loss_for(spec)
+    steps, examples, loss_sum = 0, 0, 0.0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        module.train()
+        bar = tqdm(total=total, desc=f"train {task}", disable=not cfg.progress, leave=False)
+        while steps < total:
+            for batch in loader:
+                x = batch[BatchKey.INPUT.value]
+                if len(x) == 0:  # opacus' Poisson sampling can draw an empty batch
+                    continue
+                loss = loss_fn(module(x, task), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                steps += 1
+                examples += len(x)
+                loss_sum += float(loss.detach()) * len(x)
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.4f}")
+                if steps >= total:
+                    break
+        bar.close()
+    model.eval()
+    model.freeze_all()
+    return TrainResult(num_examples=examples, steps=steps, loss=loss_sum / max(examples, 1))
+
+
+def _train_only(model: UniconModel, task: str, params: list[nn.Parameter]) -> list[nn.Parameter]:
+    model.freeze_all()
+    model._activate(task)
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+@torch.no_grad()
+def evaluate_task(model: UniconModel, task: str, loader: Iterable[dict]) -> dict[str, float]:
+    """Metrics of ``task`` on ``loader`` (held-out data), plus ``num_examples``."""
+    metric = metric_for(model.spec(task))
+    was_training = model.training
+    model.eval()
+    for batch in loader:
+        metric.update(model(batch[BatchKey.INPUT.value], task), batch)
+    model.train(was_training)
+    return metric.aggregate()
