@@ -1,0 +1,93 @@
+"""The ``unicon`` command line: thin typer commands over the library.
+
+Every command that trains takes hydra overrides (``key=value``) as trailing arguments, so the
+command line, YAML files and Python share one configuration source (``configs/``). Heavy
+libraries are imported inside the commands so ``unicon --help`` is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="unicon: grow one medical foundation model across hospitals with federated skills.",
+)
+
+Overrides = Annotated[
+    Optional[list[str]],  # noqa: UP045 (typer needs Optional here)
+    typer.Argument(help="Hydra overrides, e.g. backbone=small train.lr=0.001"),
+]
+
+
+@app.command()
+def demo() -> None:
+    """Prepare the demo hospitals if needed and run the federated demo with `flwr run`."""
+    from unicon_core.commands.federated import demo_command
+
+    raise typer.Exit(demo_command())
+
+
+@app.command()
+def run(overrides: Overrides = None) -> None:
+    """Run a federated experiment in local simulation (`flwr run`)."""
+    from unicon_core.commands.federated import run_federated
+
+    run_dir = run_federated(list(overrides or []))
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def validate(site_dir: Path) -> None:
+    """Check a site folder; print every problem with file and row; non-zero exit if any."""
+    from unicon_core.commands.data import validate_command
+
+    raise typer.Exit(validate_command(site_dir))
+
+
+@app.command("prepare-demo")
+def prepare_demo(
+    out_dir: Path,
+    force: Annotated[bool, typer.Option(help="Rebuild sites that exist already.")] = False,
+) -> None:
+    """Build the demo hospital sites from data shipped inside installed packages."""
+    from unicon_core.commands.data import prepare_demo_command
+
+    raise typer.Exit(prepare_demo_command(out_dir, force))
+
+
+@app.command()
+def pretrain(
+    sites: Annotated[list[Path], typer.Option("--site", help="Site folder (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 300,
+    mask_ratio: Annotated[float, typer.Option(help="Fraction of patches masked.")] = 0.6,
+    overrides: Overrides = None,
+) -> None:
+    """Masked-patch pretraining of the backbone and image stems on sites' *train* splits."""
+    from unicon_core.commands.core import pretrain_command
+
+    digest = pretrain_command(sites, out, steps, mask_ratio, list(overrides or []))
+    typer.echo(f"wrote {out} (backbone hash {digest}); use backbone.checkpoint={out}")
+
+
+@app.command()
+def train(
+    site_dir: Path,
+    epochs: Annotated[int, typer.Option(help="Passes over the site's train split.")] = 5,
+    overrides: Overrides = None,
+) -> None:
+    """Train one site's task locally (no federation) and report held-out metrics."""
+    from unicon_core.commands.core import train_local_command
+
+    report = train_local_command(site_dir, epochs, list(overrides or []))
+    typer.echo(report)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

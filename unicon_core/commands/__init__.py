@@ -1,0 +1,1 @@
+"""Bodies of CLI commands, one module per area; the typer layer in cli.py stays thin."""

@@ -1,0 +1,80 @@
+"""Hydra is the one source of configuration: compose ``configs/`` and validate it.
+
+The dataclasses of :mod:`unicon_core.config` are registered as structured-config schemas, so a
+misspelt key fails at composition, and :func:`task_specs` / :func:`backbone_config` /
+:func:`train_config` run their ``__post_init__`` validation (a ``ValueError`` naming the field).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
+
+#: Environment variable that points at another ``configs/`` folder.
+CONFIG_DIR_ENV = "UNICON_CONFIG_DIR"
+
+
+def config_dir() -> Path:
+    """The ``configs/`` folder: ``$UNICON_CONFIG_DIR`` or the one beside the package."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    path = Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(f"no config.yaml in {path} (set {CONFIG_DIR_ENV})")
+    return path
+
+
+def register_schemas() -> None:
+    """Register the validated dataclasses with hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(group="backbone", name="backbone_schema", node=BackboneConfig)
+    store.store(group="train", name="train_schema", node=TrainConfig)
+    try:  # the federated parts register their own schemas when present
+        from unicon_core.federation.config import register_schemas as register_federation
+    except ImportError:
+        return
+    register_federation(store)
+
+
+def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` with command-line style overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_schemas()
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def backbone_config(cfg: DictConfig) -> BackboneConfig:
+    """The validated backbone section."""
+    return BackboneConfig(**_plain(cfg.backbone))
+
+
+def train_config(cfg: DictConfig) -> TrainConfig:
+    """The validated local-training section."""
+    return TrainConfig(**_plain(cfg.train))
+
+
+def task_specs(cfg: DictConfig) -> dict[str, TaskSpec]:
+    """Validated task specs of ``cfg.tasks``; each task's name is its key."""
+    specs: dict[str, TaskSpec] = {}
+    for name, node in (_plain(cfg.get("tasks")) or {}).items():
+        data = dict(node)
+        if data.setdefault("name", name) != name:
+            raise ValueError(f"tasks.{name}.name is {data['name']!r}; it must equal its key")
+        specs[name] = TaskSpec.from_dict(data)
+    return specs
