@@ -14,6 +14,7 @@ class BatchKey(str, Enum):
     TIME = "time"
     EVENT = "event"
     ID = "id"
+    META = "meta"
 
 
 class SkillPart(str, Enum):

@@ -102,8 +102,8 @@ def pretrain(
     for key in datasets:
         if model.stem_owner.get(key, "") is not None:
             raise ValueError(f"stem {key!r} is not a foundation stem of this model")
-    params = list(model.core_backbone.parameters()) + list(heads.parameters())
-    params += [p for key in datasets for p in model.stems[key].parameters()]
+    # the reconstruction modules hold the backbone and their stems: parameters() lists each once
+    params = list(heads.parameters())
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)

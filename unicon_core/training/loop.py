@@ -101,7 +101,12 @@ def train_task(
         torch.manual_seed(cfg.seed)
         module.train()
         bar = tqdm(total=total, desc=f"train {task}", disable=not cfg.progress, leave=False)
+        epoch = 0
         while steps < total:
+            set_epoch = getattr(loader.dataset, "set_epoch", None)
+            if callable(set_epoch):  # seeded augmentation differs per epoch
+                set_epoch(epoch)
+            epoch += 1
             for batch in loader:
                 x = batch[BatchKey.INPUT.value]
                 if len(x) == 0:  # opacus' Poisson sampling can draw an empty batch
@@ -113,9 +118,10 @@ def train_task(
                 schedule.step()
                 steps += 1
                 examples += len(x)
-                loss_sum += float(loss.detach()) * len(x)
+                value = float(loss.detach())
+                loss_sum += value * len(x)
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
                 if steps >= total:
                     break
         bar.close()

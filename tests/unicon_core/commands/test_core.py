@@ -1,0 +1,70 @@
+"""CLI bodies of pretrain/train, and the typer layer over them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tests.unicon_core.data.sites import CLS_SPEC, cls_site, read_rows, rewrite, surv_site
+from unicon_core.cli import app
+from unicon_core.commands.core import pretrain_command, train_local_command
+from unicon_core.model import UniconModel
+from unicon_core.model.foundation import read_foundation_meta
+from unicon_core.pretrain import pretraining_images
+
+TINY = ["backbone.hidden_size=32", "backbone.num_layers=1", "backbone.mlp_dim=32"]
+
+
+def test_pretraining_reads_only_the_train_split(tmp_path: Path) -> None:
+    # Prepare
+    site = cls_site(tmp_path, n=12)
+    rows = read_rows(site)
+    train_rows = {number for number, r in enumerate(rows, start=1) if r["split"] == "train"}
+    # Execute
+    images = pretraining_images([site])
+    # Assert
+    ((stem, dataset),) = images.items()
+    seen = {int(dataset[i]["id"].rsplit(":", 1)[1]) for i in range(len(dataset))}  # "site:row"
+    assert seen == train_rows
+    assert len(seen) < len(rows)  # val/test rows exist and were left out
+    assert stem.key == CLS_SPEC.stem_key
+
+
+def test_pretrain_command_writes_a_loadable_foundation(tmp_path: Path) -> None:
+    site = cls_site(tmp_path, n=12)
+    out = tmp_path / "f.safetensors"
+    digest = pretrain_command([site], out, steps=3, mask_ratio=0.5, overrides=TINY)
+    meta = read_foundation_meta(out)
+    assert meta["hash"] == digest and meta["extra"]["split"] == "train"
+    from unicon_core.hydra_config import backbone_config, load_config
+
+    cfg = backbone_config(load_config([*TINY, f"backbone.checkpoint={out}"]))
+    model = UniconModel(cfg)
+    model.add_task(CLS_SPEC)
+    assert model.foundation_hash == digest
+    assert model.task_stem[CLS_SPEC.name] == CLS_SPEC.stem_key  # the foundation's stem is shared
+
+
+def test_train_local_reports_held_out_metrics_and_real_or_synthetic(tmp_path: Path) -> None:
+    site = surv_site(tmp_path, n=30)
+    report = train_local_command(site, epochs=1, overrides=TINY)
+    assert "val (held out): c_index=" in report
+    assert "test (held out): c_index=" in report
+    assert ("SYNTHETIC" in report) or ("real data" in report)
+
+
+def test_cli_lists_commands_and_validate_exit_status(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "run", "validate", "prepare-demo", "pretrain", "train"):
+        assert command in result.output
+    site = cls_site(tmp_path, n=6)
+    assert runner.invoke(app, ["validate", str(site)]).exit_code == 0
+    rows = read_rows(site)
+    rows[0]["label"] = "7"
+    rewrite(site, rows, CLS_SPEC)
+    bad = runner.invoke(app, ["validate", str(site)])
+    assert bad.exit_code != 0
+    assert "row 1" in bad.output

@@ -1,0 +1,76 @@
+"""Opening a site: validated, items keyed by BatchKey, collatable, tabular z-scored on train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from unicon_core.data import META_KEY, SiteValidationError, open_site
+from unicon_core.keys import BatchKey
+
+from .sites import AFFINE, CTPET_SPEC, cls_site, ctpet_site, read_rows, surv_site
+
+
+def test_ctpet_items_and_collate_with_meta(tmp_path: Path) -> None:
+    site = open_site(ctpet_site(tmp_path / "s", n=6))
+    assert site.name == "tiny" and site.synthetic and site.task_spec == CTPET_SPEC
+    assert site.split_sizes() == {"train": 2, "val": 2, "test": 2}
+    batch = next(iter(DataLoader(site.dataset("train", train=True, with_meta=True), batch_size=2)))
+    assert batch[BatchKey.INPUT.value].shape == (2, 2, 8, 8, 8)
+    assert batch[BatchKey.INPUT.value].dtype == torch.float32
+    assert batch[BatchKey.MASK.value].shape == (2, 1, 8, 8, 8)
+    assert batch[BatchKey.MASK.value].dtype == torch.int64
+    assert batch[BatchKey.TIME.value].dtype == torch.float32
+    assert batch[BatchKey.EVENT.value].tolist() == [0.0, 1.0]
+    assert batch[BatchKey.ID.value] == ["tiny:1", "tiny:4"]
+    torch.testing.assert_close(batch[META_KEY]["affine"][0], torch.as_tensor(AFFINE))
+    assert batch[META_KEY]["spacing"][0].tolist() == [2.0, 2.0, 3.0]
+
+
+def test_classification_items_resized_to_task_size(tmp_path: Path) -> None:
+    site = open_site(cls_site(tmp_path / "s"))
+    item = site.dataset("val")[0]
+    assert set(item) == {"input", "label", "id"}
+    assert item["input"].shape == (1, 16, 16)
+    assert item["label"].dtype == torch.int64 and item["label"].ndim == 0
+
+
+def test_tabular_features_use_train_statistics(tmp_path: Path) -> None:
+    root = surv_site(tmp_path / "s")
+    site = open_site(root)
+    rows = read_rows(root)
+    train = np.array([[float(r["age"]), float(r["size"])] for r in rows if r["split"] == "train"])
+    val_rows = [r for r in rows if r["split"] == "val"]
+    mean, std = train.mean(0), train.std(0)
+    val = site.dataset("val")
+    expected = (np.array([float(val_rows[0]["age"]), float(val_rows[0]["size"])]) - mean) / std
+    np.testing.assert_allclose(val[0]["input"].numpy(), expected, rtol=1e-5)
+    train_inputs = torch.stack([site.dataset("train")[i]["input"] for i in range(len(train))])
+    assert torch.allclose(train_inputs.mean(0), torch.zeros(2), atol=1e-5)
+    batch = next(iter(DataLoader(val, batch_size=3)))
+    assert batch["input"].shape == (3, 2) and batch["time"].dtype == torch.float32
+
+
+def test_augmented_items_are_reproducible(tmp_path: Path) -> None:
+    site = open_site(cls_site(tmp_path / "s"))
+    first, second = site.dataset("train", train=True), site.dataset("train", train=True)
+    assert torch.equal(first[0]["input"], second[0]["input"])
+
+
+def test_open_site_raises_with_all_problems(tmp_path: Path) -> None:
+    root = ctpet_site(tmp_path / "s")
+    (root / "img/p0_ct.nii.gz").unlink()
+    (root / "masks/p2.nii.gz").unlink()
+    with pytest.raises(SiteValidationError) as info:
+        open_site(root)
+    assert [p.row for p in info.value.problems] == [1, 3]
+
+
+def test_unknown_split_name_raises(tmp_path: Path) -> None:
+    site = open_site(cls_site(tmp_path / "s"))
+    with pytest.raises(ValueError, match="split"):
+        site.dataset("holdout")

@@ -1,0 +1,190 @@
+"""Torch datasets over one split of a validated site; items are dicts keyed by ``BatchKey``.
+
+Images: ``input`` float32 ``(C, *input_size)``; clinical: ``input`` float32 ``(F,)`` z-scored with
+the site's train-split statistics. Targets: ``label`` int64 scalar, ``mask`` int64
+``(1, *input_size)``, ``time`` float32, ``event`` float32 (0/1); ``id`` a string. Every item of a
+dataset has the same keys, so ``DataLoader``'s default collate works. ``with_meta=True`` adds
+``meta`` (affine, spacing, original shape, manifest row, path) to write predictions back in the
+input's space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unicon_core.config import TaskKind, TaskSpec
+from unicon_core.data.manifest import Column, image_columns
+from unicon_core.data.readers import ImageData, read_image
+from unicon_core.keys import BatchKey
+
+#: Key of the optional per-item metadata dict (``with_meta=True``).
+META_KEY = BatchKey.META.value
+
+
+def target_keys(spec: TaskSpec, rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """Target columns items carry: the task's own plus any optional target column filled in
+    every given row (a CT segmentation site may also carry survival time and event)."""
+    keys = {
+        TaskKind.CLASSIFICATION: [Column.LABEL.value],
+        TaskKind.SEGMENTATION: [Column.MASK.value],
+        TaskKind.SURVIVAL: [Column.TIME.value, Column.EVENT.value],
+    }[spec.kind]
+    optional = [Column.LABEL.value, Column.TIME.value, Column.EVENT.value]
+    if spec.modality.value != "clinical":
+        optional.append(Column.MASK.value)
+    for name in optional:
+        if name not in keys and rows and all(row.get(name, "") != "" for row in rows):
+            keys.append(name)
+    return keys
+
+
+def _scalar_targets(row: Mapping[str, str], keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    if Column.LABEL.value in keys:
+        out[BatchKey.LABEL.value] = torch.tensor(int(float(row[Column.LABEL.value])))
+    if Column.TIME.value in keys:
+        out[BatchKey.TIME.value] = torch.tensor(float(row[Column.TIME.value]), dtype=torch.float32)
+    if Column.EVENT.value in keys:
+        out[BatchKey.EVENT.value] = torch.tensor(
+            float(row[Column.EVENT.value]), dtype=torch.float32
+        )
+    return out
+
+
+class _SiteRows(Dataset):
+    """Shared bookkeeping: the split's rows, their manifest numbers and sample ids."""
+
+    def __init__(
+        self,
+        site_name: str,
+        rows: Sequence[Mapping[str, str]],
+        numbers: Sequence[int],
+        spec: TaskSpec,
+        with_meta: bool,
+    ) -> None:
+        if len(rows) != len(numbers):
+            raise ValueError("rows and manifest row numbers differ in length")
+        self.site_name = site_name
+        self.rows = list(rows)
+        self.numbers = list(numbers)
+        self.spec = spec
+        self.with_meta = with_meta
+        self.targets = target_keys(spec, self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sample_id(self, index: int) -> str:
+        """The row's ``id`` cell, else ``<site>:<manifest row>``."""
+        row = self.rows[index]
+        return row.get(Column.ID.value) or f"{self.site_name}:{self.numbers[index]}"
+
+
+class ImageSiteDataset(_SiteRows):
+    """Image samples of one split, read (or taken from the validation cache) and transformed.
+
+    For training pipelines, augmentation is reseeded per item from ``(seed, epoch, index)`` so
+    it is deterministic whatever the worker or order; call :meth:`set_epoch` every epoch.
+    """
+
+    def __init__(
+        self,
+        site_dir: Path,
+        site_name: str,
+        rows: Sequence[Mapping[str, str]],
+        numbers: Sequence[int],
+        spec: TaskSpec,
+        transform: Callable[[dict[str, Any]], dict[str, Any]],
+        train: bool = False,
+        seed: int = 0,
+        cache: Mapping[str, ImageData] | None = None,
+        with_meta: bool = False,
+    ) -> None:
+        super().__init__(site_name, rows, numbers, spec, with_meta)
+        self.site_dir = Path(site_dir)
+        self.transform = transform
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+        self.cache = cache if cache is not None else {}
+        self.columns = image_columns(spec)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draw (training datasets only matter)."""
+        self.epoch = int(epoch)
+
+    def _load(self, cell: str) -> ImageData:
+        return self.cache.get(cell) or read_image(self.site_dir / cell)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.rows[index]
+        images = {c: self._load(row[c]) for c in self.columns}
+        data: dict[str, Any] = {c: im.array for c, im in images.items()}
+        if Column.MASK.value in self.targets:
+            data[BatchKey.MASK.value] = self._load(row[Column.MASK.value]).array
+        if self.train and hasattr(self.transform, "set_random_state"):
+            draw = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
+            self.transform.set_random_state(seed=int(draw))
+        out = dict(self.transform(data))
+        out.update(_scalar_targets(row, self.targets))
+        out[BatchKey.ID.value] = self.sample_id(index)
+        if self.with_meta:
+            first = images[self.columns[0]]
+            out[META_KEY] = {
+                "affine": torch.as_tensor(first.affine, dtype=torch.float64),
+                "spacing": torch.as_tensor(first.spacing, dtype=torch.float64),
+                "shape": torch.as_tensor(first.spatial_shape, dtype=torch.int64),
+                "row": torch.tensor(self.numbers[index]),
+                "path": row[self.columns[0]],
+            }
+        return out
+
+
+class TabularSiteDataset(_SiteRows):
+    """Clinical samples of one split: features z-scored with given (train-split) statistics."""
+
+    def __init__(
+        self,
+        site_name: str,
+        rows: Sequence[Mapping[str, str]],
+        numbers: Sequence[int],
+        spec: TaskSpec,
+        mean: np.ndarray,
+        std: np.ndarray,
+        with_meta: bool = False,
+    ) -> None:
+        super().__init__(site_name, rows, numbers, spec, with_meta)
+        raw = feature_matrix(self.rows, spec.feature_names)
+        self.features = torch.as_tensor((raw - mean) / std, dtype=torch.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        out: dict[str, Any] = {BatchKey.INPUT.value: self.features[index]}
+        out.update(_scalar_targets(self.rows[index], self.targets))
+        out[BatchKey.ID.value] = self.sample_id(index)
+        if self.with_meta:
+            out[META_KEY] = {"row": torch.tensor(self.numbers[index])}
+        return out
+
+
+def feature_matrix(rows: Sequence[Mapping[str, str]], names: Sequence[str]) -> np.ndarray:
+    """``(N, F)`` float64 matrix of the named feature columns."""
+    return np.array([[float(row[n]) for n in names] for row in rows], dtype=np.float64).reshape(
+        len(rows), len(names)
+    )
+
+
+def standardisation(
+    train_rows: Sequence[Mapping[str, str]], names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each feature over the train rows (std 0 becomes 1)."""
+    if not train_rows:
+        raise ValueError("feature statistics need at least one train row")
+    raw = feature_matrix(train_rows, names)
+    std = raw.std(axis=0)
+    return raw.mean(axis=0), np.where(std > 0, std, 1.0)

