@@ -27,6 +27,8 @@ _EXPORTS = {
     "write_nifti": "readers",
     "PreprocessConfig": "transforms",
     "build_transforms": "transforms",
+    "to_input_space": "transforms",
+    "to_meta_tensor": "transforms",
     "assign_splits": "splits",
     "leaked_groups": "splits",
     "META_KEY": "dataset",

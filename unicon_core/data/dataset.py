@@ -4,8 +4,7 @@ Images: ``input`` float32 ``(C, *input_size)``; clinical: ``input`` float32 ``(F
 the site's train-split statistics. Targets: ``label`` int64 scalar, ``mask`` int64
 ``(1, *input_size)``, ``time`` float32, ``event`` float32 (0/1); ``id`` a string. Every item of a
 dataset has the same keys, so ``DataLoader``'s default collate works. ``with_meta=True`` adds
-``meta`` (affine, spacing, original shape, manifest row, path) to write predictions back in the
-input's space.
+``meta`` to write predictions back in the input's space (see :class:`ImageSiteDataset`).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from torch.utils.data import Dataset
 from unicon_core.config import TaskKind, TaskSpec
 from unicon_core.data.manifest import Column, image_columns
 from unicon_core.data.readers import ImageData, read_image
+from unicon_core.data.transforms import GEOMETRY_KEY, to_meta_tensor
 from unicon_core.keys import BatchKey
 
 #: Key of the optional per-item metadata dict (``with_meta=True``).
@@ -90,7 +90,17 @@ class ImageSiteDataset(_SiteRows):
     """Image samples of one split, read (or taken from the validation cache) and transformed.
 
     For training pipelines, augmentation is reseeded per item from ``(seed, epoch, index)`` so
-    it is deterministic whatever the worker or order; call :meth:`set_epoch` every epoch.
+    it is deterministic whatever the worker or order; call :meth:`set_epoch` every epoch. 3D
+    images reach the pipeline as ``MetaTensor`` carrying their file's affine, so they are
+    reoriented/resampled as configured; cached arrays are shared, never modified.
+
+    ``with_meta=True`` adds ``meta`` describing the first image column's file (the input
+    space): ``affine`` its 4x4 voxel-to-world matrix as stored on disk (nibabel's RAS+ mm
+    convention; identity for PNG/JPEG), ``spacing`` and ``shape`` (spatial, before any
+    preprocessing), ``geometry`` (``affine`` and ``shape`` of the reoriented/resampled grid
+    just before resize/crop; the file's own for 2D or when nothing was reoriented), ``row``
+    (manifest row) and ``path``. :func:`~unicon_core.data.transforms.to_input_space` maps a
+    prediction back onto the file's grid with them.
     """
 
     def __init__(
@@ -122,24 +132,36 @@ class ImageSiteDataset(_SiteRows):
     def _load(self, cell: str) -> ImageData:
         return self.cache.get(cell) or read_image(self.site_dir / cell)
 
+    def _pipeline_input(self, image: ImageData) -> Any:
+        """3D: a ``MetaTensor`` sharing the (cached) array and carrying the affine; 2D: the
+        array (PNG/JPEG have no real affine, 2D slices are not reoriented)."""
+        if self.spec.spatial_dims == 3:
+            return to_meta_tensor(image.array, image.affine)
+        return image.array
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         row = self.rows[index]
         images = {c: self._load(row[c]) for c in self.columns}
-        data: dict[str, Any] = {c: im.array for c, im in images.items()}
+        data: dict[str, Any] = {c: self._pipeline_input(im) for c, im in images.items()}
         if Column.MASK.value in self.targets:
-            data[BatchKey.MASK.value] = self._load(row[Column.MASK.value]).array
+            mask = self._load(row[Column.MASK.value])
+            data[BatchKey.MASK.value] = self._pipeline_input(mask)
         if self.train and hasattr(self.transform, "set_random_state"):
             draw = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
             self.transform.set_random_state(seed=int(draw))
         out = dict(self.transform(data))
+        geometry = out.pop(GEOMETRY_KEY, None)
         out.update(_scalar_targets(row, self.targets))
         out[BatchKey.ID.value] = self.sample_id(index)
         if self.with_meta:
             first = images[self.columns[0]]
+            affine = torch.as_tensor(first.affine, dtype=torch.float64)
+            shape = torch.as_tensor(first.spatial_shape, dtype=torch.int64)
             out[META_KEY] = {
-                "affine": torch.as_tensor(first.affine, dtype=torch.float64),
+                "affine": affine,
                 "spacing": torch.as_tensor(first.spacing, dtype=torch.float64),
-                "shape": torch.as_tensor(first.spatial_shape, dtype=torch.int64),
+                "shape": shape,
+                "geometry": geometry or {"affine": affine.clone(), "shape": shape.clone()},
                 "row": torch.tensor(self.numbers[index]),
                 "path": row[self.columns[0]],
             }

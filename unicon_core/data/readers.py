@@ -2,7 +2,7 @@
 
 Every image reader returns an :class:`ImageData`: a channel-first float array plus the affine
 and voxel spacing, so predictions can be written back in the input's space. DICOM is not read
-(convert series to NIfTI first, e.g. with ``dcm2niix``).
+(convert series to NIfTI first with ``dcm2niix``); :func:`looks_like_dicom` lets callers say so.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+#: What to do with DICOM, in every message that meets it.
+DICOM_ADVICE = "DICOM is not read: convert DICOM to NIfTI first, e.g. `dcm2niix -z y -o OUT DIR`"
 
 
 @dataclass
@@ -44,6 +47,22 @@ def is_supported(path: Path | str) -> bool:
     """Whether :func:`read_image` can read this file (judged by its suffix)."""
     name = str(path).lower()
     return name.endswith(NIFTI_SUFFIXES + PIL_SUFFIXES)
+
+
+def looks_like_dicom(path: Path | str) -> bool:
+    """Whether ``path`` is a DICOM file (``.dcm`` suffix or the ``DICM`` preamble marker) or a
+    folder holding one (a DICOM series)."""
+    path = Path(path)
+    if path.is_dir():
+        return any(looks_like_dicom(p) for p in sorted(path.iterdir())[:20] if p.is_file())
+    if path.name.lower().endswith(DICOM_SUFFIXES):
+        return True
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:] == b"DICM"
 
 
 def read_nifti(path: Path | str) -> ImageData:
@@ -89,6 +108,8 @@ def read_image(path: Path | str) -> ImageData:
         return read_nifti(path)
     if name.endswith(PIL_SUFFIXES):
         return read_pil(path)
+    if looks_like_dicom(path):
+        raise ValueError(f"{path}: {DICOM_ADVICE}")
     raise ValueError(
         f"{path}: unsupported file type (use one of {NIFTI_SUFFIXES + PIL_SUFFIXES}; "
         "convert DICOM to NIfTI first)"

@@ -4,26 +4,45 @@ The pipelines take a dict holding one ``(1, *spatial)`` array per image column (
 ``image``...) and optionally ``mask``, and return ``input`` ``(C, *input_size)`` float32 and
 ``mask`` ``(1, *input_size)`` int64 tensors:
 
+* 3D inputs given as :class:`~monai.data.MetaTensor` (carrying the file's voxel-to-world
+  affine, see :func:`to_meta_tensor`) are reoriented to ``orientation`` (RAS by default) and,
+  when ``spacing`` is set, resampled to that voxel size (masks with nearest neighbour, so they
+  stay integer and aligned). Plain arrays carry no geometry and are used as they are, as are
+  2D images (PNG/JPEG have no affine);
 * CT: Hounsfield window, scaled to [0, 1] (clipped);
 * PET: SUV divided by ``suv_max`` (clipped to [0, 1]);
 * MRI: z-score per channel;
 * then the columns are stacked channel-first, resized (or centre-cropped/padded) to
   ``input_size``, and for training randomly flipped and intensity-jittered.
+
+When geometry was applied, the output also holds :data:`GEOMETRY_KEY`: the affine and spatial
+shape of the reoriented/resampled grid *before* the resize/crop, which
+:func:`to_input_space` uses to bring a prediction back onto the input file's grid.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from unicon_core.config import Modality, TaskSpec
 from unicon_core.data.manifest import Column, image_columns
 from unicon_core.keys import BatchKey
 
 if TYPE_CHECKING:
+    from monai.data import MetaTensor
     from monai.transforms import Compose, MapTransform
+
+#: Output key of the grid after reorientation/resampling (``affine`` 4x4, ``shape``), present
+#: only when the first image column carried an affine.
+GEOMETRY_KEY = "geometry"
+#: MONAI's axis labels for nibabel-style (RAS+) affines, passed explicitly to ``Orientation``.
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 @dataclass
@@ -41,6 +60,14 @@ class PreprocessConfig:
     intensity_jitter: float = field(
         default=0.1, metadata={"help": "Random scale/shift of the input (training only)."}
     )
+    orientation: str | None = field(
+        default="RAS",
+        metadata={"help": "Axis codes 3D inputs are reoriented to (None: keep the file's)."},
+    )
+    spacing: tuple[float, ...] | None = field(
+        default=None,
+        metadata={"help": "Voxel size (x, y, z) 3D inputs are resampled to (None: keep)."},
+    )
 
     def __post_init__(self) -> None:
         low, high = self.ct_window
@@ -56,11 +83,121 @@ class PreprocessConfig:
             raise ValueError(
                 f"preprocess.intensity_jitter: must be >= 0, got {self.intensity_jitter}"
             )
+        if self.orientation is not None:
+            self.orientation = _check_axcodes(self.orientation)
+        if self.spacing is not None:
+            self.spacing = _check_spacing(self.spacing)
 
 
-def _copy_float32(array: Any) -> np.ndarray:
-    """A float32 copy: MONAI intensity transforms work in place, and inputs may be cached."""
+def _check_axcodes(codes: Any) -> str:
+    """Upper-case axis codes naming each of L/R, P/A, I/S once (e.g. ``RAS``, ``LPS``)."""
+    text = str(codes).upper() if isinstance(codes, str) else ""
+    pairs = [{a, b} for a, b in _RAS_LABELS]
+    if len(text) != 3 or any(sum(c in pair for c in text) != 1 for pair in pairs):
+        raise ValueError(
+            f"preprocess.orientation: {codes!r} is not 3 axis codes using each of L/R, P/A, I/S "
+            "once (e.g. 'RAS', 'LPS'), or None"
+        )
+    return text
+
+
+def _check_spacing(spacing: Any) -> tuple[float, ...]:
+    """Three positive finite voxel sizes (lists from YAML/JSON become a tuple)."""
+    try:
+        values = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(
+            f"preprocess.spacing: {spacing!r} is not 3 positive voxel sizes (x, y, z), or None"
+        )
+    return values
+
+
+def to_meta_tensor(array: np.ndarray, affine: np.ndarray) -> MetaTensor:
+    """A ``MetaTensor`` sharing ``array``'s memory and carrying its voxel-to-world ``affine``
+    (nibabel's RAS+ convention), for the pipelines' reorientation/resampling."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(
+        torch.from_numpy(np.asarray(array)), affine=torch.as_tensor(affine, dtype=torch.float64)
+    )
+
+
+def _copy_float32(array: Any) -> Any:
+    """A float32 copy: MONAI intensity transforms work in place, and inputs may be cached.
+
+    A ``MetaTensor`` stays one (its affine is kept); anything else becomes a numpy array.
+    """
+    from monai.data import MetaTensor
+
+    if isinstance(array, MetaTensor):
+        return array.to(torch.float32, copy=True)
     return np.array(array, dtype=np.float32, copy=True)
+
+
+def _geometry_transform() -> type:
+    """Build the geometry transform class lazily (MONAI is imported only when needed)."""
+    from monai.data import MetaTensor
+    from monai.transforms import MapTransform, Orientation, Spacing
+    from nibabel.orientations import aff2axcodes
+
+    class CanonicalGeometryd(MapTransform):
+        """Reorient (``Orientation``) and resample (``Spacing``) the keys holding a
+        ``MetaTensor``; ``nearest_keys`` (masks) use nearest-neighbour interpolation. Plain
+        arrays carry no affine and pass through. Volumes already in ``axcodes`` (or at
+        ``pixdim``) skip that step, so task-size RAS data stay cheap. The grid of the first key
+        is recorded under ``record_key``; keys leave as plain tensors."""
+
+        def __init__(
+            self,
+            keys: Sequence[Hashable],
+            nearest_keys: Sequence[Hashable],
+            axcodes: str | None,
+            pixdim: tuple[float, ...] | None,
+            record_key: str,
+        ) -> None:
+            super().__init__(keys, allow_missing_keys=True)
+            self.nearest_keys = set(nearest_keys)
+            self.record_key = record_key
+            self.axcodes = axcodes
+            self.pixdim = pixdim
+            self.orient = (
+                Orientation(axcodes=axcodes, labels=_RAS_LABELS) if axcodes is not None else None
+            )
+            self.linear = Spacing(pixdim=pixdim, mode="bilinear") if pixdim else None
+            self.nearest = Spacing(pixdim=pixdim, mode="nearest") if pixdim else None
+
+        def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+            d = dict(data)
+            for key in self.key_iterator(d):
+                value = d[key]
+                if not isinstance(value, MetaTensor):
+                    continue
+                if value.ndim != 4:
+                    raise ValueError(
+                        f"key {key!r}: reorientation needs a (C, X, Y, Z) image, got shape "
+                        f"{tuple(value.shape)}"
+                    )
+                affine = np.asarray(value.affine, dtype=np.float64)
+                if self.orient is not None and aff2axcodes(affine) != tuple(self.axcodes):
+                    value = self.orient(value)
+                    affine = np.asarray(value.affine, dtype=np.float64)
+                spacing = np.linalg.norm(affine[:3, :3], axis=0)
+                if self.linear is not None and not np.allclose(spacing, self.pixdim):
+                    resample = self.nearest if key in self.nearest_keys else self.linear
+                    value = resample(value)
+                    affine = np.asarray(value.affine, dtype=np.float64)
+                if self.record_key not in d:
+                    d[self.record_key] = {
+                        "affine": torch.from_numpy(affine.copy()),
+                        "shape": torch.tensor(tuple(value.shape[1:]), dtype=torch.int64),
+                    }
+                # the grid is recorded: later transforms need no meta (plain tensors are faster)
+                d[key] = value.as_tensor()
+            return d
+
+    return CanonicalGeometryd
 
 
 def _intensity(column: str, modality: Modality, cfg: PreprocessConfig) -> MapTransform:
@@ -85,9 +222,10 @@ def build_transforms(
 ) -> tuple[Compose, Compose]:
     """Return the ``(train, eval)`` pipelines of an image task.
 
-    Both share intensity scaling and geometry; only ``train`` adds random flips and intensity
-    jitter, seeded with ``seed`` (call ``set_random_state`` to reseed). Inputs are copied first,
-    so the caller's arrays are never modified.
+    Both share reorientation/resampling (3D inputs given as ``MetaTensor``), intensity scaling
+    and resize/crop; only ``train`` adds random flips and intensity jitter, seeded with ``seed``
+    (call ``set_random_state`` to reseed). Inputs are copied first, so the caller's arrays are
+    never modified.
     """
     from monai.transforms import (
         Compose,
@@ -109,6 +247,9 @@ def build_transforms(
     inp, mask = BatchKey.INPUT.value, BatchKey.MASK.value
     size = tuple(spec.input_size)
     common: list = [Lambdad(keys=[*cols, mask], func=_copy_float32, allow_missing_keys=True)]
+    if spec.spatial_dims == 3 and (cfg.orientation is not None or cfg.spacing is not None):
+        geometry = _geometry_transform()
+        common.append(geometry([*cols, mask], [mask], cfg.orientation, cfg.spacing, GEOMETRY_KEY))
     common += [_intensity(c, spec.modality, cfg) for c in cols]
     common += [ConcatItemsd(keys=cols, name=inp, dim=0), DeleteItemsd(keys=cols)]
     if cfg.spatial == "resize":
@@ -137,3 +278,72 @@ def build_transforms(
     train = Compose(common + augment + final).set_random_state(seed=seed)
     evaluation = Compose(common + final)
     return train, evaluation
+
+
+def _uncrop_pad(x: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Exact inverse of MONAI ``ResizeWithPadOrCrop`` (symmetric pad, centre crop) to ``shape``."""
+    for axis, full in enumerate(int(n) for n in shape):
+        dim = axis + 1
+        size = x.shape[dim]
+        if size > full:  # the forward pass padded: before = (size - full) // 2
+            x = x.narrow(dim, (size - full) // 2, full)
+        elif size < full:  # the forward pass cropped from centre: start = full//2 - size//2
+            before = full // 2 - size // 2
+            pad_shape = list(x.shape)
+            pad_shape[dim] = before
+            after_shape = list(x.shape)
+            after_shape[dim] = full - size - before
+            x = torch.cat([x.new_zeros(pad_shape), x, x.new_zeros(after_shape)], dim=dim)
+    return x
+
+
+def to_input_space(
+    prediction: torch.Tensor | np.ndarray,
+    affine: torch.Tensor | np.ndarray,
+    shape: Sequence[int],
+    geometry: Mapping[str, Any] | None = None,
+    spatial: str = "resize",
+    mode: str = "nearest",
+) -> torch.Tensor:
+    """Bring a ``(C, *input_size)`` prediction back onto the input file's grid ``(C, *shape)``.
+
+    ``affine``/``shape`` are the file's (``meta["affine"]``, ``meta["shape"]`` of a dataset
+    item); ``geometry`` is the item's ``meta["geometry"]`` (the reoriented/resampled grid before
+    resize/crop), ``None`` when no reorientation/resampling happened. The resize (or centre
+    crop/pad, ``spatial="crop_pad"``) is undone first, then the grid is resampled onto the
+    file's affine. ``mode``: ``"nearest"`` for label maps, ``"linear"`` for probabilities.
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Resize, SpatialResample
+
+    if mode not in ("nearest", "linear"):
+        raise ValueError(f"to_input_space: mode {mode!r} is not 'nearest' or 'linear'")
+    x = torch.as_tensor(prediction).as_subclass(torch.Tensor).detach().cpu().to(torch.float32)
+    target = tuple(int(n) for n in shape)
+    grid = target if geometry is None else tuple(int(n) for n in geometry["shape"])
+    dims = len(grid)
+    if x.ndim != dims + 1:
+        raise ValueError(
+            f"to_input_space: prediction shape {tuple(x.shape)} is not (C, *spatial) for "
+            f"{dims}D shape {grid}"
+        )
+    if tuple(x.shape[1:]) != grid:
+        if spatial == "resize":
+            linear = "bilinear" if dims == 2 else "trilinear"
+            resize = Resize(spatial_size=grid, mode="nearest" if mode == "nearest" else linear)
+            x = torch.as_tensor(resize(x)).as_subclass(torch.Tensor)
+        else:
+            x = _uncrop_pad(x, grid)
+    same = (
+        geometry is not None
+        and grid == target
+        and np.allclose(
+            np.asarray(geometry["affine"], dtype=np.float64), np.asarray(affine, dtype=np.float64)
+        )
+    )
+    if geometry is not None and not same:
+        src = MetaTensor(x, affine=torch.as_tensor(geometry["affine"], dtype=torch.float64))
+        resample = SpatialResample(mode="nearest" if mode == "nearest" else "bilinear")
+        dst = torch.as_tensor(np.asarray(affine), dtype=torch.float64)
+        x = resample(src, dst_affine=dst, spatial_size=target)
+    return torch.as_tensor(x).as_subclass(torch.Tensor)

@@ -26,7 +26,14 @@ from unicon_core.data.manifest import (
     required_columns,
 )
 from unicon_core.data.problems import Problem
-from unicon_core.data.readers import NIFTI_SUFFIXES, ImageData, is_supported, read_image
+from unicon_core.data.readers import (
+    DICOM_ADVICE,
+    NIFTI_SUFFIXES,
+    ImageData,
+    is_supported,
+    looks_like_dicom,
+    read_image,
+)
 from unicon_core.data.splits import manifest_splits
 
 #: Keep arrays read during validation for the dataset while their total stays under this.
@@ -285,11 +292,16 @@ class _RowChecker:
         if Path(cell).is_absolute() or ".." in Path(cell).parts:
             self.add(number, column, "path must be relative to the site folder", cell)
             return None
+        if path.is_dir():
+            what = "a folder of DICOM files" if looks_like_dicom(path) else "a folder"
+            self.add(number, column, f"is {what}, not an image file; {DICOM_ADVICE}", cell)
+            return None
         if not path.is_file():
             self.add(number, column, "file not found", cell)
             return None
         if not is_supported(path):
-            self.add(number, column, "unsupported file type", cell)
+            advice = f": {DICOM_ADVICE}" if looks_like_dicom(path) else ""
+            self.add(number, column, f"unsupported file type{advice}", cell)
             return None
         try:
             image = read_image(path)

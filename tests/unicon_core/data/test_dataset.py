@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from unicon_core.data import META_KEY, SiteValidationError, open_site
+from unicon_core.data.readers import read_image, write_nifti
+from unicon_core.data.transforms import PreprocessConfig
 from unicon_core.keys import BatchKey
 
 from .sites import AFFINE, CTPET_SPEC, cls_site, ctpet_site, read_rows, surv_site
@@ -74,3 +76,40 @@ def test_unknown_split_name_raises(tmp_path: Path) -> None:
     site = open_site(cls_site(tmp_path / "s"))
     with pytest.raises(ValueError, match="split"):
         site.dataset("holdout")
+
+
+def _store_flipped(site: Path) -> None:
+    """Rewrite every NIfTI of a site with its first two axes reversed and the affine to match
+    (the same world content, stored LPS-like as DICOM-derived files often are)."""
+    for path in sorted(site.rglob("*.nii.gz")):
+        image = read_image(path)
+        n0, n1 = image.spatial_shape[:2]
+        flip = np.array([[-1.0, 0, 0, n0 - 1], [0, -1.0, 0, n1 - 1], [0, 0, 1, 0], [0, 0, 0, 1]])
+        dtype = "uint8" if path.parent.name == "masks" else "float32"
+        write_nifti(path, image.array[0, ::-1, ::-1], image.affine @ flip, dtype=dtype)
+
+
+def test_site_stored_lps_gives_the_items_of_the_ras_site(tmp_path: Path) -> None:
+    ras = open_site(ctpet_site(tmp_path / "ras"))
+    lps_root = ctpet_site(tmp_path / "lps")
+    _store_flipped(lps_root)
+    lps = open_site(lps_root)
+    assert lps.cache and all(not np.allclose(im.affine, AFFINE) for im in lps.cache.values())
+    before = {k: im.array.copy() for k, im in lps.cache.items()}
+    a, b = ras.dataset("train", with_meta=True)[0], lps.dataset("train", with_meta=True)[0]
+    assert torch.equal(a["input"], b["input"]) and torch.equal(a["mask"], b["mask"])
+    # meta: the file's own affine (input space) and the RAS grid the model saw
+    assert not torch.allclose(b[META_KEY]["affine"], torch.as_tensor(AFFINE))
+    torch.testing.assert_close(b[META_KEY]["geometry"]["affine"], torch.as_tensor(AFFINE))
+    assert b[META_KEY]["geometry"]["shape"].tolist() == [8, 8, 8]
+    for key, array in before.items():  # the validated cache is shared, never modified
+        np.testing.assert_array_equal(lps.cache[key].array, array)
+
+
+def test_site_spacing_is_applied_to_image_and_mask(tmp_path: Path) -> None:
+    site = open_site(ctpet_site(tmp_path / "s"), preprocess=PreprocessConfig(spacing=(4, 4, 4)))
+    item = site.dataset("test", with_meta=True)[0]
+    # 8 voxels at 2, 2, 3 mm: extents 14, 14, 21 mm -> 4, 4, 6 voxels at 4 mm, then resized
+    assert item[META_KEY]["geometry"]["shape"].tolist() == [4, 4, 6]
+    assert item["input"].shape == (2, 8, 8, 8) and item["mask"].shape == (1, 8, 8, 8)
+    assert set(item["mask"].unique().tolist()) <= {0, 1}

@@ -33,5 +33,10 @@ def test_png_is_rows_first_and_channel_first(tmp_path: Path) -> None:
 
 def test_unsupported_suffix_names_dicom_route(tmp_path: Path) -> None:
     (tmp_path / "x.dcm").write_bytes(b"")
-    with pytest.raises(ValueError, match="convert DICOM to NIfTI"):
-        read_image(tmp_path / "x.dcm")
+    (tmp_path / "IM0001").write_bytes(b"\0" * 128 + b"DICM")  # DICOM without a suffix
+    (tmp_path / "x.bmp").write_bytes(b"BM")
+    for name in ("x.dcm", "IM0001"):
+        with pytest.raises(ValueError, match=r"convert DICOM to NIfTI first, e\.g\. `dcm2niix"):
+            read_image(tmp_path / name)
+    with pytest.raises(ValueError, match="unsupported file type"):
+        read_image(tmp_path / "x.bmp")

@@ -90,6 +90,18 @@ def _missing_column(site: Path) -> None:
     rewrite(site, rows, CTPET_SPEC)
 
 
+def _dicom_folder(site: Path) -> None:
+    series = site / "dicom/p1_ct"
+    series.mkdir(parents=True)
+    (series / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    _edit("ct", "dicom/p1_ct")(site)
+
+
+def _dicom_file(site: Path) -> None:
+    (site / "img/p1_ct.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    _edit("ct", "img/p1_ct.dcm")(site)
+
+
 # (case name, how to break the valid CT+PET site, expected row, expected text in the message)
 CASES = [
     ("missing file", _missing_file, 2, "(pet: img/p1_pet.nii.gz): file not found"),
@@ -106,6 +118,8 @@ CASES = [
     ("unknown column", _unknown_column, None, "(weight_kg): unknown column"),
     ("empty split", _empty_split, None, "(split): split 'val' is empty"),
     ("missing column", _missing_column, None, "(pet): required column missing"),
+    ("dicom folder", _dicom_folder, 2, "is a folder of DICOM files, not an image file; DICOM"),
+    ("dicom file", _dicom_file, 2, "(ct: img/p1_ct.dcm): unsupported file type: DICOM is not"),
 ]
 
 
