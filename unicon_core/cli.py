@@ -88,6 +88,33 @@ def train(
     typer.echo(report)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder (holds checkpoint.safetensors).")],
+    bundle_dir: Annotated[Path, typer.Argument(help="New or empty folder for the bundle.")],
+) -> None:
+    """Write a self-describing bundle of a run's global skills."""
+    from unicon_core.commands.inference import export_command
+
+    raise typer.Exit(export_command(run_dir, bundle_dir))
+
+
+@app.command()
+def predict(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="NIfTI/PNG/JPEG file, CT,PET pair, CSV or folder.")
+    ],
+    bundle: Annotated[Path, typer.Option("--bundle", help="Bundle folder from `unicon export`.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for masks and JSON summaries.")],
+    task: Annotated[Optional[str], typer.Option(help="Skill to run (default: routed).")] = None,  # noqa: UP045
+    question: Annotated[Optional[str], typer.Option(help='e.g. "segment the lesion".')] = None,  # noqa: UP045
+) -> None:
+    """Route each input to a skill and write its outputs (masks keep the input's affine)."""
+    from unicon_core.commands.inference import predict_command
+
+    raise typer.Exit(predict_command(bundle, out, inputs, task, question))
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

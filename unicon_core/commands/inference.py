@@ -1,0 +1,85 @@
+"""Bodies of ``unicon export`` and ``unicon predict``; the typer layer stays thin.
+
+Both return a process exit code: 0 on success, 1 when something named in the printed messages
+failed (a predict run keeps going past a bad input and reports every one).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def export_command(run_dir: Path, bundle_dir: Path) -> int:
+    """Write the bundle of a run folder's latest checkpoint."""
+    from unicon_core.inference.bundle import BundleError, read_manifest
+    from unicon_core.inference.export import export_run
+
+    try:
+        out = export_run(run_dir, bundle_dir)
+    except (BundleError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    manifest = read_manifest(out)
+    print(
+        f"wrote bundle {out} (round {manifest['source'].get('round')}, backbone "
+        f"{manifest['backbone']['hash'][:12]}...)"
+    )
+    for name, info in manifest["tasks"].items():
+        sites = ", ".join(s["site"] for s in info["trained_on"])
+        tag = " -- SYNTHETIC DATA" if info["synthetic"] else ""
+        print(f"  {name}: {info['spec']['kind']} on {info['spec']['modality']}, sites {sites}{tag}")
+    print(f"  router: {manifest['source'].get('router')}")
+    return 0
+
+
+def predict_command(
+    bundle: Path,
+    out_dir: Path,
+    inputs: list[Path],
+    task: str | None,
+    question: str | None,
+) -> int:
+    """Route every input to a skill, run it, write masks/probabilities/risks and JSON summaries."""
+    import json
+
+    from tqdm.auto import tqdm
+
+    from unicon_core.inference.bundle import BundleError, load_bundle
+    from unicon_core.inference.inputs import InputError, collect_inputs, load_input
+    from unicon_core.inference.predict import Predictor
+    from unicon_core.inference.routing import RoutingError
+
+    try:
+        loaded = load_bundle(bundle)
+        refs = collect_inputs(list(inputs))
+        if question:
+            from unicon_core.inference.routing import kind_from_question
+
+            kind_from_question(question)
+    except (BundleError, InputError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    predictor = Predictor(loaded)
+    out_dir = Path(out_dir)
+    summaries, errors = [], []
+    show_bar = len(refs) > 1 or any(Path(p).is_dir() for p in inputs)
+    for ref in tqdm(refs, desc="predict", unit="input", disable=not show_bar):
+        try:
+            prediction = predictor.predict(load_input(ref), task=task, question=question)
+            summary = predictor.write(prediction, out_dir)
+        except (InputError, RoutingError, ValueError) as exc:
+            errors.append({"input": ref.label, "error": str(exc)})
+            print(f"error: {exc}", file=sys.stderr)
+            continue
+        summaries.append(summary)
+        if not show_bar:  # a folder's per-input lines are in summary.json
+            tag = " [SYNTHETIC-DATA SKILL]" if summary["trained_on_synthetic_data"] else ""
+            print(f"{ref.label}: {summary['task']} ({summary['routing']['method']}){tag}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").write_text(
+        json.dumps({"bundle": str(bundle), "predictions": summaries, "errors": errors}, indent=2)
+        + "\n"
+    )
+    print(f"{len(summaries)} prediction(s), {len(errors)} error(s); see {out_dir / 'summary.json'}")
+    return 1 if errors else 0

@@ -1,0 +1,213 @@
+"""Turning a federated run folder into a bundle (``unicon export <run> <bundle>``).
+
+The run folder's checkpoint (``server.checkpoint``) holds the global skills, the round, the
+foundation hash and the resolved config. From the config the foundation is rebuilt (its hash
+must equal the checkpoint's) and the site list is read. Task specs come from the config's
+``tasks`` or, for tasks the sites declared themselves, from the sites' ``site.json``; which data
+each task was trained on (site, synthetic flag, source) from ``site.json`` and ``rounds.jsonl``.
+
+Router prototypes and tabular feature statistics are federated summaries: each site computes
+:func:`~unicon_core.inference.prototypes.site_prototype` (and, for tabular tasks,
+:func:`~unicon_core.inference.prototypes.feature_moments`) and the server aggregates them with
+:func:`~unicon_core.inference.prototypes.aggregate_prototypes`. Until the Flower app collects
+them in a round of its own, ``export`` computes them with the same functions from the site
+folders the run's config names when those are reachable from here (local simulation) and
+records that in the manifest; otherwise the bundle has no learned router.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unicon_core.config import Modality, TaskSpec
+from unicon_core.inference.bundle import Bundle, BundleError, SiteRecord, TaskEntry, save_bundle
+from unicon_core.inference.prototypes import (
+    Prototype,
+    aggregate_prototypes,
+    feature_moments,
+    site_prototype,
+)
+
+if TYPE_CHECKING:
+    from unicon_core.data import Site
+    from unicon_core.data.transforms import PreprocessConfig
+    from unicon_core.model import UniconModel
+
+ROUTER_FROM_SITES = "computed at export from the run's site folders with site_prototype"
+
+
+def federated_summaries(
+    model: UniconModel, sites: Sequence[Site], split: str = "train"
+) -> tuple[dict[str, Prototype], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """What the federation's summary round yields: router prototypes per task and pooled
+    ``(mean, std)`` of raw features per tabular task, from each site's ``split``.
+
+    Each site contributes only ``(vector, count)`` pairs, aggregated by counts, exactly as a
+    Flower client would send them.
+    """
+    reports, moments = [], []
+    for site in sites:
+        task = site.task_spec.name
+        dataset = site.dataset(split, train=False)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            continue
+        vector, count = site_prototype(model, dataset, task)
+        reports.append((task, vector, count))
+        if site.task_spec.modality is Modality.CLINICAL:
+            rows = [site.rows[i] for i in site.split_rows(split)]
+            moments.append((task, *feature_moments(rows, site.task_spec.feature_names)))
+    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for task, pooled in aggregate_prototypes(moments).items():
+        std = np.sqrt(np.clip(pooled.mean_sq - pooled.mean**2, 0.0, None))
+        stats[task] = (pooled.mean, np.where(std > 0, std, 1.0))
+    return aggregate_prototypes(reports), stats
+
+
+def bundle_from_model(
+    model: UniconModel,
+    trained_on: Mapping[str, Sequence[SiteRecord]],
+    *,
+    preprocess: PreprocessConfig | None = None,
+    router: Mapping[str, Prototype] | None = None,
+    feature_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    source: dict[str, Any] | None = None,
+) -> Bundle:
+    """An in-memory bundle of ``model``'s tasks (save it with :func:`save_bundle`)."""
+    from unicon_core.data.transforms import PreprocessConfig
+
+    feature_stats = feature_stats or {}
+    missing = sorted(set(model.tasks) - set(trained_on))
+    if missing:
+        raise ValueError(f"bundle_from_model: trained_on names no site for tasks {missing}")
+    tasks = {
+        name: TaskEntry(
+            spec=model.spec(name),
+            trained_on=list(trained_on[name]),
+            feature_mean=feature_stats.get(name, (None, None))[0],
+            feature_std=feature_stats.get(name, (None, None))[1],
+        )
+        for name in model.tasks
+    }
+    return Bundle(
+        model=model,
+        tasks=tasks,
+        preprocess=preprocess or PreprocessConfig(),
+        router=dict(router or {}),
+        source=dict(source or {}),
+    )
+
+
+def _site_records(
+    run_dir: Path, settings: Any
+) -> tuple[dict[str, TaskSpec], dict[str, list[SiteRecord]], list[Any]]:
+    """Specs declared by sites, provenance per task, and the sites that could be opened."""
+    from unicon_core.data import open_site, read_site_json
+    from unicon_core.federation.outputs import ROUNDS_FILE, read_jsonl
+
+    examples: dict[str, int] = {}
+    site_task: dict[str, str] = {}
+    for row in read_jsonl(run_dir / ROUNDS_FILE):
+        for site, entry in row.get("sites", {}).items():
+            site_task[site] = str(entry.get("task", site_task.get(site, "")))
+            train = entry.get("train") or {}
+            if "num-examples" in train:
+                examples[site] = int(train["num-examples"])
+    specs: dict[str, TaskSpec] = {}
+    records: dict[str, list[SiteRecord]] = {}
+    opened = []
+    fed = settings.federation
+    for name in fed.sites:
+        try:
+            path = fed.site_path(name)
+            meta = read_site_json(path)
+        except (OSError, ValueError):
+            continue  # not reachable from here (a real deployment): provenance from results.json
+        task = meta.task.name
+        specs.setdefault(task, meta.task)
+        records.setdefault(task, []).append(
+            SiteRecord(name, meta.synthetic, meta.source, meta.description, examples.get(name))
+        )
+        try:
+            opened.append(open_site(path, spec=meta.task, seed=settings.seed))
+        except (OSError, ValueError) as exc:  # invalid data: provenance kept, no prototype
+            print(f"warning: site {name!r} left out of the router: {exc}", file=sys.stderr)
+    return specs, records, opened
+
+
+def export_run(
+    run_dir: Path | str, bundle_dir: Path | str, *, embed_foundation: bool = True
+) -> Path:
+    """Write the bundle of a run folder's latest checkpoint; returns the bundle folder."""
+    import torch
+
+    from server.checkpoint import load_checkpoint
+    from unicon_core.data.transforms import PreprocessConfig
+    from unicon_core.federation.aggregation import slice_task, tasks_of
+    from unicon_core.federation.config import settings_from_config
+    from unicon_core.federation.outputs import RESULTS_FILE
+    from unicon_core.model import UniconModel
+
+    run = Path(run_dir).resolve()
+    ckpt = load_checkpoint(run)
+    settings = settings_from_config(ckpt.config)
+    model = UniconModel(settings.backbone, seed=settings.seed)
+    if model.foundation_hash != ckpt.foundation_hash:
+        raise BundleError(
+            f"{run}: the backbone built from the run's config has hash "
+            f"{model.foundation_hash[:12]}..., the checkpoint's skills were trained on "
+            f"{ckpt.foundation_hash[:12]}... (is backbone.checkpoint still the same file?)"
+        )
+    site_specs, records, sites = _site_records(run, settings)
+    results = json.loads((run / RESULTS_FILE).read_text()) if (run / RESULTS_FILE).is_file() else {}
+    synthetic_tasks = set(results.get("synthetic", []))
+    problems = []
+    for task in sorted(tasks_of(ckpt.arrays)):
+        spec = settings.tasks.get(task) or site_specs.get(task)
+        if spec is None:
+            problems.append(f"task {task!r}: no spec in the config's tasks and no reachable site")
+            continue
+        model.add_task(spec)
+        state = {k: torch.from_numpy(np.array(v)) for k, v in slice_task(ckpt.arrays, task).items()}
+        model.load_skill_state_dict(task, state)
+        if task not in records:
+            if not results:
+                problems.append(
+                    f"task {task!r}: no reachable site.json and no {RESULTS_FILE} to say whether "
+                    "its data are synthetic"
+                )
+                continue
+            records[task] = [
+                SiteRecord(
+                    "unknown-sites", task in synthetic_tasks, "site folders not reachable at export"
+                )
+            ]
+    if problems:
+        raise BundleError(f"cannot export {run}:\n  " + "\n  ".join(problems))
+    router: dict[str, Prototype] = {}
+    feature_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    reachable = [s for s in sites if s.task_spec.name in model.specs]
+    if reachable:
+        router, feature_stats = federated_summaries(model, reachable)
+    preprocess = PreprocessConfig(**dict(settings.resolved.get("preprocess") or {}))
+    bundle = bundle_from_model(
+        model,
+        {t: records[t] for t in model.tasks},
+        preprocess=preprocess,
+        router=router,
+        feature_stats=feature_stats,
+        source={
+            "run_dir": str(run),
+            "round": ckpt.round,
+            "experiment": settings.experiment,
+            "router": ROUTER_FROM_SITES if router else "none (site folders not reachable)",
+            "router_sites": sorted(s.name for s in reachable),
+            "stopped_sites": ckpt.stopped,
+        },
+    )
+    return save_bundle(bundle, bundle_dir, embed_foundation=embed_foundation)

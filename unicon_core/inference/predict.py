@@ -1,0 +1,250 @@
+"""Running a bundle on inputs: preprocessing as in training, routing, outputs written to disk.
+
+Images go through the same MONAI evaluation pipeline sites trained with (built from the task
+spec and the bundle's preprocessing config); CSV rows are standardised with the bundle's pooled
+feature statistics. Outputs per input: a segmentation mask as NIfTI in the input's space (affine
+and header kept, resampled back to the input's shape), class probabilities or a risk score, and
+a JSON summary naming the skill, why it ran, and whether it learned from synthetic data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unicon_core.config import Modality, TaskKind
+from unicon_core.inference.inputs import InputError, LoadedInput
+from unicon_core.inference.routing import RouteDecision, route
+
+if TYPE_CHECKING:
+    import torch
+
+    from unicon_core.inference.bundle import Bundle
+
+SYNTHETIC_WARNING = (
+    "SYNTHETIC: this skill learned from synthetic data; its outputs demonstrate the software "
+    "and are not clinical predictions"
+)
+MIXED_WARNING = "this skill learned partly from synthetic data"
+
+
+@dataclass
+class Prediction:
+    """What one skill computed for one input (tensors already on the CPU)."""
+
+    item: LoadedInput
+    decision: RouteDecision
+    output: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Predictor:
+    """Runs a loaded bundle on inputs; transforms are built once per task."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self._transforms: dict[str, Any] = {}
+
+    # -------------------------------------------------------------------- preprocessing
+    def prepare(self, task: str, item: LoadedInput) -> torch.Tensor:
+        """The model input for ``task``: ``(1, C, *input_size)`` or ``(1, F)``."""
+        return self.prepare_with_geometry(task, item)[0]
+
+    def prepare_with_geometry(
+        self, task: str, item: LoadedInput
+    ) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        """:meth:`prepare` plus the grid 3D inputs were reoriented/resampled to (``None`` when
+        the pipeline kept the file's grid), which :meth:`mask_in_input_space` inverts.
+
+        Inputs are handed to the pipeline as the site datasets hand them: 3D volumes as
+        ``MetaTensor`` carrying the file's affine, 2D images as plain arrays.
+        """
+        import torch
+
+        from unicon_core.data.manifest import image_columns
+        from unicon_core.data.transforms import GEOMETRY_KEY, build_transforms, to_meta_tensor
+        from unicon_core.keys import BatchKey
+
+        spec = self.bundle.entry(task).spec
+        if spec.modality is Modality.CLINICAL:
+            return self._features(task, item), None
+        if task not in self._transforms:
+            self._transforms[task] = build_transforms(spec, self.bundle.preprocess)[1]
+        assert item.array is not None and item.affine is not None
+        data: dict[str, Any] = {}
+        for i, column in enumerate(image_columns(spec)):
+            channel = item.array[i : i + 1]
+            data[column] = (
+                to_meta_tensor(channel, item.affine) if spec.spatial_dims == 3 else (channel)
+            )
+        out = self._transforms[task](data)
+        x = torch.as_tensor(out[BatchKey.INPUT.value], dtype=torch.float32)
+        return x.as_subclass(torch.Tensor).unsqueeze(0), out.get(GEOMETRY_KEY)
+
+    def _features(self, task: str, item: LoadedInput) -> torch.Tensor:
+        import torch
+
+        entry = self.bundle.entry(task)
+        if entry.feature_mean is None or entry.feature_std is None:
+            raise InputError(
+                f"{item.ref.label}: the bundle holds no feature statistics for tabular task "
+                f"{task!r}, so rows cannot be standardised as in training"
+            )
+        assert item.row is not None
+        values = []
+        for name in entry.spec.feature_names:
+            cell = item.row.get(name, "")
+            try:
+                value = float(cell)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value):
+                raise InputError(f"{item.ref.label}: column {name!r} is {cell!r}, not a number")
+            values.append(value)
+        z = (np.asarray(values) - entry.feature_mean) / entry.feature_std
+        return torch.as_tensor(z, dtype=torch.float32).unsqueeze(0)
+
+    # -------------------------------------------------------------------- routing + running
+    def router_scores(self, item: LoadedInput, candidates: list[str]) -> dict[str, float]:
+        """Learned-router score of each candidate (lower: nearer its federated prototype)."""
+        from unicon_core.inference.prototypes import input_descriptor, nearest_prototype_scores
+
+        missing = [t for t in candidates if t not in self.bundle.router]
+        if missing:
+            raise InputError(
+                f"{item.ref.label}: skills {candidates} all fit, but the bundle's router has no "
+                f"prototype for {missing}; pass --task or a question"
+            )
+        if item.is_tabular:
+            assert item.row is not None
+            try:
+                values = np.array([float(v) for v in item.row.values()], dtype=np.float64)
+            except ValueError:
+                raise InputError(f"{item.ref.label}: the row holds non-numeric cells") from None
+            feats = input_descriptor(values)
+        else:
+            assert item.array is not None and item.affine is not None
+            dims = item.spatial_dims
+            feats = input_descriptor(item.array, np.linalg.norm(item.affine[:3, :dims], axis=0))
+        return nearest_prototype_scores(self.bundle.router, feats, candidates)
+
+    def decide(
+        self, item: LoadedInput, task: str | None = None, question: str | None = None
+    ) -> RouteDecision:
+        """Which skill answers ``item`` (see :func:`~unicon_core.inference.routing.route`)."""
+        specs = {name: entry.spec for name, entry in self.bundle.tasks.items()}
+        scorer = (lambda c: self.router_scores(item, c)) if self.bundle.router else None
+        return route(specs, item, task=task, question=question, scorer=scorer)
+
+    def predict(
+        self, item: LoadedInput, task: str | None = None, question: str | None = None
+    ) -> Prediction:
+        """Route ``item`` and run the chosen skill."""
+        import torch
+
+        decision = self.decide(item, task, question)
+        x, geometry = self.prepare_with_geometry(decision.task, item)
+        model = self.bundle.model
+        model.eval()
+        with torch.no_grad():
+            output = model(x, decision.task)
+        return Prediction(
+            item=item,
+            decision=decision,
+            output=output.detach().cpu(),
+            extra={"geometry": geometry},
+        )
+
+    # -------------------------------------------------------------------- outputs
+    def write(self, pred: Prediction, out_dir: Path) -> dict[str, Any]:
+        """Write the prediction's files and JSON summary under ``out_dir``; returns the summary."""
+        entry = self.bundle.entry(pred.decision.task)
+        spec = entry.spec
+        name = pred.item.ref.name
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result: dict[str, Any] = {"kind": spec.kind.value}
+        if spec.kind is TaskKind.SEGMENTATION:
+            mask = self.mask_in_input_space(pred)
+            path = out_dir / f"{name}_mask.nii.gz"
+            write_mask(path, mask, pred.item)
+            labels, counts = np.unique(mask, return_counts=True)
+            result.update(
+                mask=str(path),
+                voxels_per_label={int(k): int(v) for k, v in zip(labels, counts, strict=True)},
+            )
+        elif spec.kind is TaskKind.CLASSIFICATION:
+            probs = pred.output.softmax(dim=1)[0].double().numpy()
+            result.update(probabilities=probs.tolist(), predicted_class=int(probs.argmax()))
+        else:
+            result.update(risk_score=float(pred.output.reshape(-1)[0]))
+        summary = {
+            "input": [str(p) for p in pred.item.ref.paths],
+            "csv_row": pred.item.ref.row_number,
+            "input_description": pred.item.describe(),
+            "task": spec.name,
+            "kind": spec.kind.value,
+            "modality": spec.modality.value,
+            "routing": {
+                "method": pred.decision.method.value,
+                "reason": pred.decision.reason,
+                "question_kind": (
+                    pred.decision.kind_from_question.value
+                    if pred.decision.kind_from_question
+                    else None
+                ),
+                "candidates": pred.decision.candidates,
+                "scores": pred.decision.scores,
+            },
+            "trained_on_synthetic_data": entry.synthetic,
+            "provenance": entry.provenance,
+            "trained_on": [{"site": s.site, "synthetic": s.synthetic} for s in entry.trained_on],
+            "warning": (
+                SYNTHETIC_WARNING
+                if entry.provenance == "synthetic"
+                else MIXED_WARNING
+                if entry.provenance == "mixed"
+                else None
+            ),
+            "result": result,
+            "bundle": str(self.bundle.path) if self.bundle.path else None,
+        }
+        (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def mask_in_input_space(self, pred: Prediction) -> np.ndarray:
+        """Label map on the input file's grid: class probabilities are brought back (resize or
+        crop/pad undone, reorientation/resampling inverted) before the argmax, with the data
+        layer's own inverse of the training pipeline."""
+        from unicon_core.data.transforms import to_input_space
+
+        probs = pred.output.softmax(dim=1)[0]  # (C, *input_size)
+        assert pred.item.affine is not None
+        back = to_input_space(
+            probs,
+            pred.item.affine,
+            pred.item.spatial_shape,
+            geometry=pred.extra.get("geometry"),
+            spatial=self.bundle.preprocess.spatial,
+            mode="linear",
+        )
+        labels = back.argmax(dim=0).numpy()
+        return labels.astype(np.uint8 if probs.shape[0] <= 256 else np.int16)
+
+
+def write_mask(path: Path, mask: np.ndarray, item: LoadedInput) -> Path:
+    """Write a label map as NIfTI with the input's affine (and its header, for NIfTI inputs)."""
+    import nibabel as nib
+
+    affine = np.eye(4) if item.affine is None else item.affine
+    header = item.header.copy() if item.header is not None else None
+    img = nib.Nifti1Image(mask, affine, header=header)
+    img.set_data_dtype(mask.dtype)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header["descrip"] = b"unicon segmentation mask"
+    nib.save(img, str(path))
+    return path
