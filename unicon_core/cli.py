@@ -29,7 +29,8 @@ def demo() -> None:
     """Prepare the demo hospitals if needed and run the federated demo with `flwr run`."""
     from unicon_core.commands.federated import demo_command
 
-    raise typer.Exit(demo_command())
+    run_dir = demo_command()
+    typer.echo(f"run folder: {run_dir}")
 
 
 @app.command()

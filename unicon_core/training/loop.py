@@ -109,9 +109,10 @@ def train_task(
             epoch += 1
             for batch in loader:
                 x = batch[BatchKey.INPUT.value]
-                if len(x) == 0:  # opacus' Poisson sampling can draw an empty batch
-                    continue
-                loss = loss_fn(module(x, task), batch)
+                out = module(x, task)
+                # Opacus' Poisson sampling can draw an empty batch: a zero loss still makes the
+                # optimiser step, which under DP is the noise-only step the accountant counts.
+                loss = loss_fn(out, batch) if len(x) else out.sum() * 0.0
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

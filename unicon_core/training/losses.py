@@ -29,13 +29,13 @@ def loss_for(spec: TaskSpec) -> LossFn:
 def cox_loss(risk: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Negative Cox partial log-likelihood (Efron ties) of log-hazards ``risk``.
 
-    A batch without any event carries no information under the partial likelihood; it gives a
-    zero loss (still connected to the graph) instead of NaN.
+    A batch without any event, or with a single subject (its partial likelihood is log 1 = 0),
+    carries no information; it gives a zero loss (still connected to the graph) instead of NaN.
     """
     from torchsurv.loss.cox import neg_partial_log_likelihood
 
     event = batch[BatchKey.EVENT.value].reshape(-1).bool()
     time = batch[BatchKey.TIME.value].reshape(-1).float()
-    if not event.any():
+    if not event.any() or event.numel() < 2:
         return risk.sum() * 0.0
     return neg_partial_log_likelihood(risk.reshape(-1), event, time, ties_method="efron")

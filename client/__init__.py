@@ -1,0 +1,1 @@
+"""unicon ClientApp: one hospital site training its task's skill."""

@@ -1,0 +1,49 @@
+"""Flower ClientApp of a unicon site (``client.client_app:app``).
+
+Thin on purpose: each handler resolves the experiment settings from the run config and hands
+the message to :mod:`client.site_runner`. Heavy libraries (torch, peft, opacus, MONAI) load
+inside the handlers, so a SuperNode imports this module quickly. Every reply passes the
+:class:`~client.mods.EgressGuard`, which refuses any array that is not one of the task's skill
+tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from client.mods.egress_guard import EgressGuard
+
+
+def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
+    """A ClientApp; ``overrides`` are hydra overrides applied after the run config's own."""
+    extra = list(overrides)
+    client_app = ClientApp(mods=[EgressGuard()])
+
+    @client_app.query()
+    def query(msg: Message, context: Context) -> Message:
+        """Validate the site's data and introduce the site to the server."""
+        from client import site_runner
+
+        return site_runner.handle_query(msg, context, site_runner.settings_for(context, extra))
+
+    @client_app.train()
+    def train(msg: Message, context: Context) -> Message:
+        """Train the task's skill locally for one round."""
+        from client import site_runner
+
+        return site_runner.handle_train(msg, context, site_runner.settings_for(context, extra))
+
+    @client_app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        """Evaluate the aggregated skill on the site's test split."""
+        from client import site_runner
+
+        return site_runner.handle_evaluate(msg, context, site_runner.settings_for(context, extra))
+
+    return client_app
+
+
+app = make_client_app()

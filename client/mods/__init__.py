@@ -1,0 +1,5 @@
+"""Client mods: cross-cutting behaviour around every message a site handles."""
+
+from client.mods.egress_guard import EgressGuard
+
+__all__ = ["EgressGuard"]

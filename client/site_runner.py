@@ -1,0 +1,302 @@
+"""What a site does for each instruction: the task module behind the thin ClientApp.
+
+Query: validate the site's data and say who it is (site, task spec, foundation hash).
+Train: check the foundation, load the task's global skill, train locally (optionally DP-SGD),
+report the held-out metrics on the site's own validation split and return the skill.
+Evaluate: load the aggregated skill and report metrics on the site's own test split.
+
+Every reply states the site, its task and the hash of its frozen foundation. A site whose
+foundation differs from the federation's refuses with :class:`FoundationMismatchError`
+instead of mixing skills trained on different backbones.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from unicon_core.federation.config import (
+    NODE_STATE_DIR,
+    ExperimentSettings,
+    load_settings,
+    overrides_from_run_config,
+    settings_from_config,
+    site_for_node,
+)
+from unicon_core.federation.outputs import SITES_DIR
+from unicon_core.federation.protocol import (
+    NUM_EXAMPLES,
+    ConfigKey,
+    InfoKey,
+    RecordKey,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from unicon_core.data import Site
+    from unicon_core.model import UniconModel
+    from unicon_core.privacy import PrivacyLedger
+
+#: ``context.state`` key of the site's privacy ledger (JSON in a ConfigRecord).
+LEDGER_STATE = "privacy-ledger"
+#: ``context.state`` key of the resolved experiment config (JSON in a ConfigRecord).
+SETTINGS_STATE = "settings"
+
+
+class FoundationMismatchError(ValueError):
+    """The site's frozen foundation is not the federation's: its skills would not fit."""
+
+
+def settings_for(context: Context, extra_overrides: list[str]) -> ExperimentSettings:
+    """The experiment settings named by the run config (plus test/CLI overrides).
+
+    Composing hydra takes most of a second, so the resolved config is kept in
+    ``context.state`` (per node and run) and reused while the overrides stay the same.
+    """
+    overrides = overrides_from_run_config(context.run_config) + extra_overrides
+    key = json.dumps(overrides)
+    cached = context.state.config_records.get(SETTINGS_STATE)
+    if cached is not None and cached["overrides"] == key:
+        return settings_from_config(json.loads(str(cached["resolved"])))
+    settings = load_settings(overrides)
+    context.state[SETTINGS_STATE] = ConfigRecord(
+        {"overrides": key, "resolved": json.dumps(settings.resolved)}
+    )
+    return settings
+
+
+def open_node_site(context: Context, settings: ExperimentSettings) -> Site:
+    """Validate and open this node's site folder (``SiteValidationError`` lists problems)."""
+    from unicon_core.data import open_site
+
+    name, path = site_for_node(context.node_config, settings.federation)
+    ref = settings.federation.sites.get(name)
+    spec = settings.tasks.get(ref.task) if ref and ref.task else None
+    site = open_site(path, spec=spec, seed=settings.seed)
+    if ref is not None and ref.task and site.task_spec.name != ref.task:
+        raise ValueError(
+            f"site {name!r} at {path} serves task {site.task_spec.name!r}, but the experiment "
+            f"lists it for task {ref.task!r}"
+        )
+    return site
+
+
+def build_model(settings: ExperimentSettings, site: Site) -> UniconModel:
+    """The shared frozen foundation with this site's task added (deterministic init)."""
+    from unicon_core.model import UniconModel
+
+    model = UniconModel(settings.backbone, seed=settings.seed)
+    model.add_task(site.task_spec)
+    return model
+
+
+def info_record(site: Site, model: UniconModel, status: Status, reason: str = "") -> ConfigRecord:
+    """Who replies: site, task, foundation hash and what it did."""
+    record = ConfigRecord(
+        {
+            InfoKey.SITE.value: site.name,
+            InfoKey.TASK.value: site.task_spec.name,
+            InfoKey.FOUNDATION_HASH.value: model.foundation_hash,
+            InfoKey.SYNTHETIC.value: bool(site.synthetic),
+            InfoKey.STATUS.value: status.value,
+        }
+    )
+    if reason:
+        record[InfoKey.REASON.value] = reason
+    return record
+
+
+def check_instruction(msg: Message, site: Site, model: UniconModel) -> None:
+    """Refuse an instruction meant for another task or another foundation."""
+    config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
+    task = config.get(ConfigKey.TASK.value)
+    if task is not None and task != site.task_spec.name:
+        raise ValueError(
+            f"site {site.name!r} holds task {site.task_spec.name!r} but was sent task {task!r}"
+        )
+    expected = config.get(ConfigKey.FOUNDATION_HASH.value)
+    if expected is not None and expected != model.foundation_hash:
+        raise FoundationMismatchError(
+            f"site {site.name!r} runs foundation {model.foundation_hash[:12]}..., the federation "
+            f"runs {str(expected)[:12]}...: a skill only fits the backbone it was trained on. "
+            "Use the same backbone config and checkpoint as the server."
+        )
+
+
+def load_global_skill(msg: Message, site: Site, model: UniconModel) -> None:
+    """Load the task's global skill from the instruction (strict keys and shapes)."""
+    import torch
+
+    record = msg.content.array_records.get(RecordKey.SKILL.value)
+    if record is None:
+        raise ValueError(f"instruction to site {site.name!r} carries no skill record")
+    state = {k: torch.from_numpy(arr.numpy().copy()) for k, arr in record.items()}
+    model.load_skill_state_dict(site.task_spec.name, state)
+
+
+def skill_record(model: UniconModel, task: str) -> ArrayRecord:
+    """The task's skill tensors, and nothing else, as an ArrayRecord."""
+    return ArrayRecord(
+        {k: Array(v.detach().cpu().numpy()) for k, v in model.skill_state_dict(task).items()}
+    )
+
+
+def server_round(msg: Message) -> int:
+    """Absolute round number of an instruction (0 if absent)."""
+    config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
+    return int(config.get(ConfigKey.SERVER_ROUND.value, 0))
+
+
+def round_seed(seed: int, site: str, rnd: int) -> int:
+    """Seed of one site's local training in one round (same after a resume)."""
+    return (seed * 1_000_003 + zlib.crc32(f"{site}:{rnd}".encode())) % (2**31)
+
+
+def metric_record(metrics: dict[str, float], num_examples: int, prefix: str = "") -> MetricRecord:
+    """Scalar metrics plus ``num-examples`` (examples, not batches)."""
+    out: dict[str, Any] = {NUM_EXAMPLES: int(num_examples)}
+    for key, value in metrics.items():
+        if key == "num_examples":
+            continue
+        out[f"{prefix}{key}"] = float(value)
+    return MetricRecord(out)
+
+
+# ---------------------------------------------------------------------------- handlers
+def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
+    """Validate the site and introduce it: site, task (with spec), foundation hash, sizes."""
+    site = open_node_site(context, settings)
+    model = build_model(settings, site)
+    check_instruction(msg, site, model)
+    info = info_record(site, model, Status.READY)
+    info[InfoKey.TASK_SPEC.value] = json.dumps(site.task_spec.to_dict(), sort_keys=True)
+    sizes = site.split_sizes()
+    metrics = MetricRecord({NUM_EXAMPLES: int(sizes.get("train", 0))})
+    content = RecordDict({RecordKey.INFO.value: info, RecordKey.METRICS.value: metrics})
+    return Message(content, reply_to=msg)
+
+
+def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
+    """Train the task's skill locally for one round and return it with metrics."""
+    from unicon_core.privacy import DPSGD, sample_rate, steps_per_round
+    from unicon_core.training import evaluate_task, make_loader, train_task
+
+    site = open_node_site(context, settings)
+    model = build_model(settings, site)
+    check_instruction(msg, site, model)
+    load_global_skill(msg, site, model)
+    task, rnd = site.task_spec.name, server_round(msg)
+    seed = round_seed(settings.seed, site.name, rnd)
+    train_set = site.dataset("train", train=True)
+    cfg = replace(settings.train, seed=seed, progress=False)
+
+    privacy, dp, ledger = settings.privacy, None, None
+    extra: dict[str, float] = {}
+    if privacy.enabled:
+        ledger = load_ledger(context, settings, site.name)
+        planned = [(
+            privacy.noise_multiplier,
+            sample_rate(len(train_set), cfg.batch_size),
+            steps_per_round(len(train_set), cfg.batch_size, cfg.epochs, cfg.max_steps),
+        )]
+        if ledger.would_exceed(privacy.epsilon_budget, planned):
+            reason = (
+                f"site {site.name!r} stops training: one more round would raise epsilon from "
+                f"{ledger.epsilon:.3f} to {ledger.epsilon_after(planned):.3f}, above its budget "
+                f"{privacy.epsilon_budget} (delta={privacy.delta})"
+            )
+            metrics = MetricRecord(
+                {NUM_EXAMPLES: 0, "epsilon": ledger.epsilon, "delta": privacy.delta}
+            )
+            content = RecordDict({
+                RecordKey.METRICS.value: metrics,
+                RecordKey.INFO.value: info_record(site, model, Status.BUDGET_EXHAUSTED, reason),
+            })
+            return Message(content, reply_to=msg)
+        dp = DPSGD(privacy, seed=seed)
+
+    loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed)
+    try:
+        result = train_task(model, task, loader, cfg, make_private=dp)
+    finally:
+        if dp is not None:
+            dp.close()
+    if dp is not None and ledger is not None:
+        ledger.record(rnd, dp.history)
+        save_ledger(context, settings, site.name, ledger)
+        extra = {"epsilon": ledger.epsilon, "delta": privacy.delta}
+
+    held_out = evaluate_task(model, task, _eval_loader(site, settings.federation.val_split, cfg))
+    metrics = metric_record(held_out, result.num_examples, prefix="val_")
+    metrics["train_loss"] = float(result.loss)
+    metrics["steps"] = int(result.steps)
+    for key, value in extra.items():
+        metrics[key] = float(value)
+    content = RecordDict({
+        RecordKey.SKILL.value: skill_record(model, task),
+        RecordKey.METRICS.value: metrics,
+        RecordKey.INFO.value: info_record(site, model, Status.TRAINED),
+    })
+    return Message(content, reply_to=msg)
+
+
+def handle_evaluate(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
+    """Evaluate the aggregated skill on the site's own test split."""
+    from unicon_core.training import evaluate_task
+
+    site = open_node_site(context, settings)
+    model = build_model(settings, site)
+    check_instruction(msg, site, model)
+    load_global_skill(msg, site, model)
+    loader = _eval_loader(site, settings.federation.eval_split, settings.train)
+    result = evaluate_task(model, site.task_spec.name, loader)
+    metrics = metric_record(result, int(result.get("num_examples", 0)))
+    content = RecordDict({
+        RecordKey.METRICS.value: metrics,
+        RecordKey.INFO.value: info_record(site, model, Status.EVALUATED),
+    })
+    return Message(content, reply_to=msg)
+
+
+def _eval_loader(site: Site, split: str, cfg: Any) -> Any:
+    from unicon_core.training import make_loader
+
+    return make_loader(site.dataset(split, train=False), cfg.batch_size, shuffle=False)
+
+
+# ---------------------------------------------------------------------------- privacy ledger
+def ledger_dir(context: Context, settings: ExperimentSettings, site: str) -> Path | None:
+    """Where the site keeps its ledger: its ``state-dir``, else ``<run_dir>/sites/<site>``."""
+    if NODE_STATE_DIR in context.node_config:
+        return Path(str(context.node_config[NODE_STATE_DIR]))
+    if settings.federation.run_dir:
+        return Path(settings.federation.run_dir) / SITES_DIR / site
+    return None
+
+
+def load_ledger(context: Context, settings: ExperimentSettings, site: str) -> PrivacyLedger:
+    """The site's ledger: from ``context.state`` within a run, else from its folder."""
+    from unicon_core.privacy import PrivacyLedger
+
+    record = context.state.config_records.get(LEDGER_STATE)
+    if record is not None:
+        return PrivacyLedger.from_json(str(record["json"]))
+    folder = ledger_dir(context, settings, site)
+    if folder is None:
+        return PrivacyLedger(delta=settings.privacy.delta)
+    return PrivacyLedger.load(folder, settings.privacy.delta)
+
+
+def save_ledger(
+    context: Context, settings: ExperimentSettings, site: str, ledger: PrivacyLedger
+) -> None:
+    """Keep the ledger in ``context.state`` and, when the site has a folder, on disk."""
+    context.state[LEDGER_STATE] = ConfigRecord({"json": ledger.to_json()})
+    folder = ledger_dir(context, settings, site)
+    if folder is not None:
+        ledger.save(folder)

@@ -1,0 +1,1 @@
+"""unicon ServerApp: per-task federated aggregation of skills."""

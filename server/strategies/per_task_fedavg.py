@@ -1,0 +1,300 @@
+"""Per-task FedAvg: one FedAvg per task over the sites that hold it.
+
+The global state is the union of every task's skill in one ``ArrayRecord`` whose keys carry the
+task as a prefix (``"<task>.<skill key>"``). Each round every site receives only its own task's
+slice (prefix removed), replies with that slice trained, and the replies are grouped by task and
+averaged weighted by their number of training examples. A task's slice is only ever replaced by
+the average of its own sites, so sites of one task never change another task's skill; a task
+with one site simply keeps that site's update (federated = local there).
+
+Only ``configure_*``/``aggregate_*`` are overridden; the round loop is Flower's
+``Strategy.start``. ``round_offset`` lets a resumed run continue the round count, and
+``on_round_end`` receives each finished round's record and arrays (checkpoints, logs).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from logging import ERROR, INFO, WARNING
+from typing import Any
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from unicon_core.federation.accounting import CommLedger, content_bytes
+from unicon_core.federation.aggregation import (
+    replace_task,
+    slice_task,
+    weighted_average,
+    weighted_metrics,
+)
+from unicon_core.federation.protocol import (
+    NUM_EXAMPLES,
+    ConfigKey,
+    InfoKey,
+    RecordKey,
+    Status,
+)
+
+RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
+
+
+@dataclass(frozen=True)
+class SiteNode:
+    """A connected SuperNode, the site it serves and that site's task."""
+
+    node_id: int
+    site: str
+    task: str
+
+
+class PerTaskFedAvg(FedAvg):
+    """FedAvg applied separately to each task's skill.
+
+    Parameters
+    ----------
+    nodes : Sequence[SiteNode]
+        Which node serves which site and task (learnt by the ServerApp's query round).
+    foundation_hash : str
+        Hash of the federation's frozen foundation; sent with every instruction and checked in
+        every reply.
+    evaluate : bool (default: True)
+        Evaluate the aggregated skills on every site's test split after each round.
+    round_offset : int (default: 0)
+        Rounds already done before this ``start`` (a resumed run).
+    on_round_end : callable, optional
+        Called with ``(round record, global arrays)`` when a round is complete.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[SiteNode],
+        *,
+        foundation_hash: str,
+        evaluate: bool = True,
+        round_offset: int = 0,
+        weighted_by_key: str = NUM_EXAMPLES,
+        on_round_end: RoundCallback | None = None,
+    ) -> None:
+        if not nodes:
+            raise ValueError("PerTaskFedAvg needs at least one site node")
+        sites = [n.site for n in nodes]
+        if len(set(sites)) != len(sites):
+            raise ValueError(f"each site must be served by one node, got {sites}")
+        if round_offset < 0:
+            raise ValueError(f"round_offset must be >= 0, got {round_offset}")
+        super().__init__(
+            fraction_train=1.0,
+            fraction_evaluate=1.0 if evaluate else 0.0,
+            min_train_nodes=len(nodes),
+            min_evaluate_nodes=len(nodes),
+            min_available_nodes=len(nodes),
+            weighted_by_key=weighted_by_key,
+            arrayrecord_key=RecordKey.SKILL.value,
+            configrecord_key=RecordKey.CONFIG.value,
+        )
+        self.nodes = {n.node_id: n for n in sorted(nodes, key=lambda n: n.site)}
+        self.foundation_hash = foundation_hash
+        self.round_offset = round_offset
+        self.on_round_end = on_round_end
+        self.comm = CommLedger()
+        #: site -> why it no longer trains (e.g. its privacy budget is spent)
+        self.stopped: dict[str, str] = {}
+        self._record: dict[str, Any] = {}
+        self._arrays: ArrayRecord | None = None
+
+    def summary(self) -> None:
+        """Log which sites serve which task."""
+        tasks: dict[str, list[str]] = defaultdict(list)
+        for node in self.nodes.values():
+            tasks[node.task].append(node.site)
+        log(INFO, "\t├──> Per-task FedAvg over %d sites:", len(self.nodes))
+        for task, sites in sorted(tasks.items()):
+            log(INFO, "\t│\t├── %s: %s", task, ", ".join(sites))
+        log(INFO, "\t└──> Weighted by: '%s'", self.weighted_by_key)
+
+    # ------------------------------------------------------------------ train
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send each active site only its task's current global skill."""
+        rnd = server_round + self.round_offset
+        self._record = {"round": rnd, "sites": {}, "tasks": {}}
+        self._arrays = arrays
+        nodes = [n for n in self.nodes.values() if n.site not in self.stopped]
+        for node in self.nodes.values():
+            if node.site in self.stopped:
+                self._site_entry(node)["status"] = Status.BUDGET_EXHAUSTED.value
+        log(INFO, "configure_train: round %d, %d of %d sites train", rnd, len(nodes),
+            len(self.nodes))
+        return self._messages(rnd, arrays, config, nodes, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Group replies by task and average each task's skill over its own sites."""
+        rnd = server_round + self.round_offset
+        grouped: dict[str, list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]] = (
+            defaultdict(list)
+        )
+        for node, content in self._valid_replies(rnd, replies, "train"):
+            info = content.config_records[RecordKey.INFO.value]
+            metrics = dict(content.metric_records[RecordKey.METRICS.value])
+            entry = self._site_entry(node)
+            entry.update(status=str(info[InfoKey.STATUS.value]), train=metrics)
+            if info[InfoKey.STATUS.value] == Status.BUDGET_EXHAUSTED.value:
+                reason = str(info.get(InfoKey.REASON.value, "privacy budget spent"))
+                self.stopped[node.site] = reason
+                entry["reason"] = reason
+                log(WARNING, "site %s stopped training: %s", node.site, reason)
+                continue
+            skill = content.array_records.get(RecordKey.SKILL.value)
+            if skill is None:
+                log(ERROR, "site %s replied without a skill; left out", node.site)
+                continue
+            grouped[node.task].append(
+                (node.site, {k: a.numpy() for k, a in skill.items()}, metrics)
+            )
+        assert self._arrays is not None
+        current = {k: a.numpy() for k, a in self._arrays.items()}
+        summary = MetricRecord()
+        for task in sorted(grouped):
+            items = sorted(grouped[task], key=lambda item: item[0])  # deterministic sum order
+            weights = [float(m[self.weighted_by_key]) for _, _, m in items]
+            if not sum(weights) > 0:
+                log(WARNING, "task %s: no training examples this round; skill unchanged", task)
+                continue
+            try:
+                average = weighted_average([s for _, s, _ in items], weights)
+                current = replace_task(current, task, average)
+            except ValueError as err:
+                log(ERROR, "task %s: replies do not fit its skill (%s); skill unchanged",
+                    task, err)
+                continue
+            task_metrics = weighted_metrics([m for _, _, m in items], weights)
+            task_metrics[self.weighted_by_key] = sum(weights)
+            self._record["tasks"].setdefault(task, {}).update(task_metrics)
+            for key, value in task_metrics.items():
+                summary[f"{task}/{key}"] = value
+        self._arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in current.items()})
+        return self._arrays, summary
+
+    # ------------------------------------------------------------------ evaluate
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send every site its task's aggregated skill for evaluation on its test split."""
+        if self.fraction_evaluate == 0.0:
+            return []
+        rnd = server_round + self.round_offset
+        return self._messages(rnd, arrays, config, list(self.nodes.values()),
+                              MessageType.EVALUATE)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Per-task example-weighted test metrics; then close the round."""
+        rnd = server_round + self.round_offset
+        grouped: dict[str, list[tuple[dict[str, Any], float]]] = defaultdict(list)
+        for node, content in self._valid_replies(rnd, replies, "evaluate"):
+            metrics = dict(content.metric_records[RecordKey.METRICS.value])
+            self._site_entry(node)["eval"] = metrics
+            grouped[node.task].append((metrics, float(metrics[self.weighted_by_key])))
+        summary = MetricRecord()
+        for task in sorted(grouped):
+            weights = [w for _, w in grouped[task]]
+            task_metrics = weighted_metrics([m for m, _ in grouped[task]], weights)
+            task_metrics.pop(self.weighted_by_key, None)
+            task_metrics["eval_examples"] = sum(weights)
+            self._record["tasks"].setdefault(task, {}).update(task_metrics)
+            for key, value in task_metrics.items():
+                summary[f"{task}/{key}"] = value
+        self._finish_round(rnd)
+        return summary if grouped else None
+
+    # ------------------------------------------------------------------ helpers
+    def _messages(
+        self,
+        rnd: int,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+        nodes: Sequence[SiteNode],
+        message_type: str,
+    ) -> list[Message]:
+        union = {k: a.numpy() for k, a in arrays.items()}
+        messages = []
+        for node in nodes:
+            instruction = ConfigRecord(dict(config))
+            instruction[ConfigKey.SERVER_ROUND.value] = rnd
+            instruction[ConfigKey.TASK.value] = node.task
+            instruction[ConfigKey.FOUNDATION_HASH.value] = self.foundation_hash
+            skill = ArrayRecord(
+                {k: Array(np.asarray(v)) for k, v in slice_task(union, node.task).items()}
+            )
+            content = RecordDict(
+                {self.arrayrecord_key: skill, self.configrecord_key: instruction}
+            )
+            self.comm.add(rnd, node.site, down=content_bytes(content))
+            messages.append(
+                Message(content=content, message_type=message_type, dst_node_id=node.node_id)
+            )
+        return messages
+
+    def _valid_replies(
+        self, rnd: int, replies: Iterable[Message], phase: str
+    ) -> Iterable[tuple[SiteNode, RecordDict]]:
+        """Replies that carry content from a known node on the federation's foundation."""
+        for msg in replies:
+            node = self.nodes.get(msg.metadata.src_node_id)
+            if node is None:
+                log(WARNING, "%s: reply from unknown node %s ignored", phase,
+                    msg.metadata.src_node_id)
+                continue
+            entry = self._site_entry(node)
+            if msg.has_error():
+                entry.update(status="error", reason=msg.error.reason)
+                log(ERROR, "%s: site %s failed: %s", phase, node.site, msg.error.reason)
+                continue
+            content = msg.content
+            self.comm.add(rnd, node.site, up=content_bytes(content))
+            info = content.config_records.get(RecordKey.INFO.value, ConfigRecord())
+            problem = self._reply_problem(node, info)
+            if problem:
+                entry.update(status="rejected", reason=problem)
+                log(ERROR, "%s: reply of site %s rejected: %s", phase, node.site, problem)
+                continue
+            yield node, content
+
+    def _reply_problem(self, node: SiteNode, info: ConfigRecord) -> str:
+        if info.get(InfoKey.FOUNDATION_HASH.value) != self.foundation_hash:
+            return (
+                f"foundation {str(info.get(InfoKey.FOUNDATION_HASH.value))[:12]}... is not the "
+                f"federation's {self.foundation_hash[:12]}...; its skill cannot be mixed in"
+            )
+        if info.get(InfoKey.TASK.value) != node.task:
+            return f"reply is for task {info.get(InfoKey.TASK.value)!r}, not {node.task!r}"
+        if info.get(InfoKey.SITE.value) != node.site:
+            return f"reply names site {info.get(InfoKey.SITE.value)!r}, not {node.site!r}"
+        return ""
+
+    def _site_entry(self, node: SiteNode) -> dict[str, Any]:
+        return self._record.setdefault("sites", {}).setdefault(node.site, {"task": node.task})
+
+    def _finish_round(self, rnd: int) -> None:
+        for site, sizes in self.comm.round_summary(rnd).items():
+            self._record["sites"].setdefault(site, {}).update(sizes)
+        if self.on_round_end is not None and self._arrays is not None:
+            self.on_round_end(self._record, self._arrays)

@@ -1,0 +1,87 @@
+"""Egress guard: only the task's skill tensors (as sent) may leave a site."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.mods.egress_guard import EgressGuard
+
+SKILL = {"adapter.l.lora_A.weight": np.zeros((2, 4), np.float32),
+         "head.fc.weight": np.zeros((2, 2), np.float32)}
+
+
+@pytest.fixture(autouse=True)
+def _task_identity() -> None:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def _instruction(with_skill: bool = True) -> Message:
+    content = RecordDict({"config": ConfigRecord({"task": "t"})})
+    if with_skill:
+        content["skill"] = ArrayRecord({k: Array(v) for k, v in SKILL.items()})
+    return Message(content=content, dst_node_id=1, message_type="train")
+
+
+def _app(records: dict[str, Any]) -> Callable[[Message, Context], Message]:
+    def app(msg: Message, ctx: Context) -> Message:
+        return Message(RecordDict(records), reply_to=msg)
+    return app
+
+
+def _ctx() -> Context:
+    return Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+
+def _skill(**extra: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in {**SKILL, **extra}.items()})
+
+
+def test_skill_tensors_and_scalars_pass() -> None:
+    reply = EgressGuard()(_instruction(), _ctx(), _app({
+        "skill": _skill(), "metrics": MetricRecord({"num-examples": 4, "loss": 0.3}),
+        "info": ConfigRecord({"site": "a", "synthetic": True})}))
+    assert reply.has_content() and set(reply.content["skill"].keys()) == set(SKILL)
+
+
+@pytest.mark.parametrize(
+    ("records", "with_skill", "match"),
+    [
+        ({"skill": _skill(input=np.zeros((2, 4), np.float32))}, True, "'input' is not a skill"),
+        ({"skill": _skill(**{"head.fc.weight": np.zeros((3, 3), np.float32)})}, True, "shape"),
+        ({"images": ArrayRecord({"x": Array(np.zeros(3, np.float32))})}, True, "only leave"),
+        ({"skill": _skill()}, False, "not a skill tensor"),
+        ({"metrics": MetricRecord({"per_patient": [0.1, 0.2]})}, True, "not a scalar"),
+        ({"info": ConfigRecord({"ids": ["p1", "p2"]})}, True, "only scalars"),
+        ({"info": ConfigRecord({"raw": b"\x00\x01"})}, True, "only scalars"),
+        ({"info": ConfigRecord({"dump": "x" * 20})}, True, "characters long"),
+    ],
+)
+def test_anything_else_is_refused(records: dict[str, Any], with_skill: bool, match: str) -> None:
+    # Execute
+    reply = EgressGuard(max_config_chars=16)(_instruction(with_skill), _ctx(), _app(records))
+
+    # Assert: an error reply, naming the offending key, with no content
+    assert reply.has_error() and not reply.has_content()
+    assert "egress guard refused" in reply.error.reason
+    assert match in reply.error.reason
+
+
+def test_label_dtype_is_refused_even_under_a_skill_key() -> None:
+    skill = ArrayRecord({"head.b": Array(np.zeros(3, np.int64))})
+    instruction = Message(RecordDict({"skill": skill}), dst_node_id=1, message_type="train")
+    reply = EgressGuard()(instruction, _ctx(), _app(
+        {"skill": ArrayRecord({"head.b": Array(np.array([0, 1, 1]))})}))
+    assert reply.has_error() and "dtype" in reply.error.reason
+
+
+def test_constructor_validates() -> None:
+    with pytest.raises(ValueError):
+        EgressGuard(max_config_chars=0)
+    with pytest.raises(ValueError):
+        EgressGuard(skill_record="")

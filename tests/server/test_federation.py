@@ -1,0 +1,188 @@
+"""Whole federated runs over an in-process grid: real ServerApp logic, real ClientApp.
+
+Every message of a run crosses a protobuf round trip and is recorded, so these tests inspect
+all of it: only the skill tensors of a site's own task ever leave the site.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.checkpoint import load_checkpoint
+from server.federation import SiteQueryError
+from tests.server.fedtools import (
+    CLS_TASK,
+    SURV_TASK,
+    THREE_SITES,
+    make_sites,
+    run_in_process,
+    task_spec,
+    tiny_overrides,
+)
+from unicon_core.config import BackboneConfig
+from unicon_core.federation.aggregation import slice_task
+from unicon_core.federation.outputs import read_jsonl
+from unicon_core.model import UniconModel
+from unicon_core.privacy import PrivacyLedger, epsilon_of, sample_rate, steps_per_round
+
+TASK_OF_SITE = {name: task for name, task, _ in THREE_SITES}
+
+
+def _skill_keys(task: str) -> set[str]:
+    """The task's skill keys, from a model built independently of the run."""
+    model = UniconModel(BackboneConfig(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64))
+    model.add_task(task_spec(task))
+    return model.skill_keys(task)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("fed")
+    dirs = make_sites(root / "sites", THREE_SITES)
+    grid = run_in_process(tiny_overrides(dirs, root / "run", 2), 3)
+    return root / "run", grid
+
+
+def test_every_message_carries_only_the_sites_task_skill(finished_run: tuple) -> None:
+    # Prepare
+    _, grid = finished_run
+    site_of_node = {}
+    keys = {CLS_TASK: _skill_keys(CLS_TASK), SURV_TASK: _skill_keys(SURV_TASK)}
+    assert keys[CLS_TASK].isdisjoint({"adapter", "head"}) and keys[CLS_TASK]
+
+    # Execute / Assert: look at every exchange of the run
+    kinds = {}
+    for ex in grid.exchanges:
+        kind = ex.instruction.metadata.message_type
+        kinds[kind] = kinds.get(kind, 0) + 1
+        assert not ex.reply.has_error(), ex.reply.error.reason
+        content = ex.reply.content
+        site = content["info"]["site"]
+        site_of_node.setdefault(ex.node_id, site)
+        assert site_of_node[ex.node_id] == site
+        task = TASK_OF_SITE[site]
+        assert content["info"]["task"] == task
+        # down: only the site's own task's skill
+        if kind != "query":
+            assert set(ex.instruction.content["skill"].keys()) == keys[task]
+        # up: arrays only in train replies, exactly the task's skill keys, float tensors
+        arrays = {k: a for rec in content.array_records.values() for k, a in rec.items()}
+        if kind == "train":
+            assert set(content.array_records) == {"skill"}
+            assert set(arrays) == keys[task]
+            assert all(a.dtype == "float32" for a in arrays.values())
+        else:
+            assert arrays == {}
+        # metrics and configs: scalars only (no per-patient lists, no bytes)
+        for record in content.metric_records.values():
+            assert all(isinstance(v, (int, float)) for v in record.values())
+        for record in content.config_records.values():
+            assert all(isinstance(v, (str, int, float, bool)) for v in record.values())
+    assert kinds == {"query": 3, "train": 6, "evaluate": 6}
+
+
+def test_run_folder_holds_results_checkpoint_logs_and_plots(finished_run: tuple) -> None:
+    run_dir, _ = finished_run
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["rounds"] == 2
+    assert results["synthetic"] == [CLS_TASK, SURV_TASK]
+    assert set(results["tasks"]) == {CLS_TASK, SURV_TASK}
+    assert set(results["tasks"][CLS_TASK]["per_site"]) == {"site_a", "site_b"}
+    assert results["tasks"][SURV_TASK]["metric"] == "c_index"
+    comm = results["communication"]
+    assert 0 < comm["bytes_up_per_site_round"] < comm["full_model_bytes"]
+    assert comm["bytes_down_per_site_round"] > 0
+    rows = read_jsonl(run_dir / "rounds.jsonl")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["sites"][s]["bytes_up"] > 0 for r in rows for s in TASK_OF_SITE)
+    assert rows[0]["sites"]["site_b"]["train"]["num-examples"] == 18  # examples, not batches
+    assert load_checkpoint(run_dir).round == 2
+    assert {p.name for p in (run_dir / "plots").iterdir()} == {"metrics.png", "bytes.png"}
+    assert (run_dir / "config.yaml").is_file() and (run_dir.parent / "latest").exists()
+
+
+def test_single_site_task_still_trains(finished_run: tuple) -> None:
+    run_dir, _ = finished_run
+    final = load_checkpoint(run_dir).arrays
+    model = UniconModel(BackboneConfig(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64))
+    model.add_task(task_spec(SURV_TASK))
+    initial = {k: v.numpy() for k, v in model.skill_state_dict(SURV_TASK).items()}
+    trained = slice_task(final, SURV_TASK)
+    assert any(not np.array_equal(trained[k], initial[k]) for k in initial)
+
+
+def test_resume_ends_with_the_same_skills(tmp_path: Path) -> None:
+    # Prepare
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+
+    # Execute: 3 rounds straight; 2 rounds, then resume to 3 in the same folder
+    run_in_process(tiny_overrides(dirs, tmp_path / "straight", 3), 3)
+    run_in_process(tiny_overrides(dirs, tmp_path / "resumed", 2), 3)
+    run_in_process(tiny_overrides(dirs, tmp_path / "resumed", 3, "resume=true"), 3)
+
+    # Assert
+    straight = load_checkpoint(tmp_path / "straight")
+    resumed = load_checkpoint(tmp_path / "resumed")
+    assert straight.round == resumed.round == 3
+    assert straight.arrays.keys() == resumed.arrays.keys()
+    for key, value in straight.arrays.items():
+        np.testing.assert_array_equal(resumed.arrays[key], value, err_msg=key)
+    assert [r["round"] for r in read_jsonl(tmp_path / "resumed" / "rounds.jsonl")] == [1, 2, 3]
+
+
+def test_dp_accounts_epsilon_and_stops_sites_at_their_budget(tmp_path: Path) -> None:
+    # Prepare: a budget that site_a (12 train rows -> 2 steps at q=1/2) meets in one round
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+    noise, batch, max_steps = 1.0, 8, 3
+    round_a = [(noise, sample_rate(12, batch), steps_per_round(12, batch, 1, max_steps))]
+    budget = epsilon_of(round_a, 1e-5) * 1.01
+    overrides = tiny_overrides(dirs, tmp_path / "run", 3, "privacy=dp",
+                               f"privacy.noise_multiplier={noise}",
+                               f"privacy.epsilon_budget={budget}")
+
+    # Execute
+    grid = run_in_process(overrides, 3)
+
+    # Assert: site_a trained once, then said it stops; nobody exceeds the budget
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = read_jsonl(tmp_path / "run" / "rounds.jsonl")
+    assert rows[0]["sites"]["site_a"]["status"] == "trained"
+    assert rows[1]["sites"]["site_a"]["status"] == "budget-exhausted"
+    assert "budget" in rows[1]["sites"]["site_a"]["reason"]
+    assert "site_a" in results["stopped"]
+    train_to_a = [ex for ex in grid.exchanges if ex.instruction.metadata.message_type == "train"
+                  and ex.reply.content["info"]["site"] == "site_a"]
+    assert len(train_to_a) == 2  # round 1 trained, round 2 refused, round 3 not asked
+    for site, privacy in results["privacy"].items():
+        assert privacy["epsilon"] <= budget
+        assert privacy["delta"] == 1e-5
+        ledger = PrivacyLedger.load(tmp_path / "run" / "sites" / site, 1e-5)
+        assert ledger.epsilon == pytest.approx(privacy["epsilon"])
+    assert results["privacy"]["site_a"]["epsilon"] == pytest.approx(epsilon_of(round_a, 1e-5))
+
+
+def test_site_on_another_foundation_is_refused_clearly(tmp_path: Path) -> None:
+    # Prepare: the sites build their backbone from another seed
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+
+    # Execute / Assert
+    with pytest.raises(SiteQueryError, match="foundation"):
+        run_in_process(tiny_overrides(dirs, tmp_path / "run", 1), 3, client_overrides=["seed=1"])
+
+
+def test_invalid_site_data_stops_the_run_with_the_problem(tmp_path: Path) -> None:
+    # Prepare: break one site's manifest
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+    manifest = dirs[1] / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    assert lines[0].endswith(",label")
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",7"  # class 7 of a 2-class task
+    manifest.write_text("\n".join(lines) + "\n")
+
+    # Execute / Assert
+    with pytest.raises(SiteQueryError, match="label"):
+        run_in_process(tiny_overrides(dirs, tmp_path / "run", 1), 3)

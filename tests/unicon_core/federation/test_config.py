@@ -1,0 +1,88 @@
+"""Experiment settings: run config -> overrides, node -> site, validation of paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from unicon_core.federation.config import (
+    FederationConfig,
+    PrivacyConfig,
+    StrategyConfig,
+    load_settings,
+    overrides_from_run_config,
+    site_dirs_override,
+    site_for_node,
+)
+
+
+def test_run_config_names_experiment_and_carries_overrides() -> None:
+    run_config = {"experiment": "demo", "overrides": "federation.rounds=2 'privacy=dp'"}
+    assert overrides_from_run_config(run_config) == [
+        "experiment=demo", "federation.rounds=2", "privacy=dp"]
+    assert overrides_from_run_config({}) == []
+
+
+def test_site_for_node_simulation_and_deployment(tmp_path: Path) -> None:
+    # Prepare
+    fed = FederationConfig(data_root=str(tmp_path),
+                           sites={"a": {"path": "site_a"}, "b": {"path": "/abs/b", "task": "t"}})
+
+    # Execute / Assert: partition i serves the i-th site; site-dir wins in a deployment
+    assert site_for_node({"partition-id": 0}, fed) == ("a", tmp_path / "site_a")
+    assert site_for_node({"partition-id": 1}, fed) == ("b", Path("/abs/b"))
+    assert site_for_node({"site-dir": "/data/x", "partition-id": 0}, fed) == ("x", Path("/data/x"))
+    with pytest.raises(ValueError, match="num-supernodes to 2"):
+        site_for_node({"partition-id": 2}, fed)
+    with pytest.raises(ValueError, match="neither"):
+        site_for_node({}, fed)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"runs_dir": "runs"}, "absolute"),
+        ({"wandb": "maybe"}, "wandb"),
+        ({"sites": {"a": {"path": ""}}}, "path"),
+        ({"site_dirs": ["/x/a", "/y/a"]}, "unique"),
+    ],
+)
+def test_federation_config_validates(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        FederationConfig(**kwargs)
+
+
+def test_relative_site_needs_data_root() -> None:
+    with pytest.raises(ValueError, match="data_root"):
+        FederationConfig(sites={"a": {"path": "rel"}}).site_path("a")
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (PrivacyConfig, {"delta": 0.0}, "delta"),
+        (PrivacyConfig, {"enabled": True, "noise_multiplier": 0.0}, "noise"),
+        (PrivacyConfig, {"epsilon_budget": -1.0}, "budget"),
+        (StrategyConfig, {"name": "nope"}, "strategy.name"),
+    ],
+)
+def test_privacy_and_strategy_validate(cls: type, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_hydra_composes_federated_groups(tmp_path: Path) -> None:
+    # Execute: the demo experiment, DP on, sites replaced by folders (quoted paths)
+    settings = load_settings([
+        "experiment=demo", "privacy=dp", site_dirs_override([tmp_path / "s 1", tmp_path / "b"]),
+        f"federation.run_dir='{tmp_path}'",
+    ])
+
+    # Assert
+    assert settings.experiment == "demo"
+    assert settings.privacy.enabled and settings.privacy.epsilon_budget is not None
+    assert list(settings.federation.sites) == ["s 1", "b"]
+    assert settings.strategy.name == "per_task_fedavg"
+    assert settings.resume is False

@@ -1,0 +1,113 @@
+"""Run folders, atomic writes, results.json, plots and byte accounting."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from unicon_core.federation.accounting import CommLedger, content_bytes, mean_per_site_round
+from unicon_core.federation.outputs import (
+    append_jsonl,
+    build_results,
+    new_run_dir,
+    plot_rounds,
+    read_jsonl,
+    truncate_rounds,
+    write_atomic,
+    write_json,
+)
+
+ROWS = [
+    {"round": r, "tasks": {"t": {"auc": 0.5 + r / 10, "train_loss": 1.0 / r}},
+     "sites": {
+         "a": {"task": "t", "bytes_down": 100, "bytes_up": 50 * r,
+               "eval": {"num-examples": 10, "auc": 0.6 + r / 10}},
+         "b": {"task": "t", "bytes_down": 100, "bytes_up": 50,
+               "eval": {"num-examples": 30, "auc": float("nan") if r == 2 else 0.4}},
+     }}
+    for r in (1, 2)
+]
+TASK_INFO = {"t": {"kind": "classification", "metric": "auc", "synthetic": True}}
+
+
+def test_new_run_dir_is_unique_and_latest_points_at_it(tmp_path: Path) -> None:
+    first = new_run_dir(tmp_path, "exp")
+    second = new_run_dir(tmp_path, "exp")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert (tmp_path / "latest").resolve() == second.resolve()
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path: Path) -> None:
+    write_atomic(tmp_path / "f.txt", "one")
+    write_atomic(tmp_path / "f.txt", b"two")
+    assert (tmp_path / "f.txt").read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_json_outputs_are_strict(tmp_path: Path) -> None:
+    write_json(tmp_path / "r.json", {"x": float("nan"), "y": np.float32(1.5)})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": None, "y": 1.5}
+    for row in ROWS:
+        append_jsonl(tmp_path / "rounds.jsonl", row)
+    truncate_rounds(tmp_path / "rounds.jsonl", 1)
+    assert [r["round"] for r in read_jsonl(tmp_path / "rounds.jsonl")] == [1]
+
+
+def test_build_results_schema_and_weighting() -> None:
+    # Execute
+    results = build_results(experiment="e", rounds=ROWS, task_info=TASK_INFO,
+                            full_model_bytes=1000, privacy={"a": {"epsilon": 1.0, "delta": 1e-5}})
+
+    # Assert: schema of the issue; value = example-weighted mean over finite last evaluations
+    assert set(results) == {"experiment", "synthetic", "rounds", "tasks", "communication",
+                            "privacy"}
+    assert results["synthetic"] == ["t"] and results["rounds"] == 2
+    task = results["tasks"]["t"]
+    assert task["kind"] == "classification" and task["metric"] == "auc"
+    assert task["per_site"]["a"] == pytest.approx(0.8)
+    assert math.isnan(task["per_site"]["b"])
+    assert task["value"] == pytest.approx(0.8)
+    comm = results["communication"]
+    assert comm["bytes_up_per_site_round"] == pytest.approx((50 + 50 + 100 + 50) / 4)
+    assert comm["bytes_down_per_site_round"] == pytest.approx(100)
+    assert comm["full_model_bytes"] == 1000
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    paths = plot_rounds(ROWS, TASK_INFO, 1000, tmp_path / "plots")
+    assert [p.name for p in paths] == ["metrics.png", "bytes.png"]
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_content_bytes_measures_serialized_content() -> None:
+    # Prepare
+    def content(n: int) -> RecordDict:
+        return RecordDict({"skill": ArrayRecord({"w": Array(np.zeros(n, np.float32))}),
+                           "config": ConfigRecord({"task": "t"}),
+                           "metrics": MetricRecord({"num-examples": 3})})
+
+    # Execute
+    small, large = content_bytes(content(10)), content_bytes(content(10_000))
+
+    # Assert: at least the tensor bytes, plus a small constant overhead
+    assert large >= 40_000 > small > 40
+    assert large - small == pytest.approx(4 * 9_990, rel=0.01)
+
+
+def test_comm_ledger_sums_per_round_and_site() -> None:
+    ledger = CommLedger()
+    ledger.add(1, "a", down=10)
+    ledger.add(1, "a", down=5, up=7)
+    ledger.add(1, "b", up=3)
+    summary = ledger.round_summary(1)
+    assert summary == {
+        "a": {"bytes_down": 15, "bytes_up": 7},
+        "b": {"bytes_down": 0, "bytes_up": 3},
+    }
+    assert mean_per_site_round([summary]) == {"bytes_down_per_site_round": 7.5,
+                                              "bytes_up_per_site_round": 5.0}

@@ -1,0 +1,265 @@
+"""Settings of a federated experiment, read from the resolved hydra config.
+
+Hydra (``configs/``) is the one source of configuration. Flower's run config only names the
+experiment and carries hydra overrides (``[tool.flwr.app.config] experiment``/``overrides``);
+:func:`overrides_from_run_config` turns it into an override list, the lead's
+``unicon_core.hydra_config.load_config`` composes it, and :func:`settings_from_config` validates
+the federated part into the dataclasses below (each raises a ``ValueError`` naming the field).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
+from unicon_core.federation.protocol import NUM_EXAMPLES
+
+#: Node-config keys a SuperNode may set in a real deployment (``--node-config``).
+NODE_SITE_DIR = "site-dir"
+NODE_SITE_NAME = "site-name"
+NODE_STATE_DIR = "state-dir"
+#: Node-config key Flower's simulation sets on every virtual SuperNode.
+NODE_PARTITION_ID = "partition-id"
+
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _fail(fld: str, why: str) -> ValueError:
+    return ValueError(f"federation config {fld}: {why}")
+
+
+@dataclass
+class SiteRef:
+    """One hospital of the experiment: its name, data folder and (optionally) its task.
+
+    ``path`` is absolute or relative to ``federation.data_root``. ``task``, when given, must agree
+    with the task the site folder declares; the site folder is authoritative.
+    """
+
+    path: str = ""
+    task: str | None = None
+    name: str = field(default="", metadata={"help": "Filled from the key in federation.sites."})
+
+    def check(self) -> None:
+        """Raise a ``ValueError`` naming the site if it is incomplete."""
+        if not self.name or "/" in self.name:
+            raise _fail("sites", f"site name {self.name!r} must be non-empty without '/'")
+        if not self.path:
+            raise _fail(f"sites.{self.name}.path", "must be set")
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, sites and where a run writes its outputs."""
+
+    rounds: int = field(default=3, metadata={"help": "Total federated rounds (>= 1)."})
+    data_root: str | None = field(
+        default=None, metadata={"help": "Folder that relative site paths are resolved against."}
+    )
+    sites: dict[str, SiteRef] = field(default_factory=dict)
+    site_dirs: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Site folders; when set they replace `sites` (named by folder)."},
+    )
+    evaluate: bool = field(
+        default=True, metadata={"help": "Evaluate the aggregated skills on each site every round."}
+    )
+    val_split: str = field(default="val", metadata={"help": "Split sites report after training."})
+    eval_split: str = field(default="test", metadata={"help": "Split of the evaluation rounds."})
+    round_timeout_s: float = field(default=3600.0, metadata={"help": "Wait for replies."})
+    node_wait_s: float = field(default=300.0, metadata={"help": "Wait for all sites to connect."})
+    runs_dir: str | None = field(
+        default=None, metadata={"help": "Absolute folder holding one sub-folder per run."}
+    )
+    run_dir: str | None = field(
+        default=None, metadata={"help": "Absolute folder of this run (default: a new one)."}
+    )
+    wandb: str = field(default="offline", metadata={"help": "offline, online or disabled."})
+    wandb_project: str = "unicon"
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise _fail("rounds", f"must be an integer >= 1, got {self.rounds!r}")
+        sites: dict[str, SiteRef] = {}
+        self.site_dirs = [str(p) for p in self.site_dirs]
+        if self.site_dirs:
+            names = [Path(p).name for p in self.site_dirs]
+            if len(set(names)) != len(names):
+                raise _fail("site_dirs", f"folder names must be unique, got {names}")
+            self.sites = {n: SiteRef(path=p) for n, p in zip(names, self.site_dirs, strict=True)}
+        for name, ref in dict(self.sites).items():
+            data = {"path": ref.path, "task": ref.task} if isinstance(ref, SiteRef) else dict(ref)
+            data["name"] = name
+            sites[name] = SiteRef(**data)
+            sites[name].check()
+        self.sites = sites
+        if self.wandb not in WANDB_MODES:
+            raise _fail("wandb", f"{self.wandb!r} is not one of {WANDB_MODES}")
+        for name in ("runs_dir", "run_dir", "data_root"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_absolute():
+                raise _fail(name, f"must be an absolute path (got {value!r}); outputs and data "
+                            "never depend on the working directory")
+        if self.round_timeout_s <= 0 or self.node_wait_s <= 0:
+            raise _fail("round_timeout_s/node_wait_s", "must be > 0")
+
+    def site_path(self, name: str) -> Path:
+        """Absolute data folder of site ``name``."""
+        if name not in self.sites:
+            raise KeyError(f"unknown site {name!r}; sites: {list(self.sites)}")
+        path = Path(self.sites[name].path)
+        if path.is_absolute():
+            return path
+        if self.data_root is None:
+            raise _fail(f"sites.{name}.path", f"{path} is relative but data_root is not set")
+        return Path(self.data_root) / path
+
+
+@dataclass
+class PrivacyConfig:
+    """DP-SGD in local training (opacus): noise, clipping, delta and a per-site epsilon budget."""
+
+    enabled: bool = False
+    noise_multiplier: float = field(default=1.0, metadata={"help": "Gaussian noise / clip norm."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Per-example clipping norm."})
+    delta: float = field(default=1e-5, metadata={"help": "Target delta of (epsilon, delta)-DP."})
+    epsilon_budget: float | None = field(
+        default=None, metadata={"help": "A site stops before a round would exceed this."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.noise_multiplier < 0:
+            raise _fail("privacy.noise_multiplier", f"must be >= 0, got {self.noise_multiplier}")
+        if self.max_grad_norm <= 0:
+            raise _fail("privacy.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
+        if not 0 < self.delta < 1:
+            raise _fail("privacy.delta", f"must be in (0, 1), got {self.delta}")
+        if self.epsilon_budget is not None and self.epsilon_budget <= 0:
+            raise _fail("privacy.epsilon_budget", f"must be > 0 or null, got {self.epsilon_budget}")
+        if self.enabled and self.noise_multiplier == 0:
+            raise _fail("privacy.noise_multiplier", "DP-SGD needs noise (> 0) when enabled")
+
+
+@dataclass
+class StrategyConfig:
+    """Which server strategy aggregates each task's skill."""
+
+    name: str = "per_task_fedavg"
+    weighted_by: str = NUM_EXAMPLES
+
+    def __post_init__(self) -> None:
+        if self.name not in STRATEGIES:
+            raise _fail("strategy.name", f"{self.name!r} is not one of {sorted(STRATEGIES)}")
+
+
+#: Strategy names -> "module:Class" under ``server.strategies`` (imported lazily by the server).
+STRATEGIES: dict[str, str] = {
+    "per_task_fedavg": "server.strategies.per_task_fedavg:PerTaskFedAvg",
+}
+
+
+@dataclass
+class ExperimentSettings:
+    """Everything the ServerApp and ClientApp read from one resolved config."""
+
+    experiment: str
+    seed: int
+    resume: bool
+    backbone: BackboneConfig
+    train: TrainConfig
+    federation: FederationConfig
+    privacy: PrivacyConfig
+    strategy: StrategyConfig
+    tasks: dict[str, TaskSpec]
+    resolved: dict[str, Any]
+
+
+def site_dirs_override(paths: Sequence[Path | str]) -> str:
+    """A hydra override listing site folders (quoted, so any absolute path survives)."""
+    quoted = ",".join("'" + str(p).replace("'", "\\'") + "'" for p in paths)
+    return f"federation.site_dirs=[{quoted}]"
+
+
+def register_schemas(store: Any) -> None:
+    """Register the federated schemas with hydra's ``ConfigStore`` (group files extend them)."""
+    store.store(group="federation", name="federation_schema", node=FederationConfig)
+    store.store(group="privacy", name="privacy_schema", node=PrivacyConfig)
+    store.store(group="strategy", name="strategy_schema", node=StrategyConfig)
+
+
+def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
+    """Hydra overrides from Flower's run config: ``experiment=<name>`` then ``overrides``.
+
+    ``overrides`` is one string of whitespace-separated hydra overrides (shell quoting allowed),
+    e.g. ``"federation.rounds=2 privacy=dp"``.
+    """
+    out: list[str] = []
+    experiment = str(run_config.get("experiment", "") or "").strip()
+    if experiment:
+        out.append(f"experiment={experiment}")
+    out += shlex.split(str(run_config.get("overrides", "") or ""))
+    return out
+
+
+def load_settings(overrides: Sequence[str]) -> ExperimentSettings:
+    """Compose the hydra config with ``overrides`` and validate it."""
+    from unicon_core.hydra_config import load_config
+
+    return settings_from_config(load_config(list(overrides)))
+
+
+def settings_from_config(cfg: Any) -> ExperimentSettings:
+    """Validate a composed config (``DictConfig`` or plain mapping) into settings."""
+    from omegaconf import DictConfig, OmegaConf
+
+    data: dict[str, Any] = (
+        OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        if isinstance(cfg, DictConfig)
+        else dict(cfg)
+    )
+    tasks_raw = data.get("tasks") or {}
+    tasks = {
+        name: TaskSpec.from_dict({"name": name, **dict(spec)}) for name, spec in tasks_raw.items()
+    }
+    return ExperimentSettings(
+        experiment=str(data.get("experiment_name") or data.get("experiment") or "experiment"),
+        seed=int(data.get("seed", 0)),
+        resume=bool(data.get("resume", False)),
+        backbone=BackboneConfig(**dict(data.get("backbone") or {})),
+        train=TrainConfig(**dict(data.get("train") or {})),
+        federation=FederationConfig(**dict(data.get("federation") or {})),
+        privacy=PrivacyConfig(**dict(data.get("privacy") or {})),
+        strategy=StrategyConfig(**dict(data.get("strategy") or {})),
+        tasks=tasks,
+        resolved=data,
+    )
+
+
+def site_for_node(node_config: Mapping[str, Any], fed: FederationConfig) -> tuple[str, Path]:
+    """Which site a node serves: ``site-dir`` from its node config, else its simulation slot.
+
+    In a deployment each SuperNode is started with ``--node-config "site-dir='/data/site'"``;
+    in simulation the i-th virtual node (``partition-id`` i) serves the i-th configured site.
+    """
+    if NODE_SITE_DIR in node_config:
+        path = Path(str(node_config[NODE_SITE_DIR]))
+        name = str(node_config.get(NODE_SITE_NAME, "") or path.name)
+        return name, path
+    if NODE_PARTITION_ID not in node_config:
+        raise ValueError(
+            f"node config has neither {NODE_SITE_DIR!r} nor {NODE_PARTITION_ID!r}: cannot tell "
+            "which site this node serves"
+        )
+    index = int(node_config[NODE_PARTITION_ID])
+    names = list(fed.sites)
+    if not 0 <= index < len(names):
+        raise ValueError(
+            f"simulation node {index} has no site: the experiment lists {len(names)} sites "
+            f"({names}); set the federation's num-supernodes to {len(names)}"
+        )
+    return names[index], fed.site_path(names[index])

@@ -1,0 +1,54 @@
+"""Names shared by the ServerApp and the ClientApp: record keys, config keys, reply statuses.
+
+One place for the wire vocabulary, so server and sites cannot drift apart on a literal.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class RecordKey(str, Enum):
+    """Keys of the records inside a message's ``RecordDict``."""
+
+    SKILL = "skill"  # ArrayRecord: one task's skill tensors (server -> site and back)
+    CONFIG = "config"  # ConfigRecord: server instructions
+    METRICS = "metrics"  # MetricRecord: scalar metrics of a reply
+    INFO = "info"  # ConfigRecord: who replies (site, task, foundation hash, status)
+
+
+class ConfigKey(str, Enum):
+    """Keys of the server's instruction ``ConfigRecord``."""
+
+    SERVER_ROUND = "server-round"
+    TASK = "task"
+    FOUNDATION_HASH = "foundation-hash"
+
+
+class InfoKey(str, Enum):
+    """Keys of the ``ConfigRecord`` every site reply carries."""
+
+    SITE = "site"
+    TASK = "task"
+    FOUNDATION_HASH = "foundation-hash"
+    TASK_SPEC = "task-spec"  # JSON of the site's TaskSpec (query replies only)
+    SYNTHETIC = "synthetic"
+    STATUS = "status"
+    REASON = "reason"
+
+
+class Status(str, Enum):
+    """What a site did with a training instruction."""
+
+    TRAINED = "trained"
+    EVALUATED = "evaluated"
+    READY = "ready"
+    BUDGET_EXHAUSTED = "budget-exhausted"
+
+
+#: Metric key FedAvg weights by: the number of training (or evaluation) *examples*.
+NUM_EXAMPLES = "num-examples"
+
+#: Separator between task name and skill key in the server's union ArrayRecord.
+#: Task names never contain a dot (``TaskSpec`` validates this), so the split is unambiguous.
+TASK_SEP = "."
