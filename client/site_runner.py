@@ -175,9 +175,15 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     check_instruction(msg, site, model)
     info = info_record(site, model, Status.READY)
     info[InfoKey.TASK_SPEC.value] = json.dumps(site.task_spec.to_dict(), sort_keys=True)
-    sizes = site.split_sizes()
-    metrics = MetricRecord({NUM_EXAMPLES: int(sizes.get("train", 0))})
+    from flwr.app import Array
+
+    from unicon_core.federation.summaries import site_summary
+
+    summary, count = site_summary(site, model)
+    metrics = MetricRecord({NUM_EXAMPLES: int(count)})
     content = RecordDict({RecordKey.INFO.value: info, RecordKey.METRICS.value: metrics})
+    if summary:  # router statistics: moments over the train split, never rows
+        content[RecordKey.SUMMARY.value] = ArrayRecord({k: Array(v) for k, v in summary.items()})
     return Message(content, reply_to=msg)
 
 

@@ -35,6 +35,7 @@ from unicon_core.federation.outputs import (
     PLOTS_DIR,
     RESULTS_FILE,
     ROUNDS_FILE,
+    TASKS_FILE,
     append_jsonl,
     build_results,
     new_run_dir,
@@ -45,7 +46,7 @@ from unicon_core.federation.outputs import (
     write_atomic,
     write_json,
 )
-from unicon_core.federation.protocol import ConfigKey, InfoKey, RecordKey
+from unicon_core.federation.protocol import NUM_EXAMPLES, ConfigKey, InfoKey, RecordKey
 
 if TYPE_CHECKING:
     from unicon_core.federation.tracking import Tracker
@@ -79,9 +80,13 @@ def resolve_run_dir(settings: ExperimentSettings) -> Path:
 
 
 def query_sites(
-    grid: Grid, settings: ExperimentSettings, foundation_hash: str
+    grid: Grid, settings: ExperimentSettings, foundation_hash: str, run_dir: Path
 ) -> tuple[list[SiteNode], dict[str, TaskSpec], dict[str, bool]]:
-    """Ask every node which site and task it serves; fail loudly on any problem."""
+    """Ask every node which site and task it serves; fail loudly on any problem.
+
+    The replies also carry each site's router statistics, pooled into ``summaries.json``.
+    """
+    site_of_summary: dict[str, list[str]] = {}
     expected = len(settings.federation.sites) or 1
     deadline = time.monotonic() + settings.federation.node_wait_s
     while len(node_ids := sorted(grid.get_node_ids())) < expected:
@@ -102,6 +107,7 @@ def query_sites(
     if len(replies) != len(messages):
         raise SiteQueryError(f"{len(messages) - len(replies)} site(s) did not answer the query")
     nodes: list[SiteNode] = []
+    summaries: list[tuple[str, dict[str, Any], int]] = []
     specs: dict[str, TaskSpec] = {}
     synthetic: dict[str, bool] = defaultdict(bool)
     problems: list[str] = []
@@ -126,6 +132,11 @@ def query_sites(
         specs.setdefault(task, spec)
         synthetic[task] |= bool(info[InfoKey.SYNTHETIC.value])
         nodes.append(SiteNode(node_id=node_id, site=site, task=task))
+        if RecordKey.SUMMARY.value in reply.content.array_records:
+            count = int(reply.content.metric_records[RecordKey.METRICS.value][NUM_EXAMPLES])
+            arrays = reply.content.array_records[RecordKey.SUMMARY.value]
+            summaries.append((task, {k: a.numpy() for k, a in arrays.items()}, count))
+            site_of_summary.setdefault(task, []).append(site)
     names = [n.site for n in nodes]
     if len(set(names)) != len(names):
         problems.append(f"site names are not unique: {sorted(names)}")
@@ -133,6 +144,11 @@ def query_sites(
         raise SiteQueryError("sites could not join the federation:\n  " + "\n  ".join(problems))
     for node in nodes:
         log(INFO, "site %s (node %s) serves task %s", node.site, node.node_id, node.task)
+    if summaries:
+        from unicon_core.federation.summaries import pool_summaries, write_summaries
+
+        prototypes, stats = pool_summaries(summaries)
+        write_summaries(run_dir, prototypes, stats, site_of_summary)
     return nodes, specs, dict(synthetic)
 
 
@@ -197,7 +213,18 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> Path:
 
     model = UniconModel(settings.backbone, seed=settings.seed)
     foundation_hash = model.foundation_hash
-    nodes, specs, synthetic = query_sites(grid, settings, foundation_hash)
+    nodes, specs, synthetic = query_sites(grid, settings, foundation_hash, run_dir)
+    write_json(
+        run_dir / TASKS_FILE,
+        {
+            t: {
+                "spec": s.to_dict(),
+                "synthetic": synthetic[t],
+                "sites": sorted(n.site for n in nodes if n.task == t),
+            }
+            for t, s in sorted(specs.items())
+        },
+    )
     arrays = initial_skills(model, specs)
     task_of_site = {n.site: n.task for n in nodes}
     full_bytes = {t: model.full_model_bytes(t) for t in specs}

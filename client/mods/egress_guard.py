@@ -7,6 +7,9 @@ compares every outgoing record with the instruction that came in:
   ClientApp loads those strictly into the model, so they are exactly the task's skill keys),
   each with the shape it came with, a skill prefix (``adapter.``/``head.``/``stem.``) and a
   floating-point dtype; an instruction without arrays (a query) lets no array out;
+* router summaries only in the ``summary`` ArrayRecord, only under the known summary keys, as
+  1-D floating-point vectors of bounded length, and only when the reply's example count is at
+  least ``MIN_SUMMARY_COUNT`` (moments over a site's train split, never a row);
 * metrics only as scalar numbers (a list could carry per-patient values);
 * config values only as short scalars (no bytes, no lists).
 
@@ -24,7 +27,8 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
-from unicon_core.federation.protocol import RecordKey
+from unicon_core.federation.protocol import NUM_EXAMPLES, RecordKey, SummaryKey
+from unicon_core.federation.summaries import MAX_SUMMARY_LENGTH, MIN_SUMMARY_COUNT
 from unicon_core.keys import SkillPart
 
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
@@ -76,7 +80,9 @@ class EgressGuard:
         """Every reason the reply may not leave (empty list: it may)."""
         out: list[str] = []
         for name, record in reply.content.items():
-            if isinstance(record, ArrayRecord):
+            if isinstance(record, ArrayRecord) and name == RecordKey.SUMMARY.value:
+                out += self._summary_problems(reply, record)
+            elif isinstance(record, ArrayRecord):
                 out += self._array_problems(name, record, allowed)
             elif isinstance(record, MetricRecord):
                 out += [
@@ -105,6 +111,23 @@ class EgressGuard:
                 out.append(f"array {key!r} lacks a skill prefix {self.prefixes}")
             elif arr.dtype not in FLOAT_DTYPES:
                 out.append(f"array {key!r} has dtype {arr.dtype}, skills are floating point")
+        return out
+
+    def _summary_problems(self, reply: Message, record: ArrayRecord) -> list[str]:
+        known = {k.value for k in SummaryKey}
+        metrics = reply.content.metric_records.get(RecordKey.METRICS.value)
+        count = metrics.get(NUM_EXAMPLES) if metrics is not None else None
+        out = []
+        if not isinstance(count, (int, float)) or count < MIN_SUMMARY_COUNT:
+            out.append(f"a summary needs >= {MIN_SUMMARY_COUNT} examples behind it, got {count}")
+        for key, arr in record.items():
+            if key not in known:
+                out.append(f"summary array {key!r} is not one of {sorted(known)}")
+            elif len(arr.shape) != 1 or arr.shape[0] > MAX_SUMMARY_LENGTH:
+                out.append(f"summary array {key!r} has shape {tuple(arr.shape)}, not a vector "
+                           f"of at most {MAX_SUMMARY_LENGTH}")
+            elif arr.dtype not in FLOAT_DTYPES:
+                out.append(f"summary array {key!r} has dtype {arr.dtype}, not floating point")
         return out
 
     def _config_problems(self, name: str, record: ConfigRecord) -> list[str]:

@@ -85,3 +85,35 @@ def test_constructor_validates() -> None:
         EgressGuard(max_config_chars=0)
     with pytest.raises(ValueError):
         EgressGuard(skill_record="")
+
+
+def _summary(**arrays: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in arrays.items()})
+
+
+PROTO = {"router.prototype": np.zeros(40, np.float64)}
+
+
+def test_router_summary_passes_on_a_query() -> None:
+    reply = EgressGuard()(_instruction(with_skill=False), _ctx(), _app({
+        "summary": _summary(**PROTO), "metrics": MetricRecord({"num-examples": 30})}))
+    assert reply.has_content() and set(reply.content["summary"].keys()) == set(PROTO)
+
+
+@pytest.mark.parametrize(
+    ("arrays", "count", "match"),
+    [
+        ({"router.images": np.zeros(40, np.float64)}, 30, "not one of"),
+        ({"router.prototype": np.zeros((6, 40), np.float64)}, 30, "not a vector"),
+        ({"router.prototype": np.zeros(100_000, np.float64)}, 30, "not a vector"),
+        ({"router.prototype": np.zeros(40, np.int64)}, 30, "not floating point"),
+        (PROTO, 1, "needs >= 5 examples"),  # a "mean" over one row would be that row
+    ],
+)
+def test_router_summary_outside_the_rules_is_refused(
+    arrays: dict[str, np.ndarray], count: int, match: str
+) -> None:
+    reply = EgressGuard()(_instruction(with_skill=False), _ctx(), _app({
+        "summary": _summary(**arrays), "metrics": MetricRecord({"num-examples": count})}))
+    assert reply.has_error()
+    assert match in reply.error.reason

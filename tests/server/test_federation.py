@@ -26,6 +26,14 @@ from tests.server.fedtools import (
 from unicon_core.config import BackboneConfig
 from unicon_core.federation.aggregation import slice_task
 from unicon_core.federation.outputs import read_jsonl
+from unicon_core.federation.protocol import NUM_EXAMPLES, SummaryKey
+from unicon_core.federation.summaries import (
+    MAX_SUMMARY_LENGTH,
+    MIN_SUMMARY_COUNT,
+    pool_summaries,
+    read_summaries,
+    site_summary,
+)
 from unicon_core.model import UniconModel
 from unicon_core.privacy import PrivacyLedger, epsilon_of, sample_rate, steps_per_round
 
@@ -75,6 +83,12 @@ def test_every_message_carries_only_the_sites_task_skill(finished_run: tuple) ->
             assert set(content.array_records) == {"skill"}
             assert set(arrays) == keys[task]
             assert all(a.dtype == "float32" for a in arrays.values())
+        elif kind == "query":  # router statistics: 1-D moments over the train split only
+            assert set(content.array_records) <= {"summary"}
+            assert set(arrays) <= {k.value for k in SummaryKey}
+            assert all(len(a.shape) == 1 and a.shape[0] <= MAX_SUMMARY_LENGTH
+                       for a in arrays.values())
+            assert content["metrics"][NUM_EXAMPLES] >= MIN_SUMMARY_COUNT
         else:
             assert arrays == {}
         # metrics and configs: scalars only (no per-patient lists, no bytes)
@@ -83,6 +97,34 @@ def test_every_message_carries_only_the_sites_task_skill(finished_run: tuple) ->
         for record in content.config_records.values():
             assert all(isinstance(v, (str, int, float, bool)) for v in record.values())
     assert kinds == {"query": 3, "train": 6, "evaluate": 6}
+
+
+def test_router_summaries_are_pooled_exactly_from_the_sites_train_splits(
+    finished_run: tuple,
+) -> None:
+    from unicon_core.data import open_site
+
+    # Prepare: what each site would compute locally, pooled by hand
+    run_dir, _ = finished_run
+    reports = []
+    for name, task, _ in THREE_SITES:
+        site = open_site(run_dir.parent / "sites" / name)
+        model = UniconModel(BackboneConfig(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64))
+        model.add_task(site.task_spec)
+        arrays, count = site_summary(site, model)
+        reports.append((task, arrays, count))
+    expected, expected_stats = pool_summaries(reports)
+    # Execute
+    loaded = read_summaries(run_dir)
+    # Assert
+    assert loaded is not None
+    prototypes, stats, raw = loaded
+    assert set(prototypes) == {CLS_TASK, SURV_TASK}
+    for task, proto in expected.items():
+        np.testing.assert_allclose(prototypes[task].mean, proto.mean, rtol=1e-12)
+        assert prototypes[task].count == proto.count
+    np.testing.assert_allclose(stats[SURV_TASK][0], expected_stats[SURV_TASK][0], rtol=1e-12)
+    assert raw["sites"][CLS_TASK] == ["site_a", "site_b"]
 
 
 def test_run_folder_holds_results_checkpoint_logs_and_plots(finished_run: tuple) -> None:
@@ -103,6 +145,8 @@ def test_run_folder_holds_results_checkpoint_logs_and_plots(finished_run: tuple)
     assert load_checkpoint(run_dir).round == 2
     assert {p.name for p in (run_dir / "plots").iterdir()} == {"metrics.png", "bytes.png"}
     assert (run_dir / "config.yaml").is_file() and (run_dir.parent / "latest").exists()
+    tasks = json.loads((run_dir / "tasks.json").read_text())
+    assert tasks[CLS_TASK]["sites"] == ["site_a", "site_b"] and "spec" in tasks[SURV_TASK]
 
 
 def test_single_site_task_still_trains(finished_run: tuple) -> None:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS_FILE = "results.json"
+#: What the query round learnt of each task: spec, synthetic flag, sites (read by export).
+TASKS_FILE = "tasks.json"
 ROUNDS_FILE = "rounds.jsonl"
 CONFIG_FILE = "config.yaml"
 PLOTS_DIR = "plots"

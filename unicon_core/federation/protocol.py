@@ -15,6 +15,14 @@ class RecordKey(str, Enum):
     CONFIG = "config"  # ConfigRecord: server instructions
     METRICS = "metrics"  # MetricRecord: scalar metrics of a reply
     INFO = "info"  # ConfigRecord: who replies (site, task, foundation hash, status)
+    SUMMARY = "summary"  # ArrayRecord: aggregate statistics for the router (query replies only)
+
+
+class SummaryKey(str, Enum):
+    """The only arrays a ``summary`` record may hold: 1-D moments over a site's train split."""
+
+    PROTOTYPE = "router.prototype"  # mean and mean of squares of the input descriptor
+    FEATURE_MOMENTS = "router.feature-moments"  # clinical sites: mean and mean of raw features
 
 
 class ConfigKey(str, Enum):

@@ -8,11 +8,11 @@ each task was trained on (site, synthetic flag, source) from ``site.json`` and `
 
 Router prototypes and tabular feature statistics are federated summaries: each site computes
 :func:`~unicon_core.inference.prototypes.site_prototype` (and, for tabular tasks,
-:func:`~unicon_core.inference.prototypes.feature_moments`) and the server aggregates them with
-:func:`~unicon_core.inference.prototypes.aggregate_prototypes`. Until the Flower app collects
-them in a round of its own, ``export`` computes them with the same functions from the site
-folders the run's config names when those are reachable from here (local simulation) and
-records that in the manifest; otherwise the bundle has no learned router.
+:func:`~unicon_core.inference.prototypes.feature_moments`) over its train split and sends them
+in its query reply; the server pools them by counts into the run's ``summaries.json``
+(:mod:`unicon_core.federation.summaries`), which ``export`` uses. For a run folder without that
+file (made before the query round carried summaries), ``export`` computes them with the same
+functions from the site folders if reachable and says so in the manifest.
 """
 
 from __future__ import annotations
@@ -62,11 +62,9 @@ def federated_summaries(
         if site.task_spec.modality is Modality.CLINICAL:
             rows = [site.rows[i] for i in site.split_rows(split)]
             moments.append((task, *feature_moments(rows, site.task_spec.feature_names)))
-    stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for task, pooled in aggregate_prototypes(moments).items():
-        std = np.sqrt(np.clip(pooled.mean_sq - pooled.mean**2, 0.0, None))
-        stats[task] = (pooled.mean, np.where(std > 0, std, 1.0))
-    return aggregate_prototypes(reports), stats
+    from unicon_core.federation.summaries import feature_stats
+
+    return aggregate_prototypes(reports), feature_stats(aggregate_prototypes(moments))
 
 
 def bundle_from_model(
@@ -150,7 +148,8 @@ def export_run(
     from unicon_core.data.transforms import PreprocessConfig
     from unicon_core.federation.aggregation import slice_task, tasks_of
     from unicon_core.federation.config import settings_from_config
-    from unicon_core.federation.outputs import RESULTS_FILE
+    from unicon_core.federation.outputs import RESULTS_FILE, TASKS_FILE
+    from unicon_core.federation.summaries import read_summaries
     from unicon_core.model import UniconModel
 
     run = Path(run_dir).resolve()
@@ -165,16 +164,29 @@ def export_run(
         )
     site_specs, records, sites = _site_records(run, settings)
     results = json.loads((run / RESULTS_FILE).read_text()) if (run / RESULTS_FILE).is_file() else {}
-    synthetic_tasks = set(results.get("synthetic", []))
+    # what the federation's query round recorded (spec, synthetic flag, sites per task)
+    run_tasks = json.loads((run / TASKS_FILE).read_text()) if (run / TASKS_FILE).is_file() else {}
+    synthetic_tasks = set(results.get("synthetic", [])) | {
+        t for t, info in run_tasks.items() if info.get("synthetic")
+    }
     problems = []
     for task in sorted(tasks_of(ckpt.arrays)):
         spec = settings.tasks.get(task) or site_specs.get(task)
+        if spec is None and task in run_tasks:
+            spec = TaskSpec.from_dict(run_tasks[task]["spec"])
         if spec is None:
-            problems.append(f"task {task!r}: no spec in the config's tasks and no reachable site")
+            problems.append(
+                f"task {task!r}: no spec in the config's tasks, in {TASKS_FILE} or a reachable site"
+            )
             continue
         model.add_task(spec)
         state = {k: torch.from_numpy(np.array(v)) for k, v in slice_task(ckpt.arrays, task).items()}
         model.load_skill_state_dict(task, state)
+        if task not in records and task in run_tasks:
+            records[task] = [
+                SiteRecord(site, bool(run_tasks[task]["synthetic"]), "recorded by the query round")
+                for site in run_tasks[task]["sites"]
+            ]
         if task not in records:
             if not results:
                 problems.append(
@@ -192,8 +204,21 @@ def export_run(
     router: dict[str, Prototype] = {}
     feature_stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     reachable = [s for s in sites if s.task_spec.name in model.specs]
-    if reachable:
+    federated = read_summaries(run)
+    if federated is not None:  # gathered by the federation itself (query round)
+        router, feature_stats, raw = federated
+        router_source, router_sites = (
+            raw["source"],
+            sorted({s for names in raw["sites"].values() for s in names}),
+        )
+    elif reachable:
         router, feature_stats = federated_summaries(model, reachable)
+        router_source, router_sites = ROUTER_FROM_SITES, sorted(s.name for s in reachable)
+    else:
+        router_source, router_sites = (
+            "none (no summaries in the run, site folders not reachable)",
+            [],
+        )
     preprocess = PreprocessConfig(**dict(settings.resolved.get("preprocess") or {}))
     bundle = bundle_from_model(
         model,
@@ -205,8 +230,8 @@ def export_run(
             "run_dir": str(run),
             "round": ckpt.round,
             "experiment": settings.experiment,
-            "router": ROUTER_FROM_SITES if router else "none (site folders not reachable)",
-            "router_sites": sorted(s.name for s in reachable),
+            "router": router_source,
+            "router_sites": router_sites,
             "stopped_sites": ckpt.stopped,
         },
     )

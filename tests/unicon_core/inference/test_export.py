@@ -122,3 +122,30 @@ def test_export_command_reports_errors_and_success(tmp_path: Path, capsys) -> No
     assert export_command(run, tmp_path / "b") == 0
     out = capsys.readouterr().out
     assert "ct_seg" in out and "SYNTHETIC" in out
+
+
+def test_export_prefers_the_federated_summaries_of_the_run(tmp_path: Path) -> None:
+    from unicon_core.federation.summaries import write_summaries
+    from unicon_core.inference.prototypes import Prototype
+
+    # Prepare: site folders unreachable; the run holds what the query round recorded/pooled
+    run, model = _run(tmp_path, reachable=False)
+    with pytest.raises(BundleError, match="task 'surv': no spec"):
+        export_run(run, tmp_path / "refused")
+    (run / "tasks.json").write_text(json.dumps({
+        "surv": {"spec": SPEC["surv"].to_dict(), "synthetic": False, "sites": ["clin_a"]},
+        "ct_seg": {"spec": SPEC["ct_seg"].to_dict(), "synthetic": True, "sites": ["ct_site"]},
+    }))
+    proto = Prototype(np.full(4, 2.0), np.full(4, 5.0), 50)
+    write_summaries(run, {"ct_seg": proto}, {}, {"ct_seg": ["ct_site"]})
+    # Execute
+    bundle = load_bundle(export_run(run, tmp_path / "bundle"))
+    # Assert
+    x = example_inputs()["surv"]
+    assert torch.equal(model(x, "surv"), bundle.model(x, "surv"))
+    assert [s.site for s in bundle.tasks["surv"].trained_on] == ["clin_a"]
+    assert not bundle.tasks["surv"].synthetic and bundle.tasks["ct_seg"].synthetic
+    assert set(bundle.router) == {"ct_seg"} and bundle.router["ct_seg"].count == 50
+    np.testing.assert_array_equal(bundle.router["ct_seg"].mean, proto.mean)
+    assert bundle.source["router"].startswith("federated")
+    assert bundle.source["router_sites"] == ["ct_site"]
