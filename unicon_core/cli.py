@@ -34,8 +34,8 @@ def demo() -> None:
 
 
 @app.command()
-def run(overrides: Overrides = None) -> None:
-    """Run a federated experiment in local simulation (`flwr run`)."""
+def federate(overrides: Overrides = None) -> None:
+    """Run a federated experiment in local simulation (`flwr run`); resume=true continues."""
     from unicon_core.commands.federated import run_federated
 
     run_dir = run_federated(list(overrides or []))

@@ -58,7 +58,7 @@ def test_cli_lists_commands_and_validate_exit_status(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "run", "validate", "prepare-demo", "pretrain", "train"):
+    for command in ("demo", "federate", "validate", "prepare-demo", "pretrain", "train"):
         assert command in result.output
     site = cls_site(tmp_path, n=6)
     assert runner.invoke(app, ["validate", str(site)]).exit_code == 0
