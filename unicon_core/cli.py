@@ -29,8 +29,7 @@ def demo() -> None:
     """Prepare the demo hospitals if needed and run the federated demo with `flwr run`."""
     from unicon_core.commands.federated import demo_command
 
-    run_dir = demo_command()
-    typer.echo(f"run folder: {run_dir}")
+    demo_command()  # prints the per-task table and the run folder
 
 
 @app.command()
