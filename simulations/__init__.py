@@ -1,0 +1,1 @@
+"""Benchmark entry points; ``python -m simulations.run_benchmarks`` writes BENCHMARKS.md."""

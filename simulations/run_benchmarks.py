@@ -1,0 +1,192 @@
+"""The benchmark suite of issue 5: one command, BENCHMARKS.md, plots and results.json.
+
+Usage::
+
+    python -m simulations.run_benchmarks [--quick] [--data-root DIR] [--runs-dir DIR]
+        [--out BENCHMARKS.md] [--seeds 0 1 2] [--no-overhead] [--no-foundation]
+
+Everything a run writes goes to its own folder ``<runs-dir>/<time>-benchmarks`` (default
+``<repo>/runs``): per-strategy stage runs, ``results.json`` (with the ``continual`` section of
+the isolated-skills method) and ``plots/``. BENCHMARKS.md (``--out``, default
+``<repo>/BENCHMARKS.md``) and a copy of the plots beside it (``simulations/results/benchmarks``)
+are the only files written outside the run folder. ``--quick`` uses
+``experiment=continual_quick`` (smaller budget) and skips the foundation stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+STRATEGIES = ["isolated", "naive_sequential", "local_only", "centralised", "full_fedavg"]
+#: Sites of the wall-time comparison (two real tasks, five sites).
+OVERHEAD_SITES = ["br35h_a", "br35h_b", "br35h_c", "gbsg2_a", "gbsg2_b"]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="small budget (about 10 min on 2 cores)")
+    p.add_argument("--data-root", type=Path, default=REPO / "demo_data")
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs")
+    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    p.add_argument("--plots-dir", type=Path,
+                   default=REPO / "simulations" / "results" / "benchmarks")
+    p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--no-overhead", action="store_true", help="skip the flwr wall-time run")
+    p.add_argument("--no-foundation", action="store_true", help="skip the foundation stage")
+    p.add_argument("--override", action="append", default=[], help="extra hydra override")
+    return p.parse_args(argv)
+
+
+def machine() -> str:
+    """CPU cores and threads this run used."""
+    import torch
+
+    return (f"{os.cpu_count()} CPU cores visible, torch threads {torch.get_num_threads()}, "
+            f"{platform.machine()} {platform.system()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run the suite; returns the run folder."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from simulations.adaptation import run_adaptation
+    from simulations.communication import bytes_table
+    from simulations.continual_suite import run_on_foundation, run_strategies
+    from simulations.modality import run_modality
+    from simulations.overhead import measure_overhead
+    from simulations.report import plot_all, write_markdown
+    from unicon_core.config import TaskKind
+    from unicon_core.continual.runner import make_context, open_sites
+    from unicon_core.continual.stages import ContinualConfig
+    from unicon_core.demo_data.prepare import prepare_demo
+    from unicon_core.federation.outputs import new_run_dir, write_json
+    from unicon_core.hydra_config import backbone_config, load_config
+
+    args = parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("simulations").addHandler(handler)
+    logging.getLogger("simulations").setLevel(logging.INFO)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    start = time.perf_counter()
+    data_root = args.data_root.resolve()
+    prepare_demo(data_root)  # reuses sites that are already there
+    experiment = "continual_quick" if args.quick else "continual"
+    overrides = [f"experiment={experiment}", f"federation.data_root='{data_root}'",
+                 *args.override]
+    composed = load_config(overrides)
+    section: dict[str, Any] = OmegaConf.to_container(composed.continual, resolve=True)  # type: ignore[assignment]
+    section["data_root"] = str(data_root)
+    if args.seeds:
+        section["seeds"] = args.seeds
+    cfg = ContinualConfig.from_dict(section)
+    backbone = backbone_config(composed)
+    run_dir = new_run_dir(args.runs_dir.resolve(), "benchmarks")
+    log.info("benchmark run folder: %s", run_dir)
+
+    continual: dict[str, list[dict[str, Any]]] = {n: [] for n in STRATEGIES}
+    foundation, modality, adaptation = [], [], []
+    ct_task, ctpet_task = _expansion(cfg)
+    for seed in cfg.seeds:
+        results, skills = run_strategies(cfg, backbone, overrides, run_dir, seed, STRATEGIES)
+        for name, res in results.items():
+            continual[name].append(res)
+        ctx = make_context(cfg, seed, backbone, run_dir / f"studies_seed{seed}", overrides)
+        if ct_task and ctpet_task:
+            modality.append(run_modality(ctx, ct_task, ctpet_task, skills[ct_task], backbone))
+        adaptation.append(run_adaptation(ctx, cfg.adaptation_task, backbone))
+        if cfg.foundation_stage or not (args.quick or args.no_foundation):
+            foundation.append(run_on_foundation(cfg, backbone, overrides, run_dir, seed))
+        write_json(run_dir / "partial.json", {"continual": continual, "modality": modality})
+
+    sites = open_sites(cfg, cfg.seeds[0])
+    specs = {s.task_spec.name: s.task_spec for s in sites.values()}
+    small = backbone_config(load_config([*overrides, "backbone=small"]))
+    comm = bytes_table(specs, {"tiny": backbone, "small": small})
+    overhead = None
+    if not args.no_overhead:
+        ctx = make_context(cfg, cfg.seeds[0], backbone, run_dir / "overhead", overrides, sites)
+        members = [sites[s] for s in OVERHEAD_SITES if s in sites]
+        overhead = measure_overhead(members, [cfg.site_dir(s.name) for s in members], overrides,
+                                    backbone, cfg.rounds, ctx.train, run_dir / "overhead")
+
+    first = continual["isolated"][0]
+    synthetic = sorted({s.task_spec.name for s in sites.values() if s.synthetic})
+    iso = continual["isolated"]
+    import numpy as np
+
+    from simulations.report import mean_matrix, mean_std
+
+    suite: dict[str, Any] = {
+        "order": first["order"], "stages": first["stages"], "synthetic": synthetic,
+        "continual": continual, "foundation": foundation, "modality": modality,
+        "adaptation": adaptation, "bytes": comm, "overhead": overhead,
+        "meta": {
+            "command": " ".join(["python -m simulations.run_benchmarks", *sys.argv[1:]])
+            if argv is None else " ".join(["python -m simulations.run_benchmarks", *argv]),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(), "seeds": cfg.seeds, "rounds": cfg.rounds,
+            "local_steps": cfg.local_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "backbone": f"tiny ({backbone.num_layers} layers, width {backbone.hidden_size})",
+            "run_dir": str(run_dir), "adaptation_task": cfg.adaptation_task,
+            "stages": [{"name": s.name, "sites": s.sites, "expand": s.expand}
+                       for s in cfg.stages],
+            "metrics": {t: _metric(specs[t].kind, TaskKind) for t in specs},
+        },
+    }
+    suite["meta"]["wall_s"] = time.perf_counter() - start
+    suite["continual_summary"] = {
+        "order": first["order"],
+        "matrix": [[None if not np.isfinite(v) else float(v) for v in row]
+                   for row in mean_matrix(iso)],
+        "avg": mean_std([r["avg"] for r in iso])[0],
+        "bwt": mean_std([r["bwt"] for r in iso])[0],
+        "forgetting": mean_std([r["forgetting"] for r in iso])[0],
+    }
+    plots = plot_all(suite, run_dir / "plots")
+    args.plots_dir.mkdir(parents=True, exist_ok=True)
+    shown = []
+    for p in plots:
+        shutil.copy2(p, args.plots_dir / p.name)
+        shown.append(Path(os.path.relpath(args.plots_dir / p.name, args.out.parent.resolve())))
+    results = {"experiment": experiment, "synthetic": synthetic,
+               "continual": suite["continual_summary"], "suite": suite}
+    write_json(run_dir / "results.json", results)
+    write_markdown(suite, args.out, shown)
+    shutil.copy2(args.out, run_dir / "BENCHMARKS.md")
+    log.info("wrote %s and %s in %.1f min", args.out, run_dir / "results.json",
+                 (time.perf_counter() - start) / 60)
+    return run_dir
+
+
+def _expansion(cfg: Any) -> tuple[str | None, str | None]:
+    """The (source, target) of the first modality expansion, if any."""
+    for stage in cfg.stages:
+        for target, source in stage.expand.items():
+            return source, target
+    return None, None
+
+
+def _metric(kind: Any, task_kind: Any) -> str:
+    from unicon_core.metrics import PRIMARY_METRIC
+
+    return PRIMARY_METRIC[task_kind(kind)]
+
+
+if __name__ == "__main__":
+    main()

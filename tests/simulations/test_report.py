@@ -1,0 +1,61 @@
+"""The report's formatting on a hand-made suite (no training)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from simulations.report import fmt, mean_matrix, mean_std, write_markdown
+
+NAN = math.nan
+
+
+def _result(matrix, bwt) -> dict:
+    return {"order": ["a", "b"], "matrix": matrix, "avg": 0.5, "bwt": bwt, "forgetting": -bwt,
+            "wall_s": 1.0, "logs": [{"bytes_down_per_site_round": 10,
+                                     "bytes_up_per_site_round": 10}] * 2}
+
+
+def test_mean_std_and_fmt() -> None:
+    # Execute / Assert
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert all(math.isnan(v) for v in mean_std([NAN]))
+    assert fmt([0.5]) == "0.500 ± 0.000"
+    assert fmt([NAN]) == "n/a"
+    assert fmt(NAN) == "n/a"
+
+
+def test_markdown_reports_goals_and_synthetic(tmp_path: Path) -> None:
+    # Prepare
+    iso = [_result([[0.8, 0.8], [NAN, 0.6]], 0.0)] * 2
+    naive = [_result([[0.8, 0.5], [NAN, 0.6]], -0.3)] * 2
+    full = [{**_result([[0.8, 0.8], [NAN, 0.6]], 0.0),
+             "logs": [{"bytes_down_per_site_round": 1000, "bytes_up_per_site_round": 1000}] * 2}]
+    suite = {
+        "order": ["a", "b"], "stages": ["s0", "s1"], "synthetic": ["b"],
+        "continual": {"isolated": iso, "naive_sequential": naive, "centralised": iso,
+                      "local_only": iso, "full_fedavg": full},
+        "foundation": [], "modality": [{"ct_zero_shot": 0.1, "ct_only": 0.5,
+                                        "ctpet_expanded": 0.6, "ctpet_scratch": 0.4}],
+        "adaptation": [{"lora": {"value": 0.7, "bytes_per_site_round": 5}}],
+        "bytes": [{"backbone": "tiny", "task": "a", "skill_bytes": 10, "full_bytes": 1000,
+                   "ratio": 0.01, "skill_params": 1, "backbone_params": 2}],
+        "overhead": {"flwr_s": 13.0, "plain_s": 10.0, "ratio": 1.3, "sites": 2, "rounds": 1,
+                     "local_steps": 1},
+        "meta": {"command": "cmd", "date": "today", "wall_s": 60, "machine": "2 cores",
+                 "seeds": [0, 1], "rounds": 1, "local_steps": 1, "batch_size": 2, "lr": 0.1,
+                 "backbone": "tiny", "run_dir": "/r", "adaptation_task": "a",
+                 "stages": [{"name": "s0", "sites": ["x"], "expand": {}},
+                            {"name": "s1", "sites": ["y"], "expand": {"b": "a"}}]},
+    }
+    # Execute
+    text = write_markdown(suite, tmp_path / "B.md", [Path("p.png")])
+    # Assert
+    assert "exactly 0 for every seed" in text
+    assert "b (SYNTHETIC)" in text
+    assert "1/100.0 | met" in text  # the skill/full ratio measured in the runs
+    assert "ratio **1.30×**" in text
+    assert (tmp_path / "B.md").read_text() == text
+    assert mean_matrix(iso)[0][1] == pytest.approx(0.8)
