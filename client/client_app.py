@@ -4,7 +4,7 @@ Thin on purpose: each handler resolves the experiment settings from the run conf
 the message to :mod:`client.site_runner`. Heavy libraries (torch, peft, opacus, MONAI) load
 inside the handlers, so a SuperNode imports this module quickly. Every reply passes the
 :class:`~client.mods.EgressGuard`, which refuses any array that is not one of the task's skill
-tensors.
+tensors; the :class:`~client.mods.AnswerTimer` adds how long the site took to answer.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from collections.abc import Sequence
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.mods.answer_timer import AnswerTimer
 from client.mods.egress_guard import EgressGuard
 
 
 def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     """A ClientApp; ``overrides`` are hydra overrides applied after the run config's own."""
     extra = list(overrides)
-    client_app = ClientApp(mods=[EgressGuard()])
+    # The guard is outermost: it checks everything that leaves, the timer's metrics included.
+    client_app = ClientApp(mods=[EgressGuard(), AnswerTimer()])
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -17,7 +17,8 @@ import importlib
 import json
 import time
 from collections import defaultdict
-from logging import INFO
+from dataclasses import dataclass, field
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,10 +26,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from server.strategies.per_task_fedavg import SiteNode
 from unicon_core.config import TaskSpec
-from unicon_core.federation.config import STRATEGIES, ExperimentSettings
+from unicon_core.federation.config import STRATEGIES, ExperimentSettings, FederationConfig
 from unicon_core.federation.outputs import (
     CONFIG_FILE,
     LATEST,
@@ -79,20 +80,52 @@ def resolve_run_dir(settings: ExperimentSettings) -> Path:
     return new_run_dir(runs_dir, settings.experiment)
 
 
+@dataclass
+class QueryResult:
+    """What the query round learnt: joined sites, task specs, synthetic flags, exclusions."""
+
+    nodes: list[SiteNode]
+    specs: dict[str, TaskSpec]
+    synthetic: dict[str, bool]
+    #: site name (or ``node <id>`` when the site could not even say its name) -> reason
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+def wait_for_nodes(grid: Grid, fed: FederationConfig) -> list[int]:
+    """Node ids once every configured site is connected, or whoever is there at ``node_wait_s``.
+
+    Raises :class:`SiteQueryError` if fewer than ``min_sites`` nodes connected by then.
+    """
+    expected = max(len(fed.sites), fed.min_sites)
+    deadline = time.monotonic() + fed.node_wait_s
+    node_ids = sorted(grid.get_node_ids())
+    while len(node_ids) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        node_ids = sorted(grid.get_node_ids())
+    if len(node_ids) < fed.min_sites:
+        raise SiteQueryError(
+            f"only {len(node_ids)} site(s) connected within {fed.node_wait_s:g} s; the run needs "
+            f"federation.min_sites={fed.min_sites}"
+        )
+    if len(node_ids) < expected:
+        log(WARNING, "%d of %d configured sites connected within %g s; going on without the "
+            "others", len(node_ids), expected, fed.node_wait_s)
+    return node_ids
+
+
 def query_sites(
     grid: Grid, settings: ExperimentSettings, foundation_hash: str, run_dir: Path
-) -> tuple[list[SiteNode], dict[str, TaskSpec], dict[str, bool]]:
-    """Ask every node which site and task it serves; fail loudly on any problem.
+) -> QueryResult:
+    """Ask every node which site and task it serves; exclude (and log) sites that cannot join.
 
-    The replies also carry each site's router statistics, pooled into ``summaries.json``.
+    A site is excluded, not fatal, when it fails (invalid data: the error lists the problems),
+    does not answer, runs another foundation, defines its task differently, or repeats another
+    site's name; a task left with fewer than ``min_sites_per_task`` sites is excluded too. The
+    run stops only if fewer than ``min_sites`` sites remain. The replies also carry each site's
+    router statistics, pooled into ``summaries.json``.
     """
-    site_of_summary: dict[str, list[str]] = {}
-    expected = len(settings.federation.sites) or 1
-    deadline = time.monotonic() + settings.federation.node_wait_s
-    while len(node_ids := sorted(grid.get_node_ids())) < expected:
-        if time.monotonic() > deadline:
-            raise SiteQueryError(f"only {len(node_ids)} of {expected} sites connected")
-        time.sleep(0.5)
+    fed = settings.federation
+    node_ids = wait_for_nodes(grid, fed)
     messages = [
         Message(
             content=RecordDict({RecordKey.CONFIG.value: ConfigRecord(
@@ -103,53 +136,77 @@ def query_sites(
         )
         for node_id in node_ids
     ]
-    replies = list(grid.send_and_receive(messages, timeout=settings.federation.round_timeout_s))
-    if len(replies) != len(messages):
-        raise SiteQueryError(f"{len(messages) - len(replies)} site(s) did not answer the query")
-    nodes: list[SiteNode] = []
-    summaries: list[tuple[str, dict[str, Any], int]] = []
-    specs: dict[str, TaskSpec] = {}
-    synthetic: dict[str, bool] = defaultdict(bool)
-    problems: list[str] = []
+    replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout_s))
+    excluded: dict[str, str] = {}
+    answered = {m.metadata.src_node_id for m in replies}
+    for node_id in node_ids:
+        if node_id not in answered:
+            excluded[f"node {node_id}"] = "no reply to the query before the timeout"
+    joined: list[tuple[SiteNode, TaskSpec, bool, Message]] = []
+    specs: dict[str, TaskSpec] = {
+        t: spec for t, spec in settings.tasks.items()
+    }
     for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
         node_id = reply.metadata.src_node_id
         if reply.has_error():
-            problems.append(f"node {node_id}: {reply.error.reason}")
+            excluded[f"node {node_id}"] = reply.error.reason
             continue
         info = reply.content.config_records[RecordKey.INFO.value]
         site, task = str(info[InfoKey.SITE.value]), str(info[InfoKey.TASK.value])
         if info[InfoKey.FOUNDATION_HASH.value] != foundation_hash:
-            problems.append(f"site {site}: runs another foundation; its skills cannot be mixed")
+            excluded[site] = "runs another foundation; its skills cannot be mixed"
+            continue
+        if any(n.site == site for n, *_ in joined):
+            excluded[f"node {node_id}"] = f"site name {site!r} is already served by another node"
             continue
         spec = TaskSpec.from_dict(json.loads(str(info[InfoKey.TASK_SPEC.value])))
         if task in specs and specs[task].to_dict() != spec.to_dict():
-            problems.append(f"site {site}: task {task!r} differs from another site's definition")
-        configured = settings.tasks.get(task)
-        if configured is not None and configured.to_dict() != spec.to_dict():
-            problems.append(
-                f"site {site}: task {task!r} differs from the experiment's tasks.{task}"
-            )
-        specs.setdefault(task, spec)
-        synthetic[task] |= bool(info[InfoKey.SYNTHETIC.value])
-        nodes.append(SiteNode(node_id=node_id, site=site, task=task))
+            where = "the experiment's" if task in settings.tasks else "another site's"
+            excluded[site] = f"task {task!r} differs from {where} definition of it"
+            continue
+        specs[task] = spec
+        node = SiteNode(node_id=node_id, site=site, task=task)
+        joined.append((node, spec, bool(info[InfoKey.SYNTHETIC.value]), reply))
+    counts: dict[str, int] = defaultdict(int)
+    for node, *_ in joined:
+        counts[node.task] += 1
+    small = {t for t, n in counts.items() if n < fed.min_sites_per_task}
+    for node, *_ in joined:
+        if node.task in small:
+            excluded[node.site] = (f"task {node.task!r} has {counts[node.task]} site(s), fewer "
+                                   f"than federation.min_sites_per_task={fed.min_sites_per_task}")
+    joined = [j for j in joined if j[0].task not in small]
+    for who, reason in sorted(excluded.items()):
+        log(ERROR, "site %s excluded from the run: %s", who, reason)
+    if len(joined) < fed.min_sites:
+        detail = "\n  ".join(f"{w}: {r}" for w, r in sorted(excluded.items()))
+        raise SiteQueryError(
+            f"{len(joined)} site(s) could join the federation, federation.min_sites="
+            f"{fed.min_sites}; sites could not join:\n  {detail}"
+        )
+    synthetic: dict[str, bool] = defaultdict(bool)
+    summaries: list[tuple[str, dict[str, Any], int]] = []
+    site_of_summary: dict[str, list[str]] = {}
+    for node, _, is_synthetic, reply in joined:
+        synthetic[node.task] |= is_synthetic
+        log(INFO, "site %s (node %s) serves task %s", node.site, node.node_id, node.task)
         if RecordKey.SUMMARY.value in reply.content.array_records:
             count = int(reply.content.metric_records[RecordKey.METRICS.value][NUM_EXAMPLES])
             arrays = reply.content.array_records[RecordKey.SUMMARY.value]
-            summaries.append((task, {k: a.numpy() for k, a in arrays.items()}, count))
-            site_of_summary.setdefault(task, []).append(site)
-    names = [n.site for n in nodes]
-    if len(set(names)) != len(names):
-        problems.append(f"site names are not unique: {sorted(names)}")
-    if problems:
-        raise SiteQueryError("sites could not join the federation:\n  " + "\n  ".join(problems))
-    for node in nodes:
-        log(INFO, "site %s (node %s) serves task %s", node.site, node.node_id, node.task)
+            summaries.append((node.task, {k: a.numpy() for k, a in arrays.items()}, count))
+            site_of_summary.setdefault(node.task, []).append(node.site)
     if summaries:
         from unicon_core.federation.summaries import pool_summaries, write_summaries
 
         prototypes, stats = pool_summaries(summaries)
         write_summaries(run_dir, prototypes, stats, site_of_summary)
-    return nodes, specs, dict(synthetic)
+    tasks = {n.task for n, *_ in joined}
+    return QueryResult(
+        nodes=[n for n, *_ in joined],
+        specs={t: s for t, s in specs.items() if t in tasks},
+        synthetic=dict(synthetic),
+        excluded=excluded,
+    )
 
 
 def initial_skills(model: UniconModel, specs: dict[str, TaskSpec]) -> dict[str, Any]:
@@ -162,6 +219,31 @@ def initial_skills(model: UniconModel, specs: dict[str, TaskSpec]) -> dict[str, 
         state = {k: v.numpy() for k, v in model.skill_state_dict(name).items()}
         union.update(prefix_task(name, state))
     return union
+
+
+def merge_resumed(initial: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """Skills to resume from: the checkpoint's, plus fresh ones for tasks it does not have.
+
+    A task whose sites are all absent now keeps its saved skill untouched (it travels in the
+    checkpoint, no site is asked); a task that joined since starts from its initial skill. A
+    saved tensor whose shape differs from the task's current definition is an error.
+    """
+    merged = dict(initial)
+    for key, value in saved.items():
+        if key in initial and initial[key].shape != value.shape:
+            raise ValueError(f"checkpoint tensor {key} has shape {value.shape}, the task now "
+                             f"defines {initial[key].shape}")
+        merged[key] = value
+    return merged
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temp files a killed server left behind (``write_atomic``'s ``.<name>-*.tmp``)."""
+    stale = sorted(run_dir.glob(".*.tmp"))
+    for path in stale:
+        log(WARNING, "removing %s, left half-written by an interrupted run", path.name)
+        path.unlink(missing_ok=True)
+    return stale
 
 
 class RoundRecorder:
@@ -186,6 +268,9 @@ class RoundRecorder:
         from unicon_core.federation.tracking import flatten
 
         rnd = int(record["round"])
+        # The log line first, the checkpoint last: a crash in between leaves a line for a round
+        # the checkpoint does not have, which a resume drops and redoes (never a lost round).
+        append_jsonl(self.run_dir / ROUNDS_FILE, {**record, "time": time.time()})
         save_checkpoint(self.run_dir, Checkpoint(
             round=rnd,
             arrays={k: a.numpy() for k, a in arrays.items()},
@@ -193,7 +278,6 @@ class RoundRecorder:
             config=self.settings.resolved,
             stopped=dict(self.stopped),
         ))
-        append_jsonl(self.run_dir / ROUNDS_FILE, {**record, "time": time.time()})
         self.tracker.log(rnd, flatten("", {"tasks": record.get("tasks", {}),
                                            "sites": record.get("sites", {})}))
         log(INFO, "round %d recorded in %s", rnd, self.run_dir)
@@ -213,7 +297,8 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> Path:
 
     model = UniconModel(settings.backbone, seed=settings.seed)
     foundation_hash = model.foundation_hash
-    nodes, specs, synthetic = query_sites(grid, settings, foundation_hash, run_dir)
+    query = query_sites(grid, settings, foundation_hash, run_dir)
+    nodes, specs, synthetic = query.nodes, query.specs, query.synthetic
     write_json(
         run_dir / TASKS_FILE,
         {
@@ -233,17 +318,19 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> Path:
 
     offset, stopped = 0, {}
     rounds_path = run_dir / ROUNDS_FILE
-    if settings.resume:
+    if settings.resume and (run_dir / CHECKPOINT_FILE).is_file():
         ckpt = load_checkpoint(run_dir)
         if ckpt.foundation_hash != foundation_hash:
             raise ValueError(f"{run_dir}: checkpoint was made on another foundation")
-        if set(ckpt.arrays) != set(arrays):
-            raise ValueError(f"{run_dir}: checkpoint skills do not match the sites' tasks")
-        arrays, offset, stopped = ckpt.arrays, ckpt.round, dict(ckpt.stopped)
+        arrays, offset, stopped = merge_resumed(arrays, ckpt.arrays), ckpt.round, ckpt.stopped
         truncate_rounds(rounds_path, offset)
+        remove_stale_temp_files(run_dir)
         log(INFO, "resuming after round %d of %d", offset, settings.federation.rounds)
-    elif rounds_path.exists():
-        rounds_path.unlink()
+    else:
+        if settings.resume:
+            log(WARNING, "resume=true but %s has no checkpoint yet: starting at round 1",
+                run_dir)
+        rounds_path.unlink(missing_ok=True)
 
     tracker = Tracker(run_dir, mode=settings.federation.wandb,
                       project=settings.federation.wandb_project,
@@ -256,6 +343,9 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> Path:
         evaluate=settings.federation.evaluate,
         round_offset=offset,
         weighted_by_key=settings.strategy.weighted_by,
+        min_sites_per_task=settings.federation.min_sites_per_task,
+        max_update_norm=settings.strategy.max_update_norm,
+        **settings.strategy.options(),
     )
     strategy.stopped.update(stopped)
     strategy.on_round_end = RoundRecorder(run_dir, settings, foundation_hash, tracker,
@@ -285,6 +375,7 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> Path:
         )
         results["communication"]["full_model_bytes_per_task"] = full_bytes
         results["stopped"] = dict(strategy.stopped)
+        results["excluded"] = dict(query.excluded)
         write_json(run_dir / RESULTS_FILE, results)
         if settings.federation.plots and rows:
             plot_rounds(rows, task_info, full_model_bytes, run_dir / PLOTS_DIR, full_bytes)

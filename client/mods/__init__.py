@@ -1,5 +1,6 @@
 """Client mods: cross-cutting behaviour around every message a site handles."""
 
+from client.mods.answer_timer import AnswerTimer
 from client.mods.egress_guard import EgressGuard
 
-__all__ = ["EgressGuard"]
+__all__ = ["AnswerTimer", "EgressGuard"]

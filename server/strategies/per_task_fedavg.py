@@ -7,9 +7,18 @@ averaged weighted by their number of training examples. A task's slice is only e
 the average of its own sites, so sites of one task never change another task's skill; a task
 with one site simply keeps that site's update (federated = local there).
 
+Faults and bad updates: every returned skill is validated against the skill that was sent
+(:mod:`unicon_core.federation.validation`: foundation hash, keys, shapes, dtypes, finite values,
+optional update-norm bound); a rejected reply, a site error or a site that never answers is
+logged with the site and the reason and left out, and the round is aggregated from the rest. A
+task whose valid replies are fewer than ``min_sites_per_task`` keeps its skill for that round.
+Failed sites are asked again next round, so a site that comes back rejoins.
+
 Only ``configure_*``/``aggregate_*`` are overridden; the round loop is Flower's
-``Strategy.start``. ``round_offset`` lets a resumed run continue the round count, and
-``on_round_end`` receives each finished round's record and arrays (checkpoints, logs).
+``Strategy.start``. Subclasses change the aggregation rule by overriding one hook,
+:meth:`PerTaskFedAvg.aggregate_skills` (see ``per_task_median.py``,
+``per_task_trimmed_mean.py``). ``round_offset`` lets a resumed run continue the round count,
+and ``on_round_end`` receives each finished round's record and arrays (checkpoints, logs).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from unicon_core.federation.protocol import (
     RecordKey,
     Status,
 )
+from unicon_core.federation.validation import ValidationPolicy, update_problems
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
 
@@ -77,6 +87,10 @@ class PerTaskFedAvg(FedAvg):
         Rounds already done before this ``start`` (a resumed run).
     on_round_end : callable, optional
         Called with ``(round record, global arrays)`` when a round is complete.
+    min_sites_per_task : int (default: 1)
+        Fewest valid updates a task needs in a round for its skill to change.
+    max_update_norm : float, optional
+        Reject an update whose L2 distance to the skill sent exceeds this (None: no bound).
     """
 
     def __init__(
@@ -88,7 +102,11 @@ class PerTaskFedAvg(FedAvg):
         round_offset: int = 0,
         weighted_by_key: str = NUM_EXAMPLES,
         on_round_end: RoundCallback | None = None,
+        min_sites_per_task: int = 1,
+        max_update_norm: float | None = None,
     ) -> None:
+        if min_sites_per_task < 1:
+            raise ValueError(f"min_sites_per_task must be >= 1, got {min_sites_per_task}")
         if not nodes:
             raise ValueError("PerTaskFedAvg needs at least one site node")
         sites = [n.site for n in nodes]
@@ -99,9 +117,9 @@ class PerTaskFedAvg(FedAvg):
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0 if evaluate else 0.0,
-            min_train_nodes=len(nodes),
-            min_evaluate_nodes=len(nodes),
-            min_available_nodes=len(nodes),
+            min_train_nodes=1,
+            min_evaluate_nodes=1,
+            min_available_nodes=1,
             weighted_by_key=weighted_by_key,
             arrayrecord_key=RecordKey.SKILL.value,
             configrecord_key=RecordKey.CONFIG.value,
@@ -110,11 +128,14 @@ class PerTaskFedAvg(FedAvg):
         self.foundation_hash = foundation_hash
         self.round_offset = round_offset
         self.on_round_end = on_round_end
+        self.min_sites_per_task = min_sites_per_task
+        self.policy = ValidationPolicy(foundation_hash, max_update_norm)
         self.comm = CommLedger()
         #: site -> why it no longer trains (e.g. its privacy budget is spent)
         self.stopped: dict[str, str] = {}
         self._record: dict[str, Any] = {}
         self._arrays: ArrayRecord | None = None
+        self._asked: dict[str, list[SiteNode]] = {}
 
     def summary(self) -> None:
         """Log which sites serve which task."""
@@ -124,6 +145,8 @@ class PerTaskFedAvg(FedAvg):
         log(INFO, "\t├──> Per-task FedAvg over %d sites:", len(self.nodes))
         for task, sites in sorted(tasks.items()):
             log(INFO, "\t│\t├── %s: %s", task, ", ".join(sites))
+        log(INFO, "\t├──> Validation: update norm bound %s, >= %d valid site(s) per task",
+            self.policy.max_update_norm, self.min_sites_per_task)
         log(INFO, "\t└──> Weighted by: '%s'", self.weighted_by_key)
 
     # ------------------------------------------------------------------ train
@@ -145,17 +168,20 @@ class PerTaskFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Group replies by task and average each task's skill over its own sites."""
+        """Validate each reply, group by task and aggregate each task over its own sites."""
         rnd = server_round + self.round_offset
+        assert self._arrays is not None
+        current = {k: a.numpy() for k, a in self._arrays.items()}
         grouped: dict[str, list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]] = (
             defaultdict(list)
         )
+        replies = list(replies)
         for node, content in self._valid_replies(rnd, replies, "train"):
             info = content.config_records[RecordKey.INFO.value]
-            metrics = dict(content.metric_records[RecordKey.METRICS.value])
+            metrics = dict(content.metric_records.get(RecordKey.METRICS.value, {}))
             entry = self._site_entry(node)
-            entry.update(status=str(info[InfoKey.STATUS.value]), train=metrics)
-            if info[InfoKey.STATUS.value] == Status.BUDGET_EXHAUSTED.value:
+            entry.update(status=str(info.get(InfoKey.STATUS.value)), train=metrics)
+            if info.get(InfoKey.STATUS.value) == Status.BUDGET_EXHAUSTED.value:
                 reason = str(info.get(InfoKey.REASON.value, "privacy budget spent"))
                 self.stopped[node.site] = reason
                 entry["reason"] = reason
@@ -163,34 +189,57 @@ class PerTaskFedAvg(FedAvg):
                 continue
             skill = content.array_records.get(RecordKey.SKILL.value)
             if skill is None:
-                log(ERROR, "site %s replied without a skill; left out", node.site)
+                self._reject(entry, node, "train", "reply carries no skill")
                 continue
-            grouped[node.task].append(
-                (node.site, {k: a.numpy() for k, a in skill.items()}, metrics)
+            state = {k: a.numpy() for k, a in skill.items()}
+            problems = update_problems(
+                slice_task(current, node.task), state,
+                foundation_hash=info.get(InfoKey.FOUNDATION_HASH.value), policy=self.policy,
             )
-        assert self._arrays is not None
-        current = {k: a.numpy() for k, a in self._arrays.items()}
+            weight = metrics.get(self.weighted_by_key)
+            if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+                problems.append(f"{self.weighted_by_key} is {weight!r}, not a count >= 0")
+            if problems:
+                self._reject(entry, node, "train", "; ".join(problems))
+                continue
+            grouped[node.task].append((node.site, state, metrics))
+        self._log_silent(rnd, replies, "train")
         summary = MetricRecord()
-        for task in sorted(grouped):
-            items = sorted(grouped[task], key=lambda item: item[0])  # deterministic sum order
+        for task in sorted({n.task for n in self.nodes.values()}):
+            items = sorted(grouped.get(task, []), key=lambda item: item[0])  # deterministic
+            if len(items) < self.min_sites_per_task:
+                log(WARNING, "task %s: %d valid update(s), fewer than the minimum %d; skill "
+                    "unchanged this round", task, len(items), self.min_sites_per_task)
+                self._record["tasks"].setdefault(task, {})["sites_aggregated"] = 0
+                continue
             weights = [float(m[self.weighted_by_key]) for _, _, m in items]
             if not sum(weights) > 0:
                 log(WARNING, "task %s: no training examples this round; skill unchanged", task)
                 continue
             try:
-                average = weighted_average([s for _, s, _ in items], weights)
-                current = replace_task(current, task, average)
+                aggregate = self.aggregate_skills(task, [s for _, s, _ in items], weights)
+                current = replace_task(current, task, aggregate)
             except ValueError as err:
                 log(ERROR, "task %s: replies do not fit its skill (%s); skill unchanged",
                     task, err)
                 continue
             task_metrics = weighted_metrics([m for _, _, m in items], weights)
             task_metrics[self.weighted_by_key] = sum(weights)
+            task_metrics["sites_aggregated"] = len(items)
             self._record["tasks"].setdefault(task, {}).update(task_metrics)
             for key, value in task_metrics.items():
                 summary[f"{task}/{key}"] = value
         self._arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in current.items()})
         return self._arrays, summary
+
+    def aggregate_skills(
+        self, task: str, states: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
+    ) -> dict[str, np.ndarray]:
+        """Combine one task's validated site skills (FedAvg: weighted by examples).
+
+        The one hook a robust strategy overrides; ``states`` are sorted by site.
+        """
+        return weighted_average(states, weights)
 
     # ------------------------------------------------------------------ evaluate
     def configure_evaluate(
@@ -209,10 +258,17 @@ class PerTaskFedAvg(FedAvg):
         """Per-task example-weighted test metrics; then close the round."""
         rnd = server_round + self.round_offset
         grouped: dict[str, list[tuple[dict[str, Any], float]]] = defaultdict(list)
+        replies = list(replies)
         for node, content in self._valid_replies(rnd, replies, "evaluate"):
-            metrics = dict(content.metric_records[RecordKey.METRICS.value])
+            metrics = dict(content.metric_records.get(RecordKey.METRICS.value, {}))
+            weight = metrics.get(self.weighted_by_key)
+            if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
+                self._reject(self._site_entry(node), node, "evaluate",
+                             f"{self.weighted_by_key} is {weight!r}, not a count >= 0")
+                continue
             self._site_entry(node)["eval"] = metrics
-            grouped[node.task].append((metrics, float(metrics[self.weighted_by_key])))
+            grouped[node.task].append((metrics, float(weight)))
+        self._log_silent(rnd, replies, "evaluate")
         summary = MetricRecord()
         for task in sorted(grouped):
             weights = [w for _, w in grouped[task]]
@@ -235,6 +291,7 @@ class PerTaskFedAvg(FedAvg):
         message_type: str,
     ) -> list[Message]:
         union = {k: a.numpy() for k, a in arrays.items()}
+        self._asked[message_type] = list(nodes)
         messages = []
         for node in nodes:
             instruction = ConfigRecord(dict(config))
@@ -266,17 +323,31 @@ class PerTaskFedAvg(FedAvg):
             entry = self._site_entry(node)
             if msg.has_error():
                 entry.update(status="error", reason=msg.error.reason)
-                log(ERROR, "%s: site %s failed: %s", phase, node.site, msg.error.reason)
+                log(ERROR, "%s: site %s failed (left out this round): %s", phase, node.site,
+                    msg.error.reason)
                 continue
             content = msg.content
             self.comm.add(rnd, node.site, up=content_bytes(content))
             info = content.config_records.get(RecordKey.INFO.value, ConfigRecord())
             problem = self._reply_problem(node, info)
             if problem:
-                entry.update(status="rejected", reason=problem)
-                log(ERROR, "%s: reply of site %s rejected: %s", phase, node.site, problem)
+                self._reject(entry, node, phase, problem)
                 continue
             yield node, content
+
+    def _reject(self, entry: dict[str, Any], node: SiteNode, phase: str, reason: str) -> None:
+        entry.update(status="rejected", reason=reason)
+        log(ERROR, "%s: update of site %s rejected: %s", phase, node.site, reason)
+
+    def _log_silent(self, rnd: int, replies: Sequence[Message], phase: str) -> None:
+        """Mark and log the sites asked this round that sent no reply at all (timed out)."""
+        answered = {m.metadata.src_node_id for m in replies}
+        for node in self._asked.get(phase, []):
+            if node.node_id not in answered:
+                entry = self._site_entry(node)
+                entry.update(status="no-reply", reason=f"no {phase} reply before the timeout")
+                log(ERROR, "%s: site %s sent no reply in round %d (left out; asked again "
+                    "next round)", phase, node.site, rnd)
 
     def _reply_problem(self, node: SiteNode, info: ConfigRecord) -> str:
         if info.get(InfoKey.FOUNDATION_HASH.value) != self.foundation_hash:

@@ -213,12 +213,12 @@ def test_site_on_another_foundation_is_refused_clearly(tmp_path: Path) -> None:
     # Prepare: the sites build their backbone from another seed
     dirs = make_sites(tmp_path / "sites", THREE_SITES)
 
-    # Execute / Assert
+    # Execute / Assert: no site can join, so the run cannot start, and says why
     with pytest.raises(SiteQueryError, match="foundation"):
         run_in_process(tiny_overrides(dirs, tmp_path / "run", 1), 3, client_overrides=["seed=1"])
 
 
-def test_invalid_site_data_stops_the_run_with_the_problem(tmp_path: Path) -> None:
+def test_invalid_site_data_excludes_that_site_and_the_others_continue(tmp_path: Path) -> None:
     # Prepare: break one site's manifest
     dirs = make_sites(tmp_path / "sites", THREE_SITES)
     manifest = dirs[1] / "manifest.csv"
@@ -227,6 +227,23 @@ def test_invalid_site_data_stops_the_run_with_the_problem(tmp_path: Path) -> Non
     lines[1] = lines[1].rsplit(",", 1)[0] + ",7"  # class 7 of a 2-class task
     manifest.write_text("\n".join(lines) + "\n")
 
+    # Execute
+    run_in_process(tiny_overrides(dirs, tmp_path / "run", 1), 3)
+
+    # Assert: site_b is reported with the problem; site_a and site_c trained
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    [(who, reason)] = results["excluded"].items()
+    assert who.startswith("node ") and "label" in reason
+    assert set(results["tasks"][CLS_TASK]["per_site"]) == {"site_a"}
+    row = read_jsonl(tmp_path / "run" / "rounds.jsonl")[0]
+    assert set(row["sites"]) == {"site_a", "site_c"}
+
+
+def test_invalid_site_data_stops_the_run_below_min_sites(tmp_path: Path) -> None:
+    # Prepare: break one site's manifest and require all three sites
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+    (dirs[1] / "manifest.csv").write_text("id,split\n")
+
     # Execute / Assert
-    with pytest.raises(SiteQueryError, match="label"):
-        run_in_process(tiny_overrides(dirs, tmp_path / "run", 1), 3)
+    with pytest.raises(SiteQueryError, match="min_sites=3"):
+        run_in_process(tiny_overrides(dirs, tmp_path / "run", 1, "federation.min_sites=3"), 3)

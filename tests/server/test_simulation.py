@@ -26,6 +26,7 @@ from tests.server.fedtools import (
     tiny_overrides,
 )
 from unicon_core.config import BackboneConfig
+from unicon_core.federation.protocol import SummaryKey
 from unicon_core.model import UniconModel
 
 pytestmark = pytest.mark.slow
@@ -109,6 +110,8 @@ def test_flower_simulation_three_sites_two_tasks(tmp_path: Path) -> None:
         arrays = {k for rec in reply.content.array_records.values() for k in rec}
         if reply.metadata.message_type == "train":
             assert arrays == model.skill_keys(task)
+        elif reply.metadata.message_type == "query":  # router moments only (issue 7)
+            assert arrays <= {k.value for k in SummaryKey}
         else:
             assert arrays == set()
         for record in reply.content.metric_records.values():

@@ -78,9 +78,9 @@ def run_federated_stage(
     from client.client_app import make_client_app
     from server.checkpoint import load_checkpoint
     from server.federation import run_federation
-    from tests.server.fedtools import InProcessGrid
     from unicon_core.federation.aggregation import slice_task, tasks_of
     from unicon_core.federation.config import load_settings
+    from unicon_core.federation.inprocess import InProcessGrid
     from unicon_core.federation.outputs import RESULTS_FILE, ROUNDS_FILE, read_jsonl
 
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """Per-task aggregation of skills: plain functions on ``{key: numpy array}`` mappings.
 
+Three rules combine one task's site states: :func:`weighted_average` (FedAvg),
+:func:`coordinate_median` and :func:`trimmed_mean` (robust to a minority of bad sites; the
+latter two ignore example counts, as a poisoned site could also lie about its size).
+
 The server keeps the union of every task's skill as one mapping whose keys carry the task as a
 prefix (``"<task>.<skill key>"``). A site only ever sees and returns its task's slice (prefix
 removed), and :func:`replace_task` writes an aggregate back into that slice only, so sites of
@@ -97,6 +101,45 @@ def weighted_average(states: Sequence[Arrays], weights: Sequence[float]) -> dict
             acc += np.asarray(state[key], dtype=np.float64) * (float(weight) / total)
         out[key] = acc.astype(np.asarray(first).dtype, copy=False)
     return out
+
+
+def coordinate_median(states: Sequence[Arrays]) -> dict[str, np.ndarray]:
+    """Coordinate-wise median of the states (Flower's FedMedian rule, per task).
+
+    Robust while fewer than half of the states are arbitrary; keeps each key's dtype.
+    """
+    _check_states(states)
+    return {
+        key: np.median(np.stack([np.asarray(s[key], np.float64) for s in states]), axis=0)
+        .astype(np.asarray(first).dtype, copy=False)
+        for key, first in states[0].items()
+    }
+
+
+def trimmed_mean(states: Sequence[Arrays], trim_fraction: float) -> dict[str, np.ndarray]:
+    """Coordinate-wise mean after dropping ``floor(trim_fraction * n)`` values at each end.
+
+    Uses Flower's ``trim_mean`` (the FedTrimmedAvg rule, Yin et al. 2018) per key; with 5
+    sites and ``trim_fraction=0.2`` the largest and smallest value of every coordinate are cut.
+    """
+    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
+    _check_states(states)
+    return {
+        key: np.asarray(
+            trim_mean(np.stack([np.asarray(s[key], np.float64) for s in states]), trim_fraction)
+        ).astype(np.asarray(first).dtype, copy=False)
+        for key, first in states[0].items()
+    }
+
+
+def _check_states(states: Sequence[Arrays]) -> None:
+    if not states:
+        raise ValueError("need at least one state to aggregate")
+    for i, state in enumerate(states[1:], start=1):
+        check_same_layout(states[0], state, what=f"state {i}")
 
 
 def weighted_metrics(

@@ -72,6 +72,14 @@ class FederationConfig:
     eval_split: str = field(default="test", metadata={"help": "Split of the evaluation rounds."})
     round_timeout_s: float = field(default=3600.0, metadata={"help": "Wait for replies."})
     node_wait_s: float = field(default=300.0, metadata={"help": "Wait for all sites to connect."})
+    min_sites: int = field(
+        default=1,
+        metadata={"help": "Fewest sites that must pass the query round for the run to start "
+                  "(sites with invalid data or another foundation are excluded, not fatal)."},
+    )
+    min_sites_per_task: int = field(
+        default=1, metadata={"help": "Fewest valid updates a task needs to change in a round."}
+    )
     runs_dir: str | None = field(
         default=None, metadata={"help": "Absolute folder holding one sub-folder per run."}
     )
@@ -107,6 +115,10 @@ class FederationConfig:
                             "never depend on the working directory")
         if self.round_timeout_s <= 0 or self.node_wait_s <= 0:
             raise _fail("round_timeout_s/node_wait_s", "must be > 0")
+        if self.min_sites < 1:
+            raise _fail("min_sites", f"must be >= 1, got {self.min_sites}")
+        if self.min_sites_per_task < 1:
+            raise _fail("min_sites_per_task", f"must be >= 1, got {self.min_sites_per_task}")
 
     def site_path(self, name: str) -> Path:
         """Absolute data folder of site ``name``."""
@@ -151,16 +163,36 @@ class StrategyConfig:
 
     name: str = "per_task_fedavg"
     weighted_by: str = NUM_EXAMPLES
+    trim_fraction: float = field(
+        default=0.2, metadata={"help": "per_task_trimmed_mean: fraction cut at each end."}
+    )
+    max_update_norm: float | None = field(
+        default=None,
+        metadata={"help": "Reject a site update farther than this (L2) from the skill sent."},
+    )
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
             raise _fail("strategy.name", f"{self.name!r} is not one of {sorted(STRATEGIES)}")
+        if not 0.0 <= self.trim_fraction < 0.5:
+            raise _fail("strategy.trim_fraction", f"must be in [0, 0.5), got {self.trim_fraction}")
+        if self.max_update_norm is not None and not self.max_update_norm > 0:
+            raise _fail("strategy.max_update_norm", f"must be > 0 or null, got "
+                        f"{self.max_update_norm}")
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments of the chosen strategy class beyond the common ones."""
+        return {name: getattr(self, name) for name in STRATEGY_OPTIONS.get(self.name, ())}
 
 
 #: Strategy names -> "module:Class" under ``server.strategies`` (imported lazily by the server).
 STRATEGIES: dict[str, str] = {
     "per_task_fedavg": "server.strategies.per_task_fedavg:PerTaskFedAvg",
+    "per_task_median": "server.strategies.per_task_median:PerTaskMedian",
+    "per_task_trimmed_mean": "server.strategies.per_task_trimmed_mean:PerTaskTrimmedMean",
 }
+#: Strategy-specific options (StrategyConfig fields) passed to the strategy's constructor.
+STRATEGY_OPTIONS: dict[str, tuple[str, ...]] = {"per_task_trimmed_mean": ("trim_fraction",)}
 
 
 @dataclass

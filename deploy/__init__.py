@@ -1,0 +1,1 @@
+"""Deployment scripts (shell) and their Python helpers; not part of the installed package."""

@@ -1,0 +1,259 @@
+"""A whole deployment on one machine's loopback, driven through the deploy scripts.
+
+Used by the integration test (``tests/deploy``) and ``simulations/cold_start_bench.py``: a test
+PKI, the SuperLink (TLS, SuperNode authentication, state database), one SuperNode per site with
+its own key, and ``flwr run`` by the researcher, each started exactly as
+``docs/deployment.md`` tells a coordinator, a hospital and a researcher to do it. Every process
+starts in its own session; :meth:`LoopbackFederation.stop` ends each one by PID (its process
+group and every descendant found in ``/proc``), first with SIGTERM, then SIGKILL. Only
+127.0.0.1 is ever contacted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+DEPLOY = Path(__file__).resolve().parent
+REPO = DEPLOY.parent
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
+    """Block until something accepts TCP connections on ``port`` (bounded by ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
+            return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout_s} s")
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        tree.setdefault(ppid, []).append(int(proc.name))
+    return tree
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs below ``pid`` in the process tree (read from ``/proc``)."""
+    tree, out, todo = _children(), [], [pid]
+    while todo:
+        kids = tree.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, sig: int, group: bool = False) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        (os.killpg if group else os.kill)(pid, sig)
+
+
+@dataclass
+class LoopbackFederation:
+    """Coordinator, sites and researcher of one federation on 127.0.0.1 (see module doc)."""
+
+    root: Path
+    sites: dict[str, Path]
+    executor: str = "warm"
+    name: str = "hospitals"
+    python: str = sys.executable
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        if self.executor not in ("warm", "flower"):
+            raise ValueError(f"executor must be 'warm' or 'flower', got {self.executor!r}")
+        self.root = Path(self.root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pki = self.root / "pki"
+        self.home = self.root / "researcher"
+
+    # ---------------------------------------------------------------- processes
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment of every command: this interpreter's tools, one torch thread."""
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(Path(self.python).parent), env.get("PATH", "")])
+        env.update(PYTHON=self.python, OMP_NUM_THREADS="1", FLWR_TELEMETRY_ENABLED="0",
+                   FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", **extra)
+        return env
+
+    def run(self, args: Sequence[str], timeout_s: float, **extra: str
+            ) -> subprocess.CompletedProcess[str]:
+        """Run a command to completion (its output captured), bounded by ``timeout_s``."""
+        proc = subprocess.Popen(list(args), env=self.env(**extra), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.procs[f"run-{proc.pid}"] = proc
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._stop_one(proc)
+            out, _ = proc.communicate()
+            return subprocess.CompletedProcess(proc.args, -signal.SIGKILL, out + "\n[timeout]")
+        finally:
+            self.procs.pop(f"run-{proc.pid}", None)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+    def start(self, label: str, args: Sequence[str], **extra: str) -> subprocess.Popen:
+        """Start a long-running command in its own session, output to ``<root>/<label>.log``."""
+        log = (self.root / f"{label}.log").open("w")
+        proc = subprocess.Popen(list(args), env=self.env(**extra), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.procs[label] = proc
+        return proc
+
+    def wait(self, label: str, timeout_s: float) -> int | None:
+        """Wait (bounded) for a started command to exit; its exit code, or None if it runs on."""
+        proc = self.procs[label]
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+        self.stop(label)
+        return code
+
+    def log(self, label: str) -> str:
+        """What a started command has written so far."""
+        path = self.root / f"{label}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, label: str | None = None, grace_s: float = 10.0) -> None:
+        """Stop one started command (or all), by PID, with its group and descendants."""
+        labels = [label] if label else list(self.procs)
+        for name in labels:
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                self._stop_one(proc, grace_s)
+
+    def _stop_one(self, proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+        pids = [proc.pid, *descendants(proc.pid)]
+        _signal(proc.pid, signal.SIGTERM, group=True)
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and (proc.poll() is None or any(map(alive, pids))):
+            time.sleep(0.2)
+        _signal(proc.pid, signal.SIGKILL, group=True)
+        for pid in pids:
+            if alive(pid):
+                _signal(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    def kill(self, label: str) -> list[int]:
+        """SIGKILL one started command and everything below it at once (a crash)."""
+        proc = self.procs.pop(label)
+        pids = [proc.pid, *descendants(proc.pid)]
+        _signal(proc.pid, signal.SIGKILL, group=True)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        return pids
+
+    def __enter__(self) -> LoopbackFederation:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ---------------------------------------------------------------- roles
+    def make_pki(self, extra_sites: Sequence[str] = ()) -> None:
+        """Test CA, SuperLink certificate, one key pair per site (``deploy/make_test_pki.sh``)."""
+        res = self.run([str(DEPLOY / "make_test_pki.sh"), str(self.pki), *self.sites,
+                        *extra_sites], timeout_s=120)
+        if res.returncode != 0:
+            raise RuntimeError(res.stdout)
+
+    def start_superlink(self, timeout_s: float = 120.0) -> None:
+        """Coordinator: SuperLink with TLS, node auth and a state database on a free port."""
+        self.port = self.port or free_port()
+        proc = self.start("superlink", [
+            str(DEPLOY / "start_superlink.sh"), "--certs", str(self.pki),
+            "--state", str(self.root / "superlink"), "--port", str(self.port),
+        ])
+        wait_for_port(self.port, timeout_s, proc)
+        res = self.run([str(DEPLOY / "flwr_home.sh"), str(self.home), self.name,
+                        f"{HOST}:{self.port}", str(self.pki / "ca.crt")], timeout_s=30)
+        if res.returncode != 0:
+            raise RuntimeError(res.stdout)
+
+    def register(self, sites: Sequence[str] | None = None) -> str:
+        """Coordinator: register the sites' public keys (``deploy/register_sites.sh``)."""
+        keys = [str(self.pki / "sites" / s / "node_key.pub") for s in (sites or self.sites)]
+        res = self.run([str(DEPLOY / "register_sites.sh"), self.name, *keys], timeout_s=120,
+                       FLWR_HOME=str(self.home))
+        if res.returncode != 0:
+            raise RuntimeError(res.stdout)
+        return res.stdout
+
+    def start_site(self, site: str, key_of: str | None = None, **extra: str) -> None:
+        """Hospital: one SuperNode (+ warm executor) serving ``site`` with ``key_of``'s key."""
+        key = self.pki / "sites" / (key_of or site) / "node_key"
+        self.start(f"site-{site}", [
+            str(DEPLOY / "start_site.sh"), "--superlink", f"{HOST}:{self.port}",
+            "--ca", str(self.pki / "ca.crt"), "--key", str(key),
+            "--site-dir", str(self.sites[site]), "--state-dir", str(self.root / "state" / site),
+            "--port", str(free_port()), "--executor", self.executor,
+        ], FLWR_HOME=str(self.root / "site_home" / site), **extra)
+
+    def flwr_run(self, overrides: Sequence[str], timeout_s: float
+                 ) -> subprocess.CompletedProcess[str]:
+        """Researcher: ``flwr run <repo> <federation> --stream`` with hydra ``overrides``."""
+        run_config = self.root / "run_config.toml"
+        joined = " ".join(shlex.quote(o) for o in overrides)
+        run_config.write_text(f'experiment = ""\noverrides = {json.dumps(joined)}\n')
+        flwr = str(Path(self.python).parent / "flwr")
+        result = self.run([flwr, "run", str(REPO), self.name, "--run-config", str(run_config),
+                           "--stream"], timeout_s=timeout_s, FLWR_HOME=str(self.home))
+        (self.root / "flwr_run.log").write_text(result.stdout)
+        return result
+
+    def online_nodes(self) -> int:
+        """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
+        flwr = str(Path(self.python).parent / "flwr")
+        res = self.run([flwr, "supernode", "ls", self.name, "--format", "json"], timeout_s=60,
+                       FLWR_HOME=str(self.home))
+        try:
+            data = json.loads(res.stdout[res.stdout.index("{"):])
+        except ValueError:
+            return 0
+        return sum(1 for n in data.get("nodes", []) if n.get("status") == "online")

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Hospital: start this site's SuperNode (own key, the federation's CA, its site folder) and the
+# warm executor that answers each message without re-importing torch/MONAI/peft.
+# Runs in the foreground; SIGTERM stops both processes.
+#
+#   deploy/start_site.sh --superlink HOST:PORT --ca ca.crt --key node_key --site-dir DIR \
+#       [--site-name NAME] [--state-dir DIR] [--port 9094] [--executor warm|flower]
+#   deploy/start_site.sh --insecure --superlink HOST:PORT --site-dir DIR ...  (warning; tests only)
+#
+# --port is the SuperNode's local Runtime API (127.0.0.1 only); each SuperNode on one machine
+# needs its own. --executor flower uses Flower's default (a fresh process per message).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+superlink="" ca="" key="" site_dir="" site_name="" state_dir="" port="9094" executor="warm"
+insecure=0 retries="${MAX_RETRIES:-}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --superlink) superlink="$2"; shift 2 ;;
+    --ca) ca="$2"; shift 2 ;;
+    --key) key="$2"; shift 2 ;;
+    --site-dir) site_dir="$2"; shift 2 ;;
+    --site-name) site_name="$2"; shift 2 ;;
+    --state-dir) state_dir="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --executor) executor="$2"; shift 2 ;;
+    --insecure) insecure=1; shift ;;
+    *) die "unknown argument $1" ;;
+  esac
+done
+[ -n "$superlink" ] || die "--superlink HOST:PORT is required"
+[ -n "$site_dir" ] || die "--site-dir DIR is required"
+site_dir="$(abs_path "$site_dir")"
+[[ "$site_dir$site_name$state_dir" != *"'"* ]] || die "paths and names may not contain '"
+config="site-dir='$site_dir'"
+[ -z "$site_name" ] || config+=" site-name='$site_name'"
+if [ -n "$state_dir" ]; then
+  mkdir -p "$state_dir"
+  state_dir="$(abs_path "$state_dir")"
+  config+=" state-dir='$state_dir'"
+fi
+
+# Flower keeps the apps (FABs) it receives under FLWR_HOME: in the state folder if one is given.
+[ -n "${FLWR_HOME:-}" ] || [ -z "$state_dir" ] || export FLWR_HOME="$state_dir/flwr_home"
+args=(--superlink "$superlink" --node-config "$config" --port "$port" --host 127.0.0.1)
+[ -z "$retries" ] || args+=(--max-retries "$retries")
+if [ "$insecure" = 1 ]; then
+  warn_insecure "SuperNode"
+  args+=(--insecure)
+else
+  [ -n "$ca" ] && [ -n "$key" ] || die "--ca and --key are required (or --insecure for tests)"
+  args+=(--root-certificates "$(abs_path "$ca")" --auth-supernode-private-key "$(abs_path "$key")")
+fi
+
+case "$executor" in
+  flower) exec "$FLWR_BIN/flower-supernode" "${args[@]}" ;;
+  warm) ;;
+  *) die "--executor must be warm or flower, not $executor" ;;
+esac
+
+"$FLWR_BIN/flower-supernode" "${args[@]}" --isolation process &
+supernode=$!
+trap 'kill -TERM "$supernode" 2>/dev/null || true; wait "$supernode" 2>/dev/null || true' EXIT
+trap 'exit 143' TERM INT
+export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
+cd "${state_dir:-/}"
+"$PYTHON" "$UNICON_ROOT/deploy/warm_executor.py" --runtime-api-address "127.0.0.1:$port" \
+  --parent-pid "$supernode" &
+wait -n
