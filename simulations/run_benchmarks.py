@@ -47,6 +47,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-overhead", action="store_true", help="skip the flwr wall-time run")
     p.add_argument("--no-foundation", action="store_true", help="skip the foundation stage")
     p.add_argument("--override", action="append", default=[], help="extra hydra override")
+    p.add_argument("--assemble-only", type=Path, default=None, metavar="SUITE_MD",
+                   help="only rebuild --out from a finished suite's BENCHMARKS.md + sections")
     return p.parse_args(argv)
 
 
@@ -78,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from unicon_core.hydra_config import backbone_config, load_config
 
     args = parse_args(argv)
+    if args.assemble_only is not None:
+        assemble(args.assemble_only, args.out)
+        return args.out.parent
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
     logging.getLogger("simulations").addHandler(handler)
@@ -169,9 +174,42 @@ def main(argv: Sequence[str] | None = None) -> Path:
     write_json(run_dir / "results.json", results)
     write_markdown(suite, args.out, shown)
     shutil.copy2(args.out, run_dir / "BENCHMARKS.md")
+    append_sections(args.out)
     log.info("wrote %s and %s in %.1f min", args.out, run_dir / "results.json",
                  (time.perf_counter() - start) / 60)
     return run_dir
+
+
+#: Sections other benchmark scripts write (each with its own command and provenance).
+SECTIONS = {
+    "routing.md": "python -m simulations.routing_accuracy --data-root DEMO_DATA",
+    "robustness.md": "python -m simulations.robustness_bench",
+    "cold_start.md": "python -m simulations.cold_start_bench",
+}
+
+
+def append_sections(out: Path, results_dir: Path = REPO / "simulations" / "results") -> None:
+    """Append the other scripts' sections (routing, robustness, cold start) to ``out``.
+
+    They are not re-run here (they take their own machine set-up, e.g. a TLS deployment);
+    a missing one is listed as not measured, never filled in.
+    """
+    parts = [out.read_text().rstrip(), "", "# Other benchmarks", "",
+             "Each section below is written by its own script (command given) and copied in "
+             "verbatim by `simulations.run_benchmarks`.", ""]
+    for name, command in SECTIONS.items():
+        path = results_dir / name
+        if path.is_file():
+            parts += [path.read_text().rstrip(), ""]
+        else:
+            parts += [f"## {name[:-3]}", "", f"not measured: run `{command}`.", ""]
+    out.write_text("\n".join(parts) + "\n")
+
+
+def assemble(suite_md: Path, out: Path) -> None:
+    """BENCHMARKS.md from a finished suite's markdown plus the other sections (no training)."""
+    out.write_text(suite_md.read_text())
+    append_sections(out)
 
 
 def _expansion(cfg: Any) -> tuple[str | None, str | None]:

@@ -59,3 +59,27 @@ def test_markdown_reports_goals_and_synthetic(tmp_path: Path) -> None:
     assert "ratio **1.30×**" in text
     assert (tmp_path / "B.md").read_text() == text
     assert mean_matrix(iso)[0][1] == pytest.approx(0.8)
+
+
+def test_other_sections_are_appended_verbatim_or_marked_not_measured(tmp_path) -> None:
+    from simulations.run_benchmarks import assemble
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "robustness.md").write_text("## Robustness\n\nmedian 92.7\n")
+    suite = tmp_path / "suite.md"
+    suite.write_text("# Benchmarks\n\nsuite table\n")
+    out = tmp_path / "BENCHMARKS.md"
+    from simulations import run_benchmarks
+
+    original = run_benchmarks.append_sections
+    try:
+        run_benchmarks.append_sections = lambda o: original(o, results)  # type: ignore[assignment]
+        assemble(suite, out)
+    finally:
+        run_benchmarks.append_sections = original  # type: ignore[assignment]
+    text = out.read_text()
+    assert text.startswith("# Benchmarks") and "suite table" in text
+    assert "## Robustness\n\nmedian 92.7" in text
+    assert "not measured: run `python -m simulations.routing_accuracy" in text
+    assert "not measured: run `python -m simulations.cold_start_bench`" in text
