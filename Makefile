@@ -33,7 +33,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-benchmarks: $(STAMP)
+benchmarks: $(STAMP) ## full suite; --quick: .venv/bin/python -m simulations.run_benchmarks --quick
 	$(PY) -m simulations.run_benchmarks
 
 constraints: $(STAMP)
