@@ -7,7 +7,11 @@ misspelt key fails at composition, and :func:`task_specs` / :func:`backbone_conf
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import functools
 import os
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,11 +40,37 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     store.store(group="backbone", name="backbone_schema", node=BackboneConfig)
     store.store(group="train", name="train_schema", node=TrainConfig)
+    store.store(group="task", name="task_schema", node=task_schema())
     try:  # the federated parts register their own schemas when present
         from unicon_core.federation.config import register_schemas as register_federation
     except ImportError:
         return
     register_federation(store)
+
+
+@functools.cache
+def task_schema() -> type:
+    """``TaskSpec``'s fields as a hydra schema, enum fields typed ``str``.
+
+    OmegaConf matches enums by member name (``CLASSIFICATION``), while task files use the values
+    (``classification``, ``ct+pet``). The schema checks keys and types at composition; the full
+    validation runs when :func:`task_specs` builds the ``TaskSpec``.
+    """
+    hints = typing.get_type_hints(TaskSpec)
+    fields = []
+    for f in dataclasses.fields(TaskSpec):
+        hint = hints[f.name]
+        if isinstance(hint, type) and issubclass(hint, enum.Enum):
+            hint = str
+        default = (
+            dataclasses.field(default_factory=f.default_factory)
+            if f.default_factory is not dataclasses.MISSING
+            else dataclasses.field(
+                default=f.default.value if isinstance(f.default, enum.Enum) else f.default
+            )
+        )
+        fields.append((f.name, hint, default))
+    return dataclasses.make_dataclass("TaskSchema", fields)
 
 
 def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:

@@ -1,0 +1,34 @@
+"""Hydra composition: the task schema checks keys/types early, TaskSpec validates values."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from unicon_core.config import Modality, TaskKind
+from unicon_core.hydra_config import backbone_config, load_config, task_specs, train_config
+
+
+def test_demo_experiment_composes_into_validated_objects() -> None:
+    cfg = load_config([])
+    specs = task_specs(cfg)
+    assert set(specs) == {"tumour_cls", "tissue_seg", "gbsg2_surv", "ct_seg", "ctpet_seg"}
+    assert specs["ctpet_seg"].modality is Modality.CT_PET and specs["ctpet_seg"].channels == 2
+    assert specs["gbsg2_surv"].kind is TaskKind.SURVIVAL
+    assert train_config(cfg).seed == cfg.seed
+    assert backbone_config(load_config(["backbone=small"])).hidden_size == 192
+
+
+@pytest.mark.parametrize(
+    "override", ["tasks.ct_seg.patch_sise=4", "tasks.ct_seg.patch_size=abc", "backbone.widht=3"]
+)
+def test_misspelt_keys_and_wrong_types_fail_at_composition(override: str) -> None:
+    with pytest.raises(ConfigCompositionException):
+        load_config([override])
+
+
+def test_invalid_task_values_name_the_task_and_field() -> None:
+    with pytest.raises(ValueError, match=r"task 'ct_seg'\.kind: 'regression' is not one of"):
+        task_specs(load_config(["tasks.ct_seg.kind=regression"]))
+    with pytest.raises(ValueError, match=r"task 'ct_seg'\.patch_size: 5 must divide"):
+        task_specs(load_config(["tasks.ct_seg.patch_size=5"]))
