@@ -187,19 +187,14 @@ def weighted_value(per_site: dict[str, tuple[float, int]]) -> float:
     return sum(v * n for v, n in pairs) / total if total else float("nan")
 
 
-def _lr_hook(scales: dict[int, float], cfg: TrainConfig) -> Any:
-    """A ``make_private``-style hook that rebuilds the optimiser with per-parameter lr groups."""
-    from unicon_core.training.loop import build_optimizer
-
-    def hook(module: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        by_scale: dict[float, list[Any]] = {}
-        for p in params:
-            by_scale.setdefault(scales.get(id(p), 1.0), []).append(p)
-        groups = [{"params": ps, "lr": cfg.lr * s} for s, ps in sorted(by_scale.items())]
-        return module, build_optimizer(groups, cfg), loader  # type: ignore[arg-type]
-
-    return hook
+def lr_groups(
+    params: dict[str, torch.nn.Parameter], scales: dict[str, float], lr: float
+) -> list[dict[str, Any]]:
+    """Parameter groups with ``lr x scale`` per parameter name (scale 1 when not given)."""
+    by_scale: dict[float, list[torch.nn.Parameter]] = {}
+    for name, param in params.items():
+        by_scale.setdefault(scales.get(name, 1.0), []).append(param)
+    return [{"params": ps, "lr": lr * s} for s, ps in sorted(by_scale.items())]
 
 
 def fedavg_loop(
@@ -243,10 +238,8 @@ def fedavg_loop(
             seed = round_seed(train.seed, client.name, rnd)
             cfg = replace(train, seed=seed, max_steps=client.steps, epochs=10_000, progress=False)
             loader = make_loader(client.train, cfg.batch_size, shuffle=True, seed=seed)
-            hook = _lr_hook({id(params[n]): s for n, s in p.lr_scale.items()}, cfg) \
-                if p.lr_scale else None
-            result = train_task(model, task, loader, cfg, params=list(params.values()),
-                                make_private=hook)
+            trained = lr_groups(params, p.lr_scale, cfg.lr) if p.lr_scale else list(params.values())
+            result = train_task(model, task, loader, cfg, params=trained)
             up = reply({n: t.detach() for n, t in params.items()},
                        {"num-examples": result.num_examples, "train_loss": result.loss,
                         "steps": result.steps}, client.name, task, fhash, synthetic, "trained")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -38,8 +39,10 @@ def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int =
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
-def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Optimiser named in the config."""
+def build_optimizer(
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]], cfg: TrainConfig
+) -> torch.optim.Optimizer:
+    """Optimiser named in the config (parameters or parameter groups; cfg.lr is the default)."""
     params = list(params)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -73,18 +76,24 @@ def train_task(
     cfg: TrainConfig,
     *,
     make_private: MakePrivate | None = None,
-    params: list[nn.Parameter] | None = None,
+    params: list[nn.Parameter] | list[dict[str, Any]] | None = None,
 ) -> TrainResult:
     """Train ``task``'s skill on ``loader``; everything outside the skill stays frozen.
 
-    ``params`` overrides what is trained (the adaptation-strategy baselines use it); by default
-    exactly the task's skill. Deterministic under ``cfg.seed`` (global RNG state is restored).
+    ``params`` overrides what is trained (the adaptation-strategy baselines use it): parameters,
+    or torch parameter groups (``{"params": [...], "lr": ...}``) for per-group learning rates;
+    by default exactly the task's skill. Deterministic under ``cfg.seed`` (global RNG state is
+    restored).
     """
     from tqdm.auto import tqdm
 
     spec = model.spec(task)
-    trainable = model.train_skill(task) if params is None else _train_only(model, task, params)
-    optimizer = build_optimizer(trainable, cfg)
+    if params is None:
+        optimizer = build_optimizer(model.train_skill(task), cfg)
+    else:
+        groups = params if params and isinstance(params[0], dict) else [{"params": params}]
+        _train_only(model, task, [p for g in groups for p in g["params"]])  # type: ignore[index]
+        optimizer = build_optimizer(groups, cfg)  # type: ignore[arg-type]
     module: nn.Module = model
     if make_private is not None:
         module, optimizer, loader = make_private(model, optimizer, loader)

@@ -207,3 +207,23 @@ def test_undefined_metrics_are_nan_not_guessed() -> None:
     one_class = DictDataset(input=x, label=torch.zeros(8, dtype=torch.long))
     metrics = evaluate_task(model, "cls", make_loader(one_class, 4, shuffle=False))
     assert math.isnan(metrics["auc"])
+
+
+def test_parameter_groups_train_with_their_own_learning_rates() -> None:
+    spec = TaskSpec(name="cls", kind="classification", modality="mri", channels=1, spatial_dims=2,
+                    input_size=[16, 16], patch_size=4, num_classes=2)
+    model = UniconModel(TINY, seed=0)
+    model.add_task(spec)
+    skill = model.skill_parameters("cls")
+    head = [p for k, p in skill.items() if k.startswith("head.")]
+    rest = [p for k, p in skill.items() if not k.startswith("head.")]
+    before = {k: p.detach().clone() for k, p in skill.items()}
+    x, _, y = _squares(16, (16, 16), seed=0)
+    cfg = TrainConfig(max_steps=3, batch_size=8, lr=0.01, optimizer="sgd", momentum=0.0,
+                      progress=False)
+    groups = [{"params": head, "lr": 0.01}, {"params": rest, "lr": 0.0}]
+    train_task(model, "cls", make_loader(DictDataset(input=x, label=y), 8, shuffle=False), cfg,
+               params=groups)
+    after = model.skill_parameters("cls")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head."))
