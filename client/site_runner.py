@@ -38,6 +38,7 @@ from unicon_core.federation.protocol import (
 )
 
 if TYPE_CHECKING:
+    from unicon_core.config import TaskSpec
     from unicon_core.data import Site
     from unicon_core.model import UniconModel
     from unicon_core.privacy import PrivacyLedger
@@ -70,14 +71,58 @@ def settings_for(context: Context, extra_overrides: list[str]) -> ExperimentSett
     return settings
 
 
-def open_node_site(context: Context, settings: ExperimentSettings) -> Site:
-    """Validate and open this node's site folder (``SiteValidationError`` lists problems)."""
+#: Opened sites of this process: (folder, spec, seed) -> (files fingerprint, Site).
+_OPENED: dict[tuple[str, str, int], tuple[tuple[Any, ...], Site]] = {}
+
+
+def site_files(root: Path, site: Site | None) -> list[Path]:
+    """The files a site's validity depends on: its manifest, site.json and every named file."""
+    files = [root / "manifest.csv", root / "site.json"]
+    if site is not None:
+        from unicon_core.data.manifest import Column, image_columns
+
+        columns = [*image_columns(site.task_spec), Column.MASK.value]
+        files += [root / row[c] for row in site.rows for c in columns if row.get(c)]
+    return files
+
+
+def fingerprint(files: list[Path]) -> tuple[Any, ...]:
+    """Size and modification time of each file (a missing file counts too)."""
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((str(f), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((str(f), None, None))
+    return tuple(out)
+
+
+def open_cached(path: Path, spec: TaskSpec | None, seed: int) -> Site:
+    """``open_site`` once per process while none of the site's files changes.
+
+    Validation reads every image of every split; a site answers several messages per round,
+    and in simulation (and with the warm executor's parent) the process outlives a message.
+    A changed, added or removed file (size or mtime) means the site is opened and validated
+    again. The cache is read-only data, not per-client state (which lives in context.state).
+    """
     from unicon_core.data import open_site
 
+    key = (str(Path(path).resolve()), json.dumps(spec.to_dict() if spec else None), seed)
+    hit = _OPENED.get(key)
+    if hit is not None and fingerprint(site_files(Path(key[0]), hit[1])) == hit[0]:
+        return hit[1]
+    site = open_site(path, spec=spec, seed=seed)
+    _OPENED[key] = (fingerprint(site_files(Path(key[0]), site)), site)
+    return site
+
+
+def open_node_site(context: Context, settings: ExperimentSettings) -> Site:
+    """Validate and open this node's site folder (``SiteValidationError`` lists problems)."""
     name, path = site_for_node(context.node_config, settings.federation)
     ref = settings.federation.sites.get(name)
     spec = settings.tasks.get(ref.task) if ref and ref.task else None
-    site = open_site(path, spec=spec, seed=settings.seed)
+    site = open_cached(Path(path), spec, settings.seed)
     if ref is not None and ref.task and site.task_spec.name != ref.task:
         raise ValueError(
             f"site {name!r} at {path} serves task {site.task_spec.name!r}, but the experiment "
@@ -175,8 +220,6 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     check_instruction(msg, site, model)
     info = info_record(site, model, Status.READY)
     info[InfoKey.TASK_SPEC.value] = json.dumps(site.task_spec.to_dict(), sort_keys=True)
-    from flwr.app import Array
-
     from unicon_core.federation.summaries import site_summary
 
     summary, count = site_summary(site, model)
