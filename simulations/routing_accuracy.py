@@ -81,7 +81,7 @@ def routing_table(
             )
         bundle = bundle_from_model(model, records)
         skills = "tasks from the sites' site.json (routing does not use skill weights)"
-    bundle.router, stats = federated_summaries(model, sites, split="train")
+    bundle.router, stats = federated_summaries(model, sites)
     for task, (mean, std) in stats.items():
         bundle.tasks[task].feature_mean, bundle.tasks[task].feature_std = mean, std
     predictor = Predictor(bundle)

@@ -25,13 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unicon_core.config import Modality, TaskSpec
+from unicon_core.config import TaskSpec
 from unicon_core.inference.bundle import Bundle, BundleError, SiteRecord, TaskEntry, save_bundle
 from unicon_core.inference.prototypes import (
     Prototype,
-    aggregate_prototypes,
-    feature_moments,
-    site_prototype,
 )
 
 if TYPE_CHECKING:
@@ -43,28 +40,17 @@ ROUTER_FROM_SITES = "computed at export from the run's site folders with site_pr
 
 
 def federated_summaries(
-    model: UniconModel, sites: Sequence[Site], split: str = "train"
+    model: UniconModel, sites: Sequence[Site]
 ) -> tuple[dict[str, Prototype], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """What the federation's summary round yields: router prototypes per task and pooled
-    ``(mean, std)`` of raw features per tabular task, from each site's ``split``.
+    """Router prototypes and pooled clinical ``(mean, std)`` from reachable site folders.
 
-    Each site contributes only ``(vector, count)`` pairs, aggregated by counts, exactly as a
-    Flower client would send them.
+    The same functions the federation's query round runs (each site's
+    :func:`~unicon_core.federation.summaries.site_summary` over its train split, pooled by
+    counts), for run folders made before that round carried summaries.
     """
-    reports, moments = [], []
-    for site in sites:
-        task = site.task_spec.name
-        dataset = site.dataset(split, train=False)
-        if len(dataset) == 0:  # type: ignore[arg-type]
-            continue
-        vector, count = site_prototype(model, dataset, task)
-        reports.append((task, vector, count))
-        if site.task_spec.modality is Modality.CLINICAL:
-            rows = [site.rows[i] for i in site.split_rows(split)]
-            moments.append((task, *feature_moments(rows, site.task_spec.feature_names)))
-    from unicon_core.federation.summaries import feature_stats
+    from unicon_core.federation.summaries import pool_summaries, site_summary
 
-    return aggregate_prototypes(reports), feature_stats(aggregate_prototypes(moments))
+    return pool_summaries((site.task_spec.name, *site_summary(site, model)) for site in sites)
 
 
 def bundle_from_model(
