@@ -7,6 +7,7 @@ misspelt key fails at composition, and :func:`task_specs` / :func:`backbone_conf
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import functools
@@ -73,15 +74,42 @@ def task_schema() -> type:
     return dataclasses.make_dataclass("TaskSchema", fields)
 
 
+#: Composed configs of this process: (folder, name, overrides) -> (files fingerprint, config).
+_COMPOSED: dict[tuple[str, str, tuple[str, ...]], tuple[tuple[Any, ...], DictConfig]] = {}
+
+
+def _fingerprint(folder: Path) -> tuple[Any, ...]:
+    """Name, size and mtime of every YAML file under ``folder`` (a changed file recomposes)."""
+    return tuple(sorted((str(p.relative_to(folder)), st.st_size, st.st_mtime_ns)
+                        for p in folder.rglob("*.yaml") for st in [p.stat()]))
+
+
 def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> DictConfig:
-    """Compose ``configs/<config_name>.yaml`` with command-line style overrides."""
+    """Compose ``configs/<config_name>.yaml`` with command-line style overrides.
+
+    Composing takes most of a second, and the simulations compose the same overrides for every
+    site, stage and message, so a process keeps each result (a deep copy per call, flags and
+    schema types kept) until a file under ``configs/`` changes.
+    """
+    folder = config_dir()
+    key = (str(folder), config_name, tuple(overrides))
+    fingerprint = _fingerprint(folder)
+    cached = _COMPOSED.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return copy.deepcopy(cached[1])
+    cfg = _compose(folder, config_name, overrides)
+    _COMPOSED[key] = (fingerprint, copy.deepcopy(cfg))
+    return cfg
+
+
+def _compose(folder: Path, config_name: str, overrides: Sequence[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     register_schemas()
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+    with initialize_config_dir(version_base="1.3", config_dir=str(folder)):
         return compose(config_name=config_name, overrides=list(overrides))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 
@@ -32,3 +34,21 @@ def test_invalid_task_values_name_the_task_and_field() -> None:
         task_specs(load_config(["tasks.ct_seg.kind=regression"]))
     with pytest.raises(ValueError, match=r"task 'ct_seg'\.patch_size: 5 must divide"):
         task_specs(load_config(["tasks.ct_seg.patch_size=5"]))
+
+
+def test_composed_config_is_reused_until_a_config_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from unicon_core import hydra_config
+
+    folder = tmp_path / "configs"
+    shutil.copytree(hydra_config.config_dir(), folder)
+    monkeypatch.setenv(hydra_config.CONFIG_DIR_ENV, str(folder))
+    first = hydra_config.load_config(["experiment=demo"])
+    first.federation.rounds = 99  # a caller's edit must not leak into the next result
+    assert hydra_config.load_config(["experiment=demo"]).federation.rounds != 99
+    demo = folder / "experiment" / "demo.yaml"
+    demo.write_text(demo.read_text().replace("rounds: 3", "rounds: 15"))
+    assert hydra_config.load_config(["experiment=demo"]).federation.rounds == 15
