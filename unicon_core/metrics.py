@@ -69,21 +69,27 @@ class ClassificationMetric:
 
 
 class SegmentationMetric:
-    """Mean Dice and 95th-percentile Hausdorff distance over foreground classes (MONAI)."""
+    """Mean Dice and 95th-percentile Hausdorff distance over foreground classes (MONAI).
 
-    def __init__(self, num_classes: int) -> None:
+    ``hd95=False`` computes Dice only: HD95's distance transforms cost more than the forward
+    pass, and the continual matrix needs only the primary metric.
+    """
+
+    def __init__(self, num_classes: int, hd95: bool = True) -> None:
         from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
         self.num_classes = num_classes
         self._dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
-        self._hd = HausdorffDistanceMetric(
-            include_background=False, percentile=95, reduction="none"
+        self._hd = (
+            HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")
+            if hd95 else None
         )
         self.reset()
 
     def reset(self) -> None:
         self._dice.reset()
-        self._hd.reset()
+        if self._hd is not None:
+            self._hd.reset()
         self._count = 0
 
     def update(self, output: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
@@ -92,21 +98,22 @@ class SegmentationMetric:
         pred = one_hot(output.detach().argmax(dim=1, keepdim=True), self.num_classes)
         target = one_hot(batch[BatchKey.MASK.value].detach().long(), self.num_classes)
         self._dice(pred, target)
-        with warnings.catch_warnings():  # empty masks are expected; they aggregate as NaN
-            warnings.simplefilter("ignore", UserWarning)
-            self._hd(pred, target)
+        if self._hd is not None:
+            with warnings.catch_warnings():  # empty masks are expected; they aggregate as NaN
+                warnings.simplefilter("ignore", UserWarning)
+                self._hd(pred, target)
         self._count += output.shape[0]
 
     def aggregate(self) -> dict[str, float]:
         dice = self._dice.get_buffer().float()
-        hd = self._hd.get_buffer().float()
         with warnings.catch_warnings():  # all-NaN (no foreground anywhere) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            return {
-                "dice": float(np.nanmean(dice.cpu().numpy())),
-                "hd95": float(np.nanmean(np.where(np.isinf(hd), np.nan, hd.cpu().numpy()))),
-                "num_examples": float(self._count),
-            }
+            out = {"dice": float(np.nanmean(dice.cpu().numpy())),
+                   "num_examples": float(self._count)}
+            if self._hd is not None:
+                hd = self._hd.get_buffer().float().cpu().numpy()
+                out["hd95"] = float(np.nanmean(np.where(np.isinf(hd), np.nan, hd)))
+            return out
 
 
 class SurvivalMetric:
@@ -137,10 +144,10 @@ class SurvivalMetric:
         return {"c_index": cindex, "num_examples": float(len(risk))}
 
 
-def metric_for(spec: TaskSpec) -> TaskMetric:
-    """The metric accumulator of a task kind."""
+def metric_for(spec: TaskSpec, primary_only: bool = False) -> TaskMetric:
+    """The metric accumulator of a task kind (``primary_only``: skip costly secondary ones)."""
     if spec.kind is TaskKind.CLASSIFICATION:
         return ClassificationMetric(spec.num_classes)
     if spec.kind is TaskKind.SEGMENTATION:
-        return SegmentationMetric(spec.num_classes)
+        return SegmentationMetric(spec.num_classes, hd95=not primary_only)
     return SurvivalMetric()

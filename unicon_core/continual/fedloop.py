@@ -175,7 +175,8 @@ def evaluate_sites(
     metric = PRIMARY_METRIC[model.spec(task).kind]
     out = {}
     for site in sites:
-        result = evaluate_task(model, task, make_loader(site.data, batch_size, shuffle=False))
+        result = evaluate_task(model, task, make_loader(site.data, batch_size, shuffle=False),
+                               primary_only=True)
         out[site.name] = (float(result[metric]), int(result["num_examples"]))
     return out
 

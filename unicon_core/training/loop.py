@@ -149,9 +149,14 @@ def _train_only(model: UniconModel, task: str, params: list[nn.Parameter]) -> li
 
 
 @torch.no_grad()
-def evaluate_task(model: UniconModel, task: str, loader: Iterable[dict]) -> dict[str, float]:
-    """Metrics of ``task`` on ``loader`` (held-out data), plus ``num_examples``."""
-    metric = metric_for(model.spec(task))
+def evaluate_task(
+    model: UniconModel, task: str, loader: Iterable[dict], primary_only: bool = False
+) -> dict[str, float]:
+    """Metrics of ``task`` on ``loader`` (held-out data), plus ``num_examples``.
+
+    ``primary_only`` skips secondary metrics that cost more than the forward pass (HD95).
+    """
+    metric = metric_for(model.spec(task), primary_only=primary_only)
     was_training = model.training
     model.eval()
     for batch in loader:
