@@ -50,6 +50,10 @@ from unicon_core.federation.outputs import (
 from unicon_core.federation.protocol import NUM_EXAMPLES, ConfigKey, InfoKey, RecordKey
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    import numpy as np
+
     from unicon_core.federation.tracking import Tracker
     from unicon_core.model import UniconModel
 
@@ -283,8 +287,17 @@ class RoundRecorder:
         log(INFO, "round %d recorded in %s", rnd, self.run_dir)
 
 
-def run_federation(grid: Grid, settings: ExperimentSettings) -> Path:
-    """Run (or resume) the federated experiment; returns the run folder."""
+def run_federation(
+    grid: Grid,
+    settings: ExperimentSettings,
+    initial: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+) -> Path:
+    """Run (or resume) the federated experiment; returns the run folder.
+
+    ``initial`` gives starting skills for some tasks (``task -> portable skill arrays``, e.g. a
+    task continuing from an earlier stage or expanded from another task) in place of fresh ones;
+    keys and shapes must match the task's skill. A resumed run takes its checkpoint instead.
+    """
     from omegaconf import OmegaConf
 
     from unicon_core.federation.tracking import Tracker
@@ -311,6 +324,15 @@ def run_federation(grid: Grid, settings: ExperimentSettings) -> Path:
         },
     )
     arrays = initial_skills(model, specs)
+    unknown = sorted(set(initial or {}) - set(specs))
+    if unknown:
+        raise ValueError(f"initial skills given for tasks no site of this run serves: {unknown}")
+    for task, skill in (initial or {}).items():
+        import numpy
+
+        from unicon_core.federation.aggregation import replace_task
+
+        arrays = replace_task(arrays, task, {k: numpy.asarray(v) for k, v in skill.items()})
     task_of_site = {n.site: n.task for n in nodes}
     full_bytes = {t: model.full_model_bytes(t) for t in specs}
     site_full = [full_bytes[t] for t in task_of_site.values()]

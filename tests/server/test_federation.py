@@ -247,3 +247,39 @@ def test_invalid_site_data_stops_the_run_below_min_sites(tmp_path: Path) -> None
     # Execute / Assert
     with pytest.raises(SiteQueryError, match="min_sites=3"):
         run_in_process(tiny_overrides(dirs, tmp_path / "run", 1, "federation.min_sites=3"), 3)
+
+
+def test_initial_skills_are_the_first_rounds_global_and_checked(tmp_path: Path) -> None:
+    # Prepare: skills after a one-round run, to start another run from
+    from client.client_app import make_client_app
+    from server.federation import run_federation
+    from unicon_core.federation.config import load_settings
+    from unicon_core.federation.inprocess import InProcessGrid
+
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+    run_in_process(tiny_overrides(dirs, tmp_path / "first", 1), 3)
+    start = slice_task(load_checkpoint(tmp_path / "first").arrays, CLS_TASK)
+    overrides = tiny_overrides(dirs, tmp_path / "second", 1)
+    grid = InProcessGrid(make_client_app(overrides), 3)
+
+    # Execute
+    run_federation(grid, load_settings(overrides), initial={CLS_TASK: start})
+
+    # Assert: every first train instruction of the task carries exactly those skills
+    first_train = [ex.instruction for ex in grid.exchanges
+                   if ex.instruction.metadata.message_type == "train"
+                   and ex.reply.content["info"]["task"] == CLS_TASK]
+    assert len(first_train) == 2
+    for message in first_train:
+        sent = {k: a.numpy() for k, a in message.content["skill"].items()}
+        assert sent.keys() == start.keys()
+        for key, value in start.items():
+            np.testing.assert_array_equal(sent[key], value, err_msg=key)
+    # a wrong layout or an unknown task is refused, naming it
+    bad = {k: v[..., :1] if v.ndim else v for k, v in start.items()}
+    with pytest.raises(ValueError, match=CLS_TASK):
+        run_federation(InProcessGrid(make_client_app(overrides), 3), load_settings(overrides),
+                       initial={CLS_TASK: bad})
+    with pytest.raises(ValueError, match="no_such_task"):
+        run_federation(InProcessGrid(make_client_app(overrides), 3), load_settings(overrides),
+                       initial={"no_such_task": start})

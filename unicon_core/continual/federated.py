@@ -39,35 +39,6 @@ def stage_overrides(
             "federation.wandb=disabled", "federation.plots=false"]
 
 
-def write_initial_checkpoint(
-    overrides: Sequence[str], site_dirs: Sequence[Path], run_dir: Path,
-    initial: Mapping[str, Mapping[str, np.ndarray]],
-) -> None:
-    """Round-0 checkpoint: fresh skills of the stage's tasks, replaced by ``initial``."""
-    from server.checkpoint import Checkpoint, save_checkpoint
-    from server.federation import initial_skills
-    from unicon_core.data.manifest import read_site_json
-    from unicon_core.federation.aggregation import replace_task
-    from unicon_core.federation.config import load_settings
-    from unicon_core.model import UniconModel
-
-    settings = load_settings(overrides)
-    specs = {}
-    for d in site_dirs:
-        spec = read_site_json(Path(d)).task
-        specs[spec.name] = spec
-    unknown = sorted(set(initial) - set(specs))
-    if unknown:
-        raise ValueError(f"initial skills for tasks no stage site serves: {unknown}")
-    model = UniconModel(settings.backbone, seed=settings.seed)
-    arrays = initial_skills(model, specs)
-    for task, skill in initial.items():
-        arrays = replace_task(arrays, task, {k: np.asarray(v) for k, v in skill.items()})
-    save_checkpoint(run_dir, Checkpoint(round=0, arrays=arrays,
-                                        foundation_hash=model.foundation_hash,
-                                        config=settings.resolved))
-
-
 def run_federated_stage(
     base_overrides: Sequence[str],
     site_dirs: Sequence[Path],
@@ -85,11 +56,8 @@ def run_federated_stage(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = stage_overrides(base_overrides, site_dirs, run_dir)
-    if initial:
-        write_initial_checkpoint(overrides, site_dirs, run_dir, initial)
-        overrides.append("resume=true")
     grid = InProcessGrid(make_client_app(overrides), len(site_dirs))
-    run_federation(grid, load_settings(overrides))
+    run_federation(grid, load_settings(overrides), initial=initial)
     arrays = load_checkpoint(run_dir).arrays
     skills = {t: slice_task(arrays, t) for t in tasks_of(arrays)}
     return FederatedStageResult(
