@@ -10,6 +10,7 @@ dataset has the same keys, so ``DataLoader``'s default collate works. ``with_met
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,32 @@ class _SiteRows(Dataset):
         return row.get(Column.ID.value) or f"{self.site_name}:{self.numbers[index]}"
 
 
+@dataclass
+class ItemMemo:
+    """Outputs of a deterministic (evaluation) pipeline by item index, up to ``max_bytes``.
+
+    Evaluation reads the same held-out items every round and stage; reorientation, resizing
+    and intensity scaling cost more than the tiny models' forward pass, so a site keeps the
+    results. Items past the budget are simply recomputed each time.
+    """
+
+    max_bytes: int
+    items: dict[int, dict[str, Any]] = field(default_factory=dict)
+    nbytes: int = 0
+
+    def get(self, index: int) -> dict[str, Any] | None:
+        """A shallow copy of the stored item (its tensors are shared, never modified)."""
+        item = self.items.get(index)
+        return None if item is None else dict(item)
+
+    def put(self, index: int, item: Mapping[str, Any]) -> None:
+        """Keep ``item`` if it fits in the budget."""
+        size = sum(v.nbytes for v in item.values() if isinstance(v, (torch.Tensor, np.ndarray)))
+        if index not in self.items and self.nbytes + size <= self.max_bytes:
+            self.items[index] = dict(item)
+            self.nbytes += size
+
+
 class ImageSiteDataset(_SiteRows):
     """Image samples of one split, read (or taken from the validation cache) and transformed.
 
@@ -115,8 +142,12 @@ class ImageSiteDataset(_SiteRows):
         seed: int = 0,
         cache: Mapping[str, ImageData] | None = None,
         with_meta: bool = False,
+        memo: ItemMemo | None = None,
     ) -> None:
         super().__init__(site_name, rows, numbers, spec, with_meta)
+        if memo is not None and (train or with_meta):
+            raise ValueError("memo: only for deterministic evaluation items without meta")
+        self.memo = memo
         self.site_dir = Path(site_dir)
         self.transform = transform
         self.train = train
@@ -140,6 +171,8 @@ class ImageSiteDataset(_SiteRows):
         return image.array
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.memo is not None and (kept := self.memo.get(index)) is not None:
+            return kept
         row = self.rows[index]
         images = {c: self._load(row[c]) for c in self.columns}
         data: dict[str, Any] = {c: self._pipeline_input(im) for c, im in images.items()}
@@ -165,6 +198,8 @@ class ImageSiteDataset(_SiteRows):
                 "row": torch.tensor(self.numbers[index]),
                 "path": row[self.columns[0]],
             }
+        if self.memo is not None:
+            self.memo.put(index, out)
         return out
 
 

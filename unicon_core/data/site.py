@@ -9,7 +9,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from unicon_core.config import Modality, TaskSpec
-from unicon_core.data.dataset import ImageSiteDataset, TabularSiteDataset, standardisation
+from unicon_core.data.dataset import ImageSiteDataset, ItemMemo, TabularSiteDataset, standardisation
 from unicon_core.data.manifest import SPLITS, SiteMetadata, read_site_json
 from unicon_core.data.problems import SiteValidationError
 from unicon_core.data.readers import ImageData
@@ -28,6 +28,8 @@ class Site:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     seed: int = 0
     cache: dict[str, ImageData] = field(default_factory=dict, repr=False)
+    #: Evaluation items already through the (deterministic) pipeline, per split.
+    memo: dict[str, ItemMemo] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -80,6 +82,8 @@ class Site:
             seed=self.seed,
             cache=self.cache,
             with_meta=with_meta,
+            memo=None if train or with_meta
+            else self.memo.setdefault(split, ItemMemo(DEFAULT_CACHE_BYTES)),
         )
 
 

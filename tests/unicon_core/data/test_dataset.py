@@ -113,3 +113,32 @@ def test_site_spacing_is_applied_to_image_and_mask(tmp_path: Path) -> None:
     assert item[META_KEY]["geometry"]["shape"].tolist() == [4, 4, 6]
     assert item["input"].shape == (2, 8, 8, 8) and item["mask"].shape == (1, 8, 8, 8)
     assert set(item["mask"].unique().tolist()) <= {0, 1}
+
+
+def test_evaluation_items_are_kept_and_equal_to_fresh_ones(tmp_path: Path) -> None:
+    # Prepare: a site's test split read twice through its memo, and once without it
+    site = open_site(ctpet_site(tmp_path, n=6), CTPET_SPEC)
+    first = site.dataset("test")
+    calls = []
+    pipeline = first.transform
+    first.transform = lambda data: calls.append(1) or pipeline(data)  # type: ignore[assignment]
+
+    # Execute
+    once = [first[i] for i in range(len(first))]
+    again = [first[i] for i in range(len(first))]
+    fresh = site.dataset("test")
+    fresh.memo = None
+    plain = [fresh[i] for i in range(len(fresh))]
+
+    # Assert: the pipeline ran once per item; kept items equal freshly computed ones
+    assert len(calls) == len(first) > 0
+    for a, b, c in zip(once, again, plain, strict=True):
+        assert a.keys() == b.keys() == c.keys()
+        for key in a:
+            if isinstance(a[key], torch.Tensor):
+                torch.testing.assert_close(b[key], c[key])
+            else:
+                assert a[key] == b[key] == c[key]
+    # training and meta datasets never share items
+    assert site.dataset("train", train=True).memo is None
+    assert site.dataset("test", with_meta=True).memo is None
