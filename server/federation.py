@@ -304,6 +304,7 @@ def run_federation(
     from unicon_core.metrics import PRIMARY_METRIC
     from unicon_core.model import UniconModel
 
+    started = time.time()
     run_dir = resolve_run_dir(settings)
     write_atomic(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(settings.resolved)))
     log(INFO, "run folder: %s", run_dir)
@@ -311,6 +312,7 @@ def run_federation(
     model = UniconModel(settings.backbone, seed=settings.seed)
     foundation_hash = model.foundation_hash
     query = query_sites(grid, settings, foundation_hash, run_dir)
+    queried = time.time()
     nodes, specs, synthetic = query.nodes, query.specs, query.synthetic
     write_json(
         run_dir / TASKS_FILE,
@@ -383,6 +385,7 @@ def run_federation(
                 num_rounds=remaining,
                 timeout=settings.federation.round_timeout_s,
             )
+        rounds_done = time.time()
         rows = read_jsonl(rounds_path)
         task_info = {
             t: {"kind": s.kind.value, "metric": PRIMARY_METRIC[s.kind], "synthetic": synthetic[t]}
@@ -398,6 +401,10 @@ def run_federation(
         results["communication"]["full_model_bytes_per_task"] = full_bytes
         results["stopped"] = dict(strategy.stopped)
         results["excluded"] = dict(query.excluded)
+        results["timing"] = {  # this server process's wall clock (Unix seconds, seconds)
+            "started": started, "query_s": queried - started,
+            "rounds_s": rounds_done - queried, "rounds_run": max(remaining, 0),
+        }
         write_json(run_dir / RESULTS_FILE, results)
         if settings.federation.plots and rows:
             plot_rounds(rows, task_info, full_model_bytes, run_dir / PLOTS_DIR, full_bytes)

@@ -143,6 +143,9 @@ def test_run_folder_holds_results_checkpoint_logs_and_plots(finished_run: tuple)
     assert all(r["sites"][s]["bytes_up"] > 0 for r in rows for s in TASK_OF_SITE)
     assert rows[0]["sites"]["site_b"]["train"]["num-examples"] == 18  # examples, not batches
     assert load_checkpoint(run_dir).round == 2
+    timing = results["timing"]
+    assert timing["rounds_run"] == 2 and timing["query_s"] > 0 and timing["rounds_s"] > 0
+    assert abs(timing["started"] - rows[0]["time"]) < timing["query_s"] + timing["rounds_s"]
     assert {p.name for p in (run_dir / "plots").iterdir()} == {"metrics.png", "bytes.png"}
     assert (run_dir / "config.yaml").is_file() and (run_dir.parent / "latest").exists()
     tasks = json.loads((run_dir / "tasks.json").read_text())

@@ -43,7 +43,8 @@ def test_markdown_reports_goals_and_synthetic(tmp_path: Path) -> None:
         "bytes": [{"backbone": "tiny", "task": "a", "skill_bytes": 10, "full_bytes": 1000,
                    "ratio": 0.01, "skill_params": 1, "backbone_params": 2}],
         "overhead": {"flwr_s": 13.0, "plain_s": 10.0, "ratio": 1.3, "sites": 2, "rounds": 1,
-                     "local_steps": 1},
+                     "local_steps": 1, "startup_s": 4.0, "query_s": 2.0, "rounds_s": 6.0,
+                     "shutdown_s": 1.0, "rounds_ratio": 0.6},
         "meta": {"command": "cmd", "date": "today", "wall_s": 60, "machine": "2 cores",
                  "seeds": [0, 1], "rounds": 1, "local_steps": 1, "batch_size": 2, "lr": 0.1,
                  "backbone": "tiny", "run_dir": "/r", "adaptation_task": "a",
@@ -57,6 +58,8 @@ def test_markdown_reports_goals_and_synthetic(tmp_path: Path) -> None:
     assert "b (SYNTHETIC)" in text
     assert "1/100.0 | met" in text  # the skill/full ratio measured in the runs
     assert "ratio **1.30×**" in text
+    assert "| training + evaluation rounds | 6.0 | 46% |" in text
+    assert "rounds alone take 0.60× the plain loop" in text
     assert (tmp_path / "B.md").read_text() == text
     assert mean_matrix(iso)[0][1] == pytest.approx(0.8)
 
