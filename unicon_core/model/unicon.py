@@ -239,9 +239,13 @@ class UniconModel(nn.Module):
 
     def train_skill(self, task: str) -> list[nn.Parameter]:
         """Make exactly ``task``'s skill trainable; returns those parameters."""
+        return self.train_only(task, list(self.skill_parameters(task).values()))
+
+    def train_only(self, task: str, params: list[nn.Parameter]) -> list[nn.Parameter]:
+        """Route through ``task``'s adapter and make exactly ``params`` trainable (e.g. a
+        baseline that also trains backbone weights); returns ``params``."""
         self.freeze_all()
         self._activate(task)
-        params = list(self.skill_parameters(task).values())
         for p in params:
             p.requires_grad_(True)
         return params

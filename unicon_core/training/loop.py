@@ -92,7 +92,7 @@ def train_task(
         optimizer = build_optimizer(model.train_skill(task), cfg)
     else:
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
-        _train_only(model, task, [p for g in groups for p in g["params"]])  # type: ignore[index]
+        model.train_only(task, [p for g in groups for p in g["params"]])  # type: ignore[index]
         optimizer = build_optimizer(groups, cfg)  # type: ignore[arg-type]
     module: nn.Module = model
     if make_private is not None:
@@ -138,14 +138,6 @@ def train_task(
     model.eval()
     model.freeze_all()
     return TrainResult(num_examples=examples, steps=steps, loss=loss_sum / max(examples, 1))
-
-
-def _train_only(model: UniconModel, task: str, params: list[nn.Parameter]) -> list[nn.Parameter]:
-    model.freeze_all()
-    model._activate(task)
-    for p in params:
-        p.requires_grad_(True)
-    return params
 
 
 @torch.no_grad()
