@@ -1,9 +1,22 @@
 """Seeded synthetic CT and CT+PET lesion phantoms (there is no real labelled CT/PET offline).
 
-A body ellipsoid of soft tissue (HU) in air holds 0-3 spherical lesions that are *faint on CT*
-(a few HU above tissue, under the noise) and *bright on PET* (SUV), with a lesion mask and a
-survival time that falls with lesion burden (volume x uptake) plus noise, so PET carries real
-signal for both segmentation and prognosis. Every site built here is marked synthetic.
+Physical story (a caricature of hypervascular liver lesions on arterial-phase CT and tracer PET):
+a body ellipsoid of soft tissue (HU) in air holds 0-3 *lesions* (malignant, the segmentation
+target) and 0-3 *mimics* (benign hyper-enhancing look-alikes such as haemangiomas, focal nodular
+hyperplasia or arterio-portal shunts). On CT both enhance: they are spheres of the same size
+range and the same density range (``lesion_delta_hu`` above the tissue, a contrast-to-noise
+ratio of about 7-12 per voxel), so CT shows clearly where the candidates are and where their
+edges lie, but not which of them are malignant: a CT-only model can at best segment every
+candidate. On PET only the lesions take up the tracer (SUV ``lesion_suv`` over the background
+``pet_background_suv``), mimics do not; the PET image is blurred by a Gaussian point-spread
+function (``pet_fwhm_mm``: real PET is low-resolution, which also lowers small lesions' peak SUV
+by partial volume) and noisy, so PET tells *which* candidates are lesions while CT gives their
+boundaries. Adding PET therefore improves lesion Dice over CT alone by a margin the network has
+to learn from the images; nothing is hard-coded.
+
+Survival time falls with lesion burden (lesion volume x SUV; mimics are benign and do not
+count) plus noise, so the time/event columns carry signal for a prognosis task. Every site
+built here is marked synthetic.
 """
 
 from __future__ import annotations
@@ -13,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from unicon_core.config import Modality, TaskKind, TaskSpec
 from unicon_core.data.readers import write_nifti
 from unicon_core.data.splits import assign_splits
 
-SOURCE = "unicon_core.demo_data.phantoms (seeded generator)"
+#: Bumped whenever the generator's output changes, so ``prepare_demo`` rebuilds stale sites.
+GENERATOR_VERSION = 2
+SOURCE = f"unicon_core.demo_data.phantoms (seeded generator v{GENERATOR_VERSION})"
 
 
 @dataclass
@@ -28,15 +44,17 @@ class PhantomConfig:
     size: int = 32
     spacing_mm: float = 2.0
     air_hu: float = -1000.0
-    tissue_hu: float = 40.0
-    noise_hu: float = 20.0
-    lesion_delta_hu: float = 8.0
+    tissue_hu: float = 60.0
+    noise_hu: float = 12.0
+    lesion_delta_hu: tuple[float, float] = (90.0, 140.0)
     hu_offset: float = 0.0
     pet_background_suv: float = 1.0
     pet_noise_suv: float = 0.25
+    pet_fwhm_mm: float = 6.0
     lesion_suv: tuple[float, float] = (4.0, 8.0)
     lesion_radius: tuple[float, float] = (2.0, 4.0)
     max_lesions: int = 3
+    max_mimics: int = 3
     median_survival_days: float = 1500.0
     burden_effect: float = 0.08
     censor_days: tuple[float, float] = (300.0, 3000.0)
@@ -47,8 +65,16 @@ class PhantomConfig:
             raise ValueError(f"phantom.size: must be >= 16, got {self.size}")
         if self.noise_hu <= 0 or self.pet_noise_suv <= 0:
             raise ValueError("phantom noise levels must be > 0")
-        if self.max_lesions < 0:
-            raise ValueError(f"phantom.max_lesions: must be >= 0, got {self.max_lesions}")
+        if self.max_lesions < 0 or self.max_mimics < 0:
+            raise ValueError(
+                f"phantom.max_lesions/max_mimics: must be >= 0, got "
+                f"{self.max_lesions}/{self.max_mimics}"
+            )
+        if self.pet_fwhm_mm < 0:
+            raise ValueError(f"phantom.pet_fwhm_mm: must be >= 0, got {self.pet_fwhm_mm}")
+        low, high = self.lesion_delta_hu
+        if low > high:
+            raise ValueError(f"phantom.lesion_delta_hu: low > high in {self.lesion_delta_hu}")
 
 
 def phantom_affine(cfg: PhantomConfig) -> np.ndarray:
@@ -58,42 +84,60 @@ def phantom_affine(cfg: PhantomConfig) -> np.ndarray:
     return affine
 
 
+def _ball(
+    rng: np.random.Generator,
+    grid: np.ndarray,
+    centre: np.ndarray,
+    axes: np.ndarray,
+    cfg: PhantomConfig,
+    body: np.ndarray,
+) -> np.ndarray:
+    """A sphere of random radius with its centre well inside the body (clipped to the body)."""
+    radius = rng.uniform(*cfg.lesion_radius)
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    where = centre + direction * rng.uniform(0, 0.55) * axes
+    return (((grid - where) ** 2).sum(-1) <= radius**2) & body
+
+
 def make_phantom(rng: np.random.Generator, cfg: PhantomConfig) -> dict[str, Any]:
-    """One synthetic case: ``ct`` (HU), ``pet`` (SUV), ``mask`` (0/1), ``time``, ``event``."""
+    """One synthetic case: ``ct`` (HU), ``pet`` (SUV), ``mask`` (0/1 lesions), ``mimic``
+    (0/1 benign look-alikes, not in the mask), ``burden``, ``time``, ``event``."""
     n = cfg.size
     grid = np.stack(np.meshgrid(*[np.arange(n)] * 3, indexing="ij"), axis=-1).astype(np.float32)
     centre = (n - 1) / 2 + rng.uniform(-1.5, 1.5, size=3)
     axes = rng.uniform(0.34, 0.44, size=3) * n
     body = (((grid - centre) / axes) ** 2).sum(-1) <= 1.0
-    mask = np.zeros((n,) * 3, dtype=np.uint8)
+    ct = np.where(body, cfg.tissue_hu, cfg.air_hu).astype(np.float32)
+    lesion = np.zeros((n,) * 3, dtype=bool)
     uptake = np.zeros((n,) * 3, dtype=np.float32)
     burden = 0.0
     for _ in range(int(rng.integers(0, cfg.max_lesions + 1))):
-        radius = rng.uniform(*cfg.lesion_radius)
-        # centres well inside the body so the whole lesion is tissue
-        direction = rng.normal(size=3)
-        direction /= np.linalg.norm(direction)
-        where = centre + direction * rng.uniform(0, 0.55) * axes
-        ball = ((grid - where) ** 2).sum(-1) <= radius**2
-        ball &= body
+        ball = _ball(rng, grid, centre, axes, cfg, body)
         suv = rng.uniform(*cfg.lesion_suv)
-        mask[ball] = 1
+        lesion |= ball
         uptake[ball] = np.maximum(uptake[ball], suv)
+        ct[ball] = cfg.tissue_hu + rng.uniform(*cfg.lesion_delta_hu)
         burden += ball.sum() * suv * (cfg.spacing_mm / 10) ** 3  # cm^3 x SUV
-    lesion = mask.astype(bool)
-    ct = np.where(body, cfg.tissue_hu, cfg.air_hu).astype(np.float32)
-    ct[lesion] += cfg.lesion_delta_hu
+    mimic = np.zeros((n,) * 3, dtype=bool)
+    for _ in range(int(rng.integers(0, cfg.max_mimics + 1))):
+        ball = _ball(rng, grid, centre, axes, cfg, body) & ~lesion
+        mimic |= ball
+        ct[ball] = cfg.tissue_hu + rng.uniform(*cfg.lesion_delta_hu)
     ct += rng.normal(0, cfg.noise_hu, size=ct.shape).astype(np.float32) + cfg.hu_offset
-    pet = np.where(body, cfg.pet_background_suv, 0.0).astype(np.float32)
-    pet[lesion] = uptake[lesion]
-    pet += rng.normal(0, cfg.pet_noise_suv, size=pet.shape).astype(np.float32) * body
-    pet = np.clip(pet, 0, None)
+    activity = np.where(body, cfg.pet_background_suv, 0.0).astype(np.float32)
+    activity[lesion] = uptake[lesion]
+    sigma = cfg.pet_fwhm_mm / (2 * np.sqrt(2 * np.log(2))) / cfg.spacing_mm
+    pet = gaussian_filter(activity, sigma) if sigma > 0 else activity
+    pet += rng.normal(0, cfg.pet_noise_suv, size=pet.shape).astype(np.float32) * (pet > 0.05)
+    pet = np.clip(pet, 0, None).astype(np.float32)
     event_time = cfg.median_survival_days * np.exp(-cfg.burden_effect * burden + rng.normal(0, 0.4))
     censor = rng.uniform(*cfg.censor_days)
     return {
         "ct": ct,
         "pet": pet,
-        "mask": mask,
+        "mask": lesion.astype(np.uint8),
+        "mimic": mimic.astype(np.uint8),
         "burden": float(burden),
         "time": float(max(min(event_time, censor), 1.0)),
         "event": int(event_time <= censor),

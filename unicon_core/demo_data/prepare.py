@@ -8,7 +8,8 @@ Sites (task -> sites):
 * ``ct_seg`` (synthetic CT phantoms, 32^3): ``ct_a``, ``ct_b``;
 * ``ctpet_seg`` (synthetic CT+PET phantoms, 32^3): ``ctpet_a``.
 
-A site folder that is already complete is reused unless ``force=True``.
+A site folder that is already complete is reused unless ``force=True``; a synthetic phantom site
+written by an older generator version (its ``site.json`` ``source`` differs) is rebuilt.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _phantom_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]
 
     plans = {
         "ct_a": (ph.PhantomConfig(), False, 60),
-        "ct_b": (ph.PhantomConfig(noise_hu=25.0, hu_offset=10.0), False, 60),
+        # another scanner: noisier, calibrated 10 HU higher
+        "ct_b": (ph.PhantomConfig(noise_hu=16.0, hu_offset=10.0), False, 60),
         "ctpet_a": (ph.PhantomConfig(), True, 60),
     }
     for k, (name, (cfg, with_pet, n)) in enumerate(plans.items()):
@@ -42,14 +44,28 @@ def _phantom_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]
                 True,
                 ph.SOURCE,
                 f"SYNTHETIC {what} lesion phantoms ({n} cases, {cfg.size}^3 voxels of "
-                f"{cfg.spacing_mm} mm): lesions faint on CT, bright on PET; survival time "
-                "falls with lesion burden. time/event columns serve a later prognosis task.",
+                f"{cfg.spacing_mm} mm): enhancing lesions on CT next to benign mimics "
+                "of the same CT density; only lesions take up PET tracer (PET blurred, "
+                f"{cfg.pet_fwhm_mm:g} mm FWHM); survival time falls with lesion burden. "
+                "time/event columns serve a later prognosis task.",
                 lambda d, cfg=cfg, with_pet=with_pet, n=n, name=name, k=k: ph.write_phantom_cases(
                     d, name, n, cfg, with_pet, seed=seed * 1000 + k
                 ),
-                force,
+                force or _stale(out_dir / name, ph.SOURCE),
             ),
         )
+
+
+def _stale(site_dir: Path, source: str) -> bool:
+    """A complete site folder written by another generator version (``source`` differs)."""
+    from unicon_core.data.manifest import read_site_json
+
+    if not site_is_complete(site_dir):
+        return False
+    try:
+        return read_site_json(site_dir).source != source
+    except (OSError, ValueError):
+        return True
 
 
 def _gbsg2_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:

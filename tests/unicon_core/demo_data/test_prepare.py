@@ -67,3 +67,20 @@ def test_validate_command_exit_status(tmp_path: Path, capsys: pytest.CaptureFixt
     (site / "manifest.csv").write_text("\n".join(lines) + "\n")
     assert validate_command(site) == 1
     assert "manifest.csv row 3 (time): non-positive survival time '-1'" in capsys.readouterr().out
+
+
+def test_phantom_sites_from_an_older_generator_are_rebuilt(tmp_path: Path) -> None:
+    import json
+
+    from unicon_core.demo_data.phantoms import SOURCE
+
+    first = prepare_demo(tmp_path, only=["phantoms"])
+    assert all(first[n]["built"] for n in ("ct_a", "ct_b", "ctpet_a"))
+    meta = tmp_path / "ct_b" / "site.json"
+    data = json.loads(meta.read_text())
+    assert data["source"] == SOURCE
+    data["source"] = "unicon_core.demo_data.phantoms (seeded generator)"  # version 1
+    meta.write_text(json.dumps(data))
+    again = prepare_demo(tmp_path, only=["phantoms"])
+    assert again["ct_b"]["built"] and not again["ct_a"]["built"] and not again["ctpet_a"]["built"]
+    assert json.loads(meta.read_text())["source"] == SOURCE
