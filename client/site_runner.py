@@ -71,50 +71,13 @@ def settings_for(context: Context, extra_overrides: list[str]) -> ExperimentSett
     return settings
 
 
-#: Opened sites of this process: (folder, spec, seed) -> (files fingerprint, Site).
-_OPENED: dict[tuple[str, str, int], tuple[tuple[Any, ...], Site]] = {}
-
-
-def site_files(root: Path, site: Site | None) -> list[Path]:
-    """The files a site's validity depends on: its manifest, site.json and every named file."""
-    files = [root / "manifest.csv", root / "site.json"]
-    if site is not None:
-        from unicon_core.data.manifest import Column, image_columns
-
-        columns = [*image_columns(site.task_spec), Column.MASK.value]
-        files += [root / row[c] for row in site.rows for c in columns if row.get(c)]
-    return files
-
-
-def fingerprint(files: list[Path]) -> tuple[Any, ...]:
-    """Size and modification time of each file (a missing file counts too)."""
-    out = []
-    for f in files:
-        try:
-            st = f.stat()
-            out.append((str(f), st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((str(f), None, None))
-    return tuple(out)
-
-
 def open_cached(path: Path, spec: TaskSpec | None, seed: int) -> Site:
-    """``open_site`` once per process while none of the site's files changes.
+    """The node's site, validated once per process while its files stay the same
+    (:func:`unicon_core.data.site.open_site_cached`; a site answers several messages per round,
+    and in simulation and with the warm executor the process outlives a message)."""
+    from unicon_core.data.site import open_site_cached
 
-    Validation reads every image of every split; a site answers several messages per round,
-    and in simulation (and with the warm executor's parent) the process outlives a message.
-    A changed, added or removed file (size or mtime) means the site is opened and validated
-    again. The cache is read-only data, not per-client state (which lives in context.state).
-    """
-    from unicon_core.data import open_site
-
-    key = (str(Path(path).resolve()), json.dumps(spec.to_dict() if spec else None), seed)
-    hit = _OPENED.get(key)
-    if hit is not None and fingerprint(site_files(Path(key[0]), hit[1])) == hit[0]:
-        return hit[1]
-    site = open_site(path, spec=spec, seed=seed)
-    _OPENED[key] = (fingerprint(site_files(Path(key[0]), site)), site)
-    return site
+    return open_site_cached(path, spec, seed)
 
 
 def open_node_site(context: Context, settings: ExperimentSettings) -> Site:

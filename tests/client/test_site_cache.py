@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -14,8 +15,11 @@ from unicon_core.data import SiteValidationError
 
 def test_reopens_only_when_a_file_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: count real opens
-    monkeypatch.setattr(site_runner, "_OPENED", {})
     from unicon_core import data
+    from unicon_core.data import site as site_module
+
+    monkeypatch.setattr(site_module, "_VALIDATED", {})
+    monkeypatch.setattr(site_module, "_BY_SEED", {})
 
     calls = []
     real_open = data.open_site
@@ -29,12 +33,21 @@ def test_reopens_only_when_a_file_changes(tmp_path: Path, monkeypatch: pytest.Mo
     # Execute / Assert: the second call reuses the validated site
     first = site_runner.open_cached(site_dir, None, 0)
     assert site_runner.open_cached(site_dir, None, 0) is first and len(calls) == 1
-    # another seed is another entry
-    assert site_runner.open_cached(site_dir, None, 1) is not first and len(calls) == 2
+    # another seed is another Site (its own seed and evaluation memo), not another validation
+    other = site_runner.open_cached(site_dir, None, 1)
+    assert other is not first and other.seed == 1 and first.seed == 0 and len(calls) == 1
+    assert other.rows == first.rows and other.cache is first.cache and other.memo is not first.memo
+    assert site_runner.open_cached(site_dir, None, 1) is other
+    # the site's own spec is the same entry; another spec goes through open_site's check
+    assert site_runner.open_cached(site_dir, first.task_spec, 0) is first and len(calls) == 1
+    wrong = dataclasses.replace(first.task_spec, num_classes=3)
+    with pytest.raises(SiteValidationError):
+        site_runner.open_cached(site_dir, wrong, 0)
+    assert len(calls) == 2
     # an image rewritten (new size and mtime) makes it validate again and find the problem
     image = site_dir / read_rows(site_dir)[2]["image"]
     image.write_bytes(b"not a png")
     os.utime(image, ns=(1, 1))
     with pytest.raises(SiteValidationError, match="row 3"):
-        site_runner.open_cached(site_dir, None, 0)
+        site_runner.open_cached(site_dir, None, 1)
     assert len(calls) == 3

@@ -143,10 +143,10 @@ class ContinualResult:
 
 
 def open_sites(cfg: ContinualConfig, seed: int) -> dict[str, Any]:
-    """Open (and validate) every site named by a stage."""
-    from unicon_core.data import open_site
+    """Open every site named by a stage (validated once per process, see open_site_cached)."""
+    from unicon_core.data.site import open_site_cached
 
-    return {s: open_site(cfg.site_dir(s), seed=seed) for st in cfg.stages for s in st.sites}
+    return {s: open_site_cached(cfg.site_dir(s), seed=seed) for st in cfg.stages for s in st.sites}
 
 
 def make_context(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -111,3 +113,59 @@ def open_site(
         seed=seed,
         cache=result.cache,
     )
+
+
+#: Validated sites of this process: folder -> (files fingerprint, Site).
+_VALIDATED: dict[str, tuple[tuple[Any, ...], Site]] = {}
+#: The Site handed out per (folder, seed): it keeps its evaluation memo between calls.
+_BY_SEED: dict[tuple[str, int], Site] = {}
+
+
+def site_files(root: Path, site: Site | None) -> list[Path]:
+    """The files a site's validity depends on: its manifest, site.json and every named file."""
+    files = [root / "manifest.csv", root / "site.json"]
+    if site is not None:
+        from unicon_core.data.manifest import Column, image_columns
+
+        columns = [*image_columns(site.task_spec), Column.MASK.value]
+        files += [root / row[c] for row in site.rows for c in columns if row.get(c)]
+    return files
+
+
+def fingerprint(files: list[Path]) -> tuple[Any, ...]:
+    """Size and modification time of each file (a missing file counts too)."""
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+            out.append((str(f), st.st_size, st.st_mtime_ns))
+        except OSError:
+            out.append((str(f), None, None))
+    return tuple(out)
+
+
+def open_site_cached(site_dir: Path | str, spec: TaskSpec | None = None, seed: int = 0) -> Site:
+    """:func:`open_site` once per process and folder while none of the site's files changes.
+
+    Validation reads every image of every split, and a process (a simulation, a site's warm
+    executor, the benchmark suite) opens the same sites for every message, stage and seed. A
+    changed, added or removed file (size or mtime) means the folder is validated again. The
+    seed (augmentation only) does not change validity: each seed gets its own ``Site`` sharing
+    the validated rows and image cache. A ``spec`` other than the site's own goes through
+    :func:`open_site`, which reports the mismatch.
+    """
+    from unicon_core import data  # module lookup: tests count real opens
+
+    key = str(Path(site_dir).resolve())
+    hit = _VALIDATED.get(key)
+    if hit is None or fingerprint(site_files(Path(key), hit[1])) != hit[0]:
+        site = data.open_site(site_dir, spec=spec, seed=seed)
+        _VALIDATED[key] = (fingerprint(site_files(Path(key), site)), site)
+        for stale in [k for k in _BY_SEED if k[0] == key]:
+            del _BY_SEED[stale]
+        _BY_SEED[(key, seed)] = site
+        return site
+    base = hit[1]
+    if spec is not None and spec != base.task_spec:
+        return data.open_site(site_dir, spec=spec, seed=seed)
+    return _BY_SEED.setdefault((key, seed), dataclasses.replace(base, seed=seed, memo={}))
