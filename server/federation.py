@@ -369,6 +369,7 @@ def run_federation(
         weighted_by_key=settings.strategy.weighted_by,
         min_sites_per_task=settings.federation.min_sites_per_task,
         max_update_norm=settings.strategy.max_update_norm,
+        message_ttl_s=settings.federation.round_timeout_s,
         **settings.strategy.options(),
     )
     strategy.stopped.update(stopped)

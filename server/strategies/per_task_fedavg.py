@@ -91,6 +91,10 @@ class PerTaskFedAvg(FedAvg):
         Fewest valid updates a task needs in a round for its skill to change.
     max_update_norm : float, optional
         Reject an update whose L2 distance to the skill sent exceeds this (None: no bound).
+    message_ttl_s : float, optional
+        Lifetime of each instruction (None: Flower's default, 12 h). Set to the round timeout,
+        a site that was down does not answer the instructions of rounds already closed when
+        it comes back; it joins the current round instead.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class PerTaskFedAvg(FedAvg):
         on_round_end: RoundCallback | None = None,
         min_sites_per_task: int = 1,
         max_update_norm: float | None = None,
+        message_ttl_s: float | None = None,
     ) -> None:
         if min_sites_per_task < 1:
             raise ValueError(f"min_sites_per_task must be >= 1, got {min_sites_per_task}")
@@ -114,6 +119,8 @@ class PerTaskFedAvg(FedAvg):
             raise ValueError(f"each site must be served by one node, got {sites}")
         if round_offset < 0:
             raise ValueError(f"round_offset must be >= 0, got {round_offset}")
+        if message_ttl_s is not None and message_ttl_s <= 0:
+            raise ValueError(f"message_ttl_s must be > 0, got {message_ttl_s}")
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0 if evaluate else 0.0,
@@ -129,6 +136,7 @@ class PerTaskFedAvg(FedAvg):
         self.round_offset = round_offset
         self.on_round_end = on_round_end
         self.min_sites_per_task = min_sites_per_task
+        self.message_ttl_s = message_ttl_s
         self.policy = ValidationPolicy(foundation_hash, max_update_norm)
         self.comm = CommLedger()
         #: site -> why it no longer trains (e.g. its privacy budget is spent)
@@ -306,7 +314,8 @@ class PerTaskFedAvg(FedAvg):
             )
             self.comm.add(rnd, node.site, down=content_bytes(content))
             messages.append(
-                Message(content=content, message_type=message_type, dst_node_id=node.node_id)
+                Message(content=content, message_type=message_type, dst_node_id=node.node_id,
+                        ttl=self.message_ttl_s)
             )
         return messages
 
