@@ -135,7 +135,8 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
         "Written by `python -m simulations.run_benchmarks` (do not edit by hand).",
         "",
         f"- command: `{meta['command']}`",
-        f"- date: {meta['date']}; wall time of the suite: {meta['wall_s'] / 60:.1f} min",
+        f"- date: {meta['date']}; wall time of the suite: {meta['wall_s'] / 60:.1f} min "
+        f"({meta.get('jobs', 1)} seed worker process(es))",
         f"- machine: {meta['machine']}",
         f"- seeds: {meta['seeds']}; budget: {meta['rounds']} federated rounds per stage, "
         f"{meta['local_steps']} local optimiser steps per site and round, batch "

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python -m simulations.run_benchmarks [--quick] [--data-root DIR] [--runs-dir DIR]
-        [--out BENCHMARKS.md] [--seeds 0 1 2] [--no-overhead] [--no-foundation]
+    python -m simulations.run_benchmarks [--quick] [--jobs N] [--data-root DIR]
+        [--runs-dir DIR] [--out BENCHMARKS.md] [--seeds 0 1 2] [--no-overhead] [--no-foundation]
 
 Everything a run writes goes to its own folder ``<runs-dir>/<time>-benchmarks`` (default
 ``<repo>/runs``): per-strategy stage runs, ``results.json`` (with the ``continual`` section of
@@ -44,6 +44,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--plots-dir", type=Path,
                    default=REPO / "simulations" / "results" / "benchmarks")
     p.add_argument("--seeds", type=int, nargs="+", default=None)
+    p.add_argument("--jobs", type=int, default=1,
+                   help="seeds run in this many worker processes at once (torch uses one thread "
+                        "each; 2 on a 2-core machine)")
     p.add_argument("--no-overhead", action="store_true", help="skip the flwr wall-time run")
     p.add_argument("--no-foundation", action="store_true", help="skip the foundation stage")
     p.add_argument("--override", action="append", default=[], help="extra hydra override")
@@ -66,10 +69,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    from simulations.adaptation import run_adaptation
     from simulations.communication import bytes_table
-    from simulations.continual_suite import run_on_foundation, run_strategies
-    from simulations.modality import run_modality
     from simulations.overhead import measure_overhead
     from simulations.report import plot_all, write_markdown
     from unicon_core.config import TaskKind
@@ -83,10 +83,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.assemble_only is not None:
         assemble(args.assemble_only, args.out)
         return args.out.parent
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
-    logging.getLogger("simulations").addHandler(handler)
-    logging.getLogger("simulations").setLevel(logging.INFO)
+    _log_to_stderr()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     start = time.perf_counter()
     data_root = args.data_root.resolve()
@@ -104,20 +101,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     run_dir = new_run_dir(args.runs_dir.resolve(), "benchmarks")
     log.info("benchmark run folder: %s", run_dir)
 
-    continual: dict[str, list[dict[str, Any]]] = {n: [] for n in STRATEGIES}
-    foundation, modality, adaptation = [], [], []
-    ct_task, ctpet_task = _expansion(cfg)
-    for seed in cfg.seeds:
-        results, skills = run_strategies(cfg, backbone, overrides, run_dir, seed, STRATEGIES)
-        for name, res in results.items():
-            continual[name].append(res)
-        ctx = make_context(cfg, seed, backbone, run_dir / f"studies_seed{seed}", overrides)
-        if ct_task and ctpet_task:
-            modality.append(run_modality(ctx, ct_task, ctpet_task, skills[ct_task], backbone))
-        adaptation.append(run_adaptation(ctx, cfg.adaptation_task, backbone))
-        if cfg.foundation_stage or not (args.quick or args.no_foundation):
-            foundation.append(run_on_foundation(cfg, backbone, overrides, run_dir, seed))
-        write_json(run_dir / "partial.json", {"continual": continual, "modality": modality})
+    with_foundation = cfg.foundation_stage or not (args.quick or args.no_foundation)
+    per_seed = run_seeds(cfg, backbone, overrides, run_dir, with_foundation, args.jobs)
+    continual: dict[str, list[dict[str, Any]]] = {
+        n: [r["continual"][n] for r in per_seed] for n in STRATEGIES}
+    modality = [r["modality"] for r in per_seed if r["modality"] is not None]
+    adaptation = [r["adaptation"] for r in per_seed]
+    foundation = [r["foundation"] for r in per_seed if r["foundation"] is not None]
 
     sites = open_sites(cfg, cfg.seeds[0])
     specs = {s.task_spec.name: s.task_spec for s in sites.values()}
@@ -149,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "local_steps": cfg.local_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "backbone": f"tiny ({backbone.num_layers} layers, width {backbone.hidden_size})",
             "run_dir": str(run_dir), "adaptation_task": cfg.adaptation_task,
+            "jobs": args.jobs,
             "stages": [{"name": s.name, "sites": s.sites, "expand": s.expand}
                        for s in cfg.stages],
             "metrics": {t: _metric(specs[t].kind, TaskKind) for t in specs},
@@ -174,14 +165,87 @@ def main(argv: Sequence[str] | None = None) -> Path:
     write_json(run_dir / "results.json", results)
     write_markdown(suite, args.out, shown)
     shutil.copy2(args.out, run_dir / "BENCHMARKS.md")
+    if args.quick:
+        write_quick_section(suite, REPO / "simulations" / "results" / "quick.md")
     append_sections(args.out)
     log.info("wrote %s and %s in %.1f min", args.out, run_dir / "results.json",
                  (time.perf_counter() - start) / 60)
     return run_dir
 
 
+def run_seed(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path, seed: int,
+             with_foundation: bool) -> dict[str, Any]:
+    """Everything the suite measures with one seed: the continual strategies, the modality and
+    adaptation studies and (optionally) the foundation stage."""
+    from simulations.adaptation import run_adaptation
+    from simulations.continual_suite import run_on_foundation, run_strategies
+    from simulations.modality import run_modality
+    from unicon_core.continual.runner import make_context
+
+    results, skills = run_strategies(cfg, backbone, overrides, run_dir, seed, STRATEGIES)
+    ctx = make_context(cfg, seed, backbone, run_dir / f"studies_seed{seed}", overrides)
+    ct_task, ctpet_task = _expansion(cfg)
+    return {
+        "seed": seed,
+        "continual": results,
+        "modality": run_modality(ctx, ct_task, ctpet_task, skills[ct_task], backbone)
+        if ct_task and ctpet_task else None,
+        "adaptation": run_adaptation(ctx, cfg.adaptation_task, backbone),
+        "foundation": run_on_foundation(cfg, backbone, overrides, run_dir, seed)
+        if with_foundation else None,
+    }
+
+
+def run_seeds(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path,
+              with_foundation: bool, jobs: int) -> list[dict[str, Any]]:
+    """:func:`run_seed` for every seed, in seed order; ``jobs > 1`` runs seeds in that many
+    spawned worker processes at once (each seed's work is independent and seeded, so the
+    numbers do not depend on ``jobs``). Finished seeds are saved to ``partial.json``."""
+    from unicon_core.federation.outputs import write_json
+
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    done: dict[int, dict[str, Any]] = {}
+
+    def keep(result: dict[str, Any]) -> None:
+        done[result["seed"]] = result
+        write_json(run_dir / "partial.json", [done[s] for s in sorted(done)])
+
+    if jobs == 1:
+        for seed in cfg.seeds:
+            keep(run_seed(cfg, backbone, overrides, run_dir, seed, with_foundation))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(min(jobs, len(cfg.seeds)),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init) as pool:
+            futures = [pool.submit(run_seed, cfg, backbone, overrides, run_dir, seed,
+                                   with_foundation) for seed in cfg.seeds]
+            for future in as_completed(futures):
+                keep(future.result())
+    return [done[s] for s in cfg.seeds]
+
+
+def _worker_init() -> None:
+    """A seed worker: one torch thread, progress lines like the parent's."""
+    import torch
+
+    _log_to_stderr()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+def _log_to_stderr() -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger("simulations").addHandler(handler)
+    logging.getLogger("simulations").setLevel(logging.INFO)
+
+
 #: Sections other benchmark scripts write (each with its own command and provenance).
 SECTIONS = {
+    "quick.md": "python -m simulations.run_benchmarks --quick --jobs 2",
     "routing.md": "python -m simulations.routing_accuracy --data-root DEMO_DATA",
     "robustness.md": "python -m simulations.robustness_bench",
     "cold_start.md": "python -m simulations.cold_start_bench",
@@ -204,6 +268,33 @@ def append_sections(out: Path, results_dir: Path = REPO / "simulations" / "resul
         else:
             parts += [f"## {name[:-3]}", "", f"not measured: run `{command}`.", ""]
     out.write_text("\n".join(parts) + "\n")
+
+
+#: The --quick suite's wall-time goal (minutes, on 2 cores).
+QUICK_GOAL_MIN = 10.0
+
+
+def write_quick_section(suite: dict[str, Any], path: Path) -> str:
+    """The quick suite's timing as a section of BENCHMARKS.md (its tables stay in its run)."""
+    from simulations.report import goal
+
+    meta = suite["meta"]
+    minutes = meta["wall_s"] / 60
+    iso = suite["continual"]["isolated"]
+    text = "\n".join([
+        "## Quick suite (`--quick`)", "",
+        f"`{meta['command']}` - {meta['date']}, {meta['machine']}; seeds {meta['seeds']}, "
+        f"{meta['rounds']} rounds x {meta['local_steps']} local steps of {meta['batch_size']} "
+        f"per stage, every strategy and study of the full suite except the foundation stage, "
+        f"{meta.get('jobs', 1)} seed worker process(es).", "",
+        f"Wall time **{minutes:.1f} min**, goal <= {QUICK_GOAL_MIN:g} min: "
+        f"{goal(minutes <= QUICK_GOAL_MIN)}. Isolated skills' BWT per seed: "
+        f"{[round(r['bwt'], 4) for r in iso]}. Its tables are in `{meta['run_dir']}` "
+        "(not committed; at this budget most skills barely learn).", "",
+    ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return text
 
 
 def assemble(suite_md: Path, out: Path) -> None:

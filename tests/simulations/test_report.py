@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def test_markdown_reports_goals_and_synthetic(tmp_path: Path) -> None:
     assert "| training + evaluation rounds | 6.0 | 46% |" in text
     assert "rounds alone take 0.60× the plain loop" in text
     assert (tmp_path / "B.md").read_text() == text
+    from simulations.run_benchmarks import write_quick_section
+
+    quick = write_quick_section(suite, tmp_path / "quick.md")
+    assert "Wall time **1.0 min**, goal <= 10 min: met" in quick
+    suite["meta"]["wall_s"] = 601
+    assert "**MISSED**" in write_quick_section(suite, tmp_path / "quick.md")
     assert mean_matrix(iso)[0][1] == pytest.approx(0.8)
 
 
@@ -86,3 +93,37 @@ def test_other_sections_are_appended_verbatim_or_marked_not_measured(tmp_path) -
     assert "## Robustness\n\nmedian 92.7" in text
     assert "not measured: run `python -m simulations.routing_accuracy" in text
     assert "not measured: run `python -m simulations.cold_start_bench`" in text
+
+
+@pytest.mark.slow
+def test_seeds_in_worker_processes_give_the_numbers_of_one_process(tmp_path: Path) -> None:
+    # Prepare: the tiny two-stage config of the stage-run test, two seeds
+    import torch
+
+    from simulations.run_benchmarks import run_seeds
+    from tests.server.fedtools import CLS_TASK
+    from tests.unicon_core.continual.test_stage_run import TINY, TINY_OVERRIDES, _config
+    from unicon_core.continual.stages import ContinualConfig
+
+    base = _config(tmp_path / "sites")
+    cfg = ContinualConfig(stages=base.stages, data_root=base.data_root, rounds=1,
+                          local_steps=2, batch_size=8, lr=0.05, seeds=[0, 1],
+                          adaptation_task=CLS_TASK)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker
+    try:
+        # Execute
+        serial = run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "one", False, jobs=1)
+        parallel = run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "two", False, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+
+    # Assert: seed order kept and every strategy's matrix identical
+    assert [r["seed"] for r in serial] == [r["seed"] for r in parallel] == [0, 1]
+    for one, two in zip(serial, parallel, strict=True):
+        for name, result in one["continual"].items():
+            assert json.dumps(result["matrix"]) == json.dumps(two["continual"][name]["matrix"])
+        assert one["foundation"] is None and one["modality"] is None
+    assert (tmp_path / "two" / "partial.json").is_file()
+    with pytest.raises(ValueError, match="jobs"):
+        run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "none", False, jobs=0)
