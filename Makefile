@@ -33,8 +33,8 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-benchmarks: $(STAMP) ## full suite, seeds in 2 processes; --quick: .venv/bin/python -m simulations.run_benchmarks --quick --jobs 2
-	$(PY) -m simulations.run_benchmarks --jobs 2
+benchmarks: $(STAMP) ## full suite, one process per seed; --quick: .venv/bin/python -m simulations.run_benchmarks --quick --jobs 3
+	$(PY) -m simulations.run_benchmarks --jobs 3
 
 constraints: $(STAMP)
 	{ echo "# Versions verified together on the CI machine kind (CPU torch). Regenerate with 'make constraints'."; \

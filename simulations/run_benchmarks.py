@@ -46,7 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--jobs", type=int, default=1,
                    help="seeds run in this many worker processes at once (torch uses one thread "
-                        "each; 2 on a 2-core machine)")
+                        "each; one per seed keeps both cores of a 2-core machine busy)")
     p.add_argument("--no-overhead", action="store_true", help="skip the flwr wall-time run")
     p.add_argument("--no-foundation", action="store_true", help="skip the foundation stage")
     p.add_argument("--override", action="append", default=[], help="extra hydra override")
@@ -245,7 +245,7 @@ def _log_to_stderr() -> None:
 
 #: Sections other benchmark scripts write (each with its own command and provenance).
 SECTIONS = {
-    "quick.md": "python -m simulations.run_benchmarks --quick --jobs 2",
+    "quick.md": "python -m simulations.run_benchmarks --quick --jobs 3",
     "routing.md": "python -m simulations.routing_accuracy --data-root DEMO_DATA",
     "robustness.md": "python -m simulations.robustness_bench",
     "cold_start.md": "python -m simulations.cold_start_bench",
