@@ -83,6 +83,7 @@ def tiny_overrides(
         "backbone.num_layers=2",
         "backbone.num_heads=2",
         "backbone.mlp_dim=64",
+        "train.epochs=1",
         "train.max_steps=3",
         "train.batch_size=8",
         *extra,
