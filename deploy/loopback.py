@@ -6,7 +6,10 @@ its own key, and ``flwr run`` by the researcher, each started exactly as
 ``docs/deployment.md`` tells a coordinator, a hospital and a researcher to do it. Every process
 starts in its own session; :meth:`LoopbackFederation.stop` ends each one by PID (its process
 group and every descendant found in ``/proc``), first with SIGTERM, then SIGKILL. Only
-127.0.0.1 is ever contacted.
+127.0.0.1 is ever contacted. Faults: :meth:`LoopbackFederation.kill_superlink` and
+:meth:`LoopbackFederation.kill_site` SIGKILL a role with all its processes (a crash),
+:meth:`LoopbackFederation.start_superlink` restarts the SuperLink on the same database and
+:meth:`LoopbackFederation.restart_site` a site with the same key.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +50,21 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = N
             return
         time.sleep(0.3)
     raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout_s} s")
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
+               proc: subprocess.Popen | None = None, poll_s: float = 0.2) -> None:
+    """Poll ``check`` until it holds; ``TimeoutError`` naming ``what`` after ``timeout_s``.
+
+    With ``proc``, fail early (``RuntimeError``) if that process exits before ``check`` holds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process {proc.args!r} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout_s} s")
+        time.sleep(poll_s)
 
 
 def _children() -> dict[int, list[int]]:
@@ -97,6 +115,7 @@ class LoopbackFederation:
     python: str = sys.executable
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
+    used_ports: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.executor not in ("warm", "flower"):
@@ -132,8 +151,11 @@ class LoopbackFederation:
         return subprocess.CompletedProcess(proc.args, proc.returncode, out)
 
     def start(self, label: str, args: Sequence[str], **extra: str) -> subprocess.Popen:
-        """Start a long-running command in its own session, output to ``<root>/<label>.log``."""
-        log = (self.root / f"{label}.log").open("w")
+        """Start a long-running command in its own session, output to ``<root>/<label>.log``.
+
+        The log is appended to, so a command restarted under the same label keeps its history.
+        """
+        log = (self.root / f"{label}.log").open("a")
         proc = subprocess.Popen(list(args), env=self.env(**extra), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -179,13 +201,17 @@ class LoopbackFederation:
             proc.wait(timeout=5)
 
     def kill(self, label: str) -> list[int]:
-        """SIGKILL one started command and everything below it at once (a crash)."""
+        """SIGKILL one started command and everything below it at once (a crash).
+
+        Returns the PIDs killed (the command, its group and descendants); all are gone on return.
+        """
         proc = self.procs.pop(label)
         pids = [proc.pid, *descendants(proc.pid)]
         _signal(proc.pid, signal.SIGKILL, group=True)
         for pid in pids:
             _signal(pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        wait_until(lambda: not any(map(alive, pids)), 10, f"SIGKILLed {label} to be gone")
         return pids
 
     def __enter__(self) -> LoopbackFederation:
@@ -194,6 +220,19 @@ class LoopbackFederation:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+    def new_port(self) -> int:
+        """A free loopback port that no role of this federation was given before.
+
+        ``free_port`` alone can hand out the same port twice when asked twice before either
+        binds it (two SuperNodes then clash: "address already in use").
+        """
+        port = free_port()
+        while port in self.used_ports:
+            time.sleep(0.05)
+            port = free_port()
+        self.used_ports.add(port)
+        return port
 
     # ---------------------------------------------------------------- roles
     def make_pki(self, extra_sites: Sequence[str] = ()) -> None:
@@ -204,8 +243,12 @@ class LoopbackFederation:
             raise RuntimeError(res.stdout)
 
     def start_superlink(self, timeout_s: float = 120.0) -> None:
-        """Coordinator: SuperLink with TLS, node auth and a state database on a free port."""
-        self.port = self.port or free_port()
+        """Coordinator: SuperLink with TLS, node auth and a state database on a free port.
+
+        Called again after a crash it restarts the SuperLink on the same port, certificates and
+        database (``<root>/superlink/superlink.db``), as an operator would.
+        """
+        self.port = self.port or self.new_port()
         proc = self.start("superlink", [
             str(DEPLOY / "start_superlink.sh"), "--certs", str(self.pki),
             "--state", str(self.root / "superlink"), "--port", str(self.port),
@@ -215,6 +258,10 @@ class LoopbackFederation:
                         f"{HOST}:{self.port}", str(self.pki / "ca.crt")], timeout_s=30)
         if res.returncode != 0:
             raise RuntimeError(res.stdout)
+
+    def kill_superlink(self) -> list[int]:
+        """SIGKILL the SuperLink with everything it started (SuperExec, the ServerApp)."""
+        return self.kill("superlink")
 
     def register(self, sites: Sequence[str] | None = None) -> str:
         """Coordinator: register the sites' public keys (``deploy/register_sites.sh``)."""
@@ -232,20 +279,55 @@ class LoopbackFederation:
             str(DEPLOY / "start_site.sh"), "--superlink", f"{HOST}:{self.port}",
             "--ca", str(self.pki / "ca.crt"), "--key", str(key),
             "--site-dir", str(self.sites[site]), "--state-dir", str(self.root / "state" / site),
-            "--port", str(free_port()), "--executor", self.executor,
+            "--port", str(self.new_port()), "--executor", self.executor,
         ], FLWR_HOME=str(self.root / "site_home" / site), **extra)
 
-    def flwr_run(self, overrides: Sequence[str], timeout_s: float
-                 ) -> subprocess.CompletedProcess[str]:
-        """Researcher: ``flwr run <repo> <federation> --stream`` with hydra ``overrides``."""
+    def kill_site(self, site: str) -> list[int]:
+        """SIGKILL one site's SuperNode with its executor and running ClientApps (a crash)."""
+        return self.kill(f"site-{site}")
+
+    def restart_site(self, site: str, timeout_s: float = 180.0, pause_s: float = 5.0) -> int:
+        """Start a crashed site again (same key, so same node id) until the SuperLink takes it.
+
+        Flower 1.41 refuses to activate a node the SuperLink still counts as online (up to
+        2 x 30 s after its last heartbeat: "Failed to activate SuperNode"); like a service
+        manager restarting on failure, retry every ``pause_s`` until the SuperNode logs its
+        node id. Returns the number of starts.
+        """
+        label, deadline, starts = f"site-{site}", time.monotonic() + timeout_s, 0
+        while True:
+            before = self.log(label).count("SuperNode ID:")
+            self.start_site(site)
+            starts += 1
+            proc = self.procs[label]
+            with contextlib.suppress(RuntimeError):
+                wait_until(lambda n=before: self.log(label).count("SuperNode ID:") > n,
+                           max(deadline - time.monotonic(), 1), f"{site} to rejoin", proc)
+                return starts
+            self.stop(label)
+            if time.monotonic() + pause_s > deadline:
+                raise TimeoutError(f"{site} could not rejoin within {timeout_s} s")
+            time.sleep(pause_s)
+
+    def _flwr_run_args(self, overrides: Sequence[str]) -> list[str]:
         run_config = self.root / "run_config.toml"
         joined = " ".join(shlex.quote(o) for o in overrides)
         run_config.write_text(f'experiment = ""\noverrides = {json.dumps(joined)}\n')
         flwr = str(Path(self.python).parent / "flwr")
-        result = self.run([flwr, "run", str(REPO), self.name, "--run-config", str(run_config),
-                           "--stream"], timeout_s=timeout_s, FLWR_HOME=str(self.home))
+        return [flwr, "run", str(REPO), self.name, "--run-config", str(run_config), "--stream"]
+
+    def flwr_run(self, overrides: Sequence[str], timeout_s: float
+                 ) -> subprocess.CompletedProcess[str]:
+        """Researcher: ``flwr run <repo> <federation> --stream`` with hydra ``overrides``."""
+        result = self.run(self._flwr_run_args(overrides), timeout_s=timeout_s,
+                          FLWR_HOME=str(self.home))
         (self.root / "flwr_run.log").write_text(result.stdout)
         return result
+
+    def start_flwr_run(self, overrides: Sequence[str], label: str = "flwr-run"
+                       ) -> subprocess.Popen:
+        """:meth:`flwr_run` without waiting: the streamed log goes to ``<root>/<label>.log``."""
+        return self.start(label, self._flwr_run_args(overrides), FLWR_HOME=str(self.home))
 
     def online_nodes(self) -> int:
         """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
