@@ -16,6 +16,7 @@ are the only files written outside the run folder. ``--quick`` uses
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -50,6 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-overhead", action="store_true", help="skip the flwr wall-time run")
     p.add_argument("--no-foundation", action="store_true", help="skip the foundation stage")
     p.add_argument("--override", action="append", default=[], help="extra hydra override")
+    p.add_argument("--report-only", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="only re-render --out and the plots from a finished suite's results.json")
     p.add_argument("--assemble-only", type=Path, default=None, metavar="SUITE_MD",
                    help="only rebuild --out from a finished suite's BENCHMARKS.md + sections")
     return p.parse_args(argv)
@@ -71,7 +74,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     from simulations.communication import bytes_table
     from simulations.overhead import measure_overhead
-    from simulations.report import plot_all, write_markdown
     from unicon_core.config import TaskKind
     from unicon_core.continual.runner import make_context, open_sites
     from unicon_core.continual.stages import ContinualConfig
@@ -83,6 +85,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.assemble_only is not None:
         assemble(args.assemble_only, args.out)
         return args.out.parent
+    if args.report_only is not None:
+        suite = _undefined_as_nan(json.loads(args.report_only.read_text())["suite"])
+        render(suite, Path(suite["meta"]["run_dir"]), args)
+        return Path(suite["meta"]["run_dir"])
     _log_to_stderr()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     start = time.perf_counter()
@@ -154,23 +160,42 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "bwt": mean_std([r["bwt"] for r in iso])[0],
         "forgetting": mean_std([r["forgetting"] for r in iso])[0],
     }
+    results = {"experiment": experiment, "synthetic": synthetic,
+               "continual": suite["continual_summary"], "suite": suite}
+    write_json(run_dir / "results.json", results)
+    render(suite, run_dir, args)
+    log.info("wrote %s and %s in %.1f min", args.out, run_dir / "results.json",
+                 (time.perf_counter() - start) / 60)
+    return run_dir
+
+
+def render(suite: dict[str, Any], run_dir: Path, args: argparse.Namespace) -> None:
+    """Plots, BENCHMARKS.md (``--out``) and, for ``--quick``, its timing section, from the
+    suite's measured results (also used alone by ``--report-only``)."""
+    from simulations.report import plot_all, write_markdown
+
     plots = plot_all(suite, run_dir / "plots")
     args.plots_dir.mkdir(parents=True, exist_ok=True)
     shown = []
     for p in plots:
         shutil.copy2(p, args.plots_dir / p.name)
         shown.append(Path(os.path.relpath(args.plots_dir / p.name, args.out.parent.resolve())))
-    results = {"experiment": experiment, "synthetic": synthetic,
-               "continual": suite["continual_summary"], "suite": suite}
-    write_json(run_dir / "results.json", results)
     write_markdown(suite, args.out, shown)
     shutil.copy2(args.out, run_dir / "BENCHMARKS.md")
-    if args.quick:
+    if "--quick" in suite["meta"]["command"].split():
         write_quick_section(suite, REPO / "simulations" / "results" / "quick.md")
     append_sections(args.out)
-    log.info("wrote %s and %s in %.1f min", args.out, run_dir / "results.json",
-                 (time.perf_counter() - start) / 60)
-    return run_dir
+
+
+def _undefined_as_nan(obj: Any) -> Any:
+    """JSON stores undefined metric cells (NaN) as null: numeric lists get NaN back."""
+    if isinstance(obj, dict):
+        return {k: _undefined_as_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        if obj and all(v is None or isinstance(v, (int, float)) for v in obj):
+            return [float("nan") if v is None else v for v in obj]
+        return [_undefined_as_nan(v) for v in obj]
+    return obj
 
 
 def run_seed(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path, seed: int,
