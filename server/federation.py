@@ -329,12 +329,13 @@ def run_federation(
     unknown = sorted(set(initial or {}) - set(specs))
     if unknown:
         raise ValueError(f"initial skills given for tasks no site of this run serves: {unknown}")
-    for task, skill in (initial or {}).items():
+    if initial:
         import numpy
 
         from unicon_core.federation.aggregation import replace_task
 
-        arrays = replace_task(arrays, task, {k: numpy.asarray(v) for k, v in skill.items()})
+        for task, skill in initial.items():
+            arrays = replace_task(arrays, task, {k: numpy.asarray(v) for k, v in skill.items()})
     task_of_site = {n.site: n.task for n in nodes}
     full_bytes = {t: model.full_model_bytes(t) for t in specs}
     site_full = [full_bytes[t] for t in task_of_site.values()]

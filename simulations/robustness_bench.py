@@ -52,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from simulations.report import mean_std
+
 RESULTS = Path(__file__).resolve().parent / "results" / "robustness.md"
 TASK = "synth_cls"
 FEATURES = [f"x{i}" for i in range(6)]
@@ -139,12 +141,6 @@ def step_error(start: Arrays, aggregate: Arrays, honest: Sequence[Arrays]) -> tu
     if not hh > 0:
         return math.nan, math.nan
     return float(np.linalg.norm(step - h) / math.sqrt(hh)), float(step @ h / hh)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    vals = [float(v) for v in values]
-    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
 # ------------------------------------------------------------------------------ data and runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import Enum
 
 
@@ -23,3 +24,17 @@ class SkillPart(str, Enum):
     ADAPTER = "adapter"
     HEAD = "head"
     STEM = "stem"
+
+
+def key_set_problems(
+    expected: Iterable[str], actual: Iterable[str], extra: str = "unexpected"
+) -> list[str]:
+    """``missing keys [...]`` and ``<extra> keys [...]`` of ``actual`` against ``expected``
+    (sorted; empty when the sets are equal). Skills, updates and layouts all check this."""
+    want, got = set(expected), set(actual)
+    problems = []
+    if missing := sorted(want - got):
+        problems.append(f"missing keys {missing}")
+    if surplus := sorted(got - want):
+        problems.append(f"{extra} keys {surplus}")
+    return problems

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from unicon_core.federation.protocol import TASK_SEP
+from unicon_core.keys import key_set_problems
 
 Arrays = Mapping[str, np.ndarray]
 
@@ -67,13 +68,7 @@ def replace_task(arrays: Arrays, task: str, skill: Arrays) -> dict[str, np.ndarr
 
 def check_same_layout(expected: Arrays, actual: Arrays, *, what: str) -> None:
     """Raise a ``ValueError`` naming every key or shape that differs."""
-    problems = []
-    missing = sorted(set(expected) - set(actual))
-    extra = sorted(set(actual) - set(expected))
-    if missing:
-        problems.append(f"missing {missing}")
-    if extra:
-        problems.append(f"unexpected {extra}")
+    problems = key_set_problems(expected, actual)
     for key in sorted(set(expected) & set(actual)):
         if np.shape(expected[key]) != np.shape(actual[key]):
             problems.append(f"{key}: shape {np.shape(actual[key])} != {np.shape(expected[key])}")

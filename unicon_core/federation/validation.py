@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unicon_core.keys import key_set_problems
+
 Arrays = Mapping[str, np.ndarray]
 
 FLOAT_KINDS = frozenset("f")  # numpy dtype kinds accepted for skill tensors
@@ -77,13 +79,7 @@ def update_problems(
             f"foundation hash {str(foundation_hash)[:12]}... is not the federation's "
             f"{policy.foundation_hash[:12]}... (a skill only fits its own backbone)"
         ]
-    problems: list[str] = []
-    missing = sorted(set(reference) - set(update))
-    unknown = sorted(set(update) - set(reference))
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unknown:
-        problems.append(f"unknown keys {unknown}")
+    problems = key_set_problems(reference, update, extra="unknown")
     for key in sorted(set(reference) & set(update)):
         ref, arr = np.asarray(reference[key]), np.asarray(update[key])
         if arr.shape != ref.shape:

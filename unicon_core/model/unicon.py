@@ -22,7 +22,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from unicon_core.config import BackboneConfig, TaskSpec
-from unicon_core.keys import SkillPart
+from unicon_core.keys import SkillPart, key_set_problems
 from unicon_core.model.backbone import Backbone
 from unicon_core.model.heads import build_head
 from unicon_core.model.stems import StemSpec, build_stem
@@ -201,13 +201,7 @@ class UniconModel(nn.Module):
     ) -> None:
         """Load a skill, checking keys, shapes and dtypes strictly; nothing loads on error."""
         expected = self.skill_parameters(task)
-        problems: list[str] = []
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if missing:
-            problems.append(f"missing keys {missing}")
-        if unexpected:
-            problems.append(f"unexpected keys {unexpected}")
+        problems = key_set_problems(expected, state)
         tensors: dict[str, torch.Tensor] = {}
         for key in sorted(set(expected) & set(state)):
             value = state[key]
