@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from unicon_core.federation.config import (
+    NODE_DEVICE,
     NODE_STATE_DIR,
     ExperimentSettings,
     load_settings,
@@ -183,6 +184,9 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     check_instruction(msg, site, model)
     info = info_record(site, model, Status.READY)
     info[InfoKey.TASK_SPEC.value] = json.dumps(site.task_spec.to_dict(), sort_keys=True)
+    from unicon_core.device import resolve_device
+
+    info[InfoKey.DEVICE.value] = str(resolve_device(site_device(context, settings)))
     from unicon_core.federation.summaries import site_summary
 
     summary, count = site_summary(site, model)
@@ -205,7 +209,7 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     task, rnd = site.task_spec.name, server_round(msg)
     seed = round_seed(settings.seed, site.name, rnd)
     train_set = site.dataset("train", train=True)
-    cfg = replace(settings.train, seed=seed, progress=False)
+    cfg = replace(settings.train, seed=seed, progress=False, device=site_device(context, settings))
 
     privacy, dp, ledger = settings.privacy, None, None
     extra: dict[str, float] = {}
@@ -232,7 +236,8 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
             return Message(content, reply_to=msg)
         dp = DPSGD(privacy, seed=seed)
 
-    loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed)
+    loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed,
+                         num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu")
     try:
         result = train_task(model, task, loader, cfg, make_private=dp)
     finally:
@@ -265,6 +270,9 @@ def handle_evaluate(msg: Message, context: Context, settings: ExperimentSettings
     model = build_model(settings, site)
     check_instruction(msg, site, model)
     load_global_skill(msg, site, model)
+    from unicon_core.device import resolve_device
+
+    model.to(resolve_device(site_device(context, settings)))
     loader = _eval_loader(site, settings.federation.eval_split, settings.train)
     result = evaluate_task(model, site.task_spec.name, loader)
     metrics = metric_record(result, int(result.get("num_examples", 0)))
@@ -278,7 +286,15 @@ def handle_evaluate(msg: Message, context: Context, settings: ExperimentSettings
 def _eval_loader(site: Site, split: str, cfg: Any) -> Any:
     from unicon_core.training import make_loader
 
-    return make_loader(site.dataset(split, train=False), cfg.batch_size, shuffle=False)
+    return make_loader(site.dataset(split, train=False), cfg.batch_size, shuffle=False,
+                       num_workers=cfg.num_workers)
+
+
+def site_device(context: Context, settings: ExperimentSettings) -> str:
+    """The site's own ``device`` node config if it set one, else the run's ``train.device``."""
+    device = str(context.node_config.get(NODE_DEVICE, settings.train.device))
+    replace(settings.train, device=device)  # validates the value (clear error naming it)
+    return device
 
 
 # ---------------------------------------------------------------------------- privacy ledger

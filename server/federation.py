@@ -93,6 +93,8 @@ class QueryResult:
     synthetic: dict[str, bool]
     #: site name (or ``node <id>`` when the site could not even say its name) -> reason
     excluded: dict[str, str] = field(default_factory=dict)
+    #: site name -> the device it computes on, as the site reported it
+    devices: dict[str, str] = field(default_factory=dict)
 
 
 def wait_for_nodes(grid: Grid, fed: FederationConfig) -> list[int]:
@@ -210,6 +212,8 @@ def query_sites(
         specs={t: s for t, s in specs.items() if t in tasks},
         synthetic=dict(synthetic),
         excluded=excluded,
+        devices={n.site: str(r.content.config_records[RecordKey.INFO.value].get(
+            InfoKey.DEVICE.value, "unknown")) for n, _, _, r in joined},
     )
 
 
@@ -403,6 +407,8 @@ def run_federation(
         results["communication"]["full_model_bytes_per_task"] = full_bytes
         results["stopped"] = dict(strategy.stopped)
         results["excluded"] = dict(query.excluded)
+        results["backbone"] = model.backbone_info()
+        results["device"] = {"train.device": settings.train.device, "sites": query.devices}
         results["timing"] = {  # this server process's wall clock (Unix seconds, seconds)
             "started": started, "query_s": queried - started,
             "rounds_s": rounds_done - queried, "rounds_run": max(remaining, 0),

@@ -43,11 +43,20 @@ MODALITY_CHANNELS: dict[Modality, int | None] = {
 }
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-_DEFAULT_TARGETS = ["qkv", "out_proj", "linear1", "linear2"]
+#: LoRA target meaning "the layers the backbone family declares" (see ``model.backbones``).
+DEFAULT_TARGETS = "default"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def _fail(owner: str, fld: str, why: str) -> ValueError:
     return ValueError(f"{owner}.{fld}: {why}")
+
+
+def check_device(owner: str, value: object) -> None:
+    """``<owner>.device`` must be auto, cpu, cuda or cuda:<index> (whether a GPU is visible is
+    checked where it is used)."""
+    if not isinstance(value, str) or not _DEVICE_RE.match(value):
+        raise _fail(owner, "device", f"{value!r} is not auto, cpu, cuda or cuda:<index>")
 
 
 @dataclass
@@ -58,8 +67,11 @@ class LoRASpec:
     alpha: float = field(default=8.0, metadata={"help": "LoRA scaling alpha (> 0)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA path, in [0, 1)."})
     targets: list[str] = field(
-        default_factory=lambda: list(_DEFAULT_TARGETS),
-        metadata={"help": "Backbone linear layers to adapt: qkv, out_proj, linear1, linear2."},
+        default_factory=lambda: [DEFAULT_TARGETS],
+        metadata={
+            "help": "Backbone layers to adapt: 'default' (what the backbone family declares), "
+            "module-name suffixes (e.g. qkv, conv1) or 're:<regex>' on full module names."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -70,13 +82,18 @@ class LoRASpec:
         if not 0.0 <= self.dropout < 1.0:
             raise _fail("lora", "dropout", f"must be in [0, 1), got {self.dropout!r}")
         self.targets = list(self.targets)
-        unknown = sorted(set(self.targets) - set(_DEFAULT_TARGETS))
-        if not self.targets or unknown:
+        bad = [t for t in self.targets if not isinstance(t, str) or not t.strip()]
+        if not self.targets or bad:
             raise _fail(
-                "lora",
-                "targets",
-                f"must be a non-empty subset of {_DEFAULT_TARGETS}, unknown: {unknown}",
+                "lora", "targets", f"must be a non-empty list of layer names, got {self.targets!r}"
             )
+        for target in self.targets:
+            if target.startswith("re:"):
+                try:
+                    re.compile(target[3:])
+                except re.error as exc:
+                    raise _fail("lora", "targets", f"{target!r} is no valid regex: {exc}") from None
+        # Whether a name matches a layer is checked against the backbone when a task is added.
 
 
 @dataclass
@@ -233,8 +250,19 @@ class TaskSpec:
 
 @dataclass
 class BackboneConfig:
-    """Size of the shared transformer backbone and where its weights come from."""
+    """Which backbone family, its size, and where its weights come from.
 
+    ``name`` picks a family from :mod:`unicon_core.model.backbones` (``transformer``,
+    ``i3resnet``, ``monai``); the transformer's sizes are top-level fields (as before), every
+    other family reads ``options``, validated by that family's own config dataclass.
+    """
+
+    name: str = field(
+        default="transformer", metadata={"help": "Backbone family (model.backbones registry)."}
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Family-specific settings (validated by it)."}
+    )
     hidden_size: int = 64
     num_layers: int = 4
     num_heads: int = 4
@@ -257,6 +285,9 @@ class BackboneConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise _fail("backbone", "dropout", f"must be in [0, 1), got {self.dropout}")
+        self.options = dict(self.options or {})
+        if not isinstance(self.name, str) or not self.name:
+            raise _fail("backbone", "name", f"must name a backbone family, got {self.name!r}")
 
 
 @dataclass
@@ -274,6 +305,11 @@ class TrainConfig:
     warmup_steps: int = 0
     seed: int = 0
     progress: bool = True
+    device: str = field(
+        default="auto", metadata={"help": "auto (CUDA when present), cpu, cuda or cuda:<i>."}
+    )
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (ignored on CPU)."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -290,3 +326,6 @@ class TrainConfig:
             raise _fail("train", "lr", f"must be > 0, got {self.lr}")
         if self.warmup_steps < 0:
             raise _fail("train", "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check_device("train", self.device)
+        if self.num_workers < 0:
+            raise _fail("train", "num_workers", f"must be >= 0, got {self.num_workers}")

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
+from unicon_core.config import check_device
+from unicon_core.device import autocast, resolve_device
 from unicon_core.keys import BatchKey
 from unicon_core.model import UniconModel
 from unicon_core.model.stems import ImageStem, StemSpec
@@ -34,8 +36,10 @@ class PretrainConfig:
     mask_ratio: float = field(default=0.6, metadata={"help": "Fraction of patches masked."})
     seed: int = 0
     progress: bool = True
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda or cuda:<i>."})
 
     def __post_init__(self) -> None:
+        check_device("pretrain", self.device)
         if self.steps < 1:
             raise ValueError(f"pretrain.steps: must be >= 1, got {self.steps}")
         if not 0.0 < self.mask_ratio < 1.0:
@@ -98,6 +102,12 @@ def pretrain(
 
     if model.specs:
         raise ValueError("pretrain a foundation before any task is added")
+    if not model.reads_tokens:
+        raise ValueError(
+            f"masked-patch pretraining is for the transformer backbone; backbone "
+            f"{model.cfg.name!r} brings its own pretrained weights"
+        )
+    device = resolve_device(cfg.device)
     heads = nn.ModuleDict({key: MaskedPatchModel(model, key) for key in datasets})
     for key in datasets:
         if model.stem_owner.get(key, "") is not None:
@@ -106,6 +116,7 @@ def pretrain(
     params = list(heads.parameters())
     for p in params:
         p.requires_grad_(True)
+    heads.to(device)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.05)
     losses: list[float] = []
     with torch.random.fork_rng(devices=[]):
@@ -122,7 +133,8 @@ def pretrain(
             n = heads[key].spec.grid
             n_tokens = int(torch.tensor(n).prod())
             mask = torch.rand(x.shape[0], n_tokens).argsort(1) < int(cfg.mask_ratio * n_tokens)
-            loss = heads[key](x, mask)
+            with autocast(device):
+                loss = heads[key](x.to(device), mask.to(device)).float()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -88,7 +88,8 @@ def test_bad_task_spec_names_field(kw: dict[str, object], field: str, why: str) 
         ({"rank": 0}, "rank"),
         ({"alpha": -1.0}, "alpha"),
         ({"dropout": 1.0}, "dropout"),
-        ({"targets": ["q_proj"]}, "targets"),
+        ({"targets": ["re:("]}, "targets"),
+        ({"targets": [""]}, "targets"),
         ({"targets": []}, "targets"),
     ],
 )

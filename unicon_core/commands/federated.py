@@ -57,8 +57,17 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)
 
 
-def write_flower_home(flwr_home: Path, num_supernodes: int, cpus_per_site: float = 1) -> Path:
-    """``$FLWR_HOME/config.toml``: the ``local`` simulation federation with one node per site."""
+def write_flower_home(
+    flwr_home: Path, num_supernodes: int, cpus_per_site: float = 1, gpus_per_site: float = 0.0
+) -> Path:
+    """``$FLWR_HOME/config.toml``: the ``local`` simulation federation with one node per site.
+
+    Each ClientApp gets ``gpus_per_site`` of a GPU (a fraction shares one) when CUDA is visible,
+    else none, so the same command runs on a CPU machine.
+    """
+    import torch
+
+    gpus = gpus_per_site if torch.cuda.is_available() else 0.0
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
     write_atomic(path, "\n".join([
@@ -73,7 +82,7 @@ def write_flower_home(flwr_home: Path, num_supernodes: int, cpus_per_site: float
         "",
         "[superlink.local.options.backend.client-resources]",
         f"num-cpus = {cpus_per_site}",
-        "num-gpus = 0",
+        f"num-gpus = {gpus}",
         "",
     ]))
     return path
@@ -181,14 +190,18 @@ def _alive(pid: int) -> bool:
 
 
 def launch_flower_run(
-    run_dir: Path, overrides: Sequence[str], num_sites: int, timeout_s: float | None = None
+    run_dir: Path,
+    overrides: Sequence[str],
+    num_sites: int,
+    timeout_s: float | None = None,
+    gpus_per_site: float = 0.0,
 ) -> int:
     """``flwr run <repo> local --stream`` for this run; returns its exit code.
 
     The local SuperLink it starts is stopped before returning, whatever happened.
     """
     flwr_home = run_dir / FLWR_HOME_DIR
-    write_flower_home(flwr_home, num_sites)
+    write_flower_home(flwr_home, num_sites, gpus_per_site=gpus_per_site)
     run_config = run_dir / RUN_CONFIG_FILE
     write_atomic(run_config, f'experiment = ""\noverrides = {_toml_str(_join(overrides))}\n')
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
@@ -226,7 +239,8 @@ def run_federated(overrides: Sequence[str], timeout_s: float | None = None) -> P
     else:
         run_dir = new_run_dir(runs_dir, settings.experiment)
     full = [*overrides, f"federation.runs_dir='{runs_dir}'", f"federation.run_dir='{run_dir}'"]
-    code = launch_flower_run(run_dir, full, len(settings.federation.sites), timeout_s)
+    code = launch_flower_run(run_dir, full, len(settings.federation.sites), timeout_s,
+                             gpus_per_site=settings.federation.gpus_per_site)
     if code != 0 or not (run_dir / RESULTS_FILE).is_file():
         raise RuntimeError(
             f"the federated run failed (flwr exit code {code}); see the log above and "

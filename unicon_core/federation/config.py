@@ -22,6 +22,8 @@ from unicon_core.federation.protocol import NUM_EXAMPLES
 NODE_SITE_DIR = "site-dir"
 NODE_SITE_NAME = "site-name"
 NODE_STATE_DIR = "state-dir"
+#: Node-config key: the device this site trains on (overrides ``train.device``).
+NODE_DEVICE = "device"
 #: Node-config key Flower's simulation sets on every virtual SuperNode.
 NODE_PARTITION_ID = "partition-id"
 
@@ -86,6 +88,10 @@ class FederationConfig:
     run_dir: str | None = field(
         default=None, metadata={"help": "Absolute folder of this run (default: a new one)."}
     )
+    gpus_per_site: float = field(
+        default=0.25,
+        metadata={"help": "Simulation: GPU fraction per ClientApp when CUDA is visible."},
+    )
     wandb: str = field(default="offline", metadata={"help": "offline, online or disabled."})
     wandb_project: str = "unicon"
     plots: bool = True
@@ -115,6 +121,8 @@ class FederationConfig:
                             "never depend on the working directory")
         if self.round_timeout_s <= 0 or self.node_wait_s <= 0:
             raise _fail("round_timeout_s/node_wait_s", "must be > 0")
+        if not 0.0 <= self.gpus_per_site <= 1.0:
+            raise _fail("gpus_per_site", f"must be in [0, 1], got {self.gpus_per_site}")
         if self.min_sites < 1:
             raise _fail("min_sites", f"must be >= 1, got {self.min_sites}")
         if self.min_sites_per_task < 1:

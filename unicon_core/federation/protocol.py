@@ -43,6 +43,7 @@ class InfoKey(str, Enum):
     SYNTHETIC = "synthetic"
     STATUS = "status"
     REASON = "reason"
+    DEVICE = "device"  # where the site computes, e.g. cpu or cuda:0 (query replies only)
 
 
 class Status(str, Enum):

@@ -22,6 +22,19 @@ if TYPE_CHECKING:
 
 META_KEY = "unicon_foundation"
 _SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "mlp_dim")
+#: Backbone options that say where weights come from, not what the network is.
+_WEIGHT_OPTIONS = ("weights", "checkpoint", "checkpoint_prefix", "random")
+
+
+def _identity(model: UniconModel) -> dict[str, Any]:
+    """What must agree between a checkpoint and the configured backbone."""
+    cfg = model.cfg
+    out: dict[str, Any] = {"name": cfg.name}
+    if cfg.name == "transformer":
+        out.update({f: getattr(cfg, f) for f in _SIZE_FIELDS})
+    else:
+        out["options"] = {k: v for k, v in cfg.options.items() if k not in _WEIGHT_OPTIONS}
+    return out
 
 
 def save_foundation(
@@ -36,7 +49,7 @@ def save_foundation(
     digest = tensor_hash(state)
     meta = {
         "hash": digest,
-        "backbone": {f: getattr(model.cfg, f) for f in _SIZE_FIELDS},
+        "backbone": _identity(model),
         "stems": [
             model.stem_specs[key].to_dict()
             for key, owner in model.stem_owner.items()
@@ -75,8 +88,9 @@ def load_foundation_into(model: UniconModel, path: str | Path) -> str:
     if model.specs:
         raise ValueError("load the foundation before adding tasks")
     meta = read_foundation_meta(path)
-    for field in _SIZE_FIELDS:
-        want, have = meta["backbone"][field], getattr(model.cfg, field)
+    recorded = {"name": "transformer", **meta["backbone"]}  # older files: transformer sizes only
+    for field, have in _identity(model).items():
+        want = recorded.get(field)
         if want != have:
             raise ValueError(
                 f"backbone.{field}={have} but checkpoint {path} was trained with {want}"

@@ -125,3 +125,61 @@ def build_head(spec: TaskSpec, hidden_size: int) -> nn.Module:
     if spec.kind is TaskKind.SURVIVAL:
         return SurvivalHead(hidden_size)
     return SegmentationHead(spec, hidden_size)
+
+
+# ---------------------------------------------------------------------- image backbones
+class PooledHead(nn.Module):
+    """Global-average-pooled last feature map → logits ``(B, C)`` or a risk score ``(B,)``."""
+
+    def __init__(self, channels: int, outputs: int, squeeze: bool = False) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.fc = nn.Linear(channels, outputs)
+        self.squeeze = squeeze
+
+    def forward(self, feats: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        pooled = feats[-1].flatten(2).mean(dim=2)
+        out = self.fc(self.norm(pooled.float()))
+        return out.squeeze(-1) if self.squeeze else out
+
+
+class FeatureDecoder(nn.Module):
+    """A light FPN decoder over multi-scale maps (any backbone) → full-resolution logits.
+
+    Each map is projected to ``width`` channels (1×1 conv), merged top-down, refined by one
+    residual block, upsampled to the input size and fused with a full-resolution skip from the
+    raw input. Its size depends on the feature channels only through the 1×1 projections, so
+    it stays small on a large backbone.
+    """
+
+    def __init__(self, spec: TaskSpec, channels: list[int], width: int = 32) -> None:
+        super().__init__()
+        dims = spec.spatial_dims
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.mode = "trilinear" if dims == 3 else "bilinear"
+        self.laterals = nn.ModuleList(conv(c, width, kernel_size=1) for c in channels)
+        self.refine = UnetResBlock(dims, width, width, kernel_size=3, stride=1,
+                                   norm_name="instance")
+        self.skip = UnetrBasicBlock(dims, spec.channels, width // 2, kernel_size=3, stride=1,
+                                    norm_name="instance", res_block=True)
+        self.fuse = UnetResBlock(dims, width + width // 2, width, kernel_size=3, stride=1,
+                                 norm_name="instance")
+        self.out = UnetOutBlock(dims, width, spec.num_classes)
+
+    def forward(self, feats: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        merged = self.laterals[-1](feats[-1])
+        for lateral, feat in zip(reversed(self.laterals[:-1]), reversed(feats[:-1]), strict=True):
+            up = nn.functional.interpolate(merged, size=feat.shape[2:], mode=self.mode)
+            merged = lateral(feat) + up
+        merged = self.refine(merged)
+        merged = nn.functional.interpolate(merged, size=x.shape[2:], mode=self.mode)
+        return self.out(self.fuse(torch.cat([merged, self.skip(x).to(merged.dtype)], dim=1)))
+
+
+def build_feature_head(spec: TaskSpec, channels: list[int]) -> nn.Module:
+    """The head of a task on an image backbone's feature maps."""
+    if spec.kind is TaskKind.CLASSIFICATION:
+        return PooledHead(channels[-1], spec.num_classes)
+    if spec.kind is TaskKind.SURVIVAL:
+        return PooledHead(channels[-1], 1, squeeze=True)
+    return FeatureDecoder(spec, channels)

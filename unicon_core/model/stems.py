@@ -128,3 +128,33 @@ def build_stem(spec: StemSpec, hidden_size: int, num_heads: int) -> nn.Module:
     if spec.is_tabular:
         return TabularStem(spec, hidden_size)
     return ImageStem(spec, hidden_size, num_heads)
+
+
+class ChannelStem(nn.Module):
+    """Image backbones: check the input shape and map the task's channels to the backbone's.
+
+    Without a mapping (the backbone takes the task's channel count) it has no parameters. With
+    one (e.g. CT+PET into a 3-channel CT network) a 1×1 convolution starts as "copy channel 0
+    into every backbone channel", so the pretrained path is intact and the other modality's
+    weights start at zero and are learnt by the task.
+    """
+
+    def __init__(self, spec: StemSpec, backbone_channels: int | None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.proj: nn.Module | None = None
+        if backbone_channels is not None:
+            conv = nn.Conv3d if spec.spatial_dims == 3 else nn.Conv2d
+            self.proj = conv(spec.channels, backbone_channels, kernel_size=1, bias=False)
+            with torch.no_grad():
+                self.proj.weight.zero_()
+                self.proj.weight[:, 0] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expected = (self.spec.channels, *self.spec.input_size)
+        if x.ndim != self.spec.spatial_dims + 2 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"stem {self.spec.key!r} expects input of shape "
+                f"(B, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
+            )
+        return x if self.proj is None else self.proj(x)

@@ -1,11 +1,15 @@
 """UniconModel: one frozen backbone that grows through per-task skills.
 
 A *skill* is what one task trains and what travels in federation: the task's LoRA adapter (a peft
-named adapter on the backbone's attention and MLP projections), its head, and the stem it
-introduced (stems from the foundation checkpoint are shared and frozen; any other stem is private
-to the task that introduced it, because a stem another task keeps training would drift).
-Everything else is frozen, so adding and training task B cannot change the backbone or task A's
-outputs.
+named adapter on the layers the backbone family declares, or the task's own ``lora.targets``),
+its head, and the stem it introduced (stems from the foundation checkpoint are shared and frozen;
+any other stem is private to the task that introduced it, because a stem another task keeps
+training would drift). Everything else is frozen, batch-norm running statistics included, so
+adding and training task B cannot change the backbone or task A's outputs.
+
+The backbone is a plug-in (:mod:`unicon_core.model.backbones`): a token transformer (stems make
+tokens, heads read tokens) or an image network (a channel stem adapts the input, heads read its
+multi-scale feature maps).
 """
 
 from __future__ import annotations
@@ -23,9 +27,9 @@ from torch import nn
 
 from unicon_core.config import BackboneConfig, TaskSpec
 from unicon_core.keys import SkillPart, key_set_problems
-from unicon_core.model.backbone import Backbone
-from unicon_core.model.heads import build_head
-from unicon_core.model.stems import StemSpec, build_stem
+from unicon_core.model.backbones import FoundationBackbone, create_backbone, resolve_lora_targets
+from unicon_core.model.heads import build_feature_head, build_head
+from unicon_core.model.stems import ChannelStem, StemSpec, build_stem
 
 
 class SkillStateError(ValueError):
@@ -53,7 +57,7 @@ class UniconModel(nn.Module):
         self.cfg = cfg or BackboneConfig()
         self.seed = seed
         with _seeded(seed):
-            self.backbone: nn.Module = Backbone(self.cfg)
+            self.backbone: nn.Module = create_backbone(self.cfg)
         self.stems = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.specs: dict[str, TaskSpec] = {}
@@ -64,6 +68,7 @@ class UniconModel(nn.Module):
         self.task_stem: dict[str, str] = {}
         self._active: str | None = None
         self.backbone.requires_grad_(False)
+        self.train(self.training)  # backbone batch norms start (and stay) in eval mode
         if self.cfg.checkpoint:
             from unicon_core.model.foundation import load_foundation_into
 
@@ -71,11 +76,16 @@ class UniconModel(nn.Module):
 
     # ------------------------------------------------------------------ structure
     @property
-    def core_backbone(self) -> Backbone:
+    def core_backbone(self) -> FoundationBackbone:
         """The backbone module itself (inside the peft wrapper once adapters exist)."""
         if isinstance(self.backbone, PeftModel):
             return self.backbone.base_model.model  # type: ignore[return-value]
         return self.backbone  # type: ignore[return-value]
+
+    @property
+    def reads_tokens(self) -> bool:
+        """True for a token backbone (transformer), False for an image backbone."""
+        return self.core_backbone.input_kind == "tokens"
 
     @property
     def tasks(self) -> list[str]:
@@ -92,8 +102,13 @@ class UniconModel(nn.Module):
         """Register a stem (``owner`` None: a frozen foundation stem)."""
         if stem_spec.key in self.stems:
             raise ValueError(f"stem {stem_spec.key!r} exists already")
+        core = self.core_backbone
         with _seeded(_derived_seed(self.seed, "stem:" + stem_spec.key)):
-            stem = build_stem(stem_spec, self.cfg.hidden_size, self.cfg.num_heads)
+            if self.reads_tokens:
+                stem = build_stem(stem_spec, self.cfg.hidden_size, self.cfg.num_heads)
+            else:
+                adapt = None if core.accepts_channels(stem_spec.channels) else core.in_channels
+                stem = ChannelStem(stem_spec, adapt)
         stem.requires_grad_(False)
         self.stems[stem_spec.key] = stem
         self.stem_specs[stem_spec.key] = stem_spec
@@ -107,6 +122,9 @@ class UniconModel(nn.Module):
         """
         if spec.name in self.specs:
             raise ValueError(f"task {spec.name!r} exists already")
+        reason = self.core_backbone.supports(spec)
+        if reason is not None:
+            raise ValueError(f"task {spec.name!r} cannot use backbone {self.cfg.name!r}: {reason}")
         stem_spec = StemSpec.from_task(spec)
         if self.stem_owner.get(stem_spec.key, "") is None:
             # A frozen foundation stem of this modality: share it.
@@ -122,7 +140,10 @@ class UniconModel(nn.Module):
             self.add_stem(stem_spec, owner=spec.name)
         self.task_stem[spec.name] = stem_spec.key
         with _seeded(_derived_seed(self.seed, "task:" + spec.name)):
-            head = build_head(spec, self.cfg.hidden_size)
+            if self.reads_tokens:
+                head = build_head(spec, self.cfg.hidden_size)
+            else:
+                head = build_feature_head(spec, self.core_backbone.feature_channels())
             self._add_adapter(spec)
         head.requires_grad_(False)
         self.heads[spec.name] = head
@@ -134,7 +155,7 @@ class UniconModel(nn.Module):
             r=spec.lora.rank,
             lora_alpha=spec.lora.alpha,
             lora_dropout=spec.lora.dropout,
-            target_modules=list(spec.lora.targets),
+            target_modules=resolve_lora_targets(self.core_backbone, spec.lora.targets),
             bias="none",
         )
         if isinstance(self.backbone, PeftModel):
@@ -154,8 +175,9 @@ class UniconModel(nn.Module):
                 p.requires_grad_(id(p) in trainable)
             self._active = task
 
-    def encode(self, x: torch.Tensor, task: str) -> torch.Tensor:
-        """Tokens after the stem and the backbone with the task's adapter, ``(B, N, D)``."""
+    def encode(self, x: torch.Tensor, task: str) -> torch.Tensor | list[torch.Tensor]:
+        """The backbone's output with the task's adapter: tokens ``(B, N, D)`` (transformer) or
+        feature maps from fine to coarse (image backbones)."""
         self.spec(task)
         tokens = self.stems[self.task_stem[task]](x)
         self._activate(task)
@@ -194,7 +216,7 @@ class UniconModel(nn.Module):
 
     def skill_state_dict(self, task: str) -> dict[str, torch.Tensor]:
         """Copies of the task's skill tensors: nothing of the backbone or other tasks."""
-        return {k: p.detach().clone() for k, p in self.skill_parameters(task).items()}
+        return {k: p.detach().cpu().clone() for k, p in self.skill_parameters(task).items()}
 
     def load_skill_state_dict(
         self, task: str, state: Mapping[str, torch.Tensor | np.ndarray]
@@ -226,6 +248,18 @@ class UniconModel(nn.Module):
                 expected[key].copy_(tensor.to(expected[key].dtype))
 
     # ------------------------------------------------------------------ training modes
+    def train(self, mode: bool = True) -> UniconModel:
+        """Set train/eval mode; the backbone's batch norms always stay in eval mode.
+
+        Running statistics are state: updated while a skill trains, they would change the
+        foundation (and task A's outputs) without being part of any skill.
+        """
+        super().train(mode)
+        for module in self.core_backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+        return self
+
     def freeze_all(self) -> None:
         """Make every parameter non-trainable."""
         for p in self.parameters():
@@ -246,11 +280,27 @@ class UniconModel(nn.Module):
 
     # ------------------------------------------------------------------ foundation
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """The frozen backbone's own weights under their plain (un-wrapped) names."""
+        """The frozen backbone's weights and buffers (batch-norm statistics) under their plain
+        (un-wrapped) names."""
+        core = self.core_backbone
         return {
-            name.replace(".base_layer", ""): p.detach()
-            for name, p in self.core_backbone.named_parameters()
+            name.replace(".base_layer", ""): t.detach()
+            for name, t in [*core.named_parameters(), *core.named_buffers()]
             if ".lora_" not in name
+        }
+
+    def backbone_info(self) -> dict[str, object]:
+        """What results.json records of the backbone: family, size, provenance, hash."""
+        core = self.core_backbone
+        params = sum(
+            p.numel() for n, p in core.named_parameters() if ".lora_" not in n
+        )
+        return {
+            "name": self.cfg.name,
+            "params": params,
+            "pretrained": bool(core.pretrained or self.cfg.checkpoint),
+            "source": self.cfg.checkpoint or core.source,
+            "hash": self.foundation_hash,
         }
 
     def foundation_state_dict(self) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unicon_core.config import TrainConfig
+from unicon_core.device import autocast, module_device, resolve_device, to_device
 from unicon_core.keys import BatchKey
 from unicon_core.metrics import metric_for
 from unicon_core.model import UniconModel
@@ -33,10 +34,27 @@ class TrainResult:
     loss: float
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader whose shuffling depends only on ``seed``."""
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader whose shuffling depends only on ``seed`` (workers and pinned memory for a
+    GPU site; ``pin_memory`` only matters when batches go to CUDA)."""
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        pin_memory=pin_memory and torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
 
 
 def build_optimizer(
@@ -82,12 +100,15 @@ def train_task(
 
     ``params`` overrides what is trained (the adaptation-strategy baselines use it): parameters,
     or torch parameter groups (``{"params": [...], "lr": ...}``) for per-group learning rates;
-    by default exactly the task's skill. Deterministic under ``cfg.seed`` (global RNG state is
-    restored).
+    by default exactly the task's skill. Runs on ``cfg.device`` (the model is moved there and
+    stays), with bf16 autocast on CUDA when ``cfg.amp``. Deterministic on the CPU under
+    ``cfg.seed`` (global RNG state is restored).
     """
     from tqdm.auto import tqdm
 
     spec = model.spec(task)
+    device = resolve_device(cfg.device)
+    model.to(device)
     if params is None:
         optimizer = build_optimizer(model.train_skill(task), cfg)
     else:
@@ -117,11 +138,13 @@ def train_task(
                 set_epoch(epoch)
             epoch += 1
             for batch in loader:
+                batch = to_device(batch, device)
                 x = batch[BatchKey.INPUT.value]
-                out = module(x, task)
+                with autocast(device, cfg.amp):
+                    out = module(x, task)
                 # Opacus' Poisson sampling can draw an empty batch: a zero loss still makes the
                 # optimiser step, which under DP is the noise-only step the accountant counts.
-                loss = loss_fn(out, batch) if len(x) else out.sum() * 0.0
+                loss = loss_fn(out.float(), batch) if len(x) else out.sum() * 0.0
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -151,7 +174,11 @@ def evaluate_task(
     metric = metric_for(model.spec(task), primary_only=primary_only)
     was_training = model.training
     model.eval()
+    device = module_device(model)
     for batch in loader:
-        metric.update(model(batch[BatchKey.INPUT.value], task), batch)
+        x = batch[BatchKey.INPUT.value].to(device)
+        with autocast(device):
+            out = model(x, task)
+        metric.update(out.float().cpu(), batch)
     model.train(was_training)
     return metric.aggregate()

@@ -17,4 +17,4 @@ def plan(model: UniconModel, task: str, r: int, rounds: int) -> ParamPlan:
     layers = num_layers(model)
     names = full_plan(model, task, r, rounds).names
     top = layers + 1
-    return ParamPlan(names, {n: DECAY ** (top - depth(n, layers)) for n in names})
+    return ParamPlan(names, {n: DECAY ** (top - depth(n, model)) for n in names})

@@ -26,5 +26,5 @@ def plan(model: UniconModel, task: str, r: int, rounds: int) -> ParamPlan:
     """The depths from the top down to this round's lowest unfrozen depth."""
     layers = num_layers(model)
     lowest = unfrozen_from(r, rounds, layers + 1)
-    names = [n for n in full_plan(model, task, r, rounds).names if depth(n, layers) >= lowest]
+    names = [n for n in full_plan(model, task, r, rounds).names if depth(n, model) >= lowest]
     return ParamPlan(names)
