@@ -43,6 +43,8 @@ MODALITY_CHANNELS: dict[Modality, int | None] = {
 }
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+#: Segmentation decoders a task may ask for.
+DECODERS = ("auto", "unetr", "fpn")
 #: LoRA target meaning "the layers the backbone family declares" (see ``model.backbones``).
 DEFAULT_TARGETS = "default"
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -120,6 +122,11 @@ class TaskSpec:
         default=False, metadata={"help": "Train a stem of its own instead of sharing one."}
     )
     lora: LoRASpec = field(default_factory=LoRASpec)
+    decoder: str = field(
+        default="auto",
+        metadata={"help": "Segmentation decoder: unetr (token backbones), fpn (multi-scale, "
+                  "small on any backbone) or auto (unetr on tokens, fpn on image backbones)."},
+    )
 
     def __post_init__(self) -> None:
         owner = f"task {self.name!r}" if isinstance(self.name, str) else "task"
@@ -147,6 +154,8 @@ class TaskSpec:
             self._validate_tabular(owner)
         else:
             self._validate_image(owner)
+        if self.decoder not in DECODERS:
+            raise _fail(owner, "decoder", f"{self.decoder!r} is not one of {list(DECODERS)}")
         if self.kind is TaskKind.CLASSIFICATION and self.num_classes < 2:
             raise _fail(owner, "num_classes", f"classification needs >= 2, got {self.num_classes}")
         if self.kind is TaskKind.SEGMENTATION:
@@ -239,6 +248,7 @@ class TaskSpec:
             "num_classes": self.num_classes,
             "feature_names": list(self.feature_names),
             "own_stem": self.own_stem,
+            "decoder": self.decoder,
             "lora": {
                 "rank": self.lora.rank,
                 "alpha": self.lora.alpha,

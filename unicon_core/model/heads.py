@@ -124,6 +124,8 @@ def build_head(spec: TaskSpec, hidden_size: int) -> nn.Module:
         return ClassificationHead(hidden_size, spec.num_classes)
     if spec.kind is TaskKind.SURVIVAL:
         return SurvivalHead(hidden_size)
+    if spec.decoder == "fpn":
+        return TokenMapDecoder(spec, hidden_size)
     return SegmentationHead(spec, hidden_size)
 
 
@@ -174,6 +176,21 @@ class FeatureDecoder(nn.Module):
         merged = self.refine(merged)
         merged = nn.functional.interpolate(merged, size=x.shape[2:], mode=self.mode)
         return self.out(self.fuse(torch.cat([merged, self.skip(x).to(merged.dtype)], dim=1)))
+
+
+class TokenMapDecoder(nn.Module):
+    """The FPN decoder on a token backbone: tokens placed on their patch grid, one scale."""
+
+    def __init__(self, spec: TaskSpec, hidden_size: int) -> None:
+        super().__init__()
+        self.grid = tuple(s // spec.patch_size for s in spec.input_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.decoder = FeatureDecoder(spec, [hidden_size])
+
+    def forward(self, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        b, _, d = tokens.shape
+        feat = self.norm(tokens).transpose(1, 2).reshape(b, d, *self.grid)
+        return self.decoder([feat], x)
 
 
 def build_feature_head(spec: TaskSpec, channels: list[int]) -> nn.Module:

@@ -123,6 +123,8 @@ class UniconModel(nn.Module):
         if spec.name in self.specs:
             raise ValueError(f"task {spec.name!r} exists already")
         reason = self.core_backbone.supports(spec)
+        if reason is None and spec.decoder == "unetr" and not self.reads_tokens:
+            reason = "the unetr decoder reads tokens; use decoder fpn (or auto)"
         if reason is not None:
             raise ValueError(f"task {spec.name!r} cannot use backbone {self.cfg.name!r}: {reason}")
         stem_spec = StemSpec.from_task(spec)

@@ -278,3 +278,26 @@ def test_real_ct_foundation_loads_and_runs() -> None:
 
 
 REAL_CT_HASH = "5e5cd9d1e63842520fb9c9bf12691a2720957a526825007feed2337cc2234425"
+
+
+def test_fpn_decoder_keeps_segmentation_skills_small_on_tokens() -> None:
+    # The unetr decoder's widths grow with the backbone's width, the fpn decoder's do not.
+    wide = BackboneConfig(hidden_size=256, num_layers=1, num_heads=4, mlp_dim=64)
+    model = UniconModel(wide, seed=0)
+    _, seg = _image_tasks(2)
+    model.add_task(seg)
+    fpn = TaskSpec(**{**seg.to_dict(), "name": "seg_fpn", "decoder": "fpn",
+                      "lora": {"rank": 2, "alpha": 4.0}})
+    model.add_task(fpn)
+    x = _input(seg)
+    assert model(x, "seg_fpn").shape == model(x, "task_b").shape
+    unetr_head = sum(t.numel() for k, t in model.skill_state_dict("task_b").items()
+                     if k.startswith("head."))
+    fpn_head = sum(t.numel() for k, t in model.skill_state_dict("seg_fpn").items()
+                   if k.startswith("head."))
+    assert fpn_head < unetr_head
+    cnn = UniconModel(I3RESNET_3D, seed=0)
+    with pytest.raises(ValueError, match="unetr decoder reads tokens"):
+        cnn.add_task(TaskSpec(**{**_image_tasks(3)[1].to_dict(), "decoder": "unetr"}))
+    with pytest.raises(ValueError, match="decoder"):
+        TaskSpec(**{**seg.to_dict(), "decoder": "deeplab"})

@@ -1,0 +1,374 @@
+"""Backbones side by side, on this CPU (section ``backbones.md`` of BENCHMARKS.md).
+
+1. Skill vs full-model bytes and seconds per local step, per backbone and task kind.
+2. Br35H tumour classification on **sources no training image came from**: the same LoRA skill
+   budget on a random tiny transformer, a random I3ResNet-152 (2D) and the real CT foundation's
+   weights collapsed to 2D; a logistic regression on 32×32 pixels as the reference the issue
+   names. AUC with a 95 % bootstrap interval and n.
+3. The adaptation survey (linear probe, full fine-tuning, LoRA, gradual unfreezing,
+   discriminative learning rates) on the real CT foundation, CT lesion segmentation on SYNTHETIC
+   phantoms, held-out phantoms.
+
+Every number is measured here by this script; raw values go to ``<run dir>/results.json``.
+
+    python -m simulations.backbones_bench [--seeds 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
+from unicon_core.model import UniconModel
+from unicon_core.training import evaluate_task, make_loader, train_task
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_MD = REPO / "simulations" / "results" / "backbones.md"
+
+TINY = BackboneConfig()
+BASE = BackboneConfig(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072)
+CT_FM = BackboneConfig(name="i3resnet", options={"weights": "astra"})
+CT_FM_2D = BackboneConfig(name="i3resnet", options={"weights": "astra", "spatial_dims": 2})
+RANDOM_2D = BackboneConfig(name="i3resnet", options={"spatial_dims": 2})
+
+LORA = {"rank": 8, "alpha": 16.0}
+
+
+def _task(name: str, kind: str, modality: str, dims: int, size: list[int], channels: int = 1,
+          **extra: Any) -> TaskSpec:
+    return TaskSpec(name=name, kind=kind, modality=modality, channels=channels, spatial_dims=dims,
+                    input_size=size, patch_size=8, num_classes=2, lora=LORA, **extra)
+
+
+TASKS = {
+    "classification 2D (64²)": _task("cls2d", "classification", "mri", 2, [64, 64]),
+    "classification 3D CT (32³)": _task("cls3d", "classification", "ct", 3, [32, 32, 32]),
+    "segmentation 2D (64²), unetr decoder": _task("seg2du", "segmentation", "mri", 2, [64, 64],
+                                                  decoder="unetr"),
+    "segmentation 3D CT (32³), unetr decoder": _task("seg3du", "segmentation", "ct", 3,
+                                                     [32, 32, 32], decoder="unetr"),
+    "segmentation 2D (64²)": _task("seg2d", "segmentation", "mri", 2, [64, 64], decoder="fpn"),
+    "segmentation 3D CT (32³)": _task("seg3d", "segmentation", "ct", 3, [32, 32, 32],
+                                      decoder="fpn"),
+    "segmentation 3D CT+PET (32³)": _task("segpet", "segmentation", "ct+pet", 3, [32, 32, 32],
+                                           channels=2, decoder="fpn"),
+    "survival (clinical, 8 features)": TaskSpec(
+        name="surv", kind="survival", modality="clinical", spatial_dims=0,
+        feature_names=[f"f{i}" for i in range(8)], lora=LORA),
+}
+
+
+class Tensors(Dataset):
+    """Items ``{"input", <target>}`` from stacked tensors."""
+
+    def __init__(self, x: torch.Tensor, **targets: torch.Tensor) -> None:
+        self.x, self.targets = x, targets
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input": self.x[i], **{k: v[i] for k, v in self.targets.items()}}
+
+
+def _random_items(spec: TaskSpec, n: int) -> Tensors:
+    g = torch.Generator().manual_seed(0)
+    if spec.spatial_dims == 0:
+        x = torch.randn(n, len(spec.feature_names), generator=g)
+        return Tensors(x, time=torch.rand(n, generator=g) + 0.1, event=torch.ones(n))
+    x = torch.rand(n, spec.channels, *spec.input_size, generator=g)
+    return Tensors(x, mask=(x[:, :1] > 0.5).long(), label=torch.arange(n) % 2)
+
+
+# ---------------------------------------------------------------------------- 1. sizes, speed
+def sizes_and_speed(steps: int) -> list[dict[str, Any]]:
+    """Skill/full bytes and seconds per local step (batch 4) for every backbone × task kind."""
+    rows = []
+    backbones = {"transformer tiny (random)": TINY, "transformer base (ViT-B size, random)": BASE,
+                 "I3ResNet-152 3D (real CT FM)": CT_FM, "I3ResNet-152 2D (CT FM, kernels "
+                 "summed over depth)": CT_FM_2D}
+    for bname, cfg in backbones.items():
+        model = UniconModel(cfg, seed=0)
+        for kind, spec in TASKS.items():
+            if model.core_backbone.supports(spec) is not None or (
+                spec.decoder == "unetr" and not model.reads_tokens
+            ):
+                continue
+            model.add_task(spec)
+            tensors = model.skill_state_dict(spec.name).values()
+            skill = sum(t.numel() * t.element_size() for t in tensors)
+            full = model.full_model_bytes(spec.name)
+            data = _random_items(spec, 4 * (steps + 1))
+            loader = make_loader(data, 4, shuffle=False)
+            cfg_t = TrainConfig(max_steps=1, progress=False, device="cpu")
+            train_task(model, spec.name, loader, cfg_t)  # warm-up
+            start = time.perf_counter()
+            train_task(model, spec.name, loader, replace(cfg_t, max_steps=steps))
+            per_step = (time.perf_counter() - start) / steps
+            rows.append({"backbone": bname, "task": kind, "backbone_params":
+                         model.backbone_info()["params"], "skill_bytes": skill,
+                         "full_bytes": full, "full_over_skill": full / skill,
+                         "s_per_step": per_step})
+            print(f"  {bname} / {kind}: 1/{full / skill:.0f}, {per_step:.2f} s/step", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- 2. tumour AUC
+def tumour_split(test_fraction: float = 0.3, seed: int = 0) -> dict[str, Any]:
+    """Br35H as 64×64 grayscale (cropped to foreground, padded square: no geometry), split by
+    source group: every test image comes from a source no training image came from."""
+    from unicon_core.demo_data.br35h import scan_br35h, source_groups
+
+    images = scan_br35h(64)
+    groups = np.array(source_groups(images))
+    labels = np.array([im.label for im in images])
+    pixels = np.stack([im.pixels for im in images]).astype(np.float32) / 255.0
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(images), dtype=bool)
+    for label in (0, 1):  # hold out whole sources until each class has its share in test
+        own = [g for g in sorted(set(groups[labels == label].tolist()))]
+        for g in rng.permutation(own):
+            if test[labels == label].mean() >= test_fraction:
+                break
+            test |= groups == g
+    assert not set(groups[test]) & set(groups[~test])
+    return {"x": pixels, "y": labels, "test": test, "groups": groups}
+
+
+def bootstrap_auc(y: np.ndarray, score: np.ndarray, reps: int = 1000) -> tuple[float, float, float]:
+    """AUC and its 95 % percentile bootstrap interval (resampling images)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    values = []
+    for _ in range(reps):
+        idx = rng.integers(0, len(y), len(y))
+        if len(set(y[idx].tolist())) == 2:
+            values.append(roc_auc_score(y[idx], score[idx]))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(roc_auc_score(y, score)), float(lo), float(hi)
+
+
+def tumour_auc(split: dict[str, Any], seeds: Sequence[int], steps: int) -> list[dict[str, Any]]:
+    """Same LoRA skill budget per backbone; AUC on the held-out sources."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, test = split["x"], split["y"], split["test"]
+    rows = []
+    small = torch.nn.functional.avg_pool2d(torch.from_numpy(x)[:, None], 2).flatten(1).numpy()
+    clf = LogisticRegression(max_iter=2000, C=0.1).fit(small[~test], y[~test])
+    auc, lo, hi = bootstrap_auc(y[test], clf.predict_proba(small[test])[:, 1])
+    rows.append({"model": "logistic regression on 32×32 pixels", "seed": 0, "auc": auc,
+                 "lo": lo, "hi": hi})
+    spec = _task("tumour", "classification", "mri", 2, [64, 64])
+    train = Tensors(torch.from_numpy(x[~test])[:, None], label=torch.from_numpy(y[~test]))
+    held = Tensors(torch.from_numpy(x[test])[:, None], label=torch.from_numpy(y[test]))
+    models = {"transformer tiny, random": TINY, "I3ResNet-152 2D, random": RANDOM_2D,
+              "I3ResNet-152 2D, CT FM weights": CT_FM_2D}
+    for name, cfg in models.items():
+        for seed in seeds:
+            model = UniconModel(cfg, seed=seed)
+            model.add_task(spec)
+            lr = 2e-3 if cfg.name == "transformer" else 1e-3
+            train_task(model, "tumour", make_loader(train, 16, shuffle=True, seed=seed),
+                       TrainConfig(max_steps=steps, lr=lr, seed=seed, progress=False,
+                                   device="cpu"))
+            scores = _scores(model, "tumour", held)
+            auc, lo, hi = bootstrap_auc(y[test], scores)
+            rows.append({"model": name, "seed": seed, "auc": auc, "lo": lo, "hi": hi})
+            print(f"  tumour {name} seed {seed}: AUC {auc:.3f} [{lo:.3f}, {hi:.3f}]", flush=True)
+    return rows
+
+
+@torch.no_grad()
+def _scores(model: UniconModel, task: str, data: Dataset) -> np.ndarray:
+    model.eval()
+    out = [torch.softmax(model(b["input"], task), -1)[:, 1] for b in make_loader(data, 64,
+                                                                                 shuffle=False)]
+    return torch.cat(out).numpy()
+
+
+# ---------------------------------------------------------------------------- 3. survey
+def phantoms(n: int, seed: int) -> Tensors:
+    """SYNTHETIC CT phantoms (32³), HU window (-160, 240) → [0, 1], lesion masks."""
+    from unicon_core.demo_data.phantoms import PhantomConfig, make_phantom
+
+    rng = np.random.default_rng(seed)
+    cases = [make_phantom(rng, PhantomConfig(size=32)) for _ in range(n)]
+    ct = np.stack([np.clip((c["ct"] + 160.0) / 400.0, 0, 1) for c in cases]).astype(np.float32)
+    mask = np.stack([c["mask"] for c in cases]).astype(np.int64)
+    return Tensors(torch.from_numpy(ct)[:, None], mask=torch.from_numpy(mask)[:, None])
+
+
+def survey(seeds: Sequence[int], phases: int, steps: int, n_train: int,
+           n_test: int) -> list[dict[str, Any]]:
+    """Each adaptation strategy on the real CT FM, same steps; Dice on held-out phantoms."""
+    from unicon_core.continual.baselines import ADAPTATION_STRATEGIES
+    from unicon_core.continual.fedloop import lr_groups
+
+    spec = _task("ct_seg", "segmentation", "ct", 3, [32, 32, 32])
+    test = phantoms(n_test, seed=10_000)
+    rows = []
+    for seed in seeds:
+        train = phantoms(n_train, seed=seed)
+        for name, plan_fn in ADAPTATION_STRATEGIES.items():
+            model = UniconModel(CT_FM, seed=seed)
+            model.add_task(spec)
+            params = dict(model.named_parameters())
+            lr = 1e-4 if name in ("full_finetune", "gradual_unfreezing", "discriminative_lr") \
+                else 1e-3
+            start = time.perf_counter()
+            for phase in range(phases):
+                plan = plan_fn(model, "ct_seg", phase, phases)
+                groups = lr_groups({n: params[n] for n in plan.names}, plan.lr_scale, lr)
+                train_task(model, "ct_seg", make_loader(train, 2, shuffle=True,
+                                                        seed=seed * 100 + phase),
+                           TrainConfig(max_steps=steps, lr=lr, seed=seed * 100 + phase,
+                                       progress=False, device="cpu"), params=groups)
+            wall = time.perf_counter() - start
+            dice = evaluate_task(model, "ct_seg", make_loader(test, 4, shuffle=False),
+                                 primary_only=True)["dice"]
+            trained = sum(params[n].numel() for n in plan_fn(model, "ct_seg", phases - 1,
+                                                            phases).names)
+            rows.append({"strategy": name, "seed": seed, "dice": float(dice), "wall_s": wall,
+                         "trained_params_last_phase": trained})
+            print(f"  survey {name} seed {seed}: Dice {dice:.3f} ({wall:.0f} s)", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- report
+def _mean_std(values: Sequence[float]) -> str:
+    arr = np.array(values, dtype=float)
+    return f"{arr.mean():.3f} ± {arr.std():.3f}" if len(arr) > 1 else f"{arr.mean():.3f}"
+
+
+def render(res: dict[str, Any]) -> str:
+    """The markdown section (numbers from ``res`` only)."""
+    split = res["tumour_split"]
+    lines = [
+        "## backbones",
+        "",
+        f"Written by `python -m simulations.backbones_bench` on {res['date']} "
+        f"({res['machine']}, {res['wall_min']:.1f} min). Seeds: {res['seeds']}.",
+        "",
+        "### Skill size and local step time per backbone and task kind",
+        "",
+        "Skill = LoRA (r=8) + head + private stem; full = backbone + stem + head + adapter. "
+        "Segmentation uses the FPN decoder unless the row says unetr (the token backbones' "
+        "light UNETR-like decoder, the default there). "
+        f"Seconds per local step: batch 4, mean of {res['steps_timed']} steps on this CPU "
+        "(random inputs; only the time is measured).",
+        "",
+        "| backbone | params | task | skill MB | full MB | full / skill | s / step |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in res["sizes"]:
+        lines.append(
+            f"| {r['backbone']} | {r['backbone_params'] / 1e6:.1f}M | {r['task']} | "
+            f"{r['skill_bytes'] / 1e6:.2f} | {r['full_bytes'] / 1e6:.1f} | "
+            f"{r['full_over_skill']:.0f} | {r['s_per_step']:.2f} |")
+    goal = [r for r in res["sizes"] if r["backbone_params"] >= 80e6]
+    met = all(r["full_over_skill"] >= 50 for r in goal)
+    lines += ["", f"Goal ≤ 1/50 for every task kind on a ≥ 80M backbone: "
+              f"**{'met' if met else 'MISSED'}** (smallest ratio "
+              f"1/{min(r['full_over_skill'] for r in goal):.0f}).", ""]
+    lines += [
+        "### Tumour classification on unseen sources: random vs pretrained",
+        "",
+        f"Br35H (real MRI, 2D): {split['n_train']} training images from {split['sources_train']} "
+        f"sources; **{split['n_test']} test images from {split['sources_test']} other sources** "
+        f"({split['test_pos']} tumour). Images are grayscale, cropped to the foreground and "
+        "padded square before resizing to 64×64, so original geometry cannot leak the label; "
+        "near-duplicates share a source group and never cross the split. Every deep model trains "
+        f"the same LoRA skill (r=8) + head for {res['tumour_steps']} steps of 16 images. "
+        "95 % bootstrap intervals over test images.",
+        "",
+        "| model | seeds | test AUC (mean ± sd) | 95 % CI (first seed) |",
+        "|---|---:|---:|---:|",
+    ]
+    by_model: dict[str, list[dict[str, Any]]] = {}
+    for r in res["tumour"]:
+        by_model.setdefault(r["model"], []).append(r)
+    for name, rs in by_model.items():
+        lines.append(f"| {name} | {len(rs)} | {_mean_std([r['auc'] for r in rs])} | "
+                     f"[{rs[0]['lo']:.3f}, {rs[0]['hi']:.3f}] |")
+    best = max(np.mean([r["auc"] for r in rs]) for rs in by_model.values())
+    lines += ["", f"Goal AUC ≥ 0.9 on held-out sources: **{'met' if best >= 0.9 else 'MISSED'}** "
+              f"(best mean {best:.3f}).", ""]
+    lines += [
+        "### Adaptation survey on the real CT foundation (SYNTHETIC CT phantoms)",
+        "",
+        f"I3ResNet-152 with the real weights; CT lesion segmentation on synthetic 32³ phantoms "
+        f"(HU window −160..240 → [0, 1]); {res['survey']['n_train']} training and "
+        f"{res['survey']['n_test']} held-out phantoms; {res['survey']['phases']} phases × "
+        f"{res['survey']['steps']} steps of 2 (gradual unfreezing opens one depth per phase). "
+        "lr 1e-3 for LoRA and linear probe, 1e-4 where backbone weights train.",
+        "",
+        "| strategy | Dice (mean ± sd) | trained params (last phase) | seconds per run |",
+        "|---|---:|---:|---:|",
+    ]
+    by_strategy: dict[str, list[dict[str, Any]]] = {}
+    for r in res["survey"]["rows"]:
+        by_strategy.setdefault(r["strategy"], []).append(r)
+    for name, rs in by_strategy.items():
+        lines.append(f"| {name} | {_mean_std([r['dice'] for r in rs])} | "
+                     f"{rs[0]['trained_params_last_phase'] / 1e6:.2f}M | "
+                     f"{np.mean([r['wall_s'] for r in rs]):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
+    p.add_argument("--out", type=Path, default=OUT_MD)
+    p.add_argument("--runs-dir", type=Path, default=REPO / "runs")
+    args = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    seeds = list(range(args.seeds))
+    start = time.time()
+    q = args.quick
+    res: dict[str, Any] = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                           "machine": f"CPU, {torch.get_num_threads()} threads",
+                           "seeds": seeds, "steps_timed": 2 if q else 4}
+    print("sizes and step times", flush=True)
+    res["sizes"] = sizes_and_speed(res["steps_timed"])
+    print("tumour classification on unseen sources", flush=True)
+    split = tumour_split()
+    res["tumour_steps"] = 10 if q else 120
+    res["tumour"] = tumour_auc(split, seeds, res["tumour_steps"])
+    test = split["test"]
+    res["tumour_split"] = {"n_train": int((~test).sum()), "n_test": int(test.sum()),
+                           "test_pos": int(split["y"][test].sum()),
+                           "sources_train": len(set(split["groups"][~test].tolist())),
+                           "sources_test": len(set(split["groups"][test].tolist()))}
+    print("adaptation survey on the real CT foundation", flush=True)
+    survey_cfg = {"phases": 2 if q else 4, "steps": 2 if q else 10, "n_train": 8 if q else 32,
+                  "n_test": 8 if q else 24}
+    rows = survey(seeds, survey_cfg["phases"], survey_cfg["steps"], survey_cfg["n_train"],
+                  survey_cfg["n_test"])
+    res["survey"] = {**survey_cfg, "rows": rows}
+    res["wall_min"] = (time.time() - start) / 60
+    run_dir = args.runs_dir / f"backbones-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(res, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(res))
+    print(f"wrote {args.out} and {run_dir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
