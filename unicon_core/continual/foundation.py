@@ -37,9 +37,8 @@ def federated_foundation(
     foundation = UniconModel(backbone, seed=seed)
     stem_spec = StemSpec.from_task(spec)
     foundation.add_stem(stem_spec, owner=None)
+    foundation.load_backbone_state_dict(model.backbone_state_dict())
     with torch.no_grad():
-        for name, tensor in model.backbone_state_dict().items():
-            dict(foundation.core_backbone.named_parameters())[name].copy_(tensor)
         trained_stem = model.stems[model.task_stem[spec.name]].state_dict()
         foundation.stems[stem_spec.key].load_state_dict(trained_stem)
     save_foundation(foundation, out, extra={"stage": "federated full-model FedAvg",

@@ -291,6 +291,17 @@ class UniconModel(nn.Module):
             if ".lora_" not in name
         }
 
+    def load_backbone_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy backbone weights and buffers (plain names, as :meth:`backbone_state_dict`) in;
+        keys must match exactly (nothing loads on error)."""
+        own = self.backbone_state_dict()
+        problems = key_set_problems(own, state)
+        if problems:
+            raise ValueError("backbone state does not fit: " + "; ".join(problems))
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(state[name])
+
     def backbone_info(self) -> dict[str, object]:
         """What results.json records of the backbone: family, size, provenance, hash."""
         core = self.core_backbone

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from unicon_core.continual.baselines.base import Skill, SkillStrategy
 from unicon_core.continual.fedloop import (
     Client,
@@ -41,11 +39,7 @@ class FullModelFedAvg(SkillStrategy):
 
     def _load_backbone(self, model: UniconModel, state: Skill) -> None:
         """Copy backbone weights (plain names, as ``backbone_state_dict``) into the model."""
-        params = {n.replace(".base_layer", ""): p
-                  for n, p in model.core_backbone.named_parameters() if ".lora_" not in n}
-        with torch.no_grad():
-            for n, value in state.items():
-                params[n].copy_(value)
+        model.load_backbone_state_dict(state)
 
     def _backbone(self, model: UniconModel) -> Skill:
         return {n: t.clone() for n, t in model.backbone_state_dict().items()}

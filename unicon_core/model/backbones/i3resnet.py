@@ -219,7 +219,7 @@ def collapse_depth(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def build_i3resnet(cfg: BackboneConfig, options: I3ResNetOptions) -> I3ResNet:
     """Build the network and load ``options.weights`` (strict keys and shapes)."""
     model = I3ResNet(options)
-    if options.weights is None:
+    if options.weights is None or cfg.checkpoint:  # a unicon foundation file carries the weights
         return model
     if options.weights == PACKAGE_WEIGHTS:
         path, digest = package_weights_file()

@@ -223,7 +223,7 @@ def _probe_size(options: MonaiOptions) -> list[int]:
 def build_monai(cfg: BackboneConfig, options: MonaiOptions) -> MonaiBackbone:
     """Build the named network and load the hospital's checkpoint strictly."""
     model = MonaiBackbone(options)
-    if options.checkpoint is not None:
+    if options.checkpoint is not None and not cfg.checkpoint:  # a unicon foundation file wins
         path = Path(options.checkpoint).expanduser()
         prefixes = (options.checkpoint_prefix,) if options.checkpoint_prefix else ()
         state = read_checkpoint(path, prefixes)
