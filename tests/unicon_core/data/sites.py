@@ -128,3 +128,42 @@ def read_rows(site: Path) -> list[dict[str, str]]:
 def rewrite(site: Path, rows: list[dict[str, Any]], spec: TaskSpec) -> None:
     """Replace the manifest (and site.json) of ``site``."""
     write_rows(site, rows, spec)
+
+
+COHORT_SPEC = TaskSpec(
+    name="cohort_surv",
+    kind=TaskKind.SURVIVAL,
+    modality=Modality.CLINICAL,
+    spatial_dims=0,
+    feature_names=["age", "smoker"],
+)
+
+
+def pandas_cohort(
+    root: Path,
+    n: int = 300,
+    zero_times: tuple[int, ...] = (16, 120, 250),
+    empty_ages: tuple[int, ...] = (3, 40, 41, 77),
+) -> Path:
+    """A clinical survival site as a new user exported it from pandas: the index written as an
+    unnamed first column, ``smoker`` as 'no'/'yes' (``n`` non-numeric cells), NaN ages as empty
+    cells and a survival time of 0 at the 0-based ``zero_times`` (manifest rows ``i + 1``)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(
+        {
+            "patient_id": [f"p{i}" for i in range(n)],
+            "split": [("train", "train", "val", "test")[i % 4] for i in range(n)],
+            "age": rng.normal(60, 10, n).round(1),
+            "smoker": rng.choice(["no", "yes"], n),
+            "time": rng.uniform(10, 1000, n).round(1),
+            "event": rng.integers(0, 2, n),
+        }
+    )
+    frame.loc[[i for i in empty_ages if i < n], "age"] = np.nan
+    frame.loc[[i for i in zero_times if i < n], "time"] = 0.0
+    root.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(root / "manifest.csv")  # index=True: the classic mistake
+    write_site_json(root, SiteMetadata("cohort", False, "tests", "pandas export", COHORT_SPEC))
+    return root
