@@ -3,61 +3,89 @@
 Every command that trains takes hydra overrides (``key=value``) as trailing arguments, so the
 command line, YAML files and Python share one configuration source (``configs/``). Heavy
 libraries are imported inside the commands so ``unicon --help`` is instant.
+
+A user error (invalid site, bad config value, missing path) is printed as a short message with a
+fixed exit code (:mod:`unicon_core.commands.errors`); ``-v`` adds the traceback. Tracebacks never
+show local variables: their frames would print manifest rows and config values.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from unicon_core.commands.errors import EXIT_FAILED, user_errors
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="unicon: grow one medical foundation model across hospitals with federated skills.",
+    help="unicon: grow one medical foundation model across hospitals with federated skills. "
+    "Exit codes: 0 done (site valid), 1 invalid data, 2 usage error (argument, config value, "
+    "path), 3 the command could not finish.",
+    # locals of a traceback's frames would print manifest rows and config values
+    pretty_exceptions_show_locals=False,
 )
 
 Overrides = Annotated[
     Optional[list[str]],  # noqa: UP045 (typer needs Optional here)
     typer.Argument(help="Hydra overrides, e.g. backbone=small train.lr=0.001"),
 ]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Show the traceback of an error (bug reports).")
+]
 
 
 @app.command()
-def demo() -> None:
+def demo(verbose: Verbose = False) -> None:
     """Prepare the demo hospitals if needed and run the federated demo with `flwr run`."""
     from unicon_core.commands.federated import demo_command
 
-    demo_command()  # prints the per-task table and the run folder
+    with user_errors("demo", verbose):
+        demo_command()  # prints the per-task table and the run folder
 
 
 @app.command()
-def federate(overrides: Overrides = None) -> None:
+def federate(overrides: Overrides = None, verbose: Verbose = False) -> None:
     """Run a federated experiment in local simulation (`flwr run`); resume=true continues."""
     from unicon_core.commands.federated import run_federated
 
-    run_dir = run_federated(list(overrides or []))
+    with user_errors("federate", verbose):
+        run_dir = run_federated(list(overrides or []))
     typer.echo(f"run folder: {run_dir}")
 
 
 @app.command()
-def validate(site_dir: Path) -> None:
-    """Check a site folder; print every problem with file and row; non-zero exit if any."""
+def validate(
+    site_dir: Path,
+    show_all: Annotated[
+        bool, typer.Option("--all", "-a", help="After the summary, list every problem.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Check a site folder: problems grouped by column and kind, with rows, examples and fix
+    hints. Exit 0 if valid, 1 if not, 2 if SITE_DIR is not a folder."""
     from unicon_core.commands.data import validate_command
 
-    raise typer.Exit(validate_command(site_dir))
+    with user_errors("validate", verbose):
+        code = validate_command(site_dir, show_all)
+    raise typer.Exit(code)
 
 
 @app.command("prepare-demo")
 def prepare_demo(
     out_dir: Path,
     force: Annotated[bool, typer.Option(help="Rebuild sites that exist already.")] = False,
+    verbose: Verbose = False,
 ) -> None:
     """Build the demo hospital sites from data shipped inside installed packages."""
     from unicon_core.commands.data import prepare_demo_command
 
-    raise typer.Exit(prepare_demo_command(out_dir, force))
+    with user_errors("prepare-demo", verbose):
+        code = prepare_demo_command(out_dir, force)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -67,11 +95,13 @@ def pretrain(
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 300,
     mask_ratio: Annotated[float, typer.Option(help="Fraction of patches masked.")] = 0.6,
     overrides: Overrides = None,
+    verbose: Verbose = False,
 ) -> None:
     """Masked-patch pretraining of the backbone and image stems on sites' *train* splits."""
     from unicon_core.commands.core import pretrain_command
 
-    digest = pretrain_command(sites, out, steps, mask_ratio, list(overrides or []))
+    with user_errors("pretrain", verbose):
+        digest = pretrain_command(sites, out, steps, mask_ratio, list(overrides or []))
     typer.echo(f"wrote {out} (backbone hash {digest}); use backbone.checkpoint={out}")
 
 
@@ -80,11 +110,13 @@ def train(
     site_dir: Path,
     epochs: Annotated[int, typer.Option(help="Passes over the site's train split.")] = 5,
     overrides: Overrides = None,
+    verbose: Verbose = False,
 ) -> None:
     """Train one site's task locally (no federation) and report held-out metrics."""
     from unicon_core.commands.core import train_local_command
 
-    report = train_local_command(site_dir, epochs, list(overrides or []))
+    with user_errors("train", verbose):
+        report = train_local_command(site_dir, epochs, list(overrides or []))
     typer.echo(report)
 
 
@@ -92,11 +124,14 @@ def train(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="Run folder (holds checkpoint.safetensors).")],
     bundle_dir: Annotated[Path, typer.Argument(help="New or empty folder for the bundle.")],
+    verbose: Verbose = False,
 ) -> None:
     """Write a self-describing bundle of a run's global skills."""
     from unicon_core.commands.inference import export_command
 
-    raise typer.Exit(export_command(run_dir, bundle_dir))
+    with user_errors("export", verbose):
+        code = export_command(run_dir, bundle_dir)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -108,13 +143,21 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="Folder for masks and JSON summaries.")],
     task: Annotated[Optional[str], typer.Option(help="Skill to run (default: routed).")] = None,  # noqa: UP045
     question: Annotated[Optional[str], typer.Option(help='e.g. "segment the lesion".')] = None,  # noqa: UP045
+    verbose: Verbose = False,
 ) -> None:
     """Route each input to a skill and write its outputs (masks keep the input's affine)."""
     from unicon_core.commands.inference import predict_command
 
-    raise typer.Exit(predict_command(bundle, out, inputs, task, question))
+    with user_errors("predict", verbose):
+        code = predict_command(bundle, out, inputs, task, question)
+    raise typer.Exit(code)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: an unexpected error (a bug) prints typer's traceback, without
+    locals, and exits with 3, so exit 1 always means invalid data."""
+    try:
+        app()
+    except Exception:
+        sys.excepthook(*sys.exc_info())
+        raise SystemExit(EXIT_FAILED) from None

@@ -1,4 +1,8 @@
-"""Bodies of the core CLI commands (pretrain, local training); the typer layer stays thin."""
+"""Bodies of the core CLI commands (pretrain, local training); the typer layer stays thin.
+
+User errors are raised as the project's exceptions (``SiteValidationError``, ``UsageError``,
+``ConfigError``) for :func:`unicon_core.commands.errors.user_errors` to print briefly.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,23 @@ def pretrain_command(
     sites: Sequence[Path], out: Path, steps: int, mask_ratio: float, overrides: Sequence[str]
 ) -> str:
     """Pretrain a foundation on the sites' train splits and write it; returns its hash."""
+    from unicon_core.commands.errors import UsageError, config_errors, require_dir
     from unicon_core.hydra_config import backbone_config, load_config
     from unicon_core.model import UniconModel
     from unicon_core.model.foundation import save_foundation
     from unicon_core.pretrain import PretrainConfig, pretrain, pretraining_images
 
-    cfg = load_config(overrides)
-    backbone = replace(backbone_config(cfg), checkpoint=None)
+    for site in sites:
+        require_dir(site)
+    with config_errors():
+        cfg = load_config(overrides)
+        backbone = replace(backbone_config(cfg), checkpoint=None)
     model = UniconModel(backbone, seed=int(cfg.seed))
     images = pretraining_images([Path(s) for s in sites])
     if not images:
-        raise ValueError(f"none of the sites {[str(s) for s in sites]} holds images to pretrain on")
+        raise UsageError(
+            f"none of the sites {[str(s) for s in sites]} holds images to pretrain on"
+        )
     for stem in images:
         model.add_stem(stem, owner=None)
     losses = pretrain(
@@ -43,16 +53,20 @@ def pretrain_command(
 
 def train_local_command(site_dir: Path, epochs: int, overrides: Sequence[str]) -> str:
     """Train a site's task on its train split; report metrics on its val and test splits."""
+    from unicon_core.commands.errors import config_errors, require_dir
     from unicon_core.data import open_site
     from unicon_core.hydra_config import backbone_config, load_config, train_config
     from unicon_core.model import UniconModel
     from unicon_core.training import evaluate_task, make_loader, train_task
 
-    cfg = load_config(overrides)
+    require_dir(site_dir)
+    with config_errors():
+        cfg = load_config(overrides)
+        train = replace(train_config(cfg), epochs=epochs, max_steps=None, progress=True)
+        backbone = backbone_config(cfg)
     site = open_site(site_dir)
     spec = site.task_spec
-    train = replace(train_config(cfg), epochs=epochs, max_steps=None, progress=True)
-    model = UniconModel(backbone_config(cfg), seed=int(cfg.seed))
+    model = UniconModel(backbone, seed=int(cfg.seed))
     model.add_task(spec)
     loader = make_loader(
         site.dataset("train", train=True), train.batch_size, shuffle=True, seed=train.seed

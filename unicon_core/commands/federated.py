@@ -225,8 +225,11 @@ def run_federated(overrides: Sequence[str], timeout_s: float | None = None) -> P
     ``overrides`` are hydra overrides, e.g. ``["experiment=demo", "federation.rounds=5"]``.
     Outputs go to ``federation.runs_dir`` (default ``<repo>/runs``).
     """
+    from unicon_core.commands.errors import RunFailedError, UsageError, config_errors
+
     overrides = list(overrides)
-    settings = load_settings(overrides)
+    with config_errors():
+        settings = load_settings(overrides)
     runs_dir = Path(settings.federation.runs_dir or project_root() / "runs")
     if settings.federation.run_dir:
         run_dir = Path(settings.federation.run_dir)
@@ -234,7 +237,7 @@ def run_federated(overrides: Sequence[str], timeout_s: float | None = None) -> P
     elif settings.resume:
         latest = runs_dir / LATEST
         if not latest.exists():
-            raise FileNotFoundError(f"resume=true but there is no {latest} to continue")
+            raise UsageError(f"resume=true but there is no {latest} to continue")
         run_dir = latest.resolve()
     else:
         run_dir = new_run_dir(runs_dir, settings.experiment)
@@ -242,7 +245,7 @@ def run_federated(overrides: Sequence[str], timeout_s: float | None = None) -> P
     code = launch_flower_run(run_dir, full, len(settings.federation.sites), timeout_s,
                              gpus_per_site=settings.federation.gpus_per_site)
     if code != 0 or not (run_dir / RESULTS_FILE).is_file():
-        raise RuntimeError(
+        raise RunFailedError(
             f"the federated run failed (flwr exit code {code}); see the log above and "
             f"{run_dir / FLWR_HOME_DIR / SUPERLINK_LOG}"
         )
