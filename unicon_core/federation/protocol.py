@@ -47,12 +47,15 @@ class InfoKey(str, Enum):
 
 
 class Status(str, Enum):
-    """What a site did with a training instruction."""
+    """What a site did with an instruction."""
 
     TRAINED = "trained"
     EVALUATED = "evaluated"
     READY = "ready"
     BUDGET_EXHAUSTED = "budget-exhausted"
+    #: A query reply of a site that cannot join: its data failed validation (``reason`` holds
+    #: the short summary of :func:`unicon_core.federation.exclusions.exclusion_reason`).
+    INVALID_DATA = "invalid-data"
 
 
 #: Metric key FedAvg weights by: the number of training (or evaluation) *examples*.
