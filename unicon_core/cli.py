@@ -65,8 +65,11 @@ def validate(
     ] = False,
     verbose: Verbose = False,
 ) -> None:
-    """Check a site folder: problems grouped by column and kind, with rows, examples and fix
-    hints. Exit 0 if valid, 1 if not, 2 if SITE_DIR is not a folder."""
+    """Check a site folder; print its problems grouped by column and kind, with fix hints.
+
+    Each line gives a count, example values and the first rows; --all lists every problem.
+    Exit 0 if the site is valid, 1 if not, 2 if SITE_DIR is not a folder.
+    """
     from unicon_core.commands.data import validate_command
 
     with user_errors("validate", verbose):

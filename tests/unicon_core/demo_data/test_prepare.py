@@ -66,6 +66,9 @@ def test_validate_command_exit_status(tmp_path: Path, capsys: pytest.CaptureFixt
     lines[3] = ",".join(cells)
     (site / "manifest.csv").write_text("\n".join(lines) + "\n")
     assert validate_command(site) == 1
+    out = capsys.readouterr().out
+    assert "  - time: 1 out-of-range value '-1' (row 3) — survival times must be > 0" in out
+    assert validate_command(site, show_all=True) == 1
     assert "manifest.csv row 3 (time): non-positive survival time '-1'" in capsys.readouterr().out
 
 
