@@ -228,9 +228,8 @@ class ProblemGroup:
             return []
         else:
             found = [p.value if p.value is not None else p.path for p in self.problems]
-        counts = Counter(v for v in found if v)
-        ranked = sorted(counts, key=lambda v: (-counts[v], found.index(v)))
-        return ranked[:SUMMARY_EXAMPLES]
+        counts = Counter(v for v in found if v)  # ties keep the order found (stable)
+        return [value for value, _ in counts.most_common(SUMMARY_EXAMPLES)]
 
     def hint(self, values: bool = True) -> str:
         """How to fix the group: its problems' own hints, else the kind's (at most two);

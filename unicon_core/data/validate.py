@@ -7,6 +7,7 @@ dataset opener (:func:`unicon_core.data.site.open_site`) raises
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections.abc import Callable
@@ -227,11 +228,15 @@ def _usable_cell(site_dir: Path, cell: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _digest(path: Path) -> str:
+def _digest(path: Path) -> str | None:
+    """A content hash of the file, or ``None`` if it cannot be read (reported elsewhere)."""
     digest = hashlib.blake2b(digest_size=16)
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
     return digest.hexdigest()
 
 
@@ -286,12 +291,14 @@ def _check_files_across_splits(
                 )
     by_size: dict[int, list[Path]] = {}
     for path in by_file:
-        by_size.setdefault(path.stat().st_size, []).append(path)
+        with contextlib.suppress(OSError):
+            by_size.setdefault(path.stat().st_size, []).append(path)
     by_digest: dict[str, list[Path]] = {}
     for paths in by_size.values():
-        if len(paths) > 1:
-            for path in paths:
-                by_digest.setdefault(_digest(path), []).append(path)
+        for path in paths if len(paths) > 1 else ():
+            digest = _digest(path)
+            if digest is not None:
+                by_digest.setdefault(digest, []).append(path)
     for paths in by_digest.values():
         if len(paths) < 2:
             continue
