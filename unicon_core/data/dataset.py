@@ -161,7 +161,9 @@ class ImageSiteDataset(_SiteRows):
         self.epoch = int(epoch)
 
     def _load(self, cell: str) -> ImageData:
-        return self.cache.get(cell) or read_image(self.site_dir / cell)
+        """The validation cache's copy, else the file read under the site's rules (it must
+        still resolve inside the site folder: it may have changed since validation)."""
+        return self.cache.get(cell) or read_image(self.site_dir / cell, root=self.site_dir)
 
     def _pipeline_input(self, image: ImageData) -> Any:
         """3D: a ``MetaTensor`` sharing the (cached) array and carrying the affine; 2D: the

@@ -71,9 +71,10 @@ def raw_inputs(dataset: Any) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     if isinstance(dataset, TabularSiteDataset):
         yield from ((r, None) for r in feature_matrix(dataset.rows, dataset.spec.feature_names))
     elif isinstance(dataset, ImageSiteDataset):
+        root = dataset.site_dir
         for row in dataset.rows:
             images = [
-                dataset.cache.get(row[c]) or read_image(dataset.site_dir / row[c])
+                dataset.cache.get(row[c]) or read_image(root / row[c], root=root)
                 for c in dataset.columns
             ]
             yield np.concatenate([im.array for im in images]), images[0].spacing

@@ -24,11 +24,15 @@ def test_nifti_round_trip_keeps_affine_and_values(tmp_path: Path) -> None:
 def test_png_is_rows_first_and_channel_first(tmp_path: Path) -> None:
     gray = np.arange(20 * 30, dtype=np.uint8).reshape(20, 30)
     Image.fromarray(gray).save(tmp_path / "g.png")
-    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "c.png")
+    Image.fromarray(np.stack([gray, gray // 2, gray // 3], -1)).save(tmp_path / "c.png")
+    Image.fromarray(np.stack([gray] * 3, -1)).save(tmp_path / "grey_as_rgb.png")
     assert read_image(tmp_path / "g.png").array.shape == (1, 20, 30)
     colour = read_image(tmp_path / "c.png")
     assert colour.array.shape == (3, 20, 30)
-    np.testing.assert_array_equal(colour.array[1], gray.astype(np.float32))
+    np.testing.assert_array_equal(colour.array[1], (gray // 2).astype(np.float32))
+    # three equal channels are one grey channel, losslessly (validate and predict alike)
+    grey = read_image(tmp_path / "grey_as_rgb.png")
+    np.testing.assert_array_equal(grey.array, gray[None].astype(np.float32))
 
 
 def test_unsupported_suffix_names_dicom_route(tmp_path: Path) -> None:

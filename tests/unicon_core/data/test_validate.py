@@ -194,7 +194,8 @@ def test_colour_image_for_grayscale_task(tmp_path: Path) -> None:
     from PIL import Image
 
     site = cls_site(tmp_path / "site")
-    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(site / "img/1.png")
+    colour = np.random.default_rng(3).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(site / "img/1.png")  # (three equal channels would be grey)
     (problem,) = validate_site(site)
     assert problem.row == 2 and "3 channel(s), expected 1" in problem.message
 
