@@ -40,16 +40,28 @@ def predict_command(
     task: str | None,
     question: str | None,
 ) -> int:
-    """Route every input to a skill, run it, write masks/probabilities/risks and JSON summaries."""
+    """Route every input to a skill, run it, write masks/probabilities/risks and JSON summaries.
+
+    Images are read under the limits of the bundle's tasks (sizes checked from headers). No
+    file under ``out_dir`` is ever replaced: if any output of this run is already there, the
+    run stops before predicting, naming it.
+    """
     import json
 
     from tqdm.auto import tqdm
 
+    from unicon_core.data.readers import ImageLimits
     from unicon_core.inference.bundle import BundleError, load_bundle
     from unicon_core.inference.inputs import InputError, collect_inputs, load_input
-    from unicon_core.inference.predict import Predictor
+    from unicon_core.inference.predict import (
+        SUMMARY_FILE,
+        Predictor,
+        existing_outputs,
+        write_new,
+    )
     from unicon_core.inference.routing import RoutingError
 
+    out_dir = Path(out_dir)
     try:
         loaded = load_bundle(bundle)
         refs = collect_inputs(list(inputs))
@@ -57,16 +69,26 @@ def predict_command(
             from unicon_core.inference.routing import kind_from_question
 
             kind_from_question(question)
+        limits = ImageLimits.for_tasks(entry.spec for entry in loaded.tasks.values())
     except (BundleError, InputError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    there = existing_outputs(out_dir, [ref.name for ref in refs])
+    if there:
+        names = ", ".join(p.name for p in there[:5]) + (" ..." if len(there) > 5 else "")
+        print(
+            f"error: {out_dir} already holds {len(there)} file(s) this run would write "
+            f"({names}); predict never overwrites earlier results: choose a new --out folder "
+            "or move them away",
+            file=sys.stderr,
+        )
+        return 1
     predictor = Predictor(loaded)
-    out_dir = Path(out_dir)
     summaries, errors = [], []
     show_bar = len(refs) > 1 or any(Path(p).is_dir() for p in inputs)
     for ref in tqdm(refs, desc="predict", unit="input", disable=not show_bar):
         try:
-            prediction = predictor.predict(load_input(ref), task=task, question=question)
+            prediction = predictor.predict(load_input(ref, limits), task=task, question=question)
             summary = predictor.write(prediction, out_dir)
         except (InputError, RoutingError, ValueError) as exc:
             errors.append({"input": ref.label, "error": str(exc)})
@@ -77,9 +99,11 @@ def predict_command(
             tag = " [SYNTHETIC-DATA SKILL]" if summary["trained_on_synthetic_data"] else ""
             print(f"{ref.label}: {summary['task']} ({summary['routing']['method']}){tag}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(
-        json.dumps({"bundle": str(bundle), "predictions": summaries, "errors": errors}, indent=2)
-        + "\n"
-    )
-    print(f"{len(summaries)} prediction(s), {len(errors)} error(s); see {out_dir / 'summary.json'}")
+    run = {"bundle": str(bundle), "predictions": summaries, "errors": errors}
+    try:
+        write_new(out_dir / SUMMARY_FILE, json.dumps(run, indent=2) + "\n")
+    except ValueError as exc:  # appeared while the run went on
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(summaries)} prediction(s), {len(errors)} error(s); see {out_dir / SUMMARY_FILE}")
     return 1 if errors else 0

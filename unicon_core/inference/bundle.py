@@ -13,6 +13,8 @@ Layout::
 
 Loading rebuilds the model in a fresh process: foundation (hash verified), tasks added in the
 recorded order, skills loaded strictly. Everything is plain safetensors + JSON: no pickles.
+Every file the manifest names must lie inside the bundle folder once symlinks and ``..`` are
+resolved; only an external foundation (``location``, an absolute path, hash-checked) may not.
 """
 
 from __future__ import annotations
@@ -249,8 +251,24 @@ def read_manifest(bundle_dir: Path | str) -> dict[str, Any]:
     return manifest
 
 
-def _verified(root: Path, name: str, files: dict[str, str]) -> Path:
+def _inside(root: Path, name: object, what: str) -> Path:
+    """``root / name`` for a relative ``name`` that stays inside the bundle folder once every
+    symlink and ``..`` is resolved; anything else is a :class:`BundleError` naming it."""
+    from unicon_core.data.readers import resolves_inside
+
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"bundle {root}: {what} {name!r} is not a file name")
     path = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not resolves_inside(root, path):
+        raise BundleError(
+            f"bundle {root}: {what} {name!r} resolves to {path.resolve()}, outside the bundle "
+            "folder; a bundle may only name its own files"
+        )
+    return path
+
+
+def _verified(root: Path, name: str, files: dict[str, str]) -> Path:
+    path = _inside(root, name, "file")
     if not path.is_file():
         raise BundleError(f"bundle {root} is missing {name}")
     if name not in files:
@@ -286,9 +304,16 @@ def load_bundle(bundle_dir: Path | str) -> Bundle:
     files = dict(manifest["files"])
     bb = manifest["backbone"]
     if bb.get("file"):
+        _inside(root, bb["file"], "backbone.file")
         foundation = _verified(root, bb["file"], files)
     elif bb.get("location"):
-        foundation = Path(bb["location"])
+        foundation = Path(str(bb["location"]))
+        if not foundation.is_absolute():
+            raise BundleError(
+                f"bundle {root}: backbone location {bb['location']!r} is not an absolute path; "
+                "a foundation kept outside the bundle must be named by its absolute path "
+                "(export the bundle again)"
+            )
         if not foundation.is_file():
             raise BundleError(
                 f"bundle {root} references backbone checkpoint {foundation}, which does not "

@@ -10,20 +10,40 @@ An argument is one of
   becomes one CT+PET pair.
 
 Problems (missing, empty, unreadable, mismatched pair) raise :class:`InputError` naming the file.
+Images are read by the readers ``validate`` uses, under the same rules (sizes checked from
+headers, values kept or refused, never silently changed; see :mod:`unicon_core.data.readers`).
+Each input gets an output name that is safe as a file name and unique in the run
+(:func:`safe_name`), whatever its file name or CSV ``id`` holds.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from unicon_core.data.readers import NIFTI_SUFFIXES, is_supported
+from unicon_core.data.readers import (
+    NIFTI_SUFFIXES,
+    ImageLimits,
+    ImageRefusedError,
+    is_supported,
+)
 
 CSV_SUFFIX = ".csv"
 _PAIR_TAGS = ("_ct", "_pet")
+#: Output names this long at most (before ``_mask.nii.gz``/``.json``).
+MAX_NAME_LENGTH = 100
+#: Names a run writes itself (``summary.json``), and names some systems reserve.
+RESERVED_NAMES = frozenset(
+    {"summary", "con", "prn", "aux", "nul"}
+    | {f"{dev}{i}" for dev in ("com", "lpt") for i in range(1, 10)}
+)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class InputError(ValueError):
@@ -167,55 +187,73 @@ def collect_inputs(args: list[Path]) -> list[InputRef]:
                 f"{parts[0]}: unsupported file type (NIfTI, PNG, JPEG or CSV; convert DICOM to "
                 "NIfTI first)"
             )
-    return _unique_names(refs)
+    return unique_names(refs)
 
 
-def _unique_names(refs: list[InputRef]) -> list[InputRef]:
-    seen: dict[str, int] = {}
+def safe_name(name: str) -> str:
+    """``name`` as a file name that cannot leave its folder or hide: ASCII letters, digits,
+    ``.``, ``_`` and ``-`` only, not starting with ``.`` or ``-``, at most
+    ``MAX_NAME_LENGTH`` characters (a long name keeps a hash of the whole), never empty and
+    never a reserved name. Safe names are returned unchanged."""
+    ascii_text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    text = _UNSAFE.sub("_", ascii_text).strip("._-")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    if len(text) > MAX_NAME_LENGTH:
+        text = f"{text[: MAX_NAME_LENGTH - 9].rstrip('._-')}_{digest}"
+    if not text:
+        text = f"input_{digest}"
+    if text.split(".")[0].lower() in RESERVED_NAMES:
+        text = f"{text}_"
+    return text
+
+
+def unique_names(refs: list[InputRef]) -> list[InputRef]:
+    """Give every input a :func:`safe_name` unique in the run, ignoring case (a second ``a``
+    becomes ``a_2``, or ``a_3`` if an input is already called ``a_2``). Changes ``ref.name``."""
+    taken = set(RESERVED_NAMES)
     for ref in refs:
-        count = seen.get(ref.name, 0)
-        seen[ref.name] = count + 1
-        if count:
-            ref.name = f"{ref.name}_{count + 1}"
+        base = safe_name(ref.name)
+        name, count = base, 1
+        while name.lower() in taken:
+            count += 1
+            name = f"{base}_{count}"
+        taken.add(name.lower())
+        ref.name = name
     return refs
 
 
-def _read_one(path: Path) -> tuple[np.ndarray, np.ndarray, Any]:
+def _read_one(path: Path, limits: ImageLimits | None) -> tuple[np.ndarray, np.ndarray, Any]:
     from unicon_core.data.readers import read_image
 
     _check_file(path)
     try:
-        image = read_image(path)
-        header = None
-        if str(path).lower().endswith(NIFTI_SUFFIXES):
-            import nibabel as nib
-
-            header = nib.load(str(path)).header.copy()
-    except InputError:
-        raise
+        image = read_image(path, limits)
+    except ImageRefusedError as exc:  # the message names the file and what to do
+        raise InputError(str(exc)) from exc
     except Exception as exc:  # nibabel/PIL/zlib raise many types for a corrupt file
         raise InputError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     array = image.array
     if array.size == 0:
         raise InputError(f"{path}: image has no voxels (shape {array.shape})")
-    if not np.all(np.isfinite(array)):
-        raise InputError(f"{path}: image holds NaN or infinite values")
-    if (
-        array.shape[0] == 3
-        and np.array_equal(array[0], array[1])
-        and np.array_equal(array[0], array[2])
-    ):
-        array = array[:1]  # a grey image saved as RGB: one channel, losslessly
+    bad = int(array.size - np.isfinite(array).sum())
+    if bad:
+        raise InputError(f"{path}: image holds {bad} NaN or infinite value(s)")
+    header = image.header.copy() if image.header is not None else None
     return array, image.affine, header
 
 
-def load_input(ref: InputRef) -> LoadedInput:
-    """Read an input's files (or take its CSV row); channels of several files are stacked."""
+def load_input(ref: InputRef, limits: ImageLimits | None = None) -> LoadedInput:
+    """Read an input's files (or take its CSV row); channels of several files are stacked.
+
+    ``limits`` bound each file's size (checked from its header; see
+    :meth:`~unicon_core.data.readers.ImageLimits.for_tasks` for a bundle's); by default a
+    file in a site folder gets its site's limits and any other file the cap.
+    """
     if ref.row is not None:
         return LoadedInput(ref=ref, row=ref.row, columns=list(ref.row))
     arrays, affine, header = [], None, None
     for path in ref.paths:
-        array, aff, hdr = _read_one(path)
+        array, aff, hdr = _read_one(path, limits)
         if arrays and array.shape[1:] != arrays[0].shape[1:]:
             raise InputError(
                 f"{ref.label}: {path} has spatial shape {array.shape[1:]} but {ref.paths[0]} has "

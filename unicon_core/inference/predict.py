@@ -5,12 +5,18 @@ spec and the bundle's preprocessing config); CSV rows are standardised with the 
 feature statistics. Outputs per input: a segmentation mask as NIfTI in the input's space (affine
 and header kept, resampled back to the input's shape), class probabilities or a risk score, and
 a JSON summary naming the skill, why it ran, and whether it learned from synthetic data.
+
+Outputs never leave the output folder and never replace a file: names are made safe
+(:func:`~unicon_core.inference.inputs.safe_name`) and every file is created exclusively, so a
+file already there (an earlier run's result, a planted symlink) is an error naming it.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unicon_core.config import Modality, TaskKind
-from unicon_core.inference.inputs import InputError, LoadedInput
+from unicon_core.inference.inputs import InputError, LoadedInput, safe_name
 from unicon_core.inference.routing import RouteDecision, route
 
 if TYPE_CHECKING:
@@ -31,6 +37,46 @@ SYNTHETIC_WARNING = (
     "and are not clinical predictions"
 )
 MIXED_WARNING = "this skill learned partly from synthetic data"
+
+
+#: The run summary ``predict`` writes next to the per-input files.
+SUMMARY_FILE = "summary.json"
+
+
+class OutputExistsError(ValueError):
+    """An output file is already there; ``predict`` never overwrites (the message names it)."""
+
+
+def output_files(name: str, segmentation: bool | None = None) -> list[str]:
+    """File names an input called ``name`` gets: its JSON summary, and its mask for a
+    segmentation (both when ``segmentation`` is unknown, i.e. before routing)."""
+    safe = safe_name(name)
+    files = [f"{safe}.json"]
+    if segmentation is not False:
+        files.append(f"{safe}_mask.nii.gz")
+    return files
+
+
+def existing_outputs(out_dir: Path, names: list[str]) -> list[Path]:
+    """Files (or links, even dangling) under ``out_dir`` a run for ``names`` would write."""
+    wanted = [SUMMARY_FILE] + [f for n in names for f in output_files(n)]
+    return [out_dir / f for f in wanted if os.path.lexists(out_dir / f)]
+
+
+def write_new(path: Path, data: bytes | str) -> Path:
+    """Create ``path`` exclusively (never following a link) and write ``data``; an existing
+    file or link is left as it is and raises :class:`OutputExistsError`."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except FileExistsError:
+        raise OutputExistsError(
+            f"{path}: already exists; predict never overwrites a file: choose a new --out "
+            "folder or move the old outputs away"
+        ) from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    return path
 
 
 @dataclass
@@ -162,13 +208,26 @@ class Predictor:
 
     # -------------------------------------------------------------------- outputs
     def write(self, pred: Prediction, out_dir: Path) -> dict[str, Any]:
-        """Write the prediction's files and JSON summary under ``out_dir``; returns the summary."""
+        """Write the prediction's files and JSON summary under ``out_dir``; returns the summary.
+
+        Files are named from the input's :func:`safe_name` and created exclusively: if one is
+        already there, :class:`OutputExistsError` names it and nothing is written.
+        """
         entry = self.bundle.entry(pred.decision.task)
         spec = entry.spec
-        name = pred.item.ref.name
+        name = safe_name(pred.item.ref.name)
+        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
+        segmentation = spec.kind is TaskKind.SEGMENTATION
+        there = [
+            out_dir / f
+            for f in output_files(name, segmentation)
+            if os.path.lexists(out_dir / f)
+        ]
+        if there:
+            write_new(there[0], b"")  # raises, naming the file
         result: dict[str, Any] = {"kind": spec.kind.value}
-        if spec.kind is TaskKind.SEGMENTATION:
+        if segmentation:
             mask = self.mask_in_input_space(pred)
             path = out_dir / f"{name}_mask.nii.gz"
             write_mask(path, mask, pred.item)
@@ -183,6 +242,7 @@ class Predictor:
         else:
             result.update(risk_score=float(pred.output.reshape(-1)[0]))
         summary = {
+            "name": name,
             "input": [str(p) for p in pred.item.ref.paths],
             "csv_row": pred.item.ref.row_number,
             "input_description": pred.item.describe(),
@@ -213,7 +273,7 @@ class Predictor:
             "result": result,
             "bundle": str(self.bundle.path) if self.bundle.path else None,
         }
-        (out_dir / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_new(out_dir / f"{name}.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def mask_in_input_space(self, pred: Prediction) -> np.ndarray:
@@ -237,7 +297,8 @@ class Predictor:
 
 
 def write_mask(path: Path, mask: np.ndarray, item: LoadedInput) -> Path:
-    """Write a label map as NIfTI with the input's affine (and its header, for NIfTI inputs)."""
+    """Write a label map as gzipped NIfTI with the input's affine (and its header, for NIfTI
+    inputs), creating ``path`` exclusively (:func:`write_new`)."""
     import nibabel as nib
 
     affine = np.eye(4) if item.affine is None else item.affine
@@ -246,5 +307,4 @@ def write_mask(path: Path, mask: np.ndarray, item: LoadedInput) -> Path:
     img.set_data_dtype(mask.dtype)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["descrip"] = b"unicon segmentation mask"
-    nib.save(img, str(path))
-    return path
+    return write_new(Path(path), gzip.compress(img.to_bytes(), compresslevel=1))

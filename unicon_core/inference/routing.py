@@ -83,6 +83,13 @@ def modality_hint(item: LoadedInput) -> Modality | None:
     return None
 
 
+def _is_pil_image(item: LoadedInput) -> bool:
+    """Whether the input is one PNG/JPEG file (whose three channels are colour)."""
+    from unicon_core.data.readers import PIL_SUFFIXES
+
+    return len(item.ref.paths) == 1 and item.ref.paths[0].name.lower().endswith(PIL_SUFFIXES)
+
+
 def incompatibility(spec: TaskSpec, item: LoadedInput) -> str | None:
     """Why ``spec``'s skill cannot take ``item`` (``None`` if it can)."""
     tabular = spec.modality is Modality.CLINICAL
@@ -97,9 +104,14 @@ def incompatibility(spec: TaskSpec, item: LoadedInput) -> str | None:
     if item.spatial_dims != spec.spatial_dims:
         return f"takes {spec.spatial_dims}D images, got a {item.describe()}"
     if item.channels != spec.channels:
+        advice = ""
+        if spec.channels == 1 and item.channels == 3 and _is_pil_image(item):
+            from unicon_core.data.readers import GREYSCALE_ADVICE
+
+            advice = f" (a colour image: {GREYSCALE_ADVICE})"
         return (
             f"takes {spec.channels}-channel {spec.modality.value} images, got {item.channels} "
-            f"channel(s)"
+            f"channel(s){advice}"
         )
     hint = modality_hint(item)
     if hint is not None and hint is not spec.modality:
