@@ -104,6 +104,14 @@ def _signal(pid: int, sig: int, group: bool = False) -> None:
         (os.killpg if group else os.kill)(pid, sig)
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, owner-only (0600) whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 @dataclass
 class LoopbackFederation:
     """Coordinator, sites and researcher of one federation on 127.0.0.1 (see module doc)."""
@@ -122,6 +130,7 @@ class LoopbackFederation:
             raise ValueError(f"executor must be 'warm' or 'flower', got {self.executor!r}")
         self.root = Path(self.root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # logs, state, keys: owner-only
         self.pki = self.root / "pki"
         self.home = self.root / "researcher"
 
@@ -155,7 +164,9 @@ class LoopbackFederation:
 
         The log is appended to, so a command restarted under the same label keeps its history.
         """
-        log = (self.root / f"{label}.log").open("a")
+        fd = os.open(self.root / f"{label}.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.fchmod(fd, 0o600)  # also a log an earlier version left world-readable
+        log = os.fdopen(fd, "a")
         proc = subprocess.Popen(list(args), env=self.env(**extra), stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
@@ -312,7 +323,7 @@ class LoopbackFederation:
     def _flwr_run_args(self, overrides: Sequence[str]) -> list[str]:
         run_config = self.root / "run_config.toml"
         joined = " ".join(shlex.quote(o) for o in overrides)
-        run_config.write_text(f'experiment = ""\noverrides = {json.dumps(joined)}\n')
+        _write_private(run_config, f'experiment = ""\noverrides = {json.dumps(joined)}\n')
         flwr = str(Path(self.python).parent / "flwr")
         return [flwr, "run", str(REPO), self.name, "--run-config", str(run_config), "--stream"]
 
@@ -321,7 +332,7 @@ class LoopbackFederation:
         """Researcher: ``flwr run <repo> <federation> --stream`` with hydra ``overrides``."""
         result = self.run(self._flwr_run_args(overrides), timeout_s=timeout_s,
                           FLWR_HOME=str(self.home))
-        (self.root / "flwr_run.log").write_text(result.stdout)
+        _write_private(self.root / "flwr_run.log", result.stdout)
         return result
 
     def start_flwr_run(self, overrides: Sequence[str], label: str = "flwr-run"

@@ -35,7 +35,7 @@ site_dir="$(abs_path "$site_dir")"
 config="site-dir='$site_dir'"
 [ -z "$site_name" ] || config+=" site-name='$site_name'"
 if [ -n "$state_dir" ]; then
-  mkdir -p "$state_dir"
+  private_dir "$state_dir"  # privacy ledger, FABs: owner-only (umask 077 in common.sh)
   state_dir="$(abs_path "$state_dir")"
   config+=" state-dir='$state_dir'"
 fi

@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -n "$state" ] || die "--state DIR is required (the SuperLink's database lives there)"
-mkdir -p "$state"
+private_dir "$state"  # database and log: owner-only (umask 077 in common.sh)
 state="$(abs_path "$state")"
 
 args=(--database "$state/superlink.db" --host "$host" --port "$port"

@@ -2,7 +2,9 @@
 
 One safetensors file per run folder (``checkpoint.safetensors``), rewritten after every round
 via a temporary file and ``os.replace``, so a crash leaves either the previous round's checkpoint
-or the new one, never a torn file. Metadata (strings) carry the round, the foundation hash, the
+or the new one, never a torn file; it is owner-only (0600, see
+:func:`~unicon_core.federation.outputs.write_atomic`). A damaged file still fails the resume
+with an error naming it. Metadata (strings) carry the round, the foundation hash, the
 resolved config and which sites stopped training.
 """
 
@@ -49,22 +51,54 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
     return path
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from; the message names the file and what is wrong."""
+
+
+_ADVICE = (
+    "restore the file from a backup, or start a new run (without resume) to begin at round 1"
+)
+
+
 def load_checkpoint(run_dir: Path) -> Checkpoint:
-    """Read the run folder's checkpoint (``FileNotFoundError`` naming the folder if none)."""
+    """Read the run folder's checkpoint (``FileNotFoundError`` naming the folder if none).
+
+    A damaged file (truncated, not safetensors, metadata missing or malformed) raises
+    :class:`CheckpointError` naming the file and the field.
+    """
     from safetensors import safe_open
 
     path = run_dir / CHECKPOINT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from in {run_dir}")
-    with safe_open(str(path), framework="numpy") as fh:
-        metadata = fh.metadata() or {}
-        arrays = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - not a dict
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            metadata = fh.metadata() or {}
+            arrays = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:  # safetensors raises its own error type, and OSError
+        raise CheckpointError(
+            f"{path}: cannot resume: the checkpoint is truncated or corrupt ({exc}); {_ADVICE}"
+        ) from exc
     if metadata.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown checkpoint format {metadata.get('format')!r}")
+        raise CheckpointError(f"{path}: unknown checkpoint format {metadata.get('format')!r}")
+
+    def field_of(name: str, parse: Any, default: str | None = None) -> Any:
+        text = metadata.get(name, default)
+        if text is None:
+            raise CheckpointError(
+                f"{path}: cannot resume: metadata field {name!r} is missing; {_ADVICE}"
+            )
+        try:
+            return parse(text)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{path}: cannot resume: metadata field {name!r} is malformed ({exc}); {_ADVICE}"
+            ) from exc
+
     return Checkpoint(
-        round=int(metadata["round"]),
+        round=field_of("round", int),
         arrays=arrays,
-        foundation_hash=metadata["foundation_hash"],
-        config=json.loads(metadata["config"]),
-        stopped=json.loads(metadata.get("stopped", "{}")),
+        foundation_hash=field_of("foundation_hash", str),
+        config=field_of("config", json.loads),
+        stopped=field_of("stopped", json.loads, "{}"),
     )

@@ -34,6 +34,7 @@ from unicon_core.federation.outputs import (
     CONFIG_FILE,
     LATEST,
     PLOTS_DIR,
+    PRIVATE_DIR_MODE,
     RESULTS_FILE,
     ROUNDS_FILE,
     TASKS_FILE,
@@ -67,7 +68,10 @@ def resolve_run_dir(settings: ExperimentSettings) -> Path:
     fed = settings.federation
     if fed.run_dir:
         run_dir = Path(fed.run_dir)
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
+        if created:  # a folder the run creates is owner-only, as new_run_dir's
+            run_dir.chmod(PRIVATE_DIR_MODE)
         point_latest(run_dir)
         return run_dir
     if not fed.runs_dir:

@@ -11,6 +11,9 @@ Layout of one run (every path absolute, nothing written elsewhere)::
         wandb/                   offline wandb run (unless disabled)
         sites/<site>/            a simulated site's own state (its privacy ledger)
     <runs_dir>/latest -> <timestamp>-<experiment>
+
+Run state is owner-only: run folders are created 0700, files written here 0600 (atomic writes
+through ``mkstemp``, appended logs created so), whatever the process umask.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+#: Permissions of run folders and of the state files written here (owner only).
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 RESULTS_FILE = "results.json"
 #: What the query round learnt of each task: spec, synthetic flag, sites (read by export).
 TASKS_FILE = "tasks.json"
@@ -35,16 +41,18 @@ LATEST = "latest"
 
 
 def new_run_dir(runs_dir: Path, experiment: str) -> Path:
-    """Create ``<runs_dir>/<timestamp>-<experiment>`` (unique) and point ``latest`` at it."""
+    """Create ``<runs_dir>/<timestamp>-<experiment>`` (unique, owner-only) and point ``latest``
+    at it."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         name = f"{stamp}-{experiment}" + (f"-{i}" if i else "")
         try:
-            (runs_dir / name).mkdir()
+            (runs_dir / name).mkdir(mode=PRIVATE_DIR_MODE)
         except FileExistsError:
             continue
         run_dir = runs_dir / name
+        run_dir.chmod(PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
         point_latest(run_dir)
         return run_dir
     raise RuntimeError(f"could not create a fresh run folder in {runs_dir}")
@@ -61,7 +69,11 @@ def point_latest(run_dir: Path) -> None:
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``path`` via a temp file in the same folder and ``os.replace`` (never half-written)."""
+    """Write ``path`` via a temp file in the same folder and ``os.replace`` (never half-written).
+
+    The file is owner-only (0600: ``mkstemp`` creates it so, and the rename keeps it), also when
+    it replaces a more open one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     try:
@@ -109,10 +121,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def append_jsonl(path: Path, obj: Any) -> None:
-    """Append one strict-JSON line."""
+    """Append one strict-JSON line (the file is created owner-only, 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write(json.dumps(json_safe(obj), allow_nan=False) + "\n")
+    line = json.dumps(json_safe(obj), allow_nan=False) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "a") as fh:
+        fh.write(line)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
