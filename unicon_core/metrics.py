@@ -2,7 +2,9 @@
 
 Classification: ROC AUC and balanced accuracy (scikit-learn). Segmentation: Dice and HD95
 (MONAI), foreground classes only. Survival: Harrell's C-index (scikit-survival). A metric that
-is undefined on the data (e.g. AUC with one class present) is reported as NaN, never guessed.
+is undefined on the data is reported as NaN, never guessed and never an error that stops a
+round: AUC with one class present, a C-index without comparable pairs (or without events),
+any metric of an empty split, and metrics of non-finite outputs (a diverged model).
 """
 
 from __future__ import annotations
@@ -53,7 +55,12 @@ class ClassificationMetric:
     def aggregate(self) -> dict[str, float]:
         from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+        if not self._labels:
+            return {"auc": math.nan, "balanced_accuracy": math.nan, "num_examples": 0.0}
         probs, labels = np.concatenate(self._probs), np.concatenate(self._labels)
+        if not np.isfinite(probs).all():  # a diverged model: no ranking, no argmax to trust
+            return {"auc": math.nan, "balanced_accuracy": math.nan,
+                    "num_examples": float(len(labels))}
         if len(np.unique(labels)) < 2:
             auc = math.nan
         elif self.num_classes == 2:
@@ -105,6 +112,9 @@ class SegmentationMetric:
         self._count += output.shape[0]
 
     def aggregate(self) -> dict[str, float]:
+        if not self._count:
+            out = {"dice": math.nan, "num_examples": 0.0}
+            return out if self._hd is None else {**out, "hd95": math.nan}
         dice = self._dice.get_buffer().float()
         with warnings.catch_warnings():  # all-NaN (no foreground anywhere) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -133,14 +143,19 @@ class SurvivalMetric:
         self._event.append(batch[BatchKey.EVENT.value].detach().cpu().numpy().reshape(-1))
 
     def aggregate(self) -> dict[str, float]:
+        from sksurv.exceptions import NoComparablePairException
         from sksurv.metrics import concordance_index_censored
 
+        if not self._risk:
+            return {"c_index": math.nan, "num_examples": 0.0}
         risk, time = np.concatenate(self._risk), np.concatenate(self._time)
         event = np.concatenate(self._event).astype(bool)
-        if not event.any():
-            cindex = math.nan
-        else:
-            cindex = float(concordance_index_censored(event, time, risk)[0])
+        cindex = math.nan
+        if event.any() and np.isfinite(risk).all():
+            try:
+                cindex = float(concordance_index_censored(event, time, risk)[0])
+            except NoComparablePairException:  # e.g. the only event has the longest time
+                cindex = math.nan
         return {"c_index": cindex, "num_examples": float(len(risk))}
 
 
