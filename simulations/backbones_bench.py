@@ -346,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["sizes"] = sizes_and_speed(res["steps_timed"])
     print("tumour classification on unseen sources", flush=True)
     split = tumour_split()
-    res["tumour_steps"] = 10 if q else 120
+    res["tumour_steps"] = 10 if q else 80
     res["tumour"] = tumour_auc(split, seeds, res["tumour_steps"])
     test = split["test"]
     res["tumour_split"] = {"n_train": int((~test).sum()), "n_test": int(test.sum()),
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "sources_train": len(set(split["groups"][~test].tolist())),
                            "sources_test": len(set(split["groups"][test].tolist()))}
     print("adaptation survey on the real CT foundation", flush=True)
-    survey_cfg = {"phases": 2 if q else 4, "steps": 2 if q else 10, "n_train": 8 if q else 32,
+    survey_cfg = {"phases": 2 if q else 4, "steps": 2 if q else 8, "n_train": 8 if q else 32,
                   "n_test": 8 if q else 24}
     rows = survey(seeds, survey_cfg["phases"], survey_cfg["steps"], survey_cfg["n_train"],
                   survey_cfg["n_test"])

@@ -265,6 +265,9 @@ class BackboneConfig:
     ``name`` picks a family from :mod:`unicon_core.model.backbones` (``transformer``,
     ``i3resnet``, ``monai``); the transformer's sizes are top-level fields (as before), every
     other family reads ``options``, validated by that family's own config dataclass.
+
+    ``modalities`` gives a modality a backbone of its own (e.g. the real CT foundation for
+    ``ct`` and ``ct+pet``); modalities not listed use this one. Equal entries share one network.
     """
 
     name: str = field(
@@ -281,8 +284,22 @@ class BackboneConfig:
     checkpoint: str | None = field(
         default=None, metadata={"help": "Path to a pretrained backbone (.safetensors)."}
     )
+    modalities: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "modality -> backbone settings (name, options, sizes) for that one."},
+    )
 
     def __post_init__(self) -> None:
+        self.modalities = dict(self.modalities or {})
+        for key, value in self.modalities.items():
+            if key not in {m.value for m in Modality}:
+                raise _fail("backbone", f"modalities.{key}", "is not a modality")
+            if not isinstance(value, dict):
+                raise _fail("backbone", f"modalities.{key}", "must be a mapping of settings")
+            if "modalities" in value or "checkpoint" in value:
+                raise _fail("backbone", f"modalities.{key}",
+                            "cannot nest modalities or name a foundation checkpoint")
+            BackboneConfig(**value)  # validates the entry, naming the field
         for name in ("hidden_size", "num_layers", "num_heads", "mlp_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -298,6 +315,14 @@ class BackboneConfig:
         self.options = dict(self.options or {})
         if not isinstance(self.name, str) or not self.name:
             raise _fail("backbone", "name", f"must name a backbone family, got {self.name!r}")
+
+    def for_modality(self, modality: str) -> BackboneConfig:
+        """The backbone settings a task of ``modality`` uses (this config without overrides,
+        or the modality's own entry)."""
+        entry = self.modalities.get(modality)
+        if entry is None:
+            return BackboneConfig(**{**self.__dict__, "modalities": {}})
+        return BackboneConfig(**entry)
 
 
 @dataclass

@@ -75,6 +75,7 @@ def tiny_overrides(
     """Hydra overrides of a tiny, fast federated run writing into ``run_dir``."""
     return [
         "experiment=demo",
+        "backbone=tiny",  # the demo's CT foundation is not needed by these tasks
         site_dirs_override(site_dirs),
         f"federation.rounds={rounds}",
         f"federation.run_dir='{run_dir}'",

