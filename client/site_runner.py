@@ -178,8 +178,20 @@ def metric_record(metrics: dict[str, float], num_examples: int, prefix: str = ""
 
 # ---------------------------------------------------------------------------- handlers
 def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
-    """Validate the site and introduce it: site, task (with spec), foundation hash, sizes."""
-    site = open_node_site(context, settings)
+    """Validate the site and introduce it: site, task (with spec), foundation hash, sizes.
+
+    A site whose data or task do not fit says its name and a short, value-free reason
+    (``Status.INVALID_DATA``) instead of failing, so the server excludes it by name.
+    """
+    from unicon_core.data.problems import SiteValidationError
+    from unicon_core.federation.exclusions import exclusion_info
+
+    try:
+        site = open_node_site(context, settings)
+    except (SiteValidationError, ValueError) as err:
+        name, _ = site_for_node(context.node_config, settings.federation)
+        info = ConfigRecord(exclusion_info(name, err))
+        return Message(RecordDict({RecordKey.INFO.value: info}), reply_to=msg)
     model = build_model(settings, site)
     check_instruction(msg, site, model)
     info = info_record(site, model, Status.READY)

@@ -30,6 +30,7 @@ from server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save
 from server.strategies.per_task_fedavg import SiteNode
 from unicon_core.config import TaskSpec
 from unicon_core.federation.config import STRATEGIES, ExperimentSettings, FederationConfig
+from unicon_core.federation.exclusions import short_reason
 from unicon_core.federation.outputs import (
     CONFIG_FILE,
     LATEST,
@@ -48,7 +49,7 @@ from unicon_core.federation.outputs import (
     write_atomic,
     write_json,
 )
-from unicon_core.federation.protocol import NUM_EXAMPLES, ConfigKey, InfoKey, RecordKey
+from unicon_core.federation.protocol import NUM_EXAMPLES, ConfigKey, InfoKey, RecordKey, Status
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -159,9 +160,14 @@ def query_sites(
     for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
         node_id = reply.metadata.src_node_id
         if reply.has_error():
-            excluded[f"node {node_id}"] = reply.error.reason
+            excluded[f"node {node_id}"] = short_reason(reply.error.reason)
             continue
         info = reply.content.config_records[RecordKey.INFO.value]
+        if info.get(InfoKey.STATUS.value) == Status.INVALID_DATA.value:
+            excluded[str(info[InfoKey.SITE.value])] = short_reason(
+                str(info.get(InfoKey.REASON.value, ""))
+            )
+            continue
         site, task = str(info[InfoKey.SITE.value]), str(info[InfoKey.TASK.value])
         if info[InfoKey.FOUNDATION_HASH.value] != foundation_hash:
             excluded[site] = "runs another foundation; its skills cannot be mixed"

@@ -25,6 +25,7 @@ from tests.server.fedtools import (
 )
 from unicon_core.config import BackboneConfig
 from unicon_core.federation.aggregation import slice_task
+from unicon_core.federation.exclusions import MAX_REASON_CHARS
 from unicon_core.federation.outputs import read_jsonl
 from unicon_core.federation.protocol import NUM_EXAMPLES, SummaryKey
 from unicon_core.federation.summaries import (
@@ -236,7 +237,8 @@ def test_invalid_site_data_excludes_that_site_and_the_others_continue(tmp_path: 
     # Assert: site_b is reported with the problem; site_a and site_c trained
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     [(who, reason)] = results["excluded"].items()
-    assert who.startswith("node ") and "label" in reason
+    assert who == "site_b" and "label" in reason  # keyed by the site's name, short reason
+    assert "Traceback" not in reason and len(reason) <= MAX_REASON_CHARS
     assert set(results["tasks"][CLS_TASK]["per_site"]) == {"site_a"}
     row = read_jsonl(tmp_path / "run" / "rounds.jsonl")[0]
     assert set(row["sites"]) == {"site_a", "site_c"}
