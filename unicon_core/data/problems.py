@@ -50,6 +50,7 @@ class ProblemKind(str, Enum):
     BAD_PATH = "bad-path"
     DICOM = "dicom"
     UNSUPPORTED_FILE = "unsupported-file"
+    REFUSED_FILE = "refused-file"
     UNREADABLE_FILE = "unreadable-file"
     NON_FINITE_VOXELS = "non-finite-voxels"
     WRONG_DIMENSIONS = "wrong-dimensions"
@@ -69,6 +70,9 @@ class _KindText:
     #: Whether example values are cell contents (hidden with ``values=False``) rather than
     #: column or split names, which are part of the format and always shown.
     data_examples: bool = True
+    #: Whether each problem's own hint may hold file paths (``values=False`` then gives
+    #: the kind's hint instead).
+    data_hints: bool = False
 
 
 _DICOM_HINT = "convert each series to NIfTI first: dcm2niix -z y -o OUT SERIES_DIR"
@@ -134,6 +138,12 @@ _KINDS: dict[ProblemKind, _KindText] = {
     ProblemKind.UNSUPPORTED_FILE: _KindText(
         "unsupported file", "unsupported files",
         "use NIfTI (.nii, .nii.gz) or, for 2D tasks, PNG/JPEG",
+    ),
+    ProblemKind.REFUSED_FILE: _KindText(
+        "refused image", "refused images",
+        "a reading rule refuses it (size over its limit, a path leaving the site folder, values "
+        "that cannot be kept): `unicon validate` on the site says why for each file",
+        data_hints=True,
     ),
     ProblemKind.UNREADABLE_FILE: _KindText(
         "unreadable file", "unreadable files", "re-export or re-copy these files",
@@ -234,9 +244,12 @@ class ProblemGroup:
     def hint(self, values: bool = True) -> str:
         """How to fix the group: its problems' own hints, else the kind's (at most two);
         ``values=False`` keeps cell values out of it, as in :meth:`examples`."""
-        default = _KINDS[self.kind].hint
+        text = _KINDS[self.kind]
+        default = text.hint
         if self.kind is ProblemKind.NOT_A_NUMBER:
             default = _category_hint(self.examples(), values) or default
+        if not values and text.data_hints:
+            return default
         hints = [p.hint or default for p in self.problems]
         return "; ".join([h for h in dict.fromkeys(hints) if h][:2])
 

@@ -30,11 +30,14 @@ from unicon_core.data.manifest import (
 from unicon_core.data.problems import Problem, ProblemKind
 from unicon_core.data.readers import (
     DICOM_ADVICE,
+    GREYSCALE_ADVICE,
     NIFTI_SUFFIXES,
     ImageData,
+    ImageRefusedError,
     is_supported,
     looks_like_dicom,
     read_image,
+    resolves_inside,
 )
 from unicon_core.data.splits import manifest_splits
 
@@ -221,11 +224,15 @@ def _is_number(text: str) -> bool:
 
 
 def _usable_cell(site_dir: Path, cell: str) -> Path | None:
-    """The file a manifest cell names, if it is a relative path to an existing file."""
+    """The file a manifest cell names, if it is a relative path to an existing file that
+    resolves inside the site folder (one reached through a symlink leaving the site is refused
+    by the image check and never opened here)."""
     if not cell or Path(cell).is_absolute() or ".." in Path(cell).parts:
         return None
     path = site_dir / cell
-    return path if path.is_file() else None
+    if not path.is_file() or not resolves_inside(site_dir, path):
+        return None
+    return path
 
 
 def _digest(path: Path) -> str | None:
@@ -238,6 +245,13 @@ def _digest(path: Path) -> str | None:
     except OSError:
         return None
     return digest.hexdigest()
+
+
+def _refusal_reason(err: ImageRefusedError, path: Path) -> str:
+    """A refusal's message without the leading ``<path>: `` (the problem names the file)."""
+    text = str(err)
+    prefix = f"{path}: "
+    return text[len(prefix) :] if text.startswith(prefix) else text
 
 
 @dataclass(frozen=True)
@@ -264,6 +278,8 @@ def _check_files_across_splits(
     with equal bytes under different names; only files whose size matches another's are
     hashed, each once, so a site without copies costs one ``stat`` per file. A row is flagged
     when its split differs from the split of the first row using that file (or content).
+    Files that resolve outside the site folder are skipped, never opened: the image check
+    reports them as refused.
     """
     by_file: dict[Path, list[_Use]] = {}
     for number, (row, split) in enumerate(zip(rows, splits, strict=True), start=1):
@@ -322,11 +338,6 @@ def _check_files_across_splits(
                 )
 
 
-#: Fix for a colour PNG/JPEG given to a grayscale task (no config option converts it).
-GRAYSCALE_HINT = (
-    "convert to grayscale first (`unicon validate` cannot fix this); with PIL: "
-    "Image.open(p).convert('L').save(p)"
-)
 #: Fix for pandas' index written as the first, unnamed column.
 PANDAS_INDEX_HINT = "pandas wrote its index as a column: save with df.to_csv(path, index=False)"
 TIME_HINT = "survival times must be > 0 (e.g. days to event or censoring); fix or drop these rows"
@@ -516,6 +527,13 @@ class _RowChecker:
             return None
         try:
             image = read_image(path)
+        except ImageRefusedError as err:  # a rule of the readers, not a broken file
+            reason = _refusal_reason(err, path)
+            self.add(
+                number, column, f"refused: {reason}", cell, kind=ProblemKind.REFUSED_FILE,
+                hint=reason,
+            )
+            return None
         except Exception as err:  # nibabel/PIL/zlib raise many types for a broken file
             kind = (
                 "corrupt or truncated NIfTI"
@@ -551,7 +569,7 @@ class _RowChecker:
             colour = want == 1 and have in (3, 4) and not cell.lower().endswith(NIFTI_SUFFIXES)
             self.add(
                 number, column, f"{have} channel(s), expected {want}", cell,
-                kind=ProblemKind.WRONG_CHANNELS, hint=GRAYSCALE_HINT if colour else None,
+                kind=ProblemKind.WRONG_CHANNELS, hint=GREYSCALE_ADVICE if colour else None,
             )
             return None
         if image.array.nbytes <= self.cache_left:

@@ -128,7 +128,7 @@ def test_colour_image_says_how_to_convert_to_grayscale(tmp_path: Path) -> None:
     assert problem.kind is ProblemKind.WRONG_CHANNELS
     line = summarize_problems([problem])
     assert "image: 1 image with the wrong channel count 'img/1.png' (row 2)" in line
-    assert "Image.open(p).convert('L')" in line and "cannot fix this" in line
+    assert "convert it to greyscale first" in line and ".convert('L')" in line
 
 
 # ------------------------------------------------------------------------- files in two splits
@@ -189,3 +189,104 @@ def test_same_ct_file_in_train_and_test_stops_open_site(tmp_path: Path) -> None:
     _point_row(site, 2, "ct", "img/p0_ct.nii.gz")  # row 3 is test, row 1 train
     with pytest.raises(SiteValidationError, match=r"ct: 1 file used in two splits \(row 3\)"):
         open_site(site)
+
+
+# ------------------------------------------------------------------------- refused files
+def test_refused_image_has_its_own_kind_with_the_refusal_as_hint(tmp_path: Path) -> None:
+    # Prepare: a 5000 x 5000 PNG header, far over what a 16 x 16 task's site may hold
+    from tests.unicon_core.data.crafted import png_bytes
+
+    site = cls_site(tmp_path / "site")
+    (site / "img/3.png").write_bytes(png_bytes(5000, 5000))
+    # Execute
+    (problem,) = validate_site(site)
+    line = summarize_problems([problem])
+    # Assert: not "unreadable" with "re-export or re-copy"; the hint is the reader's reason
+    assert problem.kind is ProblemKind.REFUSED_FILE
+    assert (problem.row, problem.column, problem.path) == (4, "image", "img/3.png")
+    assert problem.message == f"refused: {problem.hint}"
+    assert problem.hint is not None and problem.hint.startswith("5000 x 5000 pixels")
+    assert "over the limit" in problem.hint and str(site) not in problem.hint
+    assert line.startswith("  - image: 1 refused image 'img/3.png' (row 4) — 5000 x 5000 pixels")
+    assert "unreadable" not in line and "re-export" not in line
+
+
+def test_refused_nifti_is_not_called_corrupt(tmp_path: Path) -> None:
+    from tests.unicon_core.data.crafted import nifti_claiming
+
+    site = ctpet_site(tmp_path / "site")
+    nifti_claiming(site / "img/p1_pet.nii.gz", (2048, 2048, 1024))
+    (problem,) = validate_site(site, CTPET_SPEC)
+    assert problem.kind is ProblemKind.REFUSED_FILE and (problem.row, problem.column) == (2, "pet")
+    assert "corrupt" not in problem.message and "over the limit" in problem.message
+
+
+def test_refusal_paths_stay_out_of_the_summary_without_values(tmp_path: Path) -> None:
+    # Prepare: a symlink to a file outside the site (its resolved path is in the refusal)
+    site = cls_site(tmp_path / "site")
+    outside = tmp_path / "private" / "secret.png"
+    outside.parent.mkdir()
+    shutil.move(site / "img/2.png", outside)
+    (site / "img/2.png").symlink_to(outside)
+    problems = validate_site(site)
+    # Execute
+    shown, hidden = summarize_problems(problems), summarize_problems(problems, values=False)
+    # Assert: the reason with values, the kind's hint without them
+    assert str(outside) in shown and "outside the site folder" in shown
+    assert str(outside) not in hidden and "private" not in hidden
+    assert hidden.startswith("  - image: 1 refused image (row 3) — a reading rule refuses it")
+
+
+# ------------------------------------------------------------------------- one greyscale advice
+def test_validate_and_predict_give_the_same_greyscale_advice(tmp_path: Path) -> None:
+    from unicon_core.data.readers import GREYSCALE_ADVICE
+    from unicon_core.inference.inputs import collect_inputs, load_input
+    from unicon_core.inference.routing import incompatibility
+
+    site = cls_site(tmp_path / "site")
+    colour = np.random.default_rng(3).integers(0, 255, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(site / "img/1.png")
+    (problem,) = validate_site(site)
+    (ref,) = collect_inputs([site / "img/1.png"])
+    why = incompatibility(CLS_SPEC, load_input(ref))
+    assert problem.message == "3 channel(s), expected 1" and problem.hint == GREYSCALE_ADVICE
+    assert why is not None and GREYSCALE_ADVICE in why
+
+
+# ------------------------------------------------------------------------- links leaving the site
+def _link_outside(site: Path, rows: tuple[int, ...], same_target: bool, root: Path) -> list[Path]:
+    """Replace ``img/<row>.png`` by links to files outside the site, with equal bytes (one
+    shared target when ``same_target``); returns the targets."""
+    root.mkdir()
+    pixels = np.full((20, 24), 9, np.uint8)
+    targets = []
+    for i in rows:
+        target = root / ("shared.png" if same_target else f"copy{i}.png")
+        Image.fromarray(pixels).save(target)
+        (site / f"img/{i}.png").unlink()
+        (site / f"img/{i}.png").symlink_to(target)
+        targets.append(target)
+    return targets
+
+
+@pytest.mark.parametrize("same_target", [True, False])
+def test_links_leaving_the_site_are_not_hashed_or_compared_across_splits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same_target: bool
+) -> None:
+    # Prepare: rows 1 (train) and 3 (test) link out of the site, to one file or to equal copies
+    from unicon_core.data import validate as validate_module
+
+    site = cls_site(tmp_path / "site")
+    targets = _link_outside(site, (0, 2), same_target, tmp_path / "outside")
+    hashed: list[Path] = []
+    real_digest = validate_module._digest
+    monkeypatch.setattr(
+        validate_module, "_digest", lambda p: hashed.append(p) or real_digest(p)
+    )
+    # Execute
+    problems = validate_site(site)
+    # Assert: only the two refusals; nothing outside the site was opened for the split check
+    assert [(p.row, p.kind) for p in problems] == [
+        (1, ProblemKind.REFUSED_FILE), (3, ProblemKind.REFUSED_FILE)
+    ]
+    assert not any(p.resolve() in targets for p in hashed)
