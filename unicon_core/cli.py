@@ -146,13 +146,16 @@ def predict(
     out: Annotated[Path, typer.Option("--out", help="Folder for masks and JSON summaries.")],
     task: Annotated[Optional[str], typer.Option(help="Skill to run (default: routed).")] = None,  # noqa: UP045
     question: Annotated[Optional[str], typer.Option(help='e.g. "segment the lesion".')] = None,  # noqa: UP045
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when a GPU is visible), cpu, cuda or cuda:<i>.")
+    ] = "auto",
     verbose: Verbose = False,
 ) -> None:
     """Route each input to a skill and write its outputs (masks keep the input's affine)."""
     from unicon_core.commands.inference import predict_command
 
     with user_errors("predict", verbose):
-        code = predict_command(bundle, out, inputs, task, question)
+        code = predict_command(bundle, out, inputs, task, question, device)
     raise typer.Exit(code)
 
 

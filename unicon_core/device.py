@@ -13,17 +13,18 @@ import torch
 from torch import nn
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """The torch device for a ``train.device`` value (clear error for an absent GPU)."""
+def resolve_device(name: str = "auto", setting: str = "train.device") -> torch.device:
+    """The torch device for a ``train.device`` value (clear error for an absent GPU);
+    ``setting`` is how messages name the value (e.g. ``--device`` for a command option)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"train.device={name!r} but no CUDA GPU is visible here")
+            raise ValueError(f"{setting}={name!r} but no CUDA GPU is visible here")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(
-                f"train.device={name!r} but only {torch.cuda.device_count()} GPU(s) are visible"
+                f"{setting}={name!r} but only {torch.cuda.device_count()} GPU(s) are visible"
             )
     return device
 

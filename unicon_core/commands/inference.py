@@ -1,7 +1,9 @@
 """Bodies of ``unicon export`` and ``unicon predict``; the typer layer stays thin.
 
 Both return a process exit code: 0 on success, 1 when something named in the printed messages
-failed (a predict run keeps going past a bad input and reports every one).
+failed (a predict run keeps going past a bad input and reports every one). A usage error (a
+run or bundle folder that does not exist, a bad ``--device``) raises
+:class:`~unicon_core.commands.errors.UsageError` (exit 2, as for every command).
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from pathlib import Path
 
 
 def export_command(run_dir: Path, bundle_dir: Path) -> int:
-    """Write the bundle of a run folder's latest checkpoint."""
+    """Write the bundle of a run folder's latest checkpoint (``UsageError`` if ``run_dir`` is
+    not a folder)."""
+    from unicon_core.commands.errors import require_dir
     from unicon_core.inference.bundle import BundleError, read_manifest
     from unicon_core.inference.export import export_run
 
+    require_dir(run_dir, "run folder")
     try:
         out = export_run(run_dir, bundle_dir)
     except (BundleError, FileNotFoundError, ValueError) as exc:
@@ -39,17 +44,21 @@ def predict_command(
     inputs: list[Path],
     task: str | None,
     question: str | None,
+    device: str = "auto",
 ) -> int:
     """Route every input to a skill, run it, write masks/probabilities/risks and JSON summaries.
 
     Images are read under the limits of the bundle's tasks (sizes checked from headers). No
     file under ``out_dir`` is ever replaced: if any output of this run is already there, the
-    run stops before predicting, naming it.
+    run stops before predicting, naming it. The model runs on ``device`` (auto, cpu, cuda or
+    cuda:<index>); a bad ``device`` or a ``bundle`` that is not a folder raises
+    :class:`~unicon_core.commands.errors.UsageError`.
     """
     import json
 
     from tqdm.auto import tqdm
 
+    from unicon_core.commands.errors import UsageError, require_dir
     from unicon_core.data.readers import ImageLimits
     from unicon_core.inference.bundle import BundleError, load_bundle
     from unicon_core.inference.inputs import InputError, collect_inputs, load_input
@@ -57,11 +66,17 @@ def predict_command(
         SUMMARY_FILE,
         Predictor,
         existing_outputs,
+        predict_device,
         write_new,
     )
     from unicon_core.inference.routing import RoutingError
 
     out_dir = Path(out_dir)
+    try:
+        target = predict_device(device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    require_dir(bundle, "bundle folder")
     try:
         loaded = load_bundle(bundle)
         refs = collect_inputs(list(inputs))
@@ -83,7 +98,7 @@ def predict_command(
             file=sys.stderr,
         )
         return 1
-    predictor = Predictor(loaded)
+    predictor = Predictor(loaded, target)
     summaries, errors = [], []
     show_bar = len(refs) > 1 or any(Path(p).is_dir() for p in inputs)
     for ref in tqdm(refs, desc="predict", unit="input", disable=not show_bar):

@@ -6,6 +6,10 @@ feature statistics. Outputs per input: a segmentation mask as NIfTI in the input
 and header kept, resampled back to the input's shape), class probabilities or a risk score, and
 a JSON summary naming the skill, why it ran, and whether it learned from synthetic data.
 
+The model runs on one device (``--device``: auto, cpu, cuda or cuda:<index>; see
+:func:`predict_device`), under bf16 autocast on CUDA; outputs come back to the CPU before
+anything is written.
+
 Outputs never leave the output folder and never replace a file: names are made safe
 (:func:`~unicon_core.inference.inputs.safe_name`) and every file is created exclusively, so a
 file already there (an earlier run's result, a planted symlink) is an error naming it.
@@ -79,6 +83,24 @@ def write_new(path: Path, data: bytes | str) -> Path:
     return path
 
 
+def predict_device(name: str | torch.device = "auto") -> torch.device:
+    """The device ``--device`` names: ``auto`` (CUDA when a GPU is visible, else the CPU),
+    ``cpu``, ``cuda`` or ``cuda:<index>``. Any other value, or a GPU that is not visible here,
+    raises ``ValueError`` saying so."""
+    from unicon_core.config import check_device
+    from unicon_core.device import resolve_device
+
+    text = str(name)
+    try:
+        check_device("predict", text)
+    except ValueError:
+        raise ValueError(f"--device {text!r} is not auto, cpu, cuda or cuda:<index>") from None
+    try:
+        return resolve_device(text, setting="--device")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; use --device cpu (or auto)") from None
+
+
 @dataclass
 class Prediction:
     """What one skill computed for one input (tensors already on the CPU)."""
@@ -90,10 +112,16 @@ class Prediction:
 
 
 class Predictor:
-    """Runs a loaded bundle on inputs; transforms are built once per task."""
+    """Runs a loaded bundle on inputs; transforms are built once per task.
 
-    def __init__(self, bundle: Bundle) -> None:
+    ``device`` (see :func:`predict_device`) is where the model runs: the bundle's model is
+    moved there once, here; each input follows it, and outputs come back to the CPU.
+    """
+
+    def __init__(self, bundle: Bundle, device: str | torch.device = "auto") -> None:
+        self.device = predict_device(device)
         self.bundle = bundle
+        self.bundle.model.to(self.device)
         self._transforms: dict[str, Any] = {}
 
     # -------------------------------------------------------------------- preprocessing
@@ -190,19 +218,22 @@ class Predictor:
     def predict(
         self, item: LoadedInput, task: str | None = None, question: str | None = None
     ) -> Prediction:
-        """Route ``item`` and run the chosen skill."""
+        """Route ``item`` and run the chosen skill on :attr:`device` (bf16 autocast on CUDA);
+        the output comes back to the CPU as float32."""
         import torch
+
+        from unicon_core.device import autocast
 
         decision = self.decide(item, task, question)
         x, geometry = self.prepare_with_geometry(decision.task, item)
         model = self.bundle.model
         model.eval()
-        with torch.no_grad():
-            output = model(x, decision.task)
+        with torch.no_grad(), autocast(self.device):
+            output = model(x.to(self.device), decision.task)
         return Prediction(
             item=item,
             decision=decision,
-            output=output.detach().cpu(),
+            output=output.detach().float().cpu(),
             extra={"geometry": geometry},
         )
 

@@ -13,6 +13,7 @@ import torch
 
 from server.checkpoint import Checkpoint, save_checkpoint
 from tests.unicon_core.inference._tiny import SPECS, TINY, example_inputs, tiny_model
+from unicon_core.commands.errors import EXIT_INVALID_DATA, EXIT_USAGE, UsageError
 from unicon_core.commands.inference import export_command
 from unicon_core.data.manifest import SiteMetadata, write_site_json
 from unicon_core.federation.aggregation import prefix_task
@@ -116,12 +117,26 @@ def test_export_without_provenance_or_with_another_backbone_fails(tmp_path: Path
 
 
 def test_export_command_reports_errors_and_success(tmp_path: Path, capsys) -> None:
-    assert export_command(tmp_path / "no_run", tmp_path / "b") == 1
+    with pytest.raises(UsageError, match=r"run folder not found: .*no_run"):
+        export_command(tmp_path / "no_run", tmp_path / "b")
+    (tmp_path / "empty_run").mkdir()
+    assert export_command(tmp_path / "empty_run", tmp_path / "b") == EXIT_INVALID_DATA
     assert "no checkpoint" in capsys.readouterr().err
     run, _ = _run(tmp_path)
     assert export_command(run, tmp_path / "b") == 0
     out = capsys.readouterr().out
     assert "ct_seg" in out and "SYNTHETIC" in out
+
+
+def test_cli_export_of_a_missing_run_folder_is_a_usage_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from unicon_core.cli import app
+
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "no_run"), str(tmp_path / "b")])
+    assert result.exit_code == EXIT_USAGE
+    assert result.output.strip() == f"error: run folder not found: {tmp_path / 'no_run'}"
+    assert not (tmp_path / "b").exists()
 
 
 def test_export_prefers_the_federated_summaries_of_the_run(tmp_path: Path) -> None:

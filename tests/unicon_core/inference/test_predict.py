@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
 from tests.unicon_core.inference._tiny import (
     blob_image,
@@ -19,11 +20,14 @@ from tests.unicon_core.inference._tiny import (
     trained_on,
     write_nifti,
 )
+from unicon_core.cli import app
+from unicon_core.commands.errors import EXIT_OK, EXIT_USAGE, UsageError
 from unicon_core.commands.inference import predict_command
+from unicon_core.device import module_device
 from unicon_core.inference.bundle import load_bundle, save_bundle
 from unicon_core.inference.export import bundle_from_model
 from unicon_core.inference.inputs import InputError, collect_inputs, load_input
-from unicon_core.inference.predict import SYNTHETIC_WARNING, Predictor
+from unicon_core.inference.predict import SYNTHETIC_WARNING, Predictor, predict_device
 from unicon_core.inference.routing import RoutingError
 
 FEATURES = {"surv": (np.array([50.0, 20.0, 2.0]), np.array([10.0, 5.0, 1.0]))}
@@ -206,4 +210,80 @@ def test_predict_command_keeps_going_and_reports_every_input(
     assert len(summary["errors"]) == 1 and "v2.nii.gz" in summary["errors"][0]["input"]
     assert (tmp_path / "out" / "v1_mask.nii.gz").is_file()
     assert predict_command(bundle_dir, tmp_path / "o2", [folder / "v1.nii.gz"], None, None) == 0
-    assert predict_command(tmp_path / "missing", tmp_path / "o3", [folder], None, None) == 1
+    with pytest.raises(UsageError, match=r"bundle folder not found: .*missing"):
+        predict_command(tmp_path / "missing", tmp_path / "o3", [folder], None, None)
+
+
+# ------------------------------------------------------------------------- device
+def test_predictor_runs_on_the_device_it_is_given(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: record the device each prediction runs under
+    import unicon_core.device
+
+    seen: list[torch.device] = []
+    real_autocast = unicon_core.device.autocast
+
+    def spy(device: torch.device, enabled: bool = True):
+        seen.append(device)
+        return real_autocast(device, enabled)
+
+    monkeypatch.setattr(unicon_core.device, "autocast", spy)
+    predictor = Predictor(load_bundle(bundle_dir), device="cpu")
+    ct = write_nifti(tmp_path / "v.nii.gz", np.random.default_rng(8).normal(0, 80, (8, 8, 8)))
+    # Execute
+    pred = _one(predictor, ct)
+    # Assert
+    assert predictor.device == torch.device("cpu") == module_device(predictor.bundle.model)
+    assert seen == [torch.device("cpu")]
+    assert pred.output.device.type == "cpu" and pred.output.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [
+        ("gpu", r"--device 'gpu' is not auto, cpu, cuda or cuda:<index>"),
+        ("cuda:x", r"--device 'cuda:x' is not auto"),
+        ("CPU", r"--device 'CPU' is not auto"),
+        ("cuda", r"--device='cuda' but no CUDA GPU is visible here; use --device cpu"),
+        ("cuda:1", r"--device='cuda:1' but no CUDA GPU is visible here"),
+    ],
+)
+def test_bad_or_absent_device_is_a_clear_error(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch, device: str, message: str
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a CPU-only machine
+    with pytest.raises(ValueError, match=message):
+        Predictor(predictor.bundle, device=device)
+    assert predict_device("auto") == torch.device("cpu")
+
+
+def test_cli_predict_device_option_and_usage_errors(
+    bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare
+    ct = write_nifti(tmp_path / "v.nii.gz", np.random.default_rng(9).normal(0, 80, (8, 8, 8)))
+    runner = CliRunner()
+
+    def run(*args: str):
+        return runner.invoke(app, ["predict", str(ct), "--bundle", str(bundle_dir), *args])
+
+    # Execute / Assert: --device cpu runs
+    ok = run("--out", str(tmp_path / "o1"), "--device", "cpu")
+    assert ok.exit_code == EXIT_OK, ok.output
+    assert (tmp_path / "o1" / "v_mask.nii.gz").is_file()
+    # a value that is no device, or a GPU that is not there: usage errors, nothing written
+    bad = run("--out", str(tmp_path / "o2"), "--device", "gpu")
+    assert bad.exit_code == EXIT_USAGE
+    assert "error: --device 'gpu' is not auto, cpu, cuda or cuda:<index>" in bad.output
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    absent = run("--out", str(tmp_path / "o3"), "--device", "cuda")
+    assert absent.exit_code == EXIT_USAGE and "no CUDA GPU is visible here" in absent.output
+    assert "Traceback" not in bad.output + absent.output
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
+    # a bundle folder that does not exist: usage error, as for every command
+    missing = runner.invoke(
+        app, ["predict", str(ct), "--bundle", str(tmp_path / "nowhere"), "--out", str(tmp_path)]
+    )
+    assert missing.exit_code == EXIT_USAGE
+    assert f"error: bundle folder not found: {tmp_path / 'nowhere'}" in missing.output
