@@ -35,6 +35,7 @@ from unicon_core.training import evaluate_task, make_loader, train_task
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_MD = REPO / "simulations" / "results" / "backbones.md"
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 
 TINY = BackboneConfig()
 BASE = BackboneConfig(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072)
@@ -334,7 +335,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer steps (a smoke run)")
     p.add_argument("--out", type=Path, default=OUT_MD)
     p.add_argument("--runs-dir", type=Path, default=REPO / "runs")
+    p.add_argument("--report-only", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="re-render the section from a finished run's results.json")
+    p.add_argument("--into", type=Path, default=None, metavar="BENCHMARKS_MD",
+                   help="also put the section into this BENCHMARKS.md (replacing its old one)")
     args = p.parse_args(argv)
+    if args.report_only is not None:
+        section = render(json.loads(args.report_only.read_text()))
+        args.out.write_text(section)
+        if args.into is not None:
+            insert_section(args.into, section)
+        print(f"wrote {args.out}")
+        return 0
     torch.set_num_threads(max(1, torch.get_num_threads()))
     seeds = list(range(args.seeds))
     start = time.time()
@@ -365,8 +377,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     (run_dir / "results.json").write_text(json.dumps(res, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(res))
+    if args.into is not None:
+        insert_section(args.into, render(res))
     print(f"wrote {args.out} and {run_dir / 'results.json'}")
     return 0
+
+
+def insert_section(benchmarks: Path, section: str) -> None:
+    """Put ``section`` (starting ``## backbones``) into BENCHMARKS.md under "# Other
+    benchmarks", replacing a previous one (the other sections are left as they are)."""
+    text = benchmarks.read_text()
+    head = "## backbones\n"
+    if head in text:
+        start = text.index(head)
+        nxt = text.find("\n## ", start + len(head))
+        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    benchmarks.write_text(text)
 
 
 if __name__ == "__main__":

@@ -274,6 +274,7 @@ SECTIONS = {
     "routing.md": "python -m simulations.routing_accuracy --data-root DEMO_DATA",
     "robustness.md": "python -m simulations.robustness_bench",
     "cold_start.md": "python -m simulations.cold_start_bench",
+    "backbones.md": "python -m simulations.backbones_bench",
 }
 
 
