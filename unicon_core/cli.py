@@ -97,6 +97,9 @@ def pretrain(
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
     steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 300,
     mask_ratio: Annotated[float, typer.Option(help="Fraction of patches masked.")] = 0.6,
+    rounds: Annotated[
+        int, typer.Option(help="> 0: federated (FedAvg over the sites, --steps per round).")
+    ] = 0,
     overrides: Overrides = None,
     verbose: Verbose = False,
 ) -> None:
@@ -104,7 +107,9 @@ def pretrain(
     from unicon_core.commands.core import pretrain_command
 
     with user_errors("pretrain", verbose):
-        digest = pretrain_command(sites, out, steps, mask_ratio, list(overrides or []))
+        digest = pretrain_command(
+            sites, out, steps, mask_ratio, list(overrides or []), rounds=rounds
+        )
     typer.echo(f"wrote {out} (backbone hash {digest}); use backbone.checkpoint={out}")
 
 

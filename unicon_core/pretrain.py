@@ -7,6 +7,10 @@ they become the frozen foundation, written by :func:`unicon_core.model.foundatio
 
 Callers pass only training images: :func:`pretraining_images` reads the ``train`` split of site
 folders and never opens another split, so pretraining cannot see any site's test data.
+
+:func:`federated_pretrain` builds the foundation without pooling images: each site runs the same
+masked-patch training on its own train split from the shared weights, and the example-weighted
+average of the sites' weights starts the next round (FedAvg of the full foundation).
 """
 
 from __future__ import annotations
@@ -92,11 +96,14 @@ def pretrain(
     model: UniconModel,
     datasets: dict[str, Dataset],
     cfg: PretrainConfig,
+    heads: nn.ModuleDict | None = None,
 ) -> list[float]:
     """Pretrain the backbone and the given image stems (``stem key → dataset of images``).
 
     The stems must already be registered as foundation stems (owner ``None``). Batches cycle over
     the stems in turn. Returns the loss per step. The backbone is frozen again afterwards.
+    ``heads`` (stem key → :class:`MaskedPatchModel` of this model) keeps the mask tokens and
+    pixel decoders across calls, as federated rounds need.
     """
     from tqdm.auto import tqdm
 
@@ -108,7 +115,10 @@ def pretrain(
             f"{model.cfg.name!r} brings its own pretrained weights"
         )
     device = resolve_device(cfg.device)
-    heads = nn.ModuleDict({key: MaskedPatchModel(model, key) for key in datasets})
+    if heads is None:
+        heads = reconstruction_heads(model, list(datasets), cfg.seed)
+    else:
+        heads = nn.ModuleDict({key: heads[key] for key in datasets})
     for key in datasets:
         if model.stem_owner.get(key, "") is not None:
             raise ValueError(f"stem {key!r} is not a foundation stem of this model")
@@ -144,6 +154,54 @@ def pretrain(
     return losses
 
 
+def reconstruction_heads(model: UniconModel, keys: Sequence[str], seed: int) -> nn.ModuleDict:
+    """A :class:`MaskedPatchModel` per stem key, its decoder initialised from ``seed`` only."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.ModuleDict({key: MaskedPatchModel(model, key) for key in keys})
+
+
+def federated_pretrain(
+    model: UniconModel,
+    sites: dict[str, dict[str, Dataset]],
+    cfg: PretrainConfig,
+    rounds: int,
+) -> list[float]:
+    """FedAvg of masked-patch pretraining over sites (``site → stem key → its train images``).
+
+    Each round every site starts from the shared foundation (backbone, stems, mask tokens, pixel
+    decoders), trains ``cfg.steps`` steps on its own images only, and the sites' weights are
+    averaged in float64, weighted by their image counts. Returns each site's mean loss per round
+    (round-major, sites in name order). Only weights are combined; no image leaves its site's
+    dataset, as in a federated run (this runs the sites in one process).
+    """
+    if rounds < 1 or not sites:
+        raise ValueError(f"federated pretraining needs >= 1 round and >= 1 site, got {rounds}")
+    keys = sorted({key for datasets in sites.values() for key in datasets})
+    heads = reconstruction_heads(model, keys, cfg.seed)
+    shared = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+    losses: list[float] = []
+    for rnd in range(rounds):
+        total = 0
+        acc = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in shared.items()}
+        for index, (site, datasets) in enumerate(sorted(sites.items())):
+            heads.load_state_dict(shared)
+            local = replace(cfg, seed=cfg.seed * 10_007 + rnd * 101 + index, progress=False)
+            steps = pretrain(model, datasets, local, heads=heads)
+            losses.append(sum(steps) / len(steps))
+            count = sum(len(ds) for ds in datasets.values())  # type: ignore[arg-type]
+            if count < 1:
+                raise ValueError(f"site {site!r} has no training images to pretrain on")
+            for k, v in heads.state_dict().items():
+                acc[k] += v.detach().cpu().double() * count
+            total += count
+        shared = {k: (acc[k] / total).to(v.dtype) for k, v in shared.items()}
+    heads.load_state_dict(shared)
+    model.freeze_all()
+    model.eval()
+    return losses
+
+
 def _forever(dataset: Dataset, batch_size: int, seed: int) -> Iterable[torch.Tensor]:
     """Endless shuffled batches of the input images of a dataset."""
     from unicon_core.training import make_loader
@@ -156,19 +214,37 @@ def _forever(dataset: Dataset, batch_size: int, seed: int) -> Iterable[torch.Ten
 
 
 def pretraining_images(site_dirs: Sequence[Path]) -> dict[StemSpec, Dataset]:
-    """Training-split images of image sites, grouped by the stem their task needs.
+    """Training-split images of image sites pooled, grouped by the stem their task needs."""
+    return pooled(pretraining_images_by_site(site_dirs))
 
-    Only ``split == "train"`` is opened; validation and test rows are never read.
+
+def pooled(by_site: dict[str, dict[StemSpec, Dataset]]) -> dict[StemSpec, Dataset]:
+    """The sites' datasets concatenated per stem (the pooled, non-federated baseline)."""
+    grouped: dict[StemSpec, list[Dataset]] = {}
+    for datasets in by_site.values():
+        for stem, ds in datasets.items():
+            grouped.setdefault(stem, []).append(ds)
+    return {stem: ConcatDataset(parts) for stem, parts in grouped.items()}
+
+
+def pretraining_images_by_site(site_dirs: Sequence[Path]) -> dict[str, dict[StemSpec, Dataset]]:
+    """Each image site's training-split images under the stem its task needs (folder →).
+
+    Only ``split == "train"`` is opened; validation and test rows are never read. Clinical
+    sites are skipped (features are not pretrained by reconstruction).
     """
     from unicon_core.data import open_site
 
-    grouped: dict[StemSpec, list[Dataset]] = {}
+    out: dict[str, dict[StemSpec, Dataset]] = {}
     for site_dir in site_dirs:
         site = open_site(site_dir)
         spec = site.task_spec
         if spec.spatial_dims == 0:
-            continue  # clinical features are not pretrained by reconstruction
+            continue
         # the modality's shared stem, even for a task that trains its own
         stem = StemSpec.from_task(replace(spec, own_stem=False))
-        grouped.setdefault(stem, []).append(site.dataset("train", train=True))
-    return {stem: ConcatDataset(parts) for stem, parts in grouped.items()}
+        key = str(Path(site_dir).resolve())
+        if key in out:
+            raise ValueError(f"site folder {key} is given twice")
+        out[key] = {stem: site.dataset("train", train=True)}
+    return out

@@ -11,7 +11,12 @@ from unicon_core.config import BackboneConfig, TaskSpec
 from unicon_core.model import UniconModel
 from unicon_core.model.foundation import read_foundation_meta, save_foundation
 from unicon_core.model.stems import StemSpec
-from unicon_core.pretrain import MaskedPatchModel, PretrainConfig, pretrain
+from unicon_core.pretrain import (
+    MaskedPatchModel,
+    PretrainConfig,
+    pretrain,
+    reconstruction_heads,
+)
 
 TINY = BackboneConfig(hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64)
 SPEC = TaskSpec(
@@ -89,3 +94,52 @@ def test_pretrain_refuses_a_model_with_tasks_or_a_task_stem() -> None:
         pretrain(model, {SPEC.stem_key: Images(4, 0)}, PretrainConfig(steps=1, progress=False))
     with pytest.raises(ValueError, match=r"pretrain\.mask_ratio"):
         PretrainConfig(mask_ratio=1.0)
+
+
+def _foundation_model(seed: int = 0) -> tuple[UniconModel, str]:
+    model = UniconModel(TINY, seed=seed)
+    stem = StemSpec.from_task(SPEC)
+    model.add_stem(stem, owner=None)
+    return model, stem.key
+
+
+def test_federated_pretraining_averages_the_sites_local_weights() -> None:
+    # Prepare: two sites of different sizes; what each would reach alone from the same start
+    from unicon_core.pretrain import federated_pretrain
+
+    cfg = PretrainConfig(steps=3, batch_size=8, lr=2e-3, progress=False, seed=1)
+    sites = {"a": Images(16, seed=1), "b": Images(48, seed=2)}
+    locals_ = {}
+    for index, (site, images) in enumerate(sorted(sites.items())):
+        model, key = _foundation_model()
+        heads = reconstruction_heads(model, [key], cfg.seed)  # the shared start
+        pretrain(model, {key: images}, PretrainConfig(**{**cfg.__dict__,
+                 "seed": cfg.seed * 10_007 + index}), heads=heads)
+        locals_[site] = model.foundation_state_dict()
+
+    # Execute: one federated round
+    model, key = _foundation_model()
+    losses = federated_pretrain(model, {s: {key: ds} for s, ds in sites.items()}, cfg, rounds=1)
+
+    # Assert: the foundation is the example-weighted average (16 vs 48 images)
+    assert len(losses) == 2
+    for name, tensor in model.foundation_state_dict().items():
+        want = (16 * locals_["a"][name].double() + 48 * locals_["b"][name].double()) / 64
+        torch.testing.assert_close(tensor.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_federated_pretraining_learns_without_pooling() -> None:
+    from unicon_core.pretrain import federated_pretrain
+
+    model, key = _foundation_model()
+    sites = {f"s{i}": {key: Images(96, seed=i)} for i in range(3)}
+    predict_zero = float(np.mean([d[key].tensors[0].pow(2).mean() for d in sites.values()]))
+    cfg = PretrainConfig(steps=30, batch_size=32, lr=2e-3, mask_ratio=0.4, progress=False)
+    losses = federated_pretrain(model, sites, cfg, rounds=8)
+    # later rounds reconstruct masked patches clearly better than predicting zero, and better
+    # than the first round
+    assert np.mean(losses[-3:]) < 0.85 * predict_zero
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+    assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="round"):
+        federated_pretrain(model, sites, cfg, rounds=0)

@@ -12,14 +12,29 @@ from pathlib import Path
 
 
 def pretrain_command(
-    sites: Sequence[Path], out: Path, steps: int, mask_ratio: float, overrides: Sequence[str]
+    sites: Sequence[Path],
+    out: Path,
+    steps: int,
+    mask_ratio: float,
+    overrides: Sequence[str],
+    rounds: int = 0,
 ) -> str:
-    """Pretrain a foundation on the sites' train splits and write it; returns its hash."""
+    """Pretrain a foundation on the sites' train splits and write it; returns its hash.
+
+    ``rounds`` > 0: federated (FedAvg over the sites, ``steps`` local steps a round), no images
+    pooled; 0: one pooled run of ``steps`` steps.
+    """
     from unicon_core.commands.errors import UsageError, config_errors, require_dir
     from unicon_core.hydra_config import backbone_config, load_config
     from unicon_core.model import UniconModel
     from unicon_core.model.foundation import save_foundation
-    from unicon_core.pretrain import PretrainConfig, pretrain, pretraining_images
+    from unicon_core.pretrain import (
+        PretrainConfig,
+        federated_pretrain,
+        pooled,
+        pretrain,
+        pretraining_images_by_site,
+    )
 
     for site in sites:
         require_dir(site)
@@ -27,18 +42,23 @@ def pretrain_command(
         cfg = load_config(overrides)
         backbone = replace(backbone_config(cfg), checkpoint=None)
     model = UniconModel(backbone, seed=int(cfg.seed))
-    images = pretraining_images([Path(s) for s in sites])
-    if not images:
+    by_site = pretraining_images_by_site([Path(s) for s in sites])
+    if not by_site:
         raise UsageError(
             f"none of the sites {[str(s) for s in sites]} holds images to pretrain on"
         )
-    for stem in images:
+    for stem in sorted({s for datasets in by_site.values() for s in datasets}, key=str):
         model.add_stem(stem, owner=None)
-    losses = pretrain(
-        model,
-        {stem.key: ds for stem, ds in images.items()},
-        PretrainConfig(steps=steps, mask_ratio=mask_ratio, seed=int(cfg.seed)),
-    )
+    settings = PretrainConfig(steps=steps, mask_ratio=mask_ratio, seed=int(cfg.seed))
+    if rounds > 0:
+        losses = federated_pretrain(
+            model,
+            {site: {s.key: ds for s, ds in d.items()} for site, d in by_site.items()},
+            settings,
+            rounds,
+        )
+    else:
+        losses = pretrain(model, {s.key: ds for s, ds in pooled(by_site).items()}, settings)
     return save_foundation(
         model,
         out,
@@ -46,6 +66,7 @@ def pretrain_command(
             "sites": [str(Path(s).resolve()) for s in sites],
             "split": "train",
             "steps": steps,
+            "federated_rounds": rounds,
             "final_loss": sum(losses[-10:]) / len(losses[-10:]),
         },
     )

@@ -13,7 +13,9 @@ from unicon_core.model import UniconModel
 from unicon_core.model.foundation import read_foundation_meta
 from unicon_core.pretrain import pretraining_images
 
-TINY = ["backbone.hidden_size=32", "backbone.num_layers=1", "backbone.mlp_dim=32"]
+# backbone=tiny: the default experiment's backbone also holds the real CT foundation
+TINY = ["backbone=tiny", "backbone.hidden_size=32", "backbone.num_layers=1",
+        "backbone.mlp_dim=32"]
 
 
 def test_pretraining_reads_only_the_train_split(tmp_path: Path) -> None:
@@ -44,6 +46,14 @@ def test_pretrain_command_writes_a_loadable_foundation(tmp_path: Path) -> None:
     model.add_task(CLS_SPEC)
     assert model.foundation_hash == digest
     assert model.task_stem[CLS_SPEC.name] == CLS_SPEC.stem_key  # the foundation's stem is shared
+
+
+def test_federated_pretrain_command_pools_nothing_and_records_rounds(tmp_path: Path) -> None:
+    sites = [cls_site(tmp_path / name, n=12) for name in ("a", "b")]
+    out = tmp_path / "fed.safetensors"
+    digest = pretrain_command(sites, out, steps=2, mask_ratio=0.5, overrides=TINY, rounds=2)
+    meta = read_foundation_meta(out)
+    assert meta["hash"] == digest and meta["extra"]["federated_rounds"] == 2
 
 
 def test_train_local_reports_held_out_metrics_and_real_or_synthetic(tmp_path: Path) -> None:
