@@ -74,6 +74,16 @@ class StemSpec:
         return tuple(s // self.patch_size for s in self.input_size)
 
 
+def check_image_input(spec: StemSpec, x: torch.Tensor) -> None:
+    """``x`` must be ``(B, channels, *input_size)`` for the stem ``spec`` (clear error)."""
+    expected = (spec.channels, *spec.input_size)
+    if x.ndim != spec.spatial_dims + 2 or tuple(x.shape[1:]) != expected:
+        raise ValueError(
+            f"stem {spec.key!r} expects input of shape (B, {', '.join(map(str, expected))}), "
+            f"got {tuple(x.shape)}"
+        )
+
+
 class ImageStem(nn.Module):
     """2D/3D image → patch tokens with a learnable positional embedding (MONAI patch embedding)."""
 
@@ -93,13 +103,7 @@ class ImageStem(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, *spatial)`` → ``(B, N, D)``; checks the input shape first."""
-        expected = (self.spec.channels, *self.spec.input_size)
-        if x.ndim != self.spec.spatial_dims + 2 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"stem {self.spec.key!r} expects input of shape "
-                f"(B, {', '.join(map(str, expected))}), "
-                f"got {tuple(x.shape)}"
-            )
+        check_image_input(self.spec, x)
         return self.embed(x)
 
 
@@ -151,10 +155,5 @@ class ChannelStem(nn.Module):
                 self.proj.weight[:, 0] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        expected = (self.spec.channels, *self.spec.input_size)
-        if x.ndim != self.spec.spatial_dims + 2 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"stem {self.spec.key!r} expects input of shape "
-                f"(B, {', '.join(map(str, expected))}), got {tuple(x.shape)}"
-            )
+        check_image_input(self.spec, x)
         return x if self.proj is None else self.proj(x)
