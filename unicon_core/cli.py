@@ -154,13 +154,19 @@ def predict(
     device: Annotated[
         str, typer.Option(help="auto (CUDA when a GPU is visible), cpu, cuda or cuda:<i>.")
     ] = "auto",
+    refuse_ood: Annotated[
+        bool,
+        typer.Option(
+            "--refuse-ood", help="Skip inputs flagged out of distribution (listed in summary)."
+        ),
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Route each input to a skill and write its outputs (masks keep the input's affine)."""
     from unicon_core.commands.inference import predict_command
 
     with user_errors("predict", verbose):
-        code = predict_command(bundle, out, inputs, task, question, device)
+        code = predict_command(bundle, out, inputs, task, question, device, refuse_ood)
     raise typer.Exit(code)
 
 

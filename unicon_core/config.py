@@ -127,6 +127,11 @@ class TaskSpec:
         metadata={"help": "Segmentation decoder: unetr (token backbones), fpn (multi-scale, "
                   "small on any backbone) or auto (unetr on tokens, fpn on image backbones)."},
     )
+    preprocess: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "The skill's file-to-tensor steps (data.transforms.PreprocessConfig "
+                  "fields, e.g. crop_foreground, pad_square); None: the run's defaults."},
+    )
 
     def __post_init__(self) -> None:
         owner = f"task {self.name!r}" if isinstance(self.name, str) else "task"
@@ -156,6 +161,8 @@ class TaskSpec:
             self._validate_image(owner)
         if self.decoder not in DECODERS:
             raise _fail(owner, "decoder", f"{self.decoder!r} is not one of {list(DECODERS)}")
+        if self.preprocess is not None:
+            self._validate_preprocess(owner)
         if self.kind is TaskKind.CLASSIFICATION and self.num_classes < 2:
             raise _fail(owner, "num_classes", f"classification needs >= 2, got {self.num_classes}")
         if self.kind is TaskKind.SEGMENTATION:
@@ -167,6 +174,23 @@ class TaskSpec:
                     "num_classes",
                     f"segmentation counts background: needs >= 2, got {self.num_classes}",
                 )
+
+    def _validate_preprocess(self, owner: str) -> None:
+        """Validate the declared steps and keep them in canonical (JSON-ready) form."""
+        from unicon_core.data.transforms import PreprocessConfig  # lazy: transforms imports us
+
+        try:
+            cfg = PreprocessConfig.from_mapping(dict(self.preprocess or {}))
+        except (TypeError, ValueError) as exc:
+            raise _fail(owner, "preprocess", str(exc)) from None
+        if cfg.reshapes and (self.spatial_dims != 2 or self.kind is TaskKind.SEGMENTATION):
+            raise _fail(
+                owner,
+                "preprocess",
+                "crop_foreground/pad_square apply to 2D classification images only (a mask "
+                "could not be written back onto the file's grid)",
+            )
+        self.preprocess = cfg.to_dict()
 
     def _validate_tabular(self, owner: str) -> None:
         if self.spatial_dims != 0:
@@ -236,8 +260,9 @@ class TaskSpec:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping (enums as strings)."""
-        return {
+        """A JSON-ready mapping (enums as strings); ``preprocess`` only when declared, so
+        specs (and site.json files, bundles) of tasks declaring none are unchanged."""
+        out = {
             "name": self.name,
             "kind": self.kind.value,
             "modality": self.modality.value,
@@ -256,6 +281,9 @@ class TaskSpec:
                 "targets": list(self.lora.targets),
             },
         }
+        if self.preprocess is not None:
+            out["preprocess"] = dict(self.preprocess)
+        return out
 
 
 @dataclass

@@ -45,6 +45,7 @@ def predict_command(
     task: str | None,
     question: str | None,
     device: str = "auto",
+    refuse_ood: bool = False,
 ) -> int:
     """Route every input to a skill, run it, write masks/probabilities/risks and JSON summaries.
 
@@ -52,7 +53,9 @@ def predict_command(
     file under ``out_dir`` is ever replaced: if any output of this run is already there, the
     run stops before predicting, naming it. The model runs on ``device`` (auto, cpu, cuda or
     cuda:<index>); a bad ``device`` or a ``bundle`` that is not a folder raises
-    :class:`~unicon_core.commands.errors.UsageError`.
+    :class:`~unicon_core.commands.errors.UsageError`. ``refuse_ood``: an input flagged
+    ``in_distribution: false`` gets no output files; it is listed under ``refused`` in the
+    run summary (and printed), never dropped silently.
     """
     import json
 
@@ -99,11 +102,22 @@ def predict_command(
         )
         return 1
     predictor = Predictor(loaded, target)
-    summaries, errors = [], []
+    summaries, errors, refused = [], [], []
     show_bar = len(refs) > 1 or any(Path(p).is_dir() for p in inputs)
     for ref in tqdm(refs, desc="predict", unit="input", disable=not show_bar):
         try:
             prediction = predictor.predict(load_input(ref, limits), task=task, question=question)
+            flag = prediction.extra.get("ood") or {}
+            if refuse_ood and flag.get("in_distribution") is False:
+                refused.append(
+                    {"input": ref.label, "task": prediction.decision.task, "ood": flag}
+                )
+                print(
+                    f"refused: {ref.label}: out of distribution for {prediction.decision.task} "
+                    f"(score {flag['score']:.3g} > threshold {flag['threshold']:.3g})",
+                    file=sys.stderr,
+                )
+                continue
             summary = predictor.write(prediction, out_dir)
         except (InputError, RoutingError, ValueError) as exc:
             errors.append({"input": ref.label, "error": str(exc)})
@@ -114,11 +128,21 @@ def predict_command(
             tag = " [SYNTHETIC-DATA SKILL]" if summary["trained_on_synthetic_data"] else ""
             print(f"{ref.label}: {summary['task']} ({summary['routing']['method']}){tag}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = {"bundle": str(bundle), "predictions": summaries, "errors": errors}
+    run = {
+        "bundle": str(bundle),
+        "predictions": summaries,
+        "errors": errors,
+        "refused_out_of_distribution": refused,
+    }
     try:
         write_new(out_dir / SUMMARY_FILE, json.dumps(run, indent=2) + "\n")
     except ValueError as exc:  # appeared while the run went on
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"{len(summaries)} prediction(s), {len(errors)} error(s); see {out_dir / SUMMARY_FILE}")
+    flagged = sum(1 for s in summaries if s.get("in_distribution") is False)
+    print(
+        f"{len(summaries)} prediction(s) ({flagged} flagged out of distribution), "
+        f"{len(refused)} refused as out of distribution, {len(errors)} error(s); see "
+        f"{out_dir / SUMMARY_FILE}"
+    )
     return 1 if errors else 0

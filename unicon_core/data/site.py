@@ -15,7 +15,7 @@ from unicon_core.data.dataset import ImageSiteDataset, ItemMemo, TabularSiteData
 from unicon_core.data.manifest import SPLITS, SiteMetadata, read_site_json
 from unicon_core.data.problems import SiteValidationError
 from unicon_core.data.readers import ImageData
-from unicon_core.data.transforms import PreprocessConfig, build_transforms
+from unicon_core.data.transforms import PreprocessConfig, build_transforms, task_preprocess
 from unicon_core.data.validate import DEFAULT_CACHE_BYTES, check_site
 
 
@@ -27,6 +27,8 @@ class Site:
     metadata: SiteMetadata
     rows: list[dict[str, str]]
     splits: list[str]
+    #: The run's global preprocessing; a task declaring its own (``TaskSpec.preprocess``) uses
+    #: that instead (see :func:`~unicon_core.data.transforms.task_preprocess`).
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     seed: int = 0
     cache: dict[str, ImageData] = field(default_factory=dict, repr=False)
@@ -59,7 +61,12 @@ class Site:
         return {s: len(self.split_rows(s)) for s in SPLITS}
 
     def feature_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean/std of the clinical features over the *train* split (used for every split)."""
+        """Mean/std of the clinical features over the *train* split (used for every split).
+
+        Standardisation is per site: the federation trains and evaluates each site on its own
+        train-split statistics, and ``predict`` given the site's rows (a CSV with a ``split``
+        column) uses the same ones (:func:`~unicon_core.data.dataset.standardisation`).
+        """
         train = [self.rows[i] for i in self.split_rows("train")]
         return standardisation(train, self.task_spec.feature_names)
 
@@ -72,7 +79,9 @@ class Site:
         if spec.modality is Modality.CLINICAL:
             mean, std = self.feature_stats()
             return TabularSiteDataset(self.name, rows, numbers, spec, mean, std, with_meta)
-        train_tf, eval_tf = build_transforms(spec, self.preprocess, seed=self.seed)
+        train_tf, eval_tf = build_transforms(
+            spec, task_preprocess(spec, self.preprocess), seed=self.seed
+        )
         return ImageSiteDataset(
             self.root,
             self.name,

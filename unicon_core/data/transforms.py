@@ -12,6 +12,9 @@ The pipelines take a dict holding one ``(1, *spatial)`` array per image column (
 * CT: Hounsfield window, scaled to [0, 1] (clipped);
 * PET: SUV divided by ``suv_max`` (clipped to [0, 1]);
 * MRI: z-score per channel;
+* declared per task (``TaskSpec.preprocess``, see :func:`task_preprocess`), 2D images may first
+  be cropped to their foreground (``crop_foreground``) and padded to a square (``pad_square``),
+  the steps the Br35H demo builder applies, so raw files and predict inputs go the same way;
 * then the columns are stacked channel-first, resized (or centre-cropped/padded) to
   ``input_size``, and for training randomly flipped and intensity-jittered.
 
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,6 +71,17 @@ class PreprocessConfig:
         default=None,
         metadata={"help": "Voxel size (x, y, z) 3D inputs are resampled to (None: keep)."},
     )
+    crop_foreground: float | None = field(
+        default=None,
+        metadata={"help": "2D: crop to the box of pixels > this fraction of the image maximum "
+                  "(None: no crop)."},
+    )
+    foreground_floor: float = field(
+        default=0.0, metadata={"help": "Absolute floor of the foreground threshold."}
+    )
+    pad_square: bool = field(
+        default=False, metadata={"help": "2D: pad (zeros, centred) to a square before resizing."}
+    )
 
     def __post_init__(self) -> None:
         low, high = self.ct_window
@@ -87,6 +101,58 @@ class PreprocessConfig:
             self.orientation = _check_axcodes(self.orientation)
         if self.spacing is not None:
             self.spacing = _check_spacing(self.spacing)
+        self.ct_window = (float(low), float(high))
+        if self.crop_foreground is not None and not 0.0 <= float(self.crop_foreground) < 1.0:
+            raise ValueError(
+                f"preprocess.crop_foreground: must be in [0, 1) or None, got {self.crop_foreground}"
+            )
+        if not math.isfinite(float(self.foreground_floor)):
+            raise ValueError(
+                f"preprocess.foreground_floor: must be finite, got {self.foreground_floor}"
+            )
+        if not isinstance(self.pad_square, bool):
+            raise ValueError(f"preprocess.pad_square: must be true or false, got {self.pad_square}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> PreprocessConfig:
+        """Build from a mapping (YAML/JSON: lists for tuples), naming any unknown key."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"preprocess: must be a mapping of settings, got {data!r}")
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(
+                f"preprocess: unknown keys {unknown}; known: {sorted(cls.__dataclass_fields__)}"
+            )
+        values = dict(data)
+        if "ct_window" in values:
+            values["ct_window"] = tuple(values["ct_window"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready mapping (tuples as lists) that :meth:`from_mapping` reads back."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @property
+    def reshapes(self) -> bool:
+        """Whether the pipeline crops/pads 2D images before the resize (not invertible onto
+        the file's grid, so segmentation masks cannot be written back)."""
+        return self.crop_foreground is not None or self.pad_square
+
+
+def task_preprocess(spec: TaskSpec, fallback: PreprocessConfig | None = None) -> PreprocessConfig:
+    """The one preprocessing config of ``spec``'s pipeline, for training, evaluation and predict.
+
+    A task declaring ``preprocess`` (``TaskSpec.preprocess``, in its YAML and ``site.json``)
+    uses exactly that (unset fields at their defaults); a task declaring none uses
+    ``fallback`` (the run's or bundle's global section), else the defaults.
+    """
+    if spec.preprocess is not None:
+        return PreprocessConfig.from_mapping(spec.preprocess)
+    return fallback or PreprocessConfig()
 
 
 def _check_axcodes(codes: Any) -> str:
@@ -200,6 +266,50 @@ def _geometry_transform() -> type:
     return CanonicalGeometryd
 
 
+def foreground_square(
+    data: Mapping[Hashable, Any],
+    keys: Sequence[str],
+    crop: float | None,
+    floor: float = 0.0,
+    square: bool = False,
+) -> dict[Hashable, Any]:
+    """Crop 2D ``(C, H, W)`` entries to the foreground box of ``keys[0]`` (pixels above
+    ``max(floor, crop * max)``, any channel) and zero-pad them, centred, to a square.
+
+    Every key present (image columns, mask) gets the same box and padding, so masks stay
+    aligned; an image without foreground is left uncropped. The Br35H demo builder's
+    ``square_gray`` is this with ``crop=0.1, floor=10, square=True``.
+    """
+    d = dict(data)
+    present = [k for k in keys if k in d]
+    if not present:
+        return d
+    first = torch.as_tensor(d[present[0]])
+    if first.ndim != 3:
+        raise ValueError(
+            f"preprocess crop_foreground/pad_square: 2D (C, H, W) images only, got shape "
+            f"{tuple(first.shape)}"
+        )
+    box = (slice(None), slice(None))
+    if crop is not None:
+        fg = (first > max(float(floor), float(crop) * float(first.max()))).any(dim=0)
+        if bool(fg.any()):
+            rows = torch.nonzero(fg.any(dim=1)).flatten()
+            cols = torch.nonzero(fg.any(dim=0)).flatten()
+            box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    for key in present:
+        x = torch.as_tensor(d[key])[:, box[0], box[1]]
+        if square:
+            h, w = x.shape[1:]
+            side = max(h, w)
+            top, left = (side - h) // 2, (side - w) // 2
+            canvas = x.new_zeros((x.shape[0], side, side))
+            canvas[:, top : top + h, left : left + w] = x
+            x = canvas
+        d[key] = x
+    return d
+
+
 def _intensity(column: str, modality: Modality, cfg: PreprocessConfig) -> MapTransform:
     from monai.transforms import NormalizeIntensityd, ScaleIntensityRanged
 
@@ -247,6 +357,23 @@ def build_transforms(
     inp, mask = BatchKey.INPUT.value, BatchKey.MASK.value
     size = tuple(spec.input_size)
     common: list = [Lambdad(keys=[*cols, mask], func=_copy_float32, allow_missing_keys=True)]
+    if cfg.reshapes:
+        if spec.spatial_dims != 2:
+            raise ValueError(
+                f"task {spec.name!r}: preprocess crop_foreground/pad_square apply to 2D images "
+                f"only, the task is {spec.spatial_dims}D"
+            )
+        from functools import partial
+
+        common.append(
+            partial(
+                foreground_square,
+                keys=[*cols, mask],
+                crop=cfg.crop_foreground,
+                floor=cfg.foreground_floor,
+                square=cfg.pad_square,
+            )
+        )
     if spec.spatial_dims == 3 and (cfg.orientation is not None or cfg.spacing is not None):
         geometry = _geometry_transform()
         common.append(geometry([*cols, mask], [mask], cfg.orientation, cfg.spacing, GEOMETRY_KEY))

@@ -3,8 +3,9 @@
 Layout::
 
     <bundle>/
-        manifest.json           format, backbone config + seed + hash, tasks (spec, the data each
-                                task was trained on, synthetic flag), preprocessing, router,
+        manifest.json           format, backbone config + seed + hash, tasks (spec with its
+                                declared preprocessing, the data each task was trained on,
+                                synthetic flag, OOD threshold), global preprocessing, router,
                                 sha256 of every tensor file
         foundation.safetensors  frozen backbone + foundation stems (omitted when the manifest
                                 references an external checkpoint by location and hash)
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from unicon_core.config import BackboneConfig, TaskSpec
+from unicon_core.inference.ood import OODCalibration
 from unicon_core.inference.prototypes import Prototype
 
 if TYPE_CHECKING:
@@ -68,13 +70,16 @@ class SiteRecord:
 class TaskEntry:
     """A task in a bundle: its spec, where it was trained, and optional statistics.
 
-    ``feature_mean``/``feature_std`` (tabular tasks) standardise CSV rows at prediction time.
+    ``feature_mean``/``feature_std`` (tabular tasks, pooled) standardise CSV rows at prediction
+    time when the rows do not come with their site's train split. ``ood`` is the skill's
+    out-of-distribution threshold, chosen on validation data (``None``: not calibrated).
     """
 
     spec: TaskSpec
     trained_on: list[SiteRecord]
     feature_mean: np.ndarray | None = None
     feature_std: np.ndarray | None = None
+    ood: OODCalibration | None = None
 
     def __post_init__(self) -> None:
         if not self.trained_on:
@@ -211,6 +216,7 @@ def save_bundle(bundle: Bundle, bundle_dir: Path | str, *, embed_foundation: boo
                 "provenance": entry.provenance,
                 "trained_on": [asdict(s) for s in entry.trained_on],
                 "feature_statistics": entry.feature_mean is not None,
+                "ood": entry.ood.to_dict() if entry.ood is not None else None,
             }
             for name, entry in bundle.tasks.items()
         },
@@ -356,11 +362,16 @@ def load_bundle(bundle_dir: Path | str) -> Bundle:
             raise BundleError(f"bundle {root}: {exc}") from exc
         mean = router_arrays.get(f"features{_SEP}{name}{_SEP}mean")
         std = router_arrays.get(f"features{_SEP}{name}{_SEP}std")
+        try:
+            ood = OODCalibration.from_dict(info["ood"]) if info.get("ood") else None
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"bundle {root}: task {name!r} ood calibration: {exc}") from None
         tasks[name] = TaskEntry(
             spec=spec,
             trained_on=[SiteRecord(**s) for s in info["trained_on"]],
             feature_mean=mean,
             feature_std=std,
+            ood=ood,
         )
     router: dict[str, Prototype] = {}
     for name, info in (manifest.get("router") or {}).items():
@@ -381,6 +392,7 @@ def load_bundle(bundle_dir: Path | str) -> Bundle:
 
 
 def _preprocess_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's global section (older bundles lack the newer fields: defaults)."""
     out = dict(data)
     if "ct_window" in out:
         out["ct_window"] = tuple(out["ct_window"])

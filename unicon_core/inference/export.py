@@ -13,6 +13,9 @@ in its query reply; the server pools them by counts into the run's ``summaries.j
 (:mod:`unicon_core.federation.summaries`), which ``export`` uses. For a run folder without that
 file (made before the query round carried summaries), ``export`` computes them with the same
 functions from the site folders if reachable and says so in the manifest.
+
+Out-of-distribution thresholds (:mod:`unicon_core.inference.ood`) are chosen at export on the
+validation splits of the reachable site folders (never test), scored against the prototypes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 
 from unicon_core.config import TaskSpec
 from unicon_core.inference.bundle import Bundle, BundleError, SiteRecord, TaskEntry, save_bundle
+from unicon_core.inference.ood import OODCalibration, calibrate_ood
 from unicon_core.inference.prototypes import (
     Prototype,
 )
@@ -61,6 +65,7 @@ def bundle_from_model(
     router: Mapping[str, Prototype] | None = None,
     feature_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     source: dict[str, Any] | None = None,
+    ood: Mapping[str, OODCalibration] | None = None,
 ) -> Bundle:
     """An in-memory bundle of ``model``'s tasks (save it with :func:`save_bundle`)."""
     from unicon_core.data.transforms import PreprocessConfig
@@ -75,6 +80,7 @@ def bundle_from_model(
             trained_on=list(trained_on[name]),
             feature_mean=feature_stats.get(name, (None, None))[0],
             feature_std=feature_stats.get(name, (None, None))[1],
+            ood=(ood or {}).get(name),
         )
         for name in model.tasks
     }
@@ -205,7 +211,10 @@ def export_run(
             "none (no summaries in the run, site folders not reachable)",
             [],
         )
-    preprocess = PreprocessConfig(**dict(settings.resolved.get("preprocess") or {}))
+    preprocess = PreprocessConfig.from_mapping(dict(settings.resolved.get("preprocess") or {}))
+    # OOD thresholds: the reachable sites' validation splits (never test), scored against the
+    # federated prototypes; without reachable sites the bundle carries none
+    ood = calibrate_ood(router, reachable) if router and reachable else {}
     bundle = bundle_from_model(
         model,
         {t: records[t] for t in model.tasks},
@@ -219,6 +228,14 @@ def export_run(
             "router": router_source,
             "router_sites": router_sites,
             "stopped_sites": ckpt.stopped,
+            "ood": (
+                "thresholds from the validation splits of " + ", ".join(
+                    sorted({s for c in ood.values() for s in c.sites})
+                )
+                if ood
+                else "none (no reachable site with a validation split)"
+            ),
         },
+        ood=ood,
     )
     return save_bundle(bundle, bundle_dir, embed_foundation=embed_foundation)

@@ -1,8 +1,11 @@
 """Running a bundle on inputs: preprocessing as in training, routing, outputs written to disk.
 
-Images go through the same MONAI evaluation pipeline sites trained with (built from the task
-spec and the bundle's preprocessing config); CSV rows are standardised with the bundle's pooled
-feature statistics. Outputs per input: a segmentation mask as NIfTI in the input's space (affine
+Images go through the same MONAI evaluation pipeline sites trained with (one builder,
+:func:`~unicon_core.data.transforms.build_transforms`, with the preprocessing the task declares
+in its spec, which travels in the bundle); CSV rows are standardised per site as the federation
+did (a site's manifest: its train split) or else with the bundle's pooled statistics. Every
+prediction carries an out-of-distribution flag (:mod:`unicon_core.inference.ood`).
+Outputs per input: a segmentation mask as NIfTI in the input's space (affine
 and header kept, resampled back to the input's shape), class probabilities or a risk score, and
 a JSON summary naming the skill, why it ran, and whether it learned from synthetic data.
 
@@ -34,6 +37,7 @@ from unicon_core.inference.routing import RouteDecision, route
 if TYPE_CHECKING:
     import torch
 
+    from unicon_core.data.transforms import PreprocessConfig
     from unicon_core.inference.bundle import Bundle
 
 SYNTHETIC_WARNING = (
@@ -123,8 +127,16 @@ class Predictor:
         self.bundle = bundle
         self.bundle.model.to(self.device)
         self._transforms: dict[str, Any] = {}
+        self._site_stats: dict[tuple[str, str], tuple[np.ndarray, np.ndarray] | None] = {}
 
     # -------------------------------------------------------------------- preprocessing
+    def preprocess_of(self, task: str) -> PreprocessConfig:
+        """The task's declared pipeline (it travels in the bundle inside the task's spec); a
+        task declaring none (older bundles) uses the bundle's global section."""
+        from unicon_core.data.transforms import task_preprocess
+
+        return task_preprocess(self.bundle.entry(task).spec, self.bundle.preprocess)
+
     def prepare(self, task: str, item: LoadedInput) -> torch.Tensor:
         """The model input for ``task``: ``(1, C, *input_size)`` or ``(1, F)``."""
         return self.prepare_with_geometry(task, item)[0]
@@ -141,14 +153,18 @@ class Predictor:
         import torch
 
         from unicon_core.data.manifest import image_columns
-        from unicon_core.data.transforms import GEOMETRY_KEY, build_transforms, to_meta_tensor
+        from unicon_core.data.transforms import (
+            GEOMETRY_KEY,
+            build_transforms,
+            to_meta_tensor,
+        )
         from unicon_core.keys import BatchKey
 
         spec = self.bundle.entry(task).spec
         if spec.modality is Modality.CLINICAL:
             return self._features(task, item), None
         if task not in self._transforms:
-            self._transforms[task] = build_transforms(spec, self.bundle.preprocess)[1]
+            self._transforms[task] = build_transforms(spec, self.preprocess_of(task))[1]
         assert item.array is not None and item.affine is not None
         data: dict[str, Any] = {}
         for i, column in enumerate(image_columns(spec)):
@@ -160,15 +176,9 @@ class Predictor:
         x = torch.as_tensor(out[BatchKey.INPUT.value], dtype=torch.float32)
         return x.as_subclass(torch.Tensor).unsqueeze(0), out.get(GEOMETRY_KEY)
 
-    def _features(self, task: str, item: LoadedInput) -> torch.Tensor:
-        import torch
-
+    def feature_row(self, task: str, item: LoadedInput) -> np.ndarray:
+        """The raw values of ``task``'s feature columns in ``item``'s row (float64)."""
         entry = self.bundle.entry(task)
-        if entry.feature_mean is None or entry.feature_std is None:
-            raise InputError(
-                f"{item.ref.label}: the bundle holds no feature statistics for tabular task "
-                f"{task!r}, so rows cannot be standardised as in training"
-            )
         assert item.row is not None
         values = []
         for name in entry.spec.feature_names:
@@ -180,7 +190,54 @@ class Predictor:
             if not math.isfinite(value):
                 raise InputError(f"{item.ref.label}: column {name!r} is {cell!r}, not a number")
             values.append(value)
-        z = (np.asarray(values) - entry.feature_mean) / entry.feature_std
+        return np.asarray(values, dtype=np.float64)
+
+    def standardisation(self, task: str, item: LoadedInput) -> tuple[np.ndarray, np.ndarray, str]:
+        """``(mean, std, source)`` that z-score ``item``'s row for ``task``.
+
+        Per site, as the federation trains and evaluates: rows of a CSV with a ``split`` column
+        holding train rows (a site's ``manifest.csv``) use that CSV's train-split statistics
+        (``source`` ``"site train split"``), exactly what the site's evaluation used. Other
+        rows fall back to the bundle's pooled statistics over the federation's train splits
+        (``"pooled (bundle)"``), which the summary states.
+        """
+        from unicon_core.data.dataset import standardisation
+
+        entry = self.bundle.entry(task)
+        key = (task, str(item.ref.paths[0]) if item.ref.paths else "")
+        if key not in self._site_stats:
+            self._site_stats[key] = None
+            path = item.ref.paths[0] if item.ref.paths else None
+            if path is not None and path.suffix.lower() == ".csv" and path.is_file():
+                import pandas as pd
+
+                try:
+                    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+                except Exception:  # unreadable now: fall back to the pooled statistics
+                    frame = pd.DataFrame()
+                if "split" in frame.columns:
+                    train = frame[frame["split"].str.strip().str.lower() == "train"]
+                    if len(train):
+                        try:
+                            rows = train.to_dict(orient="records")
+                            self._site_stats[key] = standardisation(rows, entry.spec.feature_names)
+                        except (KeyError, ValueError):
+                            self._site_stats[key] = None
+        site = self._site_stats[key]
+        if site is not None:
+            return site[0], site[1], "site train split"
+        if entry.feature_mean is None or entry.feature_std is None:
+            raise InputError(
+                f"{item.ref.label}: the bundle holds no feature statistics for tabular task "
+                f"{task!r}, so rows cannot be standardised as in training"
+            )
+        return entry.feature_mean, entry.feature_std, "pooled (bundle)"
+
+    def _features(self, task: str, item: LoadedInput) -> torch.Tensor:
+        import torch
+
+        mean, std, _ = self.standardisation(task, item)
+        z = (self.feature_row(task, item) - mean) / std
         return torch.as_tensor(z, dtype=torch.float32).unsqueeze(0)
 
     # -------------------------------------------------------------------- routing + running
@@ -230,12 +287,29 @@ class Predictor:
         model.eval()
         with torch.no_grad(), autocast(self.device):
             output = model(x.to(self.device), decision.task)
+        extra: dict[str, Any] = {"geometry": geometry, "ood": self.ood(decision.task, item)}
+        if item.is_tabular:
+            extra["standardisation"] = self.standardisation(decision.task, item)[2]
         return Prediction(
-            item=item,
-            decision=decision,
-            output=output.detach().float().cpu(),
-            extra={"geometry": geometry},
+            item=item, decision=decision, output=output.detach().float().cpu(), extra=extra
         )
+
+    def ood(self, task: str, item: LoadedInput) -> dict[str, Any]:
+        """The input's out-of-distribution flag for ``task``
+        (:func:`~unicon_core.inference.ood.ood_flag`): its raw descriptor's distance to the
+        skill's prototype against the threshold chosen on validation data."""
+        from unicon_core.inference.ood import ood_flag
+        from unicon_core.inference.prototypes import input_descriptor
+
+        if item.is_tabular:
+            descriptor = input_descriptor(self.feature_row(task, item))
+        else:
+            assert item.array is not None and item.affine is not None
+            dims = item.spatial_dims
+            descriptor = input_descriptor(
+                item.array, np.linalg.norm(item.affine[:3, :dims], axis=0)
+            )
+        return ood_flag(self.bundle.router.get(task), self.bundle.entry(task).ood, descriptor)
 
     # -------------------------------------------------------------------- outputs
     def write(self, pred: Prediction, out_dir: Path) -> dict[str, Any]:
@@ -272,6 +346,9 @@ class Predictor:
             result.update(probabilities=probs.tolist(), predicted_class=int(probs.argmax()))
         else:
             result.update(risk_score=float(pred.output.reshape(-1)[0]))
+        if "standardisation" in pred.extra:
+            result["standardisation"] = pred.extra["standardisation"]
+        ood = pred.extra.get("ood") or {"in_distribution": None}
         summary = {
             "name": name,
             "input": [str(p) for p in pred.item.ref.paths],
@@ -301,6 +378,8 @@ class Predictor:
                 if entry.provenance == "mixed"
                 else None
             ),
+            "in_distribution": ood["in_distribution"],
+            "ood": ood,
             "result": result,
             "bundle": str(self.bundle.path) if self.bundle.path else None,
         }
@@ -320,7 +399,7 @@ class Predictor:
             pred.item.affine,
             pred.item.spatial_shape,
             geometry=pred.extra.get("geometry"),
-            spatial=self.bundle.preprocess.spatial,
+            spatial=self.preprocess_of(pred.decision.task).spatial,
             mode="linear",
         )
         labels = back.argmax(dim=0).numpy()
