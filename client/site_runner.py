@@ -31,6 +31,7 @@ from unicon_core.federation.config import (
 )
 from unicon_core.federation.outputs import SITES_DIR
 from unicon_core.federation.protocol import (
+    EVAL_EXAMPLES,
     NUM_EXAMPLES,
     ConfigKey,
     InfoKey,
@@ -120,6 +121,12 @@ def info_record(site: Site, model: UniconModel, status: Status, reason: str = ""
     return record
 
 
+def answering(info: ConfigRecord, rnd: int) -> ConfigRecord:
+    """``info`` stating the round it answers (the server refuses a reply for another round)."""
+    info[InfoKey.ROUND.value] = int(rnd)
+    return info
+
+
 def check_instruction(msg: Message, site: Site, model: UniconModel) -> None:
     """Refuse an instruction meant for another task or another foundation."""
     config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
@@ -202,7 +209,10 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     from unicon_core.federation.summaries import site_summary
 
     summary, count = site_summary(site, model)
-    metrics = MetricRecord({NUM_EXAMPLES: int(count)})
+    metrics = MetricRecord({
+        NUM_EXAMPLES: int(count),  # bounds the weight of this site's train replies
+        EVAL_EXAMPLES: len(site.split_rows(settings.federation.eval_split)),
+    })
     content = RecordDict({RecordKey.INFO.value: info, RecordKey.METRICS.value: metrics})
     if summary:  # router statistics: moments over the train split, never rows
         content[RecordKey.SUMMARY.value] = ArrayRecord({k: Array(v) for k, v in summary.items()})
@@ -243,7 +253,8 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
             )
             content = RecordDict({
                 RecordKey.METRICS.value: metrics,
-                RecordKey.INFO.value: info_record(site, model, Status.BUDGET_EXHAUSTED, reason),
+                RecordKey.INFO.value: answering(
+                    info_record(site, model, Status.BUDGET_EXHAUSTED, reason), rnd),
             })
             return Message(content, reply_to=msg)
         dp = DPSGD(privacy, seed=seed)
@@ -269,7 +280,7 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     content = RecordDict({
         RecordKey.SKILL.value: skill_record(model, task),
         RecordKey.METRICS.value: metrics,
-        RecordKey.INFO.value: info_record(site, model, Status.TRAINED),
+        RecordKey.INFO.value: answering(info_record(site, model, Status.TRAINED), rnd),
     })
     return Message(content, reply_to=msg)
 
@@ -290,7 +301,8 @@ def handle_evaluate(msg: Message, context: Context, settings: ExperimentSettings
     metrics = metric_record(result, int(result.get("num_examples", 0)))
     content = RecordDict({
         RecordKey.METRICS.value: metrics,
-        RecordKey.INFO.value: info_record(site, model, Status.EVALUATED),
+        RecordKey.INFO.value: answering(info_record(site, model, Status.EVALUATED),
+                                        server_round(msg)),
     })
     return Message(content, reply_to=msg)
 

@@ -17,6 +17,7 @@ import importlib
 import json
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -49,11 +50,17 @@ from unicon_core.federation.outputs import (
     write_atomic,
     write_json,
 )
-from unicon_core.federation.protocol import NUM_EXAMPLES, ConfigKey, InfoKey, RecordKey, Status
+from unicon_core.federation.protocol import (
+    EVAL_EXAMPLES,
+    NUM_EXAMPLES,
+    ConfigKey,
+    InfoKey,
+    RecordKey,
+    Status,
+)
+from unicon_core.federation.replies import MAX_EXAMPLES, declared_count
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     import numpy as np
 
     from unicon_core.federation.tracking import Tracker
@@ -157,32 +164,31 @@ def query_sites(
     specs: dict[str, TaskSpec] = {
         t: spec for t, spec in settings.tasks.items()
     }
+    claimed: dict[str, list[int]] = defaultdict(list)
     for reply in sorted(replies, key=lambda m: m.metadata.src_node_id):
         node_id = reply.metadata.src_node_id
-        if reply.has_error():
-            excluded[f"node {node_id}"] = short_reason(reply.error.reason)
+        if node_id not in node_ids:
+            log(WARNING, "query: reply from node %s, which was not asked, ignored", node_id)
             continue
-        info = reply.content.config_records[RecordKey.INFO.value]
-        if info.get(InfoKey.STATUS.value) == Status.INVALID_DATA.value:
-            excluded[str(info[InfoKey.SITE.value])] = short_reason(
-                str(info.get(InfoKey.REASON.value, ""))
-            )
+        try:  # one guarded step per reply: a hostile reply excludes its node, never the run
+            outcome = _query_reply(reply, foundation_hash, settings, specs)
+        except Exception as err:  # a reply that cannot be decoded
+            outcome = f"undecodable query reply ({type(err).__name__}: {str(err)[:200]})"
+        if isinstance(outcome, str):
+            excluded[f"node {node_id}"] = outcome
             continue
-        site, task = str(info[InfoKey.SITE.value]), str(info[InfoKey.TASK.value])
-        if info[InfoKey.FOUNDATION_HASH.value] != foundation_hash:
-            excluded[site] = "runs another foundation; its skills cannot be mixed"
+        if not isinstance(outcome[0], SiteNode):
+            excluded[str(outcome[0])] = str(outcome[1])
             continue
-        if any(n.site == site for n, *_ in joined):
-            excluded[f"node {node_id}"] = f"site name {site!r} is already served by another node"
-            continue
-        spec = TaskSpec.from_dict(json.loads(str(info[InfoKey.TASK_SPEC.value])))
-        if task in specs and specs[task].to_dict() != spec.to_dict():
-            where = "the experiment's" if task in settings.tasks else "another site's"
-            excluded[site] = f"task {task!r} differs from {where} definition of it"
-            continue
-        specs[task] = spec
-        node = SiteNode(node_id=node_id, site=site, task=task)
-        joined.append((node, spec, bool(info[InfoKey.SYNTHETIC.value]), reply))
+        node, spec, is_synthetic = outcome
+        claimed[node.site].append(node_id)
+        specs[node.task] = spec
+        joined.append((node, spec, is_synthetic, reply))
+    for site, ids in claimed.items():  # a name claimed twice: neither node can be trusted
+        if len(ids) > 1:
+            joined = [j for j in joined if j[0].site != site]
+            excluded[site] = (f"site name {site!r} is claimed by nodes "
+                              f"{', '.join(map(str, ids))}; none of them joins")
     counts: dict[str, int] = defaultdict(int)
     for node, *_ in joined:
         counts[node.task] += 1
@@ -206,16 +212,20 @@ def query_sites(
     for node, _, is_synthetic, reply in joined:
         synthetic[node.task] |= is_synthetic
         log(INFO, "site %s (node %s) serves task %s", node.site, node.node_id, node.task)
-        if RecordKey.SUMMARY.value in reply.content.array_records:
-            count = int(reply.content.metric_records[RecordKey.METRICS.value][NUM_EXAMPLES])
-            arrays = reply.content.array_records[RecordKey.SUMMARY.value]
-            summaries.append((node.task, {k: a.numpy() for k, a in arrays.items()}, count))
+        arrays = _summary(reply, node)
+        if arrays is not None:
+            summaries.append((node.task, arrays, int(node.train_examples or 0)))
             site_of_summary.setdefault(node.task, []).append(node.site)
     if summaries:
         from unicon_core.federation.summaries import pool_summaries, write_summaries
 
-        prototypes, stats = pool_summaries(summaries)
-        write_summaries(run_dir, prototypes, stats, site_of_summary)
+        try:
+            prototypes, stats = pool_summaries(summaries)
+        except ValueError as err:  # e.g. two sites of a task sent vectors of different lengths
+            log(ERROR, "router statistics not pooled (%s); the bundle will have no router "
+                "prototypes", err)
+        else:
+            write_summaries(run_dir, prototypes, stats, site_of_summary)
     tasks = {n.task for n, *_ in joined}
     return QueryResult(
         nodes=[n for n, *_ in joined],
@@ -225,6 +235,70 @@ def query_sites(
         devices={n.site: str(r.content.config_records[RecordKey.INFO.value].get(
             InfoKey.DEVICE.value, "unknown")) for n, _, _, r in joined},
     )
+
+
+def _query_reply(
+    reply: Message, foundation_hash: str, settings: ExperimentSettings,
+    specs: Mapping[str, TaskSpec],
+) -> tuple[SiteNode, TaskSpec, bool] | tuple[str, str] | str:
+    """One query reply: ``(node, spec, synthetic)`` when the site may join, else why not.
+
+    Why not is ``(site, reason)`` when the site could say its name, else a reason for its node.
+    May raise on a reply whose records cannot be decoded (the caller excludes that node).
+    """
+    node_id = reply.metadata.src_node_id
+    if reply.has_error():
+        return short_reason(reply.error.reason)
+    info = reply.content.config_records.get(RecordKey.INFO.value)
+    if info is None:
+        return "query reply carries no info record"
+    site = info.get(InfoKey.SITE.value)
+    if not isinstance(site, str) or not site or len(site) > 128 or "/" in site:
+        return f"query reply names no usable site ({str(site)[:64]!r})"
+    if info.get(InfoKey.STATUS.value) == Status.INVALID_DATA.value:
+        return site, short_reason(str(info.get(InfoKey.REASON.value, "")))
+    if info.get(InfoKey.STATUS.value) != Status.READY.value:
+        return site, f"query status {str(info.get(InfoKey.STATUS.value))[:32]!r} is not 'ready'"
+    if info.get(InfoKey.FOUNDATION_HASH.value) != foundation_hash:
+        return site, "runs another foundation; its skills cannot be mixed"
+    task = info.get(InfoKey.TASK.value)
+    spec = TaskSpec.from_dict(json.loads(str(info.get(InfoKey.TASK_SPEC.value))))
+    if task != spec.name:
+        return site, f"task {str(task)[:64]!r} is not the task its spec defines"
+    if task in specs and specs[task].to_dict() != spec.to_dict():
+        where = "the experiment's" if task in settings.tasks else "another site's"
+        return site, f"task {task!r} differs from {where} definition of it"
+    metrics = reply.content.metric_records.get(RecordKey.METRICS.value) or {}
+    train_n = declared_count(metrics.get(NUM_EXAMPLES))
+    if train_n is None:
+        return site, (f"declared {NUM_EXAMPLES} {str(metrics.get(NUM_EXAMPLES))[:32]} is not a "
+                      f"count in [0, {MAX_EXAMPLES}]")
+    eval_n = declared_count(metrics.get(EVAL_EXAMPLES, MAX_EXAMPLES))
+    if eval_n is None:
+        return site, f"declared {EVAL_EXAMPLES} is not a count in [0, {MAX_EXAMPLES}]"
+    node = SiteNode(node_id=node_id, site=site, task=task, train_examples=train_n,
+                    eval_examples=eval_n if EVAL_EXAMPLES in metrics else None)
+    return node, spec, bool(info.get(InfoKey.SYNTHETIC.value, False))
+
+
+def _summary(reply: Message, node: SiteNode) -> dict[str, Any] | None:
+    """A joined site's router statistics, or None when absent or malformed (logged)."""
+    from unicon_core.federation.summaries import summary_problems
+
+    record = reply.content.array_records.get(RecordKey.SUMMARY.value)
+    if record is None:
+        return None
+    try:
+        arrays = {k: a.numpy() for k, a in record.items()}
+    except Exception as err:  # damaged bytes or an unknown stype: drop the summary only
+        log(WARNING, "site %s: router statistics undecodable (%s), left out", node.site,
+            type(err).__name__)
+        return None
+    problems = summary_problems(arrays, node.train_examples or 0)
+    if problems:
+        log(WARNING, "site %s: router statistics left out: %s", node.site, "; ".join(problems))
+        return None
+    return arrays
 
 
 def initial_skills(model: UniconModel, specs: dict[str, TaskSpec]) -> dict[str, Any]:
@@ -384,6 +458,7 @@ def run_federation(
         weighted_by_key=settings.strategy.weighted_by,
         min_sites_per_task=settings.federation.min_sites_per_task,
         max_update_norm=settings.strategy.max_update_norm,
+        update_norm_factor=settings.strategy.update_norm_factor,
         message_ttl_s=settings.federation.round_timeout_s,
         **settings.strategy.options(),
     )

@@ -7,9 +7,13 @@ averaged weighted by their number of training examples. A task's slice is only e
 the average of its own sites, so sites of one task never change another task's skill; a task
 with one site simply keeps that site's update (federated = local there).
 
-Faults and bad updates: every returned skill is validated against the skill that was sent
-(:mod:`unicon_core.federation.validation`: foundation hash, keys, shapes, dtypes, finite values,
-optional update-norm bound); a rejected reply, a site error or a site that never answers is
+Faults and bad updates: every reply is decoded and checked in one guarded step
+(:mod:`unicon_core.federation.replies`: identity bound to the query round's node, the round it
+answers, status, example counts bounded by the query round's declared counts, metric ranges;
+the skill against the skill sent: foundation hash, keys, shapes, dtypes, finite values, optional
+fixed norm bound), then the round's own norm bound (k x the task's median update norm) and
+replays (byte-identical to an earlier round's update) are applied; a rejected reply, a site
+error, an undecodable reply or a site that never answers is
 logged with the site and the reason and left out, and the round is aggregated from the rest. A
 task whose valid replies are fewer than ``min_sites_per_task`` keeps its skill for that round.
 Failed sites are asked again next round, so a site that comes back rejoins.
@@ -53,11 +57,19 @@ from unicon_core.federation.aggregation import (
 from unicon_core.federation.protocol import (
     NUM_EXAMPLES,
     ConfigKey,
-    InfoKey,
     RecordKey,
     Status,
 )
-from unicon_core.federation.validation import ValidationPolicy, update_problems
+from unicon_core.federation.replies import (
+    DEFAULT_NORM_FACTOR,
+    Accepted,
+    NodeClaim,
+    Rejected,
+    check_reply,
+    digest,
+    norm_outliers,
+)
+from unicon_core.federation.validation import ValidationPolicy, update_norm
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
 
@@ -69,6 +81,15 @@ class SiteNode:
     node_id: int
     site: str
     task: str
+    #: Train / evaluation examples the site declared in the query round (None: not declared;
+    #: then only the sanity cap ``MAX_EXAMPLES`` bounds its claims).
+    train_examples: int | None = None
+    eval_examples: int | None = None
+
+    @property
+    def claim(self) -> NodeClaim:
+        """What this node declared, which every reply is held to."""
+        return NodeClaim(self.site, self.task, self.train_examples, self.eval_examples)
 
 
 class PerTaskFedAvg(FedAvg):
@@ -91,6 +112,9 @@ class PerTaskFedAvg(FedAvg):
         Fewest valid updates a task needs in a round for its skill to change.
     max_update_norm : float, optional
         Reject an update whose L2 distance to the skill sent exceeds this (None: no bound).
+    update_norm_factor : float, optional (default: ``DEFAULT_NORM_FACTOR``)
+        The round's own bound: with >= 3 updates of a task, reject those whose norm exceeds this
+        factor x the median of the task's update norms this round (None: off).
     message_ttl_s : float, optional
         Lifetime of each instruction (None: Flower's default, 12 h). Set to the round timeout,
         a site that was down does not answer the instructions of rounds already closed when
@@ -109,6 +133,7 @@ class PerTaskFedAvg(FedAvg):
         min_sites_per_task: int = 1,
         max_update_norm: float | None = None,
         message_ttl_s: float | None = None,
+        update_norm_factor: float | None = DEFAULT_NORM_FACTOR,
     ) -> None:
         if min_sites_per_task < 1:
             raise ValueError(f"min_sites_per_task must be >= 1, got {min_sites_per_task}")
@@ -121,6 +146,8 @@ class PerTaskFedAvg(FedAvg):
             raise ValueError(f"round_offset must be >= 0, got {round_offset}")
         if message_ttl_s is not None and message_ttl_s <= 0:
             raise ValueError(f"message_ttl_s must be > 0, got {message_ttl_s}")
+        if update_norm_factor is not None and not update_norm_factor >= 1:
+            raise ValueError(f"update_norm_factor must be >= 1 or None, got {update_norm_factor}")
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0 if evaluate else 0.0,
@@ -138,6 +165,9 @@ class PerTaskFedAvg(FedAvg):
         self.min_sites_per_task = min_sites_per_task
         self.message_ttl_s = message_ttl_s
         self.policy = ValidationPolicy(foundation_hash, max_update_norm)
+        self.update_norm_factor = update_norm_factor
+        #: digest of every accepted update -> (site, round): a byte-identical repeat is a replay
+        self._digests: dict[str, tuple[str, int]] = {}
         self.comm = CommLedger()
         #: site -> why it no longer trains (e.g. its privacy budget is spent)
         self.stopped: dict[str, str] = {}
@@ -153,8 +183,9 @@ class PerTaskFedAvg(FedAvg):
         log(INFO, "\t├──> Per-task FedAvg over %d sites:", len(self.nodes))
         for task, sites in sorted(tasks.items()):
             log(INFO, "\t│\t├── %s: %s", task, ", ".join(sites))
-        log(INFO, "\t├──> Validation: update norm bound %s, >= %d valid site(s) per task",
-            self.policy.max_update_norm, self.min_sites_per_task)
+        log(INFO, "\t├──> Validation: update norm bound %s, round bound %s x median, >= %d "
+            "valid site(s) per task", self.policy.max_update_norm, self.update_norm_factor,
+            self.min_sites_per_task)
         log(INFO, "\t└──> Weighted by: '%s'", self.weighted_by_key)
 
     # ------------------------------------------------------------------ train
@@ -180,37 +211,23 @@ class PerTaskFedAvg(FedAvg):
         rnd = server_round + self.round_offset
         assert self._arrays is not None
         current = {k: a.numpy() for k, a in self._arrays.items()}
-        grouped: dict[str, list[tuple[str, dict[str, np.ndarray], dict[str, Any]]]] = (
+        grouped: dict[str, list[tuple[str, dict[str, np.ndarray], dict[str, Any], float]]] = (
             defaultdict(list)
         )
         replies = list(replies)
-        for node, content in self._valid_replies(rnd, replies, "train"):
-            info = content.config_records[RecordKey.INFO.value]
-            metrics = dict(content.metric_records.get(RecordKey.METRICS.value, {}))
+        accepted: list[tuple[SiteNode, Accepted]] = []
+        for node, result in self._checked_replies(rnd, replies, "train", current):
             entry = self._site_entry(node)
-            entry.update(status=str(info.get(InfoKey.STATUS.value)), train=metrics)
-            if info.get(InfoKey.STATUS.value) == Status.BUDGET_EXHAUSTED.value:
-                reason = str(info.get(InfoKey.REASON.value, "privacy budget spent"))
-                self.stopped[node.site] = reason
-                entry["reason"] = reason
-                log(WARNING, "site %s stopped training: %s", node.site, reason)
+            entry.update(status=result.status, train=result.metrics)
+            if result.status == Status.BUDGET_EXHAUSTED.value:
+                self.stopped[node.site] = result.reason
+                entry["reason"] = result.reason
+                log(WARNING, "site %s stopped training: %s", node.site, result.reason)
                 continue
-            skill = content.array_records.get(RecordKey.SKILL.value)
-            if skill is None:
-                self._reject(entry, node, "train", "reply carries no skill")
-                continue
-            state = {k: a.numpy() for k, a in skill.items()}
-            problems = update_problems(
-                slice_task(current, node.task), state,
-                foundation_hash=info.get(InfoKey.FOUNDATION_HASH.value), policy=self.policy,
-            )
-            weight = metrics.get(self.weighted_by_key)
-            if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
-                problems.append(f"{self.weighted_by_key} is {weight!r}, not a count >= 0")
-            if problems:
-                self._reject(entry, node, "train", "; ".join(problems))
-                continue
-            grouped[node.task].append((node.site, state, metrics))
+            accepted.append((node, result))
+        for node, result in self._screen_updates(rnd, accepted, current):
+            assert result.state is not None
+            grouped[node.task].append((node.site, result.state, result.metrics, result.weight))
         self._log_silent(rnd, replies, "train")
         summary = MetricRecord()
         for task in sorted({n.task for n in self.nodes.values()}):
@@ -220,18 +237,18 @@ class PerTaskFedAvg(FedAvg):
                     "unchanged this round", task, len(items), self.min_sites_per_task)
                 self._record["tasks"].setdefault(task, {})["sites_aggregated"] = 0
                 continue
-            weights = [float(m[self.weighted_by_key]) for _, _, m in items]
+            weights = [w for *_, w in items]  # bounded by the query round's declared counts
             if not sum(weights) > 0:
                 log(WARNING, "task %s: no training examples this round; skill unchanged", task)
                 continue
             try:
-                aggregate = self.aggregate_skills(task, [s for _, s, _ in items], weights)
+                aggregate = self.aggregate_skills(task, [s for _, s, _, _ in items], weights)
                 current = replace_task(current, task, aggregate)
             except ValueError as err:
                 log(ERROR, "task %s: replies do not fit its skill (%s); skill unchanged",
                     task, err)
                 continue
-            task_metrics = weighted_metrics([m for _, _, m in items], weights)
+            task_metrics = weighted_metrics([m for _, _, m, _ in items], weights)
             task_metrics[self.weighted_by_key] = sum(weights)
             task_metrics["sites_aggregated"] = len(items)
             self._record["tasks"].setdefault(task, {}).update(task_metrics)
@@ -267,15 +284,12 @@ class PerTaskFedAvg(FedAvg):
         rnd = server_round + self.round_offset
         grouped: dict[str, list[tuple[dict[str, Any], float]]] = defaultdict(list)
         replies = list(replies)
-        for node, content in self._valid_replies(rnd, replies, "evaluate"):
-            metrics = dict(content.metric_records.get(RecordKey.METRICS.value, {}))
-            weight = metrics.get(self.weighted_by_key)
-            if not isinstance(weight, (int, float)) or not np.isfinite(weight) or weight < 0:
-                self._reject(self._site_entry(node), node, "evaluate",
-                             f"{self.weighted_by_key} is {weight!r}, not a count >= 0")
-                continue
-            self._site_entry(node)["eval"] = metrics
-            grouped[node.task].append((metrics, float(weight)))
+        for node, result in self._checked_replies(rnd, replies, "evaluate", None):
+            entry = self._site_entry(node)
+            entry["eval"] = result.metrics
+            if result.notes:
+                entry.setdefault("flags", []).extend(result.notes)
+            grouped[node.task].append((result.metrics, result.weight))
         self._log_silent(rnd, replies, "evaluate")
         summary = MetricRecord()
         for task in sorted(grouped):
@@ -319,10 +333,16 @@ class PerTaskFedAvg(FedAvg):
             )
         return messages
 
-    def _valid_replies(
-        self, rnd: int, replies: Iterable[Message], phase: str
-    ) -> Iterable[tuple[SiteNode, RecordDict]]:
-        """Replies that carry content from a known node on the federation's foundation."""
+    def _checked_replies(
+        self, rnd: int, replies: Iterable[Message], phase: str,
+        current: dict[str, np.ndarray] | None,
+    ) -> Iterable[tuple[SiteNode, Accepted]]:
+        """Every reply decoded and checked in one guarded step; the accepted ones.
+
+        A reply that cannot be decoded (unknown ``stype``, damaged bytes, missing records) or
+        fails a check (:func:`~unicon_core.federation.replies.check_reply`) is rejected with a
+        logged reason; nothing a site sends can abort the round.
+        """
         for msg in replies:
             node = self.nodes.get(msg.metadata.src_node_id)
             if node is None:
@@ -331,18 +351,95 @@ class PerTaskFedAvg(FedAvg):
                 continue
             entry = self._site_entry(node)
             if msg.has_error():
-                entry.update(status="error", reason=msg.error.reason)
+                entry.update(status="error", reason=str(msg.error.reason)[:2000])
                 log(ERROR, "%s: site %s failed (left out this round): %s", phase, node.site,
-                    msg.error.reason)
+                    str(msg.error.reason)[:2000])
                 continue
-            content = msg.content
-            self.comm.add(rnd, node.site, up=content_bytes(content))
-            info = content.config_records.get(RecordKey.INFO.value, ConfigRecord())
-            problem = self._reply_problem(node, info)
-            if problem:
-                self._reject(entry, node, phase, problem)
+            try:
+                self.comm.add(rnd, node.site, up=content_bytes(msg.content))
+                result = self._check_one(rnd, node, msg.content, phase, current)
+            except Exception as err:  # a hostile reply must never abort the run
+                result = Rejected(f"undecodable reply ({type(err).__name__}: {str(err)[:200]})")
+            if isinstance(result, Rejected):
+                self._reject(entry, node, phase, result.reason)
                 continue
-            yield node, content
+            for note in result.notes:
+                log(WARNING, "%s: site %s: %s", phase, node.site, note)
+            yield node, result
+
+    def _check_one(
+        self, rnd: int, node: SiteNode, content: RecordDict, phase: str,
+        current: dict[str, np.ndarray] | None,
+    ) -> Accepted | Rejected:
+        """Decode one reply into plain mappings and check it (may raise on damaged bytes)."""
+        info_record = content.config_records.get(RecordKey.INFO.value)
+        if info_record is None:
+            return Rejected("reply carries no info record")
+        metric_record = content.metric_records.get(RecordKey.METRICS.value)
+        metrics = dict(metric_record) if metric_record is not None else {}
+        reference = slice_task(current, node.task) if current is not None else None
+        state = None
+        skill = content.array_records.get(RecordKey.SKILL.value)
+        if phase == "train" and skill is not None and reference is not None:
+            for key, arr in skill.items():  # check the header before decoding any bytes
+                if key in reference and tuple(arr.shape) != reference[key].shape:
+                    return Rejected(f"{key}: shape {tuple(arr.shape)} != "
+                                    f"{reference[key].shape}")
+            state = {k: a.numpy() for k, a in skill.items()}
+        return check_reply(
+            phase, info=dict(info_record), metrics=metrics, state=state, reference=reference,
+            claim=node.claim, server_round=rnd, policy=self.policy,
+            weighted_by=self.weighted_by_key,
+        )
+
+    def _screen_updates(
+        self, rnd: int, accepted: Sequence[tuple[SiteNode, Accepted]],
+        current: dict[str, np.ndarray],
+    ) -> list[tuple[SiteNode, Accepted]]:
+        """Drop replays and norm outliers among the round's valid updates; flag duplicates.
+
+        A replay is an update byte-identical to one accepted in an earlier round (it carries
+        no new training and would rewind the skill). Updates byte-identical to another site's
+        of this round are kept but flagged. The norm bound is the round's own statistic
+        (:func:`~unicon_core.federation.replies.norm_outliers`), per task.
+        """
+        kept: list[tuple[SiteNode, Accepted]] = []
+        seen: dict[str, str] = {}
+        for node, result in accepted:
+            assert result.state is not None
+            entry = self._site_entry(node)
+            entry.setdefault("flags", []).extend(result.notes)
+            fingerprint = digest(result.state)
+            earlier = self._digests.get(fingerprint)
+            if earlier is not None and earlier[1] < rnd:
+                self._reject(entry, node, "train", f"replay: byte-identical to the update site "
+                             f"{earlier[0]} sent in round {earlier[1]}")
+                entry.setdefault("flags", []).append("replay")
+                continue
+            if fingerprint in seen:
+                entry["flags"].append(f"update byte-identical to site {seen[fingerprint]}'s")
+            seen.setdefault(fingerprint, node.site)
+            kept.append((node, result))
+        by_task: dict[str, dict[str, float]] = defaultdict(dict)
+        for node, result in kept:
+            assert result.state is not None
+            by_task[node.task][node.site] = update_norm(slice_task(current, node.task),
+                                                        result.state)
+        outliers: dict[str, str] = {}
+        for norms in by_task.values():
+            outliers.update(norm_outliers(norms, self.update_norm_factor))
+        out = []
+        for node, result in kept:
+            entry = self._site_entry(node)
+            if not entry.get("flags"):
+                entry.pop("flags", None)
+            if node.site in outliers:
+                self._reject(entry, node, "train", outliers[node.site])
+                continue
+            assert result.state is not None
+            self._digests.setdefault(digest(result.state), (node.site, rnd))
+            out.append((node, result))
+        return out
 
     def _reject(self, entry: dict[str, Any], node: SiteNode, phase: str, reason: str) -> None:
         entry.update(status="rejected", reason=reason)
@@ -357,18 +454,6 @@ class PerTaskFedAvg(FedAvg):
                 entry.update(status="no-reply", reason=f"no {phase} reply before the timeout")
                 log(ERROR, "%s: site %s sent no reply in round %d (left out; asked again "
                     "next round)", phase, node.site, rnd)
-
-    def _reply_problem(self, node: SiteNode, info: ConfigRecord) -> str:
-        if info.get(InfoKey.FOUNDATION_HASH.value) != self.foundation_hash:
-            return (
-                f"foundation {str(info.get(InfoKey.FOUNDATION_HASH.value))[:12]}... is not the "
-                f"federation's {self.foundation_hash[:12]}...; its skill cannot be mixed in"
-            )
-        if info.get(InfoKey.TASK.value) != node.task:
-            return f"reply is for task {info.get(InfoKey.TASK.value)!r}, not {node.task!r}"
-        if info.get(InfoKey.SITE.value) != node.site:
-            return f"reply names site {info.get(InfoKey.SITE.value)!r}, not {node.site!r}"
-        return ""
 
     def _site_entry(self, node: SiteNode) -> dict[str, Any]:
         return self._record.setdefault("sites", {}).setdefault(node.site, {"task": node.task})

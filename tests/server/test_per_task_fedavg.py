@@ -44,7 +44,8 @@ def _reply(instruction: Message, node: SiteNode, skill: dict[str, np.ndarray] | 
         RecordKey.METRICS.value: MetricRecord({"num-examples": n, "train_loss": float(n)}),
         RecordKey.INFO.value: ConfigRecord({
             InfoKey.SITE.value: node.site, InfoKey.TASK.value: node.task,
-            InfoKey.FOUNDATION_HASH.value: foundation, InfoKey.STATUS.value: status.value}),
+            InfoKey.FOUNDATION_HASH.value: foundation, InfoKey.STATUS.value: status.value,
+            InfoKey.ROUND.value: instruction.content["config"]["server-round"]}),
     }
     if skill is not None:
         content[RecordKey.SKILL.value] = _record(skill)

@@ -84,18 +84,30 @@ def weighted_average(states: Sequence[Arrays], weights: Sequence[float]) -> dict
     """
     if not states or len(states) != len(weights):
         raise ValueError(f"need one weight per state, got {len(states)} states, {len(weights)}")
-    if any(w < 0 for w in weights) or not sum(weights) > 0:
-        raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
+    share = normalised_weights(weights)
     for i, state in enumerate(states[1:], start=1):
         check_same_layout(states[0], state, what=f"state {i}")
-    total = float(sum(weights))
     out: dict[str, np.ndarray] = {}
     for key, first in states[0].items():
         acc = np.zeros(np.shape(first), dtype=np.float64)
-        for state, weight in zip(states, weights, strict=True):
-            acc += np.asarray(state[key], dtype=np.float64) * (float(weight) / total)
+        for state, weight in zip(states, share, strict=True):
+            acc += np.asarray(state[key], dtype=np.float64) * weight
         out[key] = acc.astype(np.asarray(first).dtype, copy=False)
     return out
+
+
+def normalised_weights(weights: Sequence[float]) -> np.ndarray:
+    """Weights as float64 shares summing to 1, without overflow for huge claims.
+
+    Each weight is divided by the largest first, so two counts near the float64 maximum still
+    give finite shares (their plain sum would be ``inf``). Raises a ``ValueError`` for a
+    negative or non-finite weight, or when all are 0.
+    """
+    w = np.asarray([float(x) for x in weights], np.float64)
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or not w.size or not w.max() > 0:
+        raise ValueError(f"weights must be finite, >= 0 with a positive sum, got {list(weights)}")
+    w = w / w.max()
+    return w / w.sum()
 
 
 def coordinate_median(states: Sequence[Arrays]) -> dict[str, np.ndarray]:
@@ -151,8 +163,11 @@ def weighted_metrics(
         pairs = [
             (float(m[key]), float(w))
             for m, w in zip(metrics, weights, strict=True)
-            if key in m and np.isfinite(m[key]) and w > 0
+            if key in m and np.isfinite(m[key]) and np.isfinite(w) and w > 0
         ]
-        total = sum(w for _, w in pairs)
-        out[key] = sum(v * w for v, w in pairs) / total if total > 0 else float("nan")
+        if not pairs:
+            out[key] = float("nan")
+            continue
+        share = normalised_weights([w for _, w in pairs])
+        out[key] = float(sum(v * s for (v, _), s in zip(pairs, share, strict=True)))
     return out

@@ -178,6 +178,11 @@ class StrategyConfig:
         default=None,
         metadata={"help": "Reject a site update farther than this (L2) from the skill sent."},
     )
+    update_norm_factor: float | None = field(
+        default=4.0,
+        metadata={"help": "With >= 3 updates of a task, reject those whose norm exceeds this "
+                  "factor x the round's median update norm of the task (null: off)."},
+    )
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -187,6 +192,10 @@ class StrategyConfig:
         if self.max_update_norm is not None and not self.max_update_norm > 0:
             raise _fail("strategy.max_update_norm", f"must be > 0 or null, got "
                         f"{self.max_update_norm}")
+
+        if self.update_norm_factor is not None and not self.update_norm_factor >= 1:
+            raise _fail("strategy.update_norm_factor", f"must be >= 1 or null, got "
+                        f"{self.update_norm_factor}")
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of the chosen strategy class beyond the common ones."""

@@ -44,6 +44,8 @@ class InfoKey(str, Enum):
     STATUS = "status"
     REASON = "reason"
     DEVICE = "device"  # where the site computes, e.g. cpu or cuda:0 (query replies only)
+    ROUND = "server-round"  # the round a train/evaluate reply answers (replays are refused)
+    PRIVACY = "privacy"  # what the site's own privacy floor changed, if anything (train replies)
 
 
 class Status(str, Enum):
@@ -60,6 +62,9 @@ class Status(str, Enum):
 
 #: Metric key FedAvg weights by: the number of training (or evaluation) *examples*.
 NUM_EXAMPLES = "num-examples"
+
+#: Query-reply metric: examples in the site's evaluation split (bounds its evaluate replies).
+EVAL_EXAMPLES = "eval-examples"
 
 #: Separator between task name and skill key in the server's union ArrayRecord.
 #: Task names never contain a dot (``TaskSpec`` validates this), so the split is unambiguous.

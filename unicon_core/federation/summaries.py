@@ -50,6 +50,27 @@ def site_summary(site: Site, model: UniconModel) -> tuple[dict[str, np.ndarray],
     return arrays, count
 
 
+def summary_problems(arrays: Mapping[str, np.ndarray], count: int) -> list[str]:
+    """Server side: why a site's router statistics cannot be pooled (empty: they can).
+
+    Only the known keys, as finite 1-D float vectors of at most ``MAX_SUMMARY_LENGTH``, over at
+    least ``MIN_SUMMARY_COUNT`` declared train examples.
+    """
+    known = {k.value for k in SummaryKey}
+    out = []
+    if count < MIN_SUMMARY_COUNT:
+        out.append(f"{count} train examples declared, a summary needs >= {MIN_SUMMARY_COUNT}")
+    for key, arr in arrays.items():
+        if key not in known:
+            out.append(f"{str(key)[:64]!r} is not a summary key")
+        elif arr.ndim != 1 or arr.shape[0] > MAX_SUMMARY_LENGTH or arr.dtype.kind != "f":
+            out.append(f"{key}: {arr.dtype} {arr.shape} is not a float vector of at most "
+                       f"{MAX_SUMMARY_LENGTH}")
+        elif not np.all(np.isfinite(arr)):
+            out.append(f"{key}: non-finite values")
+    return out
+
+
 def pool_summaries(
     reports: Iterable[tuple[str, Mapping[str, np.ndarray], int]],
 ) -> tuple[dict[str, Prototype], dict[str, tuple[np.ndarray, np.ndarray]]]:
