@@ -127,10 +127,10 @@ class TaskSpec:
         metadata={"help": "Segmentation decoder: unetr (token backbones), fpn (multi-scale, "
                   "small on any backbone) or auto (unetr on tokens, fpn on image backbones)."},
     )
-    preprocess: dict[str, Any] | None = field(
-        default=None,
+    preprocess: dict[str, Any] = field(
+        default_factory=dict,
         metadata={"help": "The skill's file-to-tensor steps (data.transforms.PreprocessConfig "
-                  "fields, e.g. crop_foreground, pad_square); None: the run's defaults."},
+                  "fields, e.g. crop_foreground, pad_square); empty: the run's defaults."},
     )
 
     def __post_init__(self) -> None:
@@ -161,8 +161,10 @@ class TaskSpec:
             self._validate_image(owner)
         if self.decoder not in DECODERS:
             raise _fail(owner, "decoder", f"{self.decoder!r} is not one of {list(DECODERS)}")
-        if self.preprocess is not None:
+        if self.preprocess:
             self._validate_preprocess(owner)
+        else:
+            self.preprocess = {}  # None (older callers) means none declared too
         if self.kind is TaskKind.CLASSIFICATION and self.num_classes < 2:
             raise _fail(owner, "num_classes", f"classification needs >= 2, got {self.num_classes}")
         if self.kind is TaskKind.SEGMENTATION:
@@ -281,7 +283,7 @@ class TaskSpec:
                 "targets": list(self.lora.targets),
             },
         }
-        if self.preprocess is not None:
+        if self.preprocess:
             out["preprocess"] = dict(self.preprocess)
         return out
 

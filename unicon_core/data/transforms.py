@@ -150,7 +150,7 @@ def task_preprocess(spec: TaskSpec, fallback: PreprocessConfig | None = None) ->
     uses exactly that (unset fields at their defaults); a task declaring none uses
     ``fallback`` (the run's or bundle's global section), else the defaults.
     """
-    if spec.preprocess is not None:
+    if spec.preprocess:
         return PreprocessConfig.from_mapping(spec.preprocess)
     return fallback or PreprocessConfig()
 
