@@ -343,3 +343,25 @@ def test_a_modality_can_have_its_own_backbone(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="modalities"):
         UniconModel(BackboneConfig(**{**cfg.__dict__, "modalities": {"ct": cnn},
                                       "checkpoint": str(path)}))
+
+
+def test_dp_sgd_trains_a_skill_on_a_cnn_with_frozen_batch_norm() -> None:
+    from unicon_core.federation.config import PrivacyConfig
+    from unicon_core.privacy import DPSGD
+
+    model = UniconModel(I3RESNET_3D, seed=0)
+    task_a, _ = _image_tasks(3)
+    model.add_task(task_a)
+    foundation = model.foundation_hash
+    before = model.skill_state_dict("task_a")
+    dp = DPSGD(PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), seed=0)
+    try:
+        result = train_task(model, "task_a", make_loader(_Images(task_a, n=8), 4, shuffle=True),
+                            TrainConfig(max_steps=2, progress=False, device="cpu"),
+                            make_private=dp)
+    finally:
+        dp.close()
+    assert result.steps == 2 and dp.history
+    assert model.foundation_hash == foundation  # opacus never touched the frozen BN statistics
+    after = model.skill_state_dict("task_a")
+    assert any(not torch.equal(after[k], before[k]) for k in before)
