@@ -15,19 +15,28 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import replace
+from logging import WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.supercore import log
 
 from unicon_core.federation.config import (
     NODE_DEVICE,
+    NODE_DP_LEDGER_DIR,
+    NODE_ROUTER_MIN_COUNT,
+    NODE_ROUTER_NOISE,
+    NODE_ROUTER_WITH_DP,
     NODE_STATE_DIR,
+    ROUTER_MIN_COUNT,
     ExperimentSettings,
+    is_simulation,
     load_settings,
     overrides_from_run_config,
     settings_from_config,
     site_for_node,
+    site_privacy,
 )
 from unicon_core.federation.outputs import SITES_DIR
 from unicon_core.federation.protocol import (
@@ -127,6 +136,13 @@ def answering(info: ConfigRecord, rnd: int) -> ConfigRecord:
     return info
 
 
+def privacy_said(info: ConfigRecord, notes: list[str]) -> ConfigRecord:
+    """``info`` saying what the site's privacy floor changed (nothing when it changed nothing)."""
+    if notes:
+        info[InfoKey.PRIVACY.value] = "; ".join(notes)[:1000]
+    return info
+
+
 def check_instruction(msg: Message, site: Site, model: UniconModel) -> None:
     """Refuse an instruction meant for another task or another foundation."""
     config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
@@ -206,9 +222,7 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     from unicon_core.device import resolve_device
 
     info[InfoKey.DEVICE.value] = str(resolve_device(site_device(context, settings)))
-    from unicon_core.federation.summaries import site_summary
-
-    summary, count = site_summary(site, model)
+    summary, count = router_statistics(context, settings, site, model)
     metrics = MetricRecord({
         NUM_EXAMPLES: int(count),  # bounds the weight of this site's train replies
         EVAL_EXAMPLES: len(site.split_rows(settings.federation.eval_split)),
@@ -219,9 +233,32 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     return Message(content, reply_to=msg)
 
 
+def router_statistics(
+    context: Context, settings: ExperimentSettings, site: Site, model: UniconModel
+) -> tuple[dict[str, Any], int]:
+    """The router statistics this site agrees to send, and its train count.
+
+    Only over at least ``router-min-count`` train examples (default ``ROUTER_MIN_COUNT``, 20),
+    noised when the node config sets ``router-noise``, and not at all while DP-SGD is on unless
+    the node config sets ``router-stats-with-dp`` (moments are not covered by DP's accounting).
+    """
+    from unicon_core.federation.summaries import MIN_SUMMARY_COUNT, site_summary
+
+    node = context.node_config
+    privacy, _ = site_privacy(settings.privacy, node)
+    if privacy.enabled and not bool(node.get(NODE_ROUTER_WITH_DP, False)):
+        return {}, len(site.split_rows("train"))
+    min_count = int(node.get(NODE_ROUTER_MIN_COUNT, ROUTER_MIN_COUNT))
+    noise = float(node.get(NODE_ROUTER_NOISE, 0.0))
+    if min_count < MIN_SUMMARY_COUNT or not noise >= 0:
+        raise ValueError(f"node config {NODE_ROUTER_MIN_COUNT!r} must be >= {MIN_SUMMARY_COUNT} "
+                         f"and {NODE_ROUTER_NOISE!r} >= 0")
+    return site_summary(site, model, min_count=min_count, noise=noise)
+
+
 def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
     """Train the task's skill locally for one round and return it with metrics."""
-    from unicon_core.privacy import DPSGD, sample_rate, steps_per_round
+    from unicon_core.privacy import DPSGD, entropy_seed, sample_rate, steps_per_round
     from unicon_core.training import evaluate_task, make_loader, train_task
 
     site = open_node_site(context, settings)
@@ -229,11 +266,17 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     check_instruction(msg, site, model)
     load_global_skill(msg, site, model)
     task, rnd = site.task_spec.name, server_round(msg)
-    seed = round_seed(settings.seed, site.name, rnd)
+    privacy, notes = site_privacy(settings.privacy, context.node_config)
+    for note in notes:
+        log(WARNING, "site %s, privacy: %s", site.name, note)
+    # Under DP the seed of noise, sampling and shuffling comes from OS entropy unless a
+    # simulation asks for reproducible DP: (config seed, site, round) are known to the server.
+    reproducible = not privacy.enabled or privacy.reproducible
+    seed = round_seed(settings.seed, site.name, rnd) if reproducible else entropy_seed() % 2**31
     train_set = site.dataset("train", train=True)
     cfg = replace(settings.train, seed=seed, progress=False, device=site_device(context, settings))
 
-    privacy, dp, ledger = settings.privacy, None, None
+    dp, ledger = None, None
     extra: dict[str, float] = {}
     if privacy.enabled:
         ledger = load_ledger(context, settings, site.name)
@@ -253,11 +296,11 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
             )
             content = RecordDict({
                 RecordKey.METRICS.value: metrics,
-                RecordKey.INFO.value: answering(
-                    info_record(site, model, Status.BUDGET_EXHAUSTED, reason), rnd),
+                RecordKey.INFO.value: privacy_said(answering(
+                    info_record(site, model, Status.BUDGET_EXHAUSTED, reason), rnd), notes),
             })
             return Message(content, reply_to=msg)
-        dp = DPSGD(privacy, seed=seed)
+        dp = DPSGD(privacy, seed=seed if reproducible else None)
 
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed,
                          num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu")
@@ -280,7 +323,8 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     content = RecordDict({
         RecordKey.SKILL.value: skill_record(model, task),
         RecordKey.METRICS.value: metrics,
-        RecordKey.INFO.value: answering(info_record(site, model, Status.TRAINED), rnd),
+        RecordKey.INFO.value: privacy_said(
+            answering(info_record(site, model, Status.TRAINED), rnd), notes),
     })
     return Message(content, reply_to=msg)
 
@@ -323,10 +367,15 @@ def site_device(context: Context, settings: ExperimentSettings) -> str:
 
 # ---------------------------------------------------------------------------- privacy ledger
 def ledger_dir(context: Context, settings: ExperimentSettings, site: str) -> Path | None:
-    """Where the site keeps its ledger: its ``state-dir``, else ``<run_dir>/sites/<site>``."""
-    if NODE_STATE_DIR in context.node_config:
-        return Path(str(context.node_config[NODE_STATE_DIR]))
-    if settings.federation.run_dir:
+    """Where the site keeps its ledger: ``dp-ledger-dir``, else ``state-dir`` (node config).
+
+    Only a simulated node falls back to ``<run_dir>/sites/<site>``: in a deployment the run
+    config is the researcher's, who must not choose (or reset) where a site counts its epsilon.
+    """
+    for key in (NODE_DP_LEDGER_DIR, NODE_STATE_DIR):
+        if key in context.node_config:
+            return Path(str(context.node_config[key]))
+    if settings.federation.run_dir and is_simulation(context.node_config):
         return Path(settings.federation.run_dir) / SITES_DIR / site
     return None
 

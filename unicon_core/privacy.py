@@ -125,16 +125,32 @@ class PrivacyLedger:
         return ledger
 
 
+def entropy_seed() -> int:
+    """64 bits from the OS entropy pool (``os.urandom``): a seed no one else can know."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+def secure_mode_available() -> bool:
+    """Whether opacus' ``secure_mode`` can run here (it needs ``torchcsprng``)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torchcsprng") is not None
+
+
 class DPSGD:
     """``make_private`` hook for :func:`unicon_core.training.train_task` (opacus DP-SGD).
 
     Called once per round after the optimizer is built; afterwards :attr:`history` holds the
     accountant's steps of that round and :meth:`close` removes opacus' hooks from the model.
-    ``seed`` seeds the noise generator, so a simulation is reproducible; a deployment that
-    needs cryptographically secure noise uses opacus' ``secure_mode`` instead.
+
+    ``seed`` None (the default, and what every deployment uses): noise and Poisson sampling
+    come from opacus' ``secure_mode`` when ``torchcsprng`` is installed, else from a generator
+    seeded with 64 bits of OS entropy (:func:`entropy_seed`), which nobody outside the site
+    can know or replay. An integer seed makes the noise reproducible: only for simulations that
+    ask for it (``privacy.reproducible``), since whoever knows the seed can subtract the noise.
     """
 
-    def __init__(self, cfg: PrivacyConfig, *, seed: int) -> None:
+    def __init__(self, cfg: PrivacyConfig, *, seed: int | None = None) -> None:
         if not cfg.enabled:
             raise ValueError("DPSGD needs privacy.enabled=true")
         self.cfg = cfg
@@ -149,8 +165,12 @@ class DPSGD:
         import torch
         from opacus import PrivacyEngine
 
-        self._engine = PrivacyEngine(accountant="rdp")
+        secure = self.seed is None and secure_mode_available()
+        self._engine = PrivacyEngine(accountant="rdp", secure_mode=secure)
         module.train()  # opacus validates in training mode; train_task switches to it anyway
+        seed = entropy_seed() if self.seed is None else self.seed
+        # Without secure_mode, Poisson sampling draws from torch's global generator, which
+        # train_task seeds with cfg.seed: the caller passes an entropy seed there too.
         module, optimizer, loader = self._engine.make_private(
             module=module,
             optimizer=optimizer,
@@ -158,7 +178,7 @@ class DPSGD:
             noise_multiplier=self.cfg.noise_multiplier,
             max_grad_norm=self.cfg.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=torch.Generator().manual_seed(self.seed),
+            noise_generator=None if secure else torch.Generator().manual_seed(seed),
         )
         self._module = module
         return module, optimizer, loader

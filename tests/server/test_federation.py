@@ -51,7 +51,8 @@ def _skill_keys(task: str) -> set[str]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     root = tmp_path_factory.mktemp("fed")
-    dirs = make_sites(root / "sites", THREE_SITES)
+    # twice the usual sizes: router statistics need >= ROUTER_MIN_COUNT (20) train examples
+    dirs = make_sites(root / "sites", [(name, task, 2 * n) for name, task, n in THREE_SITES])
     grid = run_in_process(tiny_overrides(dirs, root / "run", 2), 3)
     return root / "run", grid
 
@@ -142,7 +143,7 @@ def test_run_folder_holds_results_checkpoint_logs_and_plots(finished_run: tuple)
     rows = read_jsonl(run_dir / "rounds.jsonl")
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["sites"][s]["bytes_up"] > 0 for r in rows for s in TASK_OF_SITE)
-    assert rows[0]["sites"]["site_b"]["train"]["num-examples"] == 18  # examples, not batches
+    assert rows[0]["sites"]["site_b"]["train"]["num-examples"] == 24  # 3 steps x 8, not batches
     assert load_checkpoint(run_dir).round == 2
     timing = results["timing"]
     assert timing["rounds_run"] == 2 and timing["query_s"] > 0 and timing["rounds_s"] > 0

@@ -24,6 +24,16 @@ NODE_SITE_NAME = "site-name"
 NODE_STATE_DIR = "state-dir"
 #: Node-config key: the device this site trains on (overrides ``train.device``).
 NODE_DEVICE = "device"
+#: Node-config keys of the site's own privacy floor; a run config can only tighten them.
+NODE_DP_MIN_NOISE = "dp-min-noise"  # smallest noise multiplier the site trains with (DP on)
+NODE_DP_MAX_EPSILON = "dp-max-epsilon"  # largest epsilon the site ever spends (DP on)
+NODE_DP_LEDGER_DIR = "dp-ledger-dir"  # where the site keeps its privacy ledger
+#: Node-config keys of the router statistics a site sends in the query round.
+NODE_ROUTER_MIN_COUNT = "router-min-count"  # fewest train examples (default ROUTER_MIN_COUNT)
+NODE_ROUTER_NOISE = "router-noise"  # Gaussian noise std x (1 / count) added to each moment
+NODE_ROUTER_WITH_DP = "router-stats-with-dp"  # send them even while DP-SGD is on
+#: Default fewest train examples behind a site's router statistics.
+ROUTER_MIN_COUNT = 20
 #: Node-config key Flower's simulation sets on every virtual SuperNode.
 NODE_PARTITION_ID = "partition-id"
 
@@ -150,6 +160,11 @@ class PrivacyConfig:
     delta: float = field(default=1e-5, metadata={"help": "Target delta of (epsilon, delta)-DP."})
     epsilon_budget: float | None = field(
         default=None, metadata={"help": "A site stops before a round would exceed this."}
+    )
+    reproducible: bool = field(
+        default=False,
+        metadata={"help": "Simulation only: seed DP noise and sampling from (seed, site, round). "
+                  "Ignored in a deployment, where noise always comes from OS entropy."},
     )
 
     def __post_init__(self) -> None:
@@ -287,6 +302,56 @@ def settings_from_config(cfg: Any) -> ExperimentSettings:
         tasks=tasks,
         resolved=data,
     )
+
+
+def _positive(node_config: Mapping[str, Any], key: str) -> float | None:
+    if key not in node_config:
+        return None
+    value = node_config[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"node config {key!r} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def is_simulation(node_config: Mapping[str, Any]) -> bool:
+    """Whether this node is a simulated one (Flower sets ``partition-id``, no ``site-dir``)."""
+    return NODE_PARTITION_ID in node_config and NODE_SITE_DIR not in node_config
+
+
+def site_privacy(
+    run: PrivacyConfig, node_config: Mapping[str, Any]
+) -> tuple[PrivacyConfig, list[str]]:
+    """The privacy a site applies: the run's, tightened by the site's own floor; and notes.
+
+    A floor (``dp-min-noise``, ``dp-max-epsilon``) turns DP-SGD on; the noise is the larger of
+    the run's and the floor's, the budget the smaller. A run config can only tighten the floor,
+    never loosen it; each note says what the floor changed. ``reproducible`` holds only on a
+    simulated node. Raises a ``ValueError`` naming a malformed node-config value.
+    """
+    from dataclasses import replace
+
+    notes: list[str] = []
+    min_noise = _positive(node_config, NODE_DP_MIN_NOISE)
+    max_eps = _positive(node_config, NODE_DP_MAX_EPSILON)
+    out = run
+    if (min_noise is not None or max_eps is not None) and not run.enabled:
+        notes.append("the run config has DP off; the site's floor turns DP-SGD on")
+        out = replace(out, enabled=True)
+    if min_noise is not None and out.noise_multiplier < min_noise:
+        if run.enabled:
+            notes.append(f"noise multiplier {run.noise_multiplier:g} is below the site's floor "
+                         f"{min_noise:g}; the floor applies")
+        out = replace(out, noise_multiplier=min_noise)
+    if max_eps is not None and (out.epsilon_budget is None or out.epsilon_budget > max_eps):
+        if run.enabled:
+            notes.append(f"epsilon budget {run.epsilon_budget} is above the site's maximum "
+                         f"{max_eps:g}; the maximum applies")
+        out = replace(out, epsilon_budget=max_eps)
+    if out.reproducible and not is_simulation(node_config):
+        notes.append("privacy.reproducible is ignored outside a simulation (noise from OS "
+                     "entropy)")
+        out = replace(out, reproducible=False)
+    return out, notes
 
 
 def site_for_node(node_config: Mapping[str, Any], fed: FederationConfig) -> tuple[str, Path]:

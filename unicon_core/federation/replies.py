@@ -170,6 +170,8 @@ def check_reply(
     ):
         return Rejected(f"{weighted_by} is {weight!r}, not a count >= 0")
     notes: list[str] = []
+    if info.get(InfoKey.PRIVACY.value):
+        notes.append(f"site privacy floor: {str(info.get(InfoKey.PRIVACY.value))[:300]}")
     bound = claim.train_examples if phase == "train" else claim.eval_examples
     bound = MAX_EXAMPLES if bound is None else bound
     if weight > bound:  # a train count over several epochs exceeds the split: clamp silently

@@ -33,13 +33,21 @@ MAX_SUMMARY_LENGTH = 512
 MIN_SUMMARY_COUNT = 5
 
 
-def site_summary(site: Site, model: UniconModel) -> tuple[dict[str, np.ndarray], int]:
-    """A site's summary arrays over its train split and the number of examples behind them."""
+def site_summary(
+    site: Site, model: UniconModel, min_count: int = MIN_SUMMARY_COUNT, noise: float = 0.0
+) -> tuple[dict[str, np.ndarray], int]:
+    """A site's summary arrays over its train split and the number of examples behind them.
+
+    No arrays below ``min_count`` examples (a federated site uses ``ROUTER_MIN_COUNT``, 20, or
+    its node config's). ``noise`` > 0 adds Gaussian noise of std ``noise / count`` to every
+    moment, drawn from OS entropy (a mean over ``count`` rows moves by ``range / count`` when
+    one row changes; this is a blur, not a DP guarantee unless values are bounded by ``noise``).
+    """
     from unicon_core.inference.prototypes import feature_moments, site_prototype
 
     train = site.dataset("train", train=False)
     count = len(train)
-    if count < MIN_SUMMARY_COUNT:
+    if count < max(min_count, MIN_SUMMARY_COUNT):
         return {}, count
     vector, count = site_prototype(model, train, site.task_spec.name)
     arrays = {SummaryKey.PROTOTYPE.value: vector.astype(np.float64)}
@@ -47,6 +55,9 @@ def site_summary(site: Site, model: UniconModel) -> tuple[dict[str, np.ndarray],
         rows = [site.rows[i] for i in site.split_rows("train")]
         moments, _ = feature_moments(rows, site.task_spec.feature_names)
         arrays[SummaryKey.FEATURE_MOMENTS.value] = moments.astype(np.float64)
+    if noise > 0:
+        rng = np.random.default_rng()  # seeded from OS entropy: not reproducible on purpose
+        arrays = {k: v + rng.normal(0.0, noise / count, v.shape) for k, v in arrays.items()}
     return arrays, count
 
 
