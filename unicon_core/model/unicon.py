@@ -61,14 +61,17 @@ class UniconModel(nn.Module):
         #: slot -> a modality's own backbone (``backbone.modalities``); slot "" is ``backbone``
         self.modality_backbones = nn.ModuleDict()
         self.slot_of_modality: dict[str, str] = {}
+        #: slot -> the settings its backbone was built from
+        self.slot_cfg: dict[str, BackboneConfig] = {"": self.cfg.for_modality("")}
         for modality, entry in sorted(self.cfg.modalities.items()):
             same = [m for m, s in self.slot_of_modality.items() if self.cfg.modalities[m] == entry]
             if same:
                 self.slot_of_modality[modality] = self.slot_of_modality[same[0]]
                 continue
             slot = modality.replace("+", "_")
+            self.slot_cfg[slot] = self.cfg.for_modality(modality)
             with _seeded(_derived_seed(seed, "backbone:" + slot)):
-                self.modality_backbones[slot] = create_backbone(self.cfg.for_modality(modality))
+                self.modality_backbones[slot] = create_backbone(self.slot_cfg[slot])
             self.slot_of_modality[modality] = slot
         self.modality_backbones.requires_grad_(False)
         #: task -> slot of the backbone it uses
@@ -139,10 +142,11 @@ class UniconModel(nn.Module):
         """Register a stem (``owner`` None: a frozen foundation stem)."""
         if stem_spec.key in self.stems:
             raise ValueError(f"stem {stem_spec.key!r} exists already")
-        core = self.core(self.slot_for(stem_spec.modality))
+        slot = self.slot_for(stem_spec.modality)
+        core, sizes = self.core(slot), self.slot_cfg[slot]
         with _seeded(_derived_seed(self.seed, "stem:" + stem_spec.key)):
             if core.input_kind == "tokens":
-                stem = build_stem(stem_spec, self.cfg.hidden_size, self.cfg.num_heads)
+                stem = build_stem(stem_spec, sizes.hidden_size, sizes.num_heads)
             else:
                 adapt = None if core.accepts_channels(stem_spec.channels) else core.in_channels
                 stem = ChannelStem(stem_spec, adapt)
