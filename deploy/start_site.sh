@@ -5,6 +5,7 @@
 #
 #   deploy/start_site.sh --superlink HOST:PORT --ca ca.crt --key node_key --site-dir DIR \
 #       [--site-name NAME] [--state-dir DIR] [--port 9094] [--executor warm|flower]
+#       [--device auto|cpu|cuda|cuda:N]   (this site's own GPU; wins over the run's train.device)
 #   deploy/start_site.sh --insecure --superlink HOST:PORT --site-dir DIR ...  (warning; tests only)
 #
 # --port is the SuperNode's local Runtime API (127.0.0.1 only); each SuperNode on one machine
@@ -13,6 +14,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 superlink="" ca="" key="" site_dir="" site_name="" state_dir="" port="9094" executor="warm"
+device=""
 insecure=0 retries="${MAX_RETRIES:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -24,6 +26,7 @@ while [ $# -gt 0 ]; do
     --state-dir) state_dir="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --executor) executor="$2"; shift 2 ;;
+    --device) device="$2"; shift 2 ;;
     --insecure) insecure=1; shift ;;
     *) die "unknown argument $1" ;;
   esac
@@ -34,6 +37,10 @@ site_dir="$(abs_path "$site_dir")"
 [[ "$site_dir$site_name$state_dir" != *"'"* ]] || die "paths and names may not contain '"
 config="site-dir='$site_dir'"
 [ -z "$site_name" ] || config+=" site-name='$site_name'"
+if [ -n "$device" ]; then
+  [[ "$device" =~ ^(auto|cpu|cuda(:[0-9]+)?)$ ]] || die "--device must be auto, cpu, cuda or cuda:N"
+  config+=" device='$device'"
+fi
 if [ -n "$state_dir" ]; then
   private_dir "$state_dir"  # privacy ledger, FABs: owner-only (umask 077 in common.sh)
   state_dir="$(abs_path "$state_dir")"

@@ -114,3 +114,15 @@ def test_researcher_config_names_the_ca(tmp_path: Path, stub_bin: Path) -> None:
     text = (tmp_path / "home" / "config.toml").read_text()
     assert 'address = "127.0.0.1:9092"' in text
     assert f'root-certificates = "{tmp_path}/ca.crt"' in text and "insecure" not in text
+
+
+def test_site_names_its_own_device(tmp_path: Path, stub_bin: Path) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    base = [str(DEPLOY / "start_site.sh"), "--insecure", "--superlink", "127.0.0.1:1",
+            "--site-dir", str(site), "--executor", "flower"]
+    res = _run([*base, "--device", "cuda:1"], stub_bin)
+    assert res.returncode == 0, res.stderr
+    assert "device='cuda:1'" in res.stdout
+    bad = _run([*base, "--device", "gpu"], stub_bin)
+    assert bad.returncode != 0 and "--device must be" in bad.stderr
