@@ -285,12 +285,22 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
             sample_rate(len(train_set), cfg.batch_size),
             steps_per_round(len(train_set), cfg.batch_size, cfg.epochs, cfg.max_steps),
         )]
-        if ledger.would_exceed(privacy.epsilon_budget, planned):
+        reason = ""
+        if ledger_dir(context, settings, site.name) is None and not is_simulation(
+            context.node_config
+        ):
+            # An in-memory ledger restarts at epsilon 0 with the SuperNode: no budget holds.
+            reason = (
+                f"site {site.name!r} does not train under DP without a ledger folder that "
+                "survives restarts: start it with --state-dir (or node config dp-ledger-dir)"
+            )
+        elif ledger.would_exceed(privacy.epsilon_budget, planned):
             reason = (
                 f"site {site.name!r} stops training: one more round would raise epsilon from "
                 f"{ledger.epsilon:.3f} to {ledger.epsilon_after(planned):.3f}, above its budget "
                 f"{privacy.epsilon_budget} (delta={privacy.delta})"
             )
+        if reason:
             metrics = MetricRecord(
                 {NUM_EXAMPLES: 0, "epsilon": ledger.epsilon, "delta": privacy.delta}
             )

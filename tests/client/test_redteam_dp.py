@@ -152,10 +152,33 @@ def _train_seed(tiny: tuple[Path, list[str]], node_config: dict[str, Any],
 def test_a_deployed_site_never_seeds_dp_from_what_the_server_knows(
     tiny: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    deployed = _train_seed(tiny, {"site-dir": "", "dp-min-noise": 1.5}, monkeypatch)
+    ledger = str(tiny[0].parent / "ledger")
+    deployed = _train_seed(tiny, {"site-dir": "", "dp-min-noise": 1.5, "dp-ledger-dir": ledger},
+                           monkeypatch)
     simulated = _train_seed(tiny, {"partition-id": 0, "num-partitions": 1}, monkeypatch)
     assert deployed == {"seed": None, "noise": 1.5}  # OS entropy, the site's floor
     assert isinstance(simulated["seed"], int)  # reproducible: simulation and asked for
+
+
+@pytest.mark.redteam(surface=DP, outcome="clear_error")
+def test_a_deployed_site_without_a_ledger_folder_does_not_train_under_dp(
+    tiny: tuple[Path, list[str]]
+) -> None:
+    # An in-memory ledger would restart at epsilon 0 with the SuperNode: no budget could hold.
+    site_dir, overrides = tiny
+    settings = load_settings(overrides)
+    context = _context({"site-dir": str(site_dir), "dp-min-noise": 1.5})
+    site = site_runner.open_node_site(context, settings)
+    model = site_runner.build_model(settings, site)
+    msg = Message(RecordDict({
+        "config": ConfigRecord({"task": CLS_TASK, "server-round": 3,
+                                "foundation-hash": model.foundation_hash}),
+        "skill": site_runner.skill_record(model, CLS_TASK),
+    }), dst_node_id=1, message_type="train")
+    reply = site_runner.handle_train(msg, context, settings)
+    info = reply.content.config_records["info"]
+    assert info["status"] == "budget-exhausted" and "--state-dir" in str(info["reason"])
+    assert "skill" not in reply.content.array_records
 
 
 # ------------------------------------------------------------------------ router statistics
