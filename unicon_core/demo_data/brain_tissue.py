@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from unicon_core.config import Modality, TaskKind, TaskSpec
+from unicon_core.config import TaskSpec
 from unicon_core.data.readers import write_nifti
 from unicon_core.data.splits import assign_splits
 
@@ -24,18 +24,12 @@ SOURCE = "nilearn datasets/data mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converte
 PLANES: dict[str, int] = {"brain_axial": 2, "brain_coronal": 1}
 
 
-def tissue_task(size: int = 64) -> TaskSpec:
-    """``tissue_seg``: 2D MRI slices, 3 labels (background, GM, WM)."""
-    return TaskSpec(
-        name="tissue_seg",
-        kind=TaskKind.SEGMENTATION,
-        modality=Modality.MRI,
-        channels=1,
-        spatial_dims=2,
-        input_size=[size, size],
-        patch_size=8,
-        num_classes=3,
-    )
+def tissue_task() -> TaskSpec:
+    """``tissue_seg`` as ``configs/task/tissue_seg.yaml`` declares it: 2D MRI slices, 3 labels
+    (background, GM, WM)."""
+    from unicon_core.hydra_config import task_file_spec
+
+    return task_file_spec("tissue_seg")
 
 
 def _template_paths() -> dict[str, Path]:

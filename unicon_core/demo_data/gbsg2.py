@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from unicon_core.config import Modality, TaskKind, TaskSpec
+from unicon_core.config import TaskSpec
 from unicon_core.data.splits import assign_splits
 
 FEATURES = ["age", "estrec", "horth", "menostat", "pnodes", "progrec", "tgrade", "tsize"]
@@ -19,14 +19,17 @@ SOURCE = "scikit-survival sksurv.datasets.load_gbsg2 (German Breast Cancer Study
 
 
 def gbsg2_task() -> TaskSpec:
-    """``gbsg2_surv``: survival from 8 clinical features."""
-    return TaskSpec(
-        name="gbsg2_surv",
-        kind=TaskKind.SURVIVAL,
-        modality=Modality.CLINICAL,
-        spatial_dims=0,
-        feature_names=list(FEATURES),
-    )
+    """``gbsg2_surv`` as ``configs/task/gbsg2_surv.yaml`` declares it: survival from the 8
+    clinical features of :data:`FEATURES`."""
+    from unicon_core.hydra_config import task_file_spec
+
+    spec = task_file_spec("gbsg2_surv")
+    if spec.feature_names != FEATURES:
+        raise ValueError(
+            f"configs/task/gbsg2_surv.yaml: feature_names {spec.feature_names} differ from the "
+            f"columns the GBSG2 builder writes {FEATURES}"
+        )
+    return spec
 
 
 def gbsg2_rows(seed: int = 0, n_sites: int = 2) -> list[list[dict[str, Any]]]:

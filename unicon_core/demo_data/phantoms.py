@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from unicon_core.config import Modality, TaskKind, TaskSpec
+from unicon_core.config import TaskSpec
 from unicon_core.data.readers import write_nifti
 from unicon_core.data.splits import assign_splits
 
@@ -144,18 +144,12 @@ def make_phantom(rng: np.random.Generator, cfg: PhantomConfig) -> dict[str, Any]
     }
 
 
-def phantom_task(with_pet: bool, size: int = 32) -> TaskSpec:
-    """``ct_seg`` (CT, 1 channel) or ``ctpet_seg`` (CT+PET, 2 channels) lesion segmentation."""
-    return TaskSpec(
-        name="ctpet_seg" if with_pet else "ct_seg",
-        kind=TaskKind.SEGMENTATION,
-        modality=Modality.CT_PET if with_pet else Modality.CT,
-        channels=2 if with_pet else 1,
-        spatial_dims=3,
-        input_size=[size] * 3,
-        patch_size=8,
-        num_classes=2,
-    )
+def phantom_task(with_pet: bool) -> TaskSpec:
+    """``ct_seg`` (CT, 1 channel) or ``ctpet_seg`` (CT+PET, 2 channels) lesion segmentation, as
+    ``configs/task/{ct_seg,ctpet_seg}.yaml`` declare them."""
+    from unicon_core.hydra_config import task_file_spec
+
+    return task_file_spec("ctpet_seg" if with_pet else "ct_seg")
 
 
 def write_phantom_cases(

@@ -8,8 +8,13 @@ Sites (task -> sites):
 * ``ct_seg`` (synthetic CT phantoms, 32^3): ``ct_a``, ``ct_b``;
 * ``ctpet_seg`` (synthetic CT+PET phantoms, 32^3): ``ctpet_a``.
 
-A site folder that is already complete is reused unless ``force=True``; a synthetic phantom site
-written by an older generator version (its ``site.json`` ``source`` differs) is rebuilt.
+Task specs come from ``configs/task/<task>.yaml`` (the files the experiments compose), so a
+site's ``site.json`` holds what the run configuration expects. A site folder that is already
+complete is reused unless ``force=True``; one that is *stale* is rebuilt: written by an older
+generator version (its ``site.json`` ``source`` differs) or for another task spec (its
+``site.json`` task differs from the task file, e.g. after a ``preprocess`` step was declared),
+which the query round would otherwise exclude. Br35H and GBSG2 sites are dealt from one pool,
+so one stale or missing site rebuilds its whole group.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from unicon_core.config import TaskSpec
 from unicon_core.demo_data.writer import build_site, site_is_complete
 
 
@@ -32,7 +38,7 @@ def _phantom_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]
         "ctpet_a": (ph.PhantomConfig(), True, 60),
     }
     for k, (name, (cfg, with_pet, n)) in enumerate(plans.items()):
-        task = ph.phantom_task(with_pet, cfg.size)
+        task = ph.phantom_task(with_pet)
         what = "CT+PET" if with_pet else "CT"
         _record(
             report,
@@ -51,28 +57,38 @@ def _phantom_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]
                 lambda d, cfg=cfg, with_pet=with_pet, n=n, name=name, k=k: ph.write_phantom_cases(
                     d, name, n, cfg, with_pet, seed=seed * 1000 + k
                 ),
-                force or _stale(out_dir / name, ph.SOURCE),
+                force or _stale(out_dir / name, ph.SOURCE, task),
             ),
         )
 
 
-def _stale(site_dir: Path, source: str) -> bool:
-    """A complete site folder written by another generator version (``source`` differs)."""
+def _stale(site_dir: Path, source: str, task: TaskSpec) -> bool:
+    """A complete site folder written by another generator version (``source`` differs) or for
+    another task spec than ``task`` (the task file changed since it was built)."""
     from unicon_core.data.manifest import read_site_json
 
     if not site_is_complete(site_dir):
         return False
     try:
-        return read_site_json(site_dir).source != source
-    except (OSError, ValueError):
+        meta = read_site_json(site_dir)
+    except (OSError, ValueError, TypeError):
         return True
+    return meta.source != source or meta.task.to_dict() != task.to_dict()
+
+
+def _reusable(out_dir: Path, names: list[str], source: str, task: TaskSpec) -> bool:
+    """Every site of a group is complete and none is stale."""
+    return all(
+        site_is_complete(out_dir / n) and not _stale(out_dir / n, source, task) for n in names
+    )
 
 
 def _gbsg2_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
     from unicon_core.demo_data import gbsg2
 
     names = ["gbsg2_a", "gbsg2_b"]
-    if all(site_is_complete(out_dir / n) for n in names) and not force:
+    task = gbsg2.gbsg2_task()
+    if not force and _reusable(out_dir, names, gbsg2.SOURCE, task):
         for n in names:
             _record(report, n, out_dir / n, False)
         return
@@ -84,7 +100,7 @@ def _gbsg2_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
             *build_site(
                 out_dir,
                 name,
-                gbsg2.gbsg2_task(),
+                task,
                 False,
                 gbsg2.SOURCE,
                 f"Real GBSG2 breast-cancer patients ({len(rows)} of 686), recurrence-free "
@@ -98,6 +114,7 @@ def _gbsg2_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
 def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
     from unicon_core.demo_data import brain_tissue as bt
 
+    task = bt.tissue_task()
     for k, (name, axis) in enumerate(bt.PLANES.items()):
         plane = {0: "sagittal", 1: "coronal", 2: "axial"}[axis]
         _record(
@@ -106,7 +123,7 @@ def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
             *build_site(
                 out_dir,
                 name,
-                bt.tissue_task(),
+                task,
                 False,
                 bt.SOURCE,
                 f"Real MNI152 2009a T1 template, {plane} slices at 64x64 with GM/WM labels "
@@ -114,7 +131,7 @@ def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
                 lambda d, name=name, axis=axis, k=k: bt.write_tissue_slices(
                     d, name, axis, seed=seed + k
                 ),
-                force,
+                force or _stale(out_dir / name, bt.SOURCE, task),
             ),
         )
 
@@ -123,11 +140,13 @@ def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
     from unicon_core.demo_data import br35h
 
     names = list(br35h.SITE_TUMOUR_FRACTION)
-    if all(site_is_complete(out_dir / n) for n in names) and not force:
+    task = br35h.tumour_task()
+    crop, floor = br35h.baked_step(task)
+    if not force and _reusable(out_dir, names, br35h.SOURCE, task):
         for n in names:
             _record(report, n, out_dir / n, False)
         return
-    images = br35h.scan_br35h()
+    images = br35h.scan_br35h(task.input_size[-1], crop=crop, floor=floor)
     chosen = br35h.select_sites(images, seed=seed)
     for name in names:
         share = br35h.SITE_TUMOUR_FRACTION[name]
@@ -137,7 +156,7 @@ def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
             *build_site(
                 out_dir,
                 name,
-                br35h.tumour_task(),
+                task,
                 False,
                 br35h.SOURCE,
                 f"Real Br35H brain MRI (web-collected JPEGs), {len(chosen[name])} images, "
