@@ -15,7 +15,16 @@ best value seen):
   Ranzato's BWT with "right after training" as reference), averaged over the same tasks, so
   ``BWT = -forgetting``; negative means later stages degraded earlier tasks.
 
-With no task eligible (a single stage) BWT and forgetting are NaN, not 0.
+* **forward transfer (FWT)** of task ``i`` joining at stage ``j_i > 0``: ``R[i][j_i] - b_i``,
+  where ``b_i`` is a *reference* value of the same task trained with the same budget on the
+  initial (never refined) foundation, e.g. the isolated method's ``R[i][j_i]``. Averaged over the
+  tasks that join after the first stage (the first task has nothing earlier to transfer from).
+  Positive means what the model learned earlier (a refined backbone) helped the new task. This
+  is Lopez-Paz & Ranzato's FWT with a trained reference instead of their untrained one
+  (``R[i][j_i - 1] - b_i`` with a random-init ``b_i``): the matrix holds no value for a task
+  before it joins, since its head does not exist yet.
+
+With no task eligible (a single stage) BWT, forgetting and FWT are NaN, not 0.
 """
 
 from __future__ import annotations
@@ -75,10 +84,53 @@ def backward_transfer(matrix: Matrix, trained: Sequence[int]) -> float:
     return 0.0 - value if math.isfinite(value) else math.nan  # 0.0, never -0.0
 
 
-def summary(matrix: Matrix, trained: Sequence[int]) -> dict[str, float]:
-    """``avg``, ``bwt`` and ``forgetting`` of one matrix."""
-    return {
+def joined_stages(matrix: Matrix) -> list[int]:
+    """Each task's first stage with a finite value (the stage it joined and first trained)."""
+    out = []
+    for i, row in enumerate(matrix):
+        finite = [j for j, v in enumerate(row) if math.isfinite(float(v))]
+        if not finite:
+            raise ValueError(f"task {i} has no finite value: cannot tell when it joined")
+        out.append(finite[0])
+    return out
+
+
+def per_task_forward_transfer(
+    matrix: Matrix, reference: Sequence[float], joined: Sequence[int] | None = None
+) -> list[float]:
+    """``R[i][joined[i]] - reference[i]`` per task; NaN for tasks joining at stage 0.
+
+    ``joined`` defaults to :func:`joined_stages` (the first finite cell of each row).
+    """
+    joined = list(joined) if joined is not None else joined_stages(matrix)
+    _check(matrix, joined)
+    if len(reference) != len(matrix):
+        raise ValueError(f"need one reference value per task, got {len(reference)}")
+    return [math.nan if j == 0 else float(row[j]) - float(ref)
+            for row, j, ref in zip(matrix, joined, reference, strict=True)]
+
+
+def forward_transfer(
+    matrix: Matrix, reference: Sequence[float], joined: Sequence[int] | None = None
+) -> float:
+    """Mean FWT over the tasks that joined after stage 0 (NaN if none); see the module doc."""
+    return _mean(per_task_forward_transfer(matrix, reference, joined))
+
+
+#: Short names (the definitions above): ``bwt(R, trained)``, ``fwt(R, reference)``.
+bwt = backward_transfer
+fwt = forward_transfer
+
+
+def summary(
+    matrix: Matrix, trained: Sequence[int], reference: Sequence[float] | None = None
+) -> dict[str, float]:
+    """``avg``, ``bwt`` and ``forgetting`` of one matrix; ``fwt`` too given a reference."""
+    out = {
         "avg": average_final(matrix),
         "bwt": backward_transfer(matrix, trained),
         "forgetting": forgetting(matrix, trained),
     }
+    if reference is not None:
+        out["fwt"] = forward_transfer(matrix, reference)
+    return out

@@ -85,3 +85,39 @@ def test_invalid_inputs_are_refused(matrix, trained, message) -> None:
     # Execute / Assert
     with pytest.raises(ValueError, match=message):
         summary(matrix, trained)
+
+
+@pytest.mark.parametrize(
+    ("matrix", "reference", "fwt_value", "per_task"),
+    [
+        # task 1 joins at stage 1: 0.7 vs reference 0.6; task 2 at stage 2: 0.5 vs 0.6
+        # fwt = ((0.7-0.6) + (0.5-0.6)) / 2 = 0.0; task 0 (stage 0) is not counted
+        ([[0.8, 0.7, 0.6], [NAN, 0.7, 0.9], [NAN, NAN, 0.5]], [0.1, 0.6, 0.6], 0.0,
+         [NAN, 0.1, -0.1]),
+        # the value right after joining counts, not a later (better) one: 0.6 - 0.4 = 0.2
+        ([[0.9, 0.9], [NAN, 0.6]], [0.9, 0.4], 0.2, [NAN, 0.2]),
+    ],
+)
+def test_forward_transfer_matches_hand_computed(matrix, reference, fwt_value, per_task) -> None:
+    # Execute
+    from unicon_core.continual.matrix import fwt, per_task_forward_transfer
+
+    values = per_task_forward_transfer(matrix, reference)
+    # Assert
+    assert fwt(matrix, reference) == pytest.approx(fwt_value)
+    assert math.isnan(values[0])
+    assert values[1:] == pytest.approx(per_task[1:])
+
+
+def test_forward_transfer_single_stage_is_nan_and_summary_adds_it_only_with_a_reference() -> None:
+    # Prepare
+    from unicon_core.continual.matrix import bwt, forward_transfer
+
+    matrix = [[0.8, 0.7], [NAN, 0.6]]
+    # Execute / Assert
+    assert math.isnan(forward_transfer([[0.5]], [0.4]))
+    assert "fwt" not in summary(matrix, [0, 1])
+    assert summary(matrix, [0, 1], [0.0, 0.5])["fwt"] == pytest.approx(0.1)
+    assert bwt(matrix, [0, 1]) == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="reference"):
+        forward_transfer(matrix, [0.5])
