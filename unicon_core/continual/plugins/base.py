@@ -1,0 +1,106 @@
+"""The plugin protocol of foundation refinement: lifecycle hooks plus an optional loss term.
+
+Avalanche's shape (``LwFPlugin``, ``EWCPlugin``): a retention method is a plugin that does its
+bookkeeping between stages and adds a term to the training loss; the training loop itself does
+not change. Everything is a no-op by default, and a disabled plugin (``enabled=False``) does
+nothing at all: its hooks return at once and its loss is ``None``.
+
+The loss hook receives the task being trained: one :class:`~unicon_core.model.UniconModel`
+serves several tasks, and a teacher must run the same task's route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from unicon_core.continual.runner import Plugin, RunContext, Strategy
+from unicon_core.continual.stages import StagePlan
+
+#: What :func:`unicon_core.training.train_task` takes as ``extra_loss``.
+ExtraLoss = Callable[[nn.Module, dict[str, Any], torch.Tensor], "torch.Tensor | None"]
+
+
+class ContinualPlugin(Plugin):
+    """Hooks ``before_stage``, ``after_stage`` and ``loss``; subclasses override ``on_*``."""
+
+    name = "plugin"
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+
+    def before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
+        """Called before a stage trains (nothing when disabled)."""
+        if self.enabled:
+            self.on_before_stage(strategy, plan, ctx)
+
+    def after_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
+        """Called after a stage trained (nothing when disabled)."""
+        if self.enabled:
+            self.on_after_stage(strategy, plan, ctx)
+
+    def loss(
+        self, model: nn.Module, task: str, batch: dict[str, Any], outputs: torch.Tensor
+    ) -> torch.Tensor | None:
+        """A term added to ``task``'s training loss, or ``None`` (always ``None`` disabled)."""
+        return self.compute_loss(model, task, batch, outputs) if self.enabled else None
+
+    def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
+        """Override: work before a stage."""
+
+    def on_after_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
+        """Override: bookkeeping after a stage (snapshots, Fisher, memories)."""
+
+    def compute_loss(
+        self, model: nn.Module, task: str, batch: dict[str, Any], outputs: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Override: the loss term of an enabled plugin."""
+        return None
+
+
+def plugin_loss(
+    plugins: Sequence[ContinualPlugin], model: nn.Module, task: str, batch: dict[str, Any],
+    outputs: torch.Tensor,
+) -> torch.Tensor | None:
+    """Sum of the plugins' loss terms; ``None`` when no plugin adds one."""
+    terms = [t for p in plugins if (t := p.loss(model, task, batch, outputs)) is not None]
+    return torch.stack([t.reshape(()) for t in terms]).sum() if terms else None
+
+
+def extra_loss_for(plugins: Sequence[ContinualPlugin], task: str) -> ExtraLoss | None:
+    """The ``extra_loss`` callable of ``train_task`` for ``task`` (``None``: no enabled plugin)."""
+    active = [p for p in plugins if p.enabled]
+    if not active:
+        return None
+    return lambda model, batch, outputs: plugin_loss(active, model, task, batch, outputs)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy with every parameter frozen, in eval mode: a teacher."""
+    import copy
+
+    teacher = copy.deepcopy(model)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def pooled(features: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-layer ``(B, D)`` summaries of an ``encode`` output.
+
+    Tokens ``(B, N, D)`` are averaged over tokens (one layer); feature maps ``(B, C, *space)``
+    (a list, fine to coarse) are averaged over space, one entry per level.
+    """
+    levels = [features] if isinstance(features, torch.Tensor) else list(features)
+    out = []
+    for f in levels:
+        if f.ndim == 2:
+            out.append(f)
+        elif f.ndim == 3:  # tokens (B, N, D)
+            out.append(f.mean(1))
+        else:  # maps (B, C, *space)
+            out.append(f.flatten(2).mean(2))
+    return out
