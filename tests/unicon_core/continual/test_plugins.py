@@ -320,3 +320,28 @@ def test_plugin_loss_sums_enabled_terms() -> None:
     assert total is not None and total.item() == pytest.approx(2.0)
     assert hook is not None and hook(model, {}, torch.zeros(1)).item() == pytest.approx(2.0)
     assert not math.isnan(total.item())
+
+
+def test_captured_loss_equals_the_plugin_loss_of_the_last_training_forward() -> None:
+    # Prepare
+    from unicon_core.continual.plugins.base import CapturedLoss
+
+    model = _model((CLS_TASK, SURV_TASK))
+    kd, lwf = KDPlugin(), LwFPlugin()
+    kd.set_teacher(model)
+    lwf.set_teacher(model)
+    _nudge_backbone(model)
+    batch = _batch()
+    # Execute
+    with CapturedLoss([kd, lwf], model, SURV_TASK) as regulariser:
+        nothing_yet = regulariser()
+        out = model(batch["input"], SURV_TASK)
+        model(batch["input"] * 2, CLS_TASK)  # another task's forward is not captured
+        captured = regulariser()
+        again = regulariser()  # LwF's own forwards did not replace the captured one
+    expected = plugin_loss([kd, lwf], model, SURV_TASK, batch, out)
+    # Assert
+    assert nothing_yet.item() == 0.0
+    assert expected is not None and captured.item() == pytest.approx(expected.item())
+    assert again.item() == pytest.approx(captured.item()) and captured.item() > 0
+    assert not model._forward_hooks

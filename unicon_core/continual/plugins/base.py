@@ -104,3 +104,48 @@ def pooled(features: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor
         else:  # maps (B, C, *space)
             out.append(f.flatten(2).mean(2))
     return out
+
+
+class CapturedLoss:
+    """The plugins' loss for ``task`` as a zero-argument regulariser (``train_task``'s
+    ``regulariser`` hook takes no arguments): a forward hook remembers the model's last
+    training forward of ``task`` (input and output), and calling this object returns the
+    plugins' summed loss on it (zero before any forward or when no plugin adds a term).
+
+    Use as a context manager (the hook is removed on exit). Forwards the plugins run themselves
+    (LwF's earlier tasks) are ignored.
+    """
+
+    def __init__(self, plugins: Sequence[ContinualPlugin], model: nn.Module, task: str) -> None:
+        self.plugins = [p for p in plugins if p.enabled]
+        self.model, self.task = model, task
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._busy = False
+        self._handle = model.register_forward_hook(self._remember, with_kwargs=True)
+
+    def _remember(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+        task = args[1] if len(args) > 1 else kwargs.get("task")
+        if not self._busy and task == self.task and isinstance(output, torch.Tensor):
+            self.last = (args[0] if args else kwargs["x"], output)
+
+    def __call__(self) -> torch.Tensor:
+        """The plugins' loss on the last forward (a zero tensor when there is none)."""
+        if self.last is None or not self.plugins:
+            return torch.zeros(())
+        x, outputs = self.last
+        self._busy = True
+        try:
+            term = plugin_loss(self.plugins, self.model, self.task, {"input": x}, outputs)
+        finally:
+            self._busy = False
+        return outputs.new_zeros((), dtype=torch.float32) if term is None else term
+
+    def close(self) -> None:
+        """Remove the forward hook."""
+        self._handle.remove()
+
+    def __enter__(self) -> CapturedLoss:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
