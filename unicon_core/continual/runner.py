@@ -37,6 +37,9 @@ class RunContext:
     sites: dict[str, Any]  # site name -> unicon_core.data.Site
     plans: list[StagePlan]
     overrides: list[str] = field(default_factory=list)  # hydra overrides for the real path
+    #: enabled foundation-refinement plugins of this run (set by :func:`run_continual`); a
+    #: strategy that refines the foundation adds their loss (``plugins.extra_loss_for``)
+    plugins: list[Any] = field(default_factory=list)
 
     @property
     def train(self) -> TrainConfig:
@@ -163,10 +166,19 @@ def make_context(
 def run_continual(
     strategy: Strategy, ctx: RunContext, plugins: list[Plugin] | None = None
 ) -> ContinualResult:
-    """Go through the stages with ``strategy``; returns the matrix and logs."""
+    """Go through the stages with ``strategy``; returns the matrix and logs.
+
+    ``plugins`` default to ``ctx.cfg.plugins`` (empty by default: nothing added). Enabled
+    foundation-refinement plugins are also handed to the strategy as ``ctx.plugins``.
+    """
+    from unicon_core.continual.plugins import ContinualPlugin, build_plugins
+
     start = time.perf_counter()
+    if plugins is None:
+        plugins = list(build_plugins(ctx.cfg.plugins, ctx.cfg.plugin_options))
+    ctx.plugins = [p for p in plugins if isinstance(p, ContinualPlugin) and p.enabled]
     matrix = MatrixPlugin()
-    hooks = [ModalityExpansionPlugin(), *(plugins or []), matrix]
+    hooks = [ModalityExpansionPlugin(), *plugins, matrix]
     logs = []
     for plan in ctx.plans:
         for hook in hooks:

@@ -57,6 +57,14 @@ class ContinualConfig:
     adaptation_task: str = field(
         default="tumour_cls", metadata={"help": "Task the adaptation strategies are compared on."}
     )
+    plugins: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Foundation-refinement plugins (mds, kd, retrieval, lwf, ewc); "
+                          "empty (default): off, results as without them."},
+    )
+    plugin_options: dict[str, dict[str, Any]] = field(
+        default_factory=dict, metadata={"help": "Keyword options per plugin name."}
+    )
 
     def __post_init__(self) -> None:
         self.stages = [s if isinstance(s, Stage) else Stage(**dict(s)) for s in self.stages]
@@ -79,6 +87,21 @@ class ContinualConfig:
             raise _fail("seeds", f"needs distinct seeds, got {self.seeds}")
         if self.data_root is not None and not Path(self.data_root).is_absolute():
             raise _fail("data_root", f"must be absolute, got {self.data_root!r}")
+        self._check_plugins()
+
+    def _check_plugins(self) -> None:
+        from unicon_core.continual.plugins import PLUGINS
+
+        self.plugins = [str(p) for p in self.plugins]
+        self.plugin_options = {str(k): dict(v) for k, v in dict(self.plugin_options).items()}
+        unknown = [p for p in self.plugins if p not in PLUGINS]
+        if unknown:
+            raise _fail("plugins", f"unknown {unknown}; known: {sorted(PLUGINS)}")
+        if len(set(self.plugins)) != len(self.plugins):
+            raise _fail("plugins", f"duplicates in {self.plugins}")
+        stray = sorted(set(self.plugin_options) - set(self.plugins))
+        if stray:
+            raise _fail("plugin_options", f"options for plugins not enabled: {stray}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContinualConfig:
