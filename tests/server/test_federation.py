@@ -148,6 +148,11 @@ def test_run_folder_holds_results_checkpoint_logs_and_plots(finished_run: tuple)
     timing = results["timing"]
     assert timing["rounds_run"] == 2 and timing["query_s"] > 0 and timing["rounds_s"] > 0
     assert abs(timing["started"] - rows[0]["time"]) < timing["query_s"] + timing["rounds_s"]
+    backbone = results["backbone"]  # which foundation, how big, whether pretrained, its hash
+    assert backbone["name"] == "transformer" and backbone["pretrained"] is False
+    assert backbone["params"] > 0 and len(backbone["hash"]) == 64
+    assert results["device"]["train.device"] == "auto"
+    assert set(results["device"]["sites"]) == {"site_a", "site_b", "site_c"}
     assert {p.name for p in (run_dir / "plots").iterdir()} == {"metrics.png", "bytes.png"}
     assert (run_dir / "config.yaml").is_file() and (run_dir.parent / "latest").exists()
     tasks = json.loads((run_dir / "tasks.json").read_text())
