@@ -58,6 +58,8 @@ if TYPE_CHECKING:
 LEDGER_STATE = "privacy-ledger"
 #: ``context.state`` key of the resolved experiment config (JSON in a ConfigRecord).
 SETTINGS_STATE = "settings"
+#: ``context.state`` key of the site's error-feedback residual (lossy delta codecs).
+RESIDUAL_STATE = "delta-residual"
 
 
 class FoundationMismatchError(ValueError):
@@ -105,13 +107,34 @@ def open_node_site(context: Context, settings: ExperimentSettings) -> Site:
     return site
 
 
-def build_model(settings: ExperimentSettings, site: Site) -> UniconModel:
-    """The shared frozen foundation with this site's task added (deterministic init)."""
+def build_model(settings: ExperimentSettings, site: Site, rank: int | None = None) -> UniconModel:
+    """The shared frozen foundation with this site's task added (deterministic init), its
+    adapter at ``rank`` when the server sends this site a lower rank (mixed ranks)."""
     from unicon_core.model import UniconModel
 
+    spec = site.task_spec
+    if rank is not None and rank != spec.lora.rank:
+        spec = replace(spec, lora=replace(spec.lora, rank=rank))
     model = UniconModel(settings.backbone, seed=settings.seed)
-    model.add_task(site.task_spec)
+    model.add_task(spec)
     return model
+
+
+def instruction_rank(msg: Message, site: Site) -> int | None:
+    """The LoRA rank of the skill the server sent, when it is below the task's (None: the
+    task's own). A site never trains a larger rank than its task declares."""
+    from unicon_core.federation.lora_rules import lora_pairs
+
+    record = msg.content.array_records.get(RecordKey.SKILL.value)
+    pairs = lora_pairs(list(record.keys())) if record is not None else {}
+    if not pairs:
+        return None
+    a_key = sorted(pairs.values())[0][0]
+    rank = int(record[a_key].shape[0])  # type: ignore[index]
+    if rank > site.task_spec.lora.rank:
+        raise ValueError(f"site {site.name!r} was sent rank {rank}, above its task's "
+                         f"{site.task_spec.lora.rank}")
+    return None if rank == site.task_spec.lora.rank else rank
 
 
 def info_record(site: Site, model: UniconModel, status: Status, reason: str = "") -> ConfigRecord:
@@ -169,6 +192,39 @@ def load_global_skill(msg: Message, site: Site, model: UniconModel) -> None:
         raise ValueError(f"instruction to site {site.name!r} carries no skill record")
     state = {k: torch.from_numpy(arr.numpy().copy()) for k, arr in record.items()}
     model.load_skill_state_dict(site.task_spec.name, state)
+
+
+def instruction_options(msg: Message) -> dict[str, Any]:
+    """The issue-#14 instruction keys the server sent (empty with today's defaults)."""
+    config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
+    keys = (ConfigKey.DELTA_CODEC, ConfigKey.CODEC_PER_ROW, ConfigKey.TOPK_FRACTION,
+            ConfigKey.LORA_RULE, ConfigKey.PROX_MU)
+    return {k.value: config[k.value] for k in keys if k.value in config}
+
+
+def delta_record(
+    msg: Message, context: Context, model: UniconModel, task: str, options: dict[str, Any]
+) -> ArrayRecord:
+    """The trained skill as an encoded ``local - global`` against the skill the server sent;
+    a lossy codec's residual stays at the site (``context.state``) for the next round."""
+    from unicon_core.federation.compression import Codec, encode_delta
+
+    codec = Codec(str(options[ConfigKey.DELTA_CODEC.value]),
+                  bool(options.get(ConfigKey.CODEC_PER_ROW.value, False)),
+                  float(options.get(ConfigKey.TOPK_FRACTION.value, 0.1)))
+    sent = {k: a.numpy() for k, a in msg.content.array_records[RecordKey.SKILL.value].items()}
+    local = {k: v.detach().cpu().numpy() for k, v in model.skill_state_dict(task).items()}
+    stored = context.state.array_records.get(RESIDUAL_STATE)
+    residual = None
+    if stored is not None:
+        residual = {k: a.numpy() for k, a in stored.items()}
+        if set(residual) != set(sent) or any(residual[k].shape != sent[k].shape for k in sent):
+            residual = None  # the layout changed (e.g. another rank): start afresh
+    payload, new_residual = encode_delta(local, sent, codec, residual)
+    if codec.kind != "none":
+        context.state[RESIDUAL_STATE] = ArrayRecord(
+            {k: Array(v) for k, v in new_residual.items()})
+    return ArrayRecord({k: Array(v) for k, v in payload.items()})
 
 
 def skill_record(model: UniconModel, task: str) -> ArrayRecord:
@@ -262,10 +318,11 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     from unicon_core.training import evaluate_task, make_loader, train_task
 
     site = open_node_site(context, settings)
-    model = build_model(settings, site)
+    model = build_model(settings, site, instruction_rank(msg, site))
     check_instruction(msg, site, model)
     load_global_skill(msg, site, model)
     task, rnd = site.task_spec.name, server_round(msg)
+    options = instruction_options(msg)
     privacy, notes = site_privacy(settings.privacy, context.node_config)
     for note in notes:
         log(WARNING, "site %s, privacy: %s", site.name, note)
@@ -311,11 +368,13 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
             })
             return Message(content, reply_to=msg)
         dp = DPSGD(privacy, seed=seed if reproducible else None)
+    params, regulariser = local_objective(model, task, options, dp is not None)
 
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed,
                          num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu")
     try:
-        result = train_task(model, task, loader, cfg, make_private=dp)
+        result = train_task(model, task, loader, cfg, make_private=dp, params=params,
+                            regulariser=regulariser)
     finally:
         if dp is not None:
             dp.close()
@@ -330,8 +389,13 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     metrics["steps"] = int(result.steps)
     for key, value in extra.items():
         metrics[key] = float(value)
+    update = (
+        {RecordKey.DELTA.value: delta_record(msg, context, model, task, options)}
+        if ConfigKey.DELTA_CODEC.value in options
+        else {RecordKey.SKILL.value: skill_record(model, task)}
+    )
     content = RecordDict({
-        RecordKey.SKILL.value: skill_record(model, task),
+        **update,
         RecordKey.METRICS.value: metrics,
         RecordKey.INFO.value: privacy_said(
             answering(info_record(site, model, Status.TRAINED), rnd), notes),
@@ -339,12 +403,41 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     return Message(content, reply_to=msg)
 
 
+def local_objective(
+    model: UniconModel, task: str, options: dict[str, Any], private: bool
+) -> tuple[list[Any] | None, Any]:
+    """What the site trains and its extra loss: FFA-LoRA freezes every A factor (trains the
+    rest of the skill), FedProx adds ``mu/2 ||w - w_global||^2`` over the trained parameters.
+    ``(None, None)`` is today's: the whole skill, the task's loss alone."""
+    from unicon_core.federation.lora_rules import a_keys
+
+    params = None
+    if options.get(ConfigKey.LORA_RULE.value) == "ffa":
+        skill = model.skill_parameters(task)
+        frozen = a_keys(list(skill))
+        params = [p for k, p in skill.items() if k not in frozen]
+    mu = float(options.get(ConfigKey.PROX_MU.value, 0.0))
+    if not mu > 0:
+        return params, None
+    if private:
+        raise ValueError("FedProx (prox_mu > 0) is not combined with DP-SGD: its proximal "
+                         "gradient is not clipped per example")
+    trained = params if params is not None else list(model.skill_parameters(task).values())
+    start = [p.detach().clone() for p in trained]
+
+    def proximal() -> Any:
+        return 0.5 * mu * sum(((p - p0.to(p.device)) ** 2).sum()
+                              for p, p0 in zip(trained, start, strict=True))
+
+    return params, proximal
+
+
 def handle_evaluate(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
     """Evaluate the aggregated skill on the site's own test split."""
     from unicon_core.training import evaluate_task
 
     site = open_node_site(context, settings)
-    model = build_model(settings, site)
+    model = build_model(settings, site, instruction_rank(msg, site))
     check_instruction(msg, site, model)
     load_global_skill(msg, site, model)
     from unicon_core.device import resolve_device

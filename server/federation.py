@@ -460,6 +460,8 @@ def run_federation(
         max_update_norm=settings.strategy.max_update_norm,
         update_norm_factor=settings.strategy.update_norm_factor,
         message_ttl_s=settings.federation.round_timeout_s,
+        lora={t: settings.strategy.for_task(t) for t in specs},
+        seed=settings.seed,
         **settings.strategy.options(),
     )
     strategy.stopped.update(stopped)

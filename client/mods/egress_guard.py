@@ -7,6 +7,10 @@ compares every outgoing record with the instruction that came in:
   ClientApp loads those strictly into the model, so they are exactly the task's skill keys),
   each with the shape it came with, a skill prefix (``adapter.``/``head.``/``stem.``) and a
   floating-point dtype; an instruction without arrays (a query) lets no array out;
+* an encoded update (issue #14) only in the ``delta`` ArrayRecord, each array named after one
+  of those keys: the delta itself with the key's shape (float, or int8 beside its
+  ``<key>#scale``), a 1-D float ``<key>#scale`` of at most one value per row, or a top-k pair
+  (1-D float values and 1-D integer ``<key>#idx``, each no longer than the tensor);
 * router summaries only in the ``summary`` ArrayRecord, only under the known summary keys, as
   1-D floating-point vectors of bounded length, and only when the reply's example count is at
   least ``MIN_SUMMARY_COUNT`` (moments over a site's train split, never a row);
@@ -19,6 +23,7 @@ violation is loud on both ends and nothing of it is transmitted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from logging import ERROR
 
@@ -27,6 +32,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
+from unicon_core.federation.compression import INDEX, SCALE
 from unicon_core.federation.protocol import NUM_EXAMPLES, RecordKey, SummaryKey
 from unicon_core.federation.summaries import MAX_SUMMARY_LENGTH, MIN_SUMMARY_COUNT
 from unicon_core.keys import SkillPart
@@ -82,6 +88,8 @@ class EgressGuard:
         for name, record in reply.content.items():
             if isinstance(record, ArrayRecord) and name == RecordKey.SUMMARY.value:
                 out += self._summary_problems(reply, record)
+            elif isinstance(record, ArrayRecord) and name == RecordKey.DELTA.value:
+                out += self._delta_problems(record, allowed)
             elif isinstance(record, ArrayRecord):
                 out += self._array_problems(name, record, allowed)
             elif isinstance(record, MetricRecord):
@@ -111,6 +119,32 @@ class EgressGuard:
                 out.append(f"array {key!r} lacks a skill prefix {self.prefixes}")
             elif arr.dtype not in FLOAT_DTYPES:
                 out.append(f"array {key!r} has dtype {arr.dtype}, skills are floating point")
+        return out
+
+    def _delta_problems(
+        self, record: ArrayRecord, allowed: Mapping[str, tuple[int, ...]]
+    ) -> list[str]:
+        out = []
+        for key, arr in record.items():
+            base = key.removesuffix(SCALE).removesuffix(INDEX)
+            if base not in allowed or not base.startswith(self.prefixes):
+                out.append(f"array {key!r} is not an update of a skill tensor of this task")
+                continue
+            shape, size = tuple(arr.shape), math.prod(allowed[base])
+            flat = len(shape) == 1 and shape[0] <= size
+            if key.endswith(INDEX):
+                ok = flat and arr.dtype in ("int32", "int64")
+            elif key.endswith(SCALE):
+                rows = allowed[base][0] if allowed[base] else 1
+                ok = len(shape) == 1 and shape[0] <= rows and arr.dtype in FLOAT_DTYPES
+            elif arr.dtype == "int8":
+                ok = shape == allowed[base] and base + SCALE in record
+            else:
+                ok = (shape == allowed[base] or (flat and base + INDEX in record)) and (
+                    arr.dtype in FLOAT_DTYPES)
+            if not ok:
+                out.append(f"array {key!r} ({arr.dtype}, shape {shape}) does not encode an "
+                           f"update of shape {allowed[base]}")
         return out
 
     def _summary_problems(self, reply: Message, record: ArrayRecord) -> list[str]:

@@ -18,6 +18,15 @@ logged with the site and the reason and left out, and the round is aggregated fr
 task whose valid replies are fewer than ``min_sites_per_task`` keeps its skill for that round.
 Failed sites are asked again next round, so a site that comes back rejoins.
 
+Per-task LoRA options (issue #14, :class:`~unicon_core.federation.config.TaskFederation`; all
+off by default, which is today's behaviour bit for bit): replies as encoded deltas
+(:mod:`unicon_core.federation.compression`), the LoRA aggregation rule and mixed site ranks
+(:mod:`unicon_core.federation.lora_rules`), a server optimiser on the aggregated delta
+(:mod:`unicon_core.federation.server_opt`), per-round sampling of each task's sites
+(:mod:`unicon_core.federation.sampling`; sites not drawn get no message) and FedProx at the
+sites. The hooks are :meth:`PerTaskFedAvg.configure_train` (sampling, each site's skill and
+instructions) and :meth:`PerTaskFedAvg.aggregate_task` (rule, ranks, server optimiser).
+
 Only ``configure_*``/``aggregate_*`` are overridden; the round loop is Flower's
 ``Strategy.start``. Subclasses change the aggregation rule by overriding one hook,
 :meth:`PerTaskFedAvg.aggregate_skills` (see ``per_task_median.py``,
@@ -28,8 +37,8 @@ and ``on_round_end`` receives each finished round's record and arrays (checkpoin
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from logging import ERROR, INFO, WARNING
 from typing import Any
 
@@ -54,9 +63,13 @@ from unicon_core.federation.aggregation import (
     weighted_average,
     weighted_metrics,
 )
+from unicon_core.federation.compression import INDEX, SCALE, apply_delta, decode_delta
+from unicon_core.federation.config import TaskFederation
+from unicon_core.federation.lora_rules import a_keys, aggregate_lora, pad_rank, project_rank
 from unicon_core.federation.protocol import (
     NUM_EXAMPLES,
     ConfigKey,
+    InfoKey,
     RecordKey,
     Status,
 )
@@ -69,6 +82,8 @@ from unicon_core.federation.replies import (
     digest,
     norm_outliers,
 )
+from unicon_core.federation.sampling import sample_sites
+from unicon_core.federation.server_opt import ServerOptimizer
 from unicon_core.federation.validation import ValidationPolicy, update_norm
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
@@ -119,6 +134,11 @@ class PerTaskFedAvg(FedAvg):
         Lifetime of each instruction (None: Flower's default, 12 h). Set to the round timeout,
         a site that was down does not answer the instructions of rounds already closed when
         it comes back; it joins the current round instead.
+    lora : mapping, optional
+        Task -> its :class:`TaskFederation` options (issue #14); a task not named, or None,
+        keeps today's behaviour.
+    seed : int (default: 0)
+        Seed of the per-round sampling of sites.
     """
 
     def __init__(
@@ -134,6 +154,8 @@ class PerTaskFedAvg(FedAvg):
         max_update_norm: float | None = None,
         message_ttl_s: float | None = None,
         update_norm_factor: float | None = DEFAULT_NORM_FACTOR,
+        lora: Mapping[str, TaskFederation] | None = None,
+        seed: int = 0,
     ) -> None:
         if min_sites_per_task < 1:
             raise ValueError(f"min_sites_per_task must be >= 1, got {min_sites_per_task}")
@@ -174,6 +196,18 @@ class PerTaskFedAvg(FedAvg):
         self._record: dict[str, Any] = {}
         self._arrays: ArrayRecord | None = None
         self._asked: dict[str, list[SiteNode]] = {}
+        self.lora = dict(lora or {})
+        self.seed = int(seed)
+        #: task -> its server optimiser state (only for tasks with a server optimiser)
+        self.server_opts: dict[str, ServerOptimizer] = {}
+        #: site -> its own B factors (FedSA-LoRA), sent back to it instead of the shared ones
+        self.personal: dict[str, dict[str, np.ndarray]] = {}
+        #: site -> the skill it was sent for training this round (reference of its update)
+        self._sent: dict[str, dict[str, np.ndarray]] = {}
+
+    def options(self, task: str) -> TaskFederation:
+        """The task's issue-#14 options (today's defaults when not configured)."""
+        return self.lora.get(task) or TaskFederation()
 
     def summary(self) -> None:
         """Log which sites serve which task."""
@@ -200,9 +234,31 @@ class PerTaskFedAvg(FedAvg):
         for node in self.nodes.values():
             if node.site in self.stopped:
                 self._site_entry(node)["status"] = Status.BUDGET_EXHAUSTED.value
+        nodes = self.sample(rnd, nodes)
         log(INFO, "configure_train: round %d, %d of %d sites train", rnd, len(nodes),
             len(self.nodes))
         return self._messages(rnd, arrays, config, nodes, MessageType.TRAIN)
+
+    def sample(self, rnd: int, nodes: Sequence[SiteNode]) -> list[SiteNode]:
+        """The nodes drawn this round (each task: its fraction, never below its minimum nor
+        ``min_sites_per_task``); the others are marked ``not-sampled`` and get no message."""
+        by_task: dict[str, list[str]] = defaultdict(list)
+        for node in nodes:
+            by_task[node.task].append(node.site)
+        configs = {}
+        for task in by_task:
+            opts = self.options(task)
+            if not opts.sampling().everyone:
+                configs[task] = replace(opts.sampling(),
+                                        min_sites=max(opts.min_sites, self.min_sites_per_task))
+        if not configs:
+            return list(nodes)
+        drawn = {s for sites in sample_sites(by_task, configs, seed=self.seed,
+                                             server_round=rnd).values() for s in sites}
+        for node in nodes:
+            if node.site not in drawn:
+                self._site_entry(node)["status"] = "not-sampled"
+        return [n for n in nodes if n.site in drawn]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -242,7 +298,9 @@ class PerTaskFedAvg(FedAvg):
                 log(WARNING, "task %s: no training examples this round; skill unchanged", task)
                 continue
             try:
-                aggregate = self.aggregate_skills(task, [s for _, s, _, _ in items], weights)
+                aggregate, report = self.aggregate_task(
+                    task, [site for site, *_ in items], [s for _, s, _, _ in items], weights,
+                    slice_task(current, task))
                 current = replace_task(current, task, aggregate)
             except ValueError as err:
                 log(ERROR, "task %s: replies do not fit its skill (%s); skill unchanged",
@@ -251,11 +309,52 @@ class PerTaskFedAvg(FedAvg):
             task_metrics = weighted_metrics([m for _, _, m, _ in items], weights)
             task_metrics[self.weighted_by_key] = sum(weights)
             task_metrics["sites_aggregated"] = len(items)
+            task_metrics.update(report)
             self._record["tasks"].setdefault(task, {}).update(task_metrics)
             for key, value in task_metrics.items():
                 summary[f"{task}/{key}"] = value
         self._arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in current.items()})
         return self._arrays, summary
+
+    def aggregate_task(
+        self,
+        task: str,
+        sites: Sequence[str],
+        states: Sequence[dict[str, np.ndarray]],
+        weights: Sequence[float],
+        reference: dict[str, np.ndarray],
+    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """The task's new skill from its sites' validated skills, and what to report.
+
+        Lower-rank skills are zero-padded to the task's rank (products kept); the task's LoRA
+        rule combines them (``naive``, ``ffa`` and ``fedsa`` through :meth:`aggregate_skills`,
+        so a robust subclass stays robust; ``svd`` in product space); then the task's server
+        optimiser steps from ``reference`` (the current global) towards the aggregate.
+        """
+        opts = self.options(task)
+        if opts.is_default:
+            return self.aggregate_skills(task, states, weights), {}
+        rank = _rank(reference)
+        if opts.site_ranks and rank:
+            states = [pad_rank(s, rank, 1.0) for s in states]  # alpha cancels: ranks matter
+        report: dict[str, float] = {}
+        if opts.lora_rule == "svd":
+            result = aggregate_lora(states, weights, "svd", reference=reference, alpha=1.0,
+                                    rank=rank)
+            aggregate, report = result.skill, result.report
+        else:
+            aggregate = self.aggregate_skills(task, states, weights)
+            if opts.lora_rule == "ffa":  # A stays at its shared initialisation
+                aggregate.update({k: reference[k].copy() for k in a_keys(reference)})
+            elif opts.lora_rule == "fedsa":  # B stays with each site
+                b_set = set(reference) - set(a_keys(reference))
+                for site, state in zip(sites, states, strict=True):
+                    self.personal[site] = {k: state[k].copy() for k in b_set
+                                           if k.startswith("adapter.")}
+        if opts.server_opt != "fedavg":
+            opt = self.server_opts.setdefault(task, ServerOptimizer(opts.server_opt_config()))
+            aggregate = opt.step(reference, aggregate)
+        return aggregate, report
 
     def aggregate_skills(
         self, task: str, states: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
@@ -320,9 +419,11 @@ class PerTaskFedAvg(FedAvg):
             instruction[ConfigKey.SERVER_ROUND.value] = rnd
             instruction[ConfigKey.TASK.value] = node.task
             instruction[ConfigKey.FOUNDATION_HASH.value] = self.foundation_hash
-            skill = ArrayRecord(
-                {k: Array(np.asarray(v)) for k, v in slice_task(union, node.task).items()}
-            )
+            sent = self.site_skill(node, slice_task(union, node.task))
+            if message_type == MessageType.TRAIN:
+                self._sent[node.site] = sent
+                instruction.update(self.instructions(node.task))
+            skill = ArrayRecord({k: Array(np.asarray(v)) for k, v in sent.items()})
             content = RecordDict(
                 {self.arrayrecord_key: skill, self.configrecord_key: instruction}
             )
@@ -332,6 +433,30 @@ class PerTaskFedAvg(FedAvg):
                         ttl=self.message_ttl_s)
             )
         return messages
+
+    def site_skill(self, node: SiteNode, skill: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """What ``node`` is sent: the task's skill with its own B (FedSA) at its own rank."""
+        opts = self.options(node.task)
+        if opts.lora_rule == "fedsa" and node.site in self.personal:
+            skill = {**skill, **self.personal[node.site]}
+        site_rank = opts.site_ranks.get(node.site)
+        rank = _rank(skill)
+        if site_rank is not None and rank and site_rank < rank:
+            skill, _ = project_rank(skill, rank, 1.0, site_rank)
+        return skill
+
+    def instructions(self, task: str) -> dict[str, Any]:
+        """The task's issue-#14 instruction keys (none with today's defaults)."""
+        opts, out = self.options(task), {}
+        if opts.delta:
+            out[ConfigKey.DELTA_CODEC.value] = opts.codec
+            out[ConfigKey.CODEC_PER_ROW.value] = bool(opts.per_row)
+            out[ConfigKey.TOPK_FRACTION.value] = float(opts.topk_fraction)
+        if opts.lora_rule != "naive":
+            out[ConfigKey.LORA_RULE.value] = opts.lora_rule
+        if opts.prox_mu > 0:
+            out[ConfigKey.PROX_MU.value] = float(opts.prox_mu)
+        return out
 
     def _checked_replies(
         self, rnd: int, replies: Iterable[Message], phase: str,
@@ -377,10 +502,31 @@ class PerTaskFedAvg(FedAvg):
             return Rejected("reply carries no info record")
         metric_record = content.metric_records.get(RecordKey.METRICS.value)
         metrics = dict(metric_record) if metric_record is not None else {}
-        reference = slice_task(current, node.task) if current is not None else None
+        reference = None
+        if current is not None:
+            reference = self._sent.get(node.site, slice_task(current, node.task))
         state = None
         skill = content.array_records.get(RecordKey.SKILL.value)
-        if phase == "train" and skill is not None and reference is not None:
+        opts = self.options(node.task)
+        if phase == "train" and opts.delta and reference is not None:
+            encoded = content.array_records.get(RecordKey.DELTA.value)
+            if skill is not None or (encoded is None and info_record.get(
+                    InfoKey.STATUS.value) == Status.TRAINED.value):
+                return Rejected(f"task {node.task} takes deltas ({opts.codec}), the reply "
+                                "carries none")
+            if encoded is not None:
+                for key, arr in encoded.items():  # check the header before decoding any bytes
+                    base = key.removesuffix(SCALE).removesuffix(INDEX)
+                    size = int(np.prod(reference[base].shape)) if base in reference else -1
+                    flat = base != key or opts.codec == "topk"  # 1-D: scales, indices, values
+                    fits = (len(arr.shape) == 1 and arr.shape[0] <= size) if flat else (
+                        base in reference and tuple(arr.shape) == reference[base].shape)
+                    if not fits:
+                        return Rejected(f"{key}: shape {tuple(arr.shape)} does not fit the skill")
+                deltas = decode_delta({k: a.numpy() for k, a in encoded.items()}, reference,
+                                      opts.codec_spec())
+                state = apply_delta(reference, deltas)
+        elif phase == "train" and skill is not None and reference is not None:
             for key, arr in skill.items():  # check the header before decoding any bytes
                 if key in reference and tuple(arr.shape) != reference[key].shape:
                     return Rejected(f"{key}: shape {tuple(arr.shape)} != "
@@ -423,8 +569,8 @@ class PerTaskFedAvg(FedAvg):
         by_task: dict[str, dict[str, float]] = defaultdict(dict)
         for node, result in kept:
             assert result.state is not None
-            by_task[node.task][node.site] = update_norm(slice_task(current, node.task),
-                                                        result.state)
+            reference = self._sent.get(node.site, slice_task(current, node.task))
+            by_task[node.task][node.site] = update_norm(reference, result.state)
         outliers: dict[str, str] = {}
         for norms in by_task.values():
             outliers.update(norm_outliers(norms, self.update_norm_factor))
@@ -463,3 +609,9 @@ class PerTaskFedAvg(FedAvg):
             self._record["sites"].setdefault(site, {}).update(sizes)
         if self.on_round_end is not None and self._arrays is not None:
             self.on_round_end(self._record, self._arrays)
+
+
+def _rank(skill: Mapping[str, np.ndarray]) -> int:
+    """The LoRA rank of a skill (rows of its first A factor; 0 without an adapter)."""
+    keys = sorted(a_keys(skill))
+    return int(np.shape(skill[keys[0]])[0]) if keys else 0

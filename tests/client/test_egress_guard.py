@@ -117,3 +117,32 @@ def test_router_summary_outside_the_rules_is_refused(
         "summary": _summary(**arrays), "metrics": MetricRecord({"num-examples": count})}))
     assert reply.has_error()
     assert match in reply.error.reason
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "topk"])
+def test_encoded_deltas_of_the_skill_pass(codec: str) -> None:
+    from unicon_core.federation.compression import Codec, encode_delta
+
+    local = {k: v + 1 for k, v in SKILL.items()}
+    payload, _ = encode_delta(local, SKILL, Codec(codec, per_row=True, topk_fraction=0.5))
+    reply = EgressGuard()(_instruction(), _ctx(), _app({
+        "delta": ArrayRecord({k: Array(v) for k, v in payload.items()})}))
+    assert not reply.has_error(), reply.error.reason
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"input#idx": np.zeros(2, np.int32)}, "not an update"),
+        ({"head.fc.weight": np.zeros((9,), np.float32),
+          "head.fc.weight#idx": np.zeros(9, np.int32)}, "does not encode"),
+        ({"head.fc.weight": np.zeros((2, 2), np.int8)}, "does not encode"),  # int8 sans scale
+        ({"head.fc.weight": np.zeros((2, 2), np.int8),
+          "head.fc.weight#scale": np.zeros(5, np.float32)}, "does not encode"),
+        ({"head.fc.weight": np.zeros((3,), np.float32)}, "does not encode"),
+    ],
+)
+def test_anything_else_in_a_delta_record_is_refused(arrays: dict, match: str) -> None:
+    reply = EgressGuard()(_instruction(), _ctx(), _app({
+        "delta": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
+    assert reply.has_error() and match in reply.error.reason

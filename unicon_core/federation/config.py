@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
+from unicon_core.federation.compression import Codec
 from unicon_core.federation.protocol import NUM_EXAMPLES
+from unicon_core.federation.sampling import SamplingConfig
+from unicon_core.federation.server_opt import ServerOptConfig
 
 #: Node-config keys a SuperNode may set in a real deployment (``--node-config``).
 NODE_SITE_DIR = "site-dir"
@@ -180,6 +183,68 @@ class PrivacyConfig:
             raise _fail("privacy.noise_multiplier", "DP-SGD needs noise (> 0) when enabled")
 
 
+@dataclass(frozen=True)
+class TaskFederation:
+    """One task's federation options (issue #14, validated); defaults are today's behaviour."""
+
+    delta: bool = False  # replies carry local - global (else the whole skill, as before)
+    codec: str = "none"  # none, fp16, int8, topk (deltas only)
+    per_row: bool = False  # int8: a scale per row instead of per tensor
+    topk_fraction: float = 0.1  # topk: share of each tensor's values sent
+    lora_rule: str = "naive"  # naive, ffa, fedsa, svd
+    site_ranks: Mapping[str, int] = field(default_factory=dict)  # site -> its (lower) rank
+    server_opt: str = "fedavg"  # fedavg, fedavgm, fedadam, fedyogi
+    server_lr: float = 1.0  # fedavgm
+    server_momentum: float = 0.9  # fedavgm
+    server_eta: float = 0.1  # fedadam, fedyogi
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1e-3
+    fraction: float = 1.0  # share of the task's sites drawn per round
+    min_sites: int = 1  # fewest of its sites a task draws per round
+    prox_mu: float = 0.0  # FedProx at the sites (0: off)
+
+    def __post_init__(self) -> None:
+        from unicon_core.federation.lora_rules import RULES
+
+        try:
+            self.codec_spec()
+            self.server_opt_config()
+            self.sampling()
+        except ValueError as err:
+            raise _fail("strategy.lora", str(err)) from None
+        if self.codec != "none" and not self.delta:
+            raise _fail("strategy.lora.codec", f"{self.codec!r} compresses deltas: set delta=true")
+        if self.lora_rule not in RULES:
+            raise _fail("strategy.lora.lora_rule", f"{self.lora_rule!r} is not one of {RULES}")
+        for site, rank in dict(self.site_ranks).items():
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+                raise _fail("strategy.lora.site_ranks", f"{site}: rank must be an integer >= 1")
+        if self.site_ranks and self.lora_rule not in ("svd", "naive"):
+            raise _fail("strategy.lora.site_ranks", "mixed ranks aggregate in product space: "
+                        "use lora_rule svd")
+        if not self.prox_mu >= 0:
+            raise _fail("strategy.lora.prox_mu", f"must be >= 0, got {self.prox_mu}")
+
+    def codec_spec(self) -> Codec:
+        """The delta codec."""
+        return Codec(self.codec, self.per_row, self.topk_fraction)
+
+    def server_opt_config(self) -> ServerOptConfig:
+        """The server optimiser's settings."""
+        return ServerOptConfig(self.server_opt, self.server_lr, self.server_momentum,
+                               self.server_eta, self.beta_1, self.beta_2, self.tau)
+
+    def sampling(self) -> SamplingConfig:
+        """The per-round sampling of the task's sites."""
+        return SamplingConfig(self.fraction, self.min_sites)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether every option is today's behaviour."""
+        return self == TaskFederation()
+
+
 @dataclass
 class StrategyConfig:
     """Which server strategy aggregates each task's skill."""
@@ -198,6 +263,15 @@ class StrategyConfig:
         metadata={"help": "With >= 3 updates of a task, reject those whose norm exceeds this "
                   "factor x the round's median update norm of the task (null: off)."},
     )
+    lora: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Federation options of every task (issue #14: delta, codec, "
+                  "lora_rule, site_ranks, server_opt, fraction, min_sites, prox_mu, ...)."},
+    )
+    lora_tasks: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Per task: options overriding `lora` for that task."},
+    )
 
     def __post_init__(self) -> None:
         if self.name not in STRATEGIES:
@@ -211,6 +285,23 @@ class StrategyConfig:
         if self.update_norm_factor is not None and not self.update_norm_factor >= 1:
             raise _fail("strategy.update_norm_factor", f"must be >= 1 or null, got "
                         f"{self.update_norm_factor}")
+
+        self.lora = dict(self.lora or {})
+        self.lora_tasks = {str(t): dict(v or {}) for t, v in dict(self.lora_tasks or {}).items()}
+        for opts in [self.lora, *self.lora_tasks.values()]:
+            known = {f.name for f in fields(TaskFederation)}
+            if unknown := sorted(set(opts) - known):
+                raise _fail("strategy.lora", f"unknown option(s) {unknown}; known: "
+                            f"{sorted(known)}")
+        for task in ["", *self.lora_tasks]:
+            self.for_task(task)  # validates every combination
+
+    def for_task(self, task: str) -> TaskFederation:
+        """``task``'s options: ``lora`` overridden by ``lora_tasks[task]``."""
+        opts = {**self.lora, **self.lora_tasks.get(task, {})}
+        if "site_ranks" in opts:
+            opts["site_ranks"] = {str(k): v for k, v in dict(opts["site_ranks"] or {}).items()}
+        return TaskFederation(**opts)
 
     def options(self) -> dict[str, Any]:
         """Keyword arguments of the chosen strategy class beyond the common ones."""

@@ -16,6 +16,7 @@ class RecordKey(str, Enum):
     METRICS = "metrics"  # MetricRecord: scalar metrics of a reply
     INFO = "info"  # ConfigRecord: who replies (site, task, foundation hash, status)
     SUMMARY = "summary"  # ArrayRecord: aggregate statistics for the router (query replies only)
+    DELTA = "delta"  # ArrayRecord: a train reply's encoded local - global (instead of `skill`)
 
 
 class SummaryKey(str, Enum):
@@ -31,6 +32,13 @@ class ConfigKey(str, Enum):
     SERVER_ROUND = "server-round"
     TASK = "task"
     FOUNDATION_HASH = "foundation-hash"
+    #: Issue #14, only sent when not today's default: the reply's delta codec (absent: the
+    #: whole skill), its options, the LoRA rule (``ffa``: A frozen), FedProx's mu.
+    DELTA_CODEC = "delta-codec"
+    CODEC_PER_ROW = "codec-per-row"
+    TOPK_FRACTION = "topk-fraction"
+    LORA_RULE = "lora-rule"
+    PROX_MU = "prox-mu"
 
 
 class InfoKey(str, Enum):

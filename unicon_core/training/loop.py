@@ -95,6 +95,7 @@ def train_task(
     *,
     make_private: MakePrivate | None = None,
     params: list[nn.Parameter] | list[dict[str, Any]] | None = None,
+    regulariser: Callable[[], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``task``'s skill on ``loader``; everything outside the skill stays frozen.
 
@@ -102,7 +103,8 @@ def train_task(
     or torch parameter groups (``{"params": [...], "lr": ...}``) for per-group learning rates;
     by default exactly the task's skill. Runs on ``cfg.device`` (the model is moved there and
     stays), with bf16 autocast on CUDA when ``cfg.amp``. Deterministic on the CPU under
-    ``cfg.seed`` (global RNG state is restored).
+    ``cfg.seed`` (global RNG state is restored). ``regulariser`` (e.g. FedProx's proximal
+    term) is added to every step's loss; the reported loss is the task's loss alone.
     """
     from tqdm.auto import tqdm
 
@@ -146,7 +148,7 @@ def train_task(
                 # optimiser step, which under DP is the noise-only step the accountant counts.
                 loss = loss_fn(out.float(), batch) if len(x) else out.sum() * 0.0
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if regulariser is None else loss + regulariser()).backward()
                 optimizer.step()
                 schedule.step()
                 steps += 1

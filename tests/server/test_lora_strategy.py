@@ -1,0 +1,138 @@
+"""PerTaskFedAvg with issue-#14 options, on hand-made replies: deltas decoded and checked
+like skills (a delta's update norm is its own norm), a bad payload is rejected without
+aborting the round, FFA keeps A exactly, a server optimiser steps per task."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.strategies.per_task_fedavg import PerTaskFedAvg, SiteNode
+from unicon_core.federation.aggregation import prefix_task, slice_task
+from unicon_core.federation.compression import Codec, encode_delta
+from unicon_core.federation.config import TaskFederation
+from unicon_core.federation.protocol import InfoKey, RecordKey, Status
+
+HASH = "f" * 64
+A, B = "adapter.m.lora_A.weight", "adapter.m.lora_B.weight"
+NODES = [SiteNode(1, "a", "cls"), SiteNode(2, "b", "cls"), SiteNode(3, "c", "cls")]
+
+
+def setup_function() -> None:
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
+def _global() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {A: rng.normal(size=(2, 3)).astype(np.float32), B: np.zeros((4, 2), np.float32),
+            "head.w": np.ones(3, np.float32)}
+
+
+def _round(strategy: PerTaskFedAvg, locals_: dict[int, dict], codec: Codec | None,
+           tamper: dict[int, dict] | None = None) -> tuple[dict, dict]:
+    union = prefix_task("cls", _global())
+    msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(
+        1, ArrayRecord({k: Array(v) for k, v in union.items()}), ConfigRecord(), None)}
+    replies = []
+    for node in NODES:
+        if node.node_id not in msgs:
+            continue
+        sent = {k: a.numpy() for k, a in msgs[node.node_id].content["skill"].items()}
+        if codec is None:
+            record = {RecordKey.SKILL.value: ArrayRecord(
+                {k: Array(v) for k, v in locals_[node.node_id].items()})}
+        else:
+            payload, _ = encode_delta(locals_[node.node_id], sent, codec)
+            payload.update((tamper or {}).get(node.node_id, {}))
+            record = {RecordKey.DELTA.value: ArrayRecord(
+                {k: Array(v) for k, v in payload.items()})}
+        content = RecordDict({**record,
+            RecordKey.METRICS.value: MetricRecord({"num-examples": 10}),
+            RecordKey.INFO.value: ConfigRecord({
+                InfoKey.SITE.value: node.site, InfoKey.TASK.value: node.task,
+                InfoKey.FOUNDATION_HASH.value: HASH, InfoKey.STATUS.value: Status.TRAINED.value,
+                InfoKey.ROUND.value: 1})})
+        reply = Message(content, reply_to=msgs[node.node_id])
+        reply.metadata.__dict__["_src_node_id"] = node.node_id
+        replies.append(reply)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return slice_task({k: a.numpy() for k, a in arrays.items()}, "cls"), strategy._record
+
+
+def _locals(scale: float = 1.0) -> dict[int, dict]:
+    rng = np.random.default_rng(1)
+    g = _global()
+    return {i: {k: (v + scale * rng.normal(size=v.shape)).astype(np.float32)
+                for k, v in g.items()} for i in (1, 2, 3)}
+
+
+def test_uncompressed_deltas_aggregate_like_whole_skills() -> None:
+    locals_ = _locals()
+    plain, _ = _round(PerTaskFedAvg(NODES, foundation_hash=HASH), locals_, None)
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH, lora={"cls": TaskFederation(delta=True)})
+    via_delta, record = _round(strategy, locals_, Codec("none"))
+    for key, value in plain.items():
+        np.testing.assert_allclose(via_delta[key], value, rtol=1e-6, atol=1e-7)
+    assert record["tasks"]["cls"]["sites_aggregated"] == 3
+
+
+def test_a_malformed_delta_is_rejected_and_the_round_goes_on() -> None:
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(delta=True, codec="topk")})
+    bad = {2: {A + "#idx": np.asarray([0, 99], np.int32), A: np.ones(2, np.float32)}}
+    _, record = _round(strategy, _locals(0.1), Codec("topk"), tamper=bad)
+    assert record["sites"]["b"]["status"] == "rejected"
+    assert record["tasks"]["cls"]["sites_aggregated"] == 2
+
+
+def test_a_huge_delta_fails_the_rounds_norm_bound() -> None:
+    locals_ = _locals(0.1)
+    g = _global()
+    locals_[3] = {k: g[k] + 1000 * (v - g[k]) for k, v in locals_[3].items()}
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(delta=True, codec="int8")})
+    _, record = _round(strategy, locals_, Codec("int8"))
+    assert record["sites"]["c"]["status"] == "rejected"
+    assert "norm" in record["sites"]["c"]["reason"]
+    assert record["tasks"]["cls"]["sites_aggregated"] == 2
+
+
+def test_whole_skill_when_deltas_are_expected_is_rejected() -> None:
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH, lora={"cls": TaskFederation(delta=True)})
+    _, record = _round(strategy, _locals(), None)
+    assert all(e["status"] == "rejected" for e in record["sites"].values())
+
+
+def test_ffa_through_the_strategy_keeps_a_and_averages_products_exactly() -> None:
+    locals_ = _locals()
+    for state in locals_.values():
+        state[A] = _global()[A]
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(lora_rule="ffa", delta=True)})
+    out, _ = _round(strategy, locals_, Codec("none"))
+    np.testing.assert_array_equal(out[A], _global()[A])
+    mean = sum(s[B].astype(np.float64) @ s[A] for s in locals_.values()) / 3
+    np.testing.assert_allclose(out[B].astype(np.float64) @ out[A], mean, rtol=1e-5, atol=1e-6)
+
+
+def test_server_optimiser_state_is_per_task_and_steps_from_the_global() -> None:
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(server_opt="fedavgm", server_lr=0.5,
+                                                         server_momentum=0.0)})
+    locals_ = _locals()
+    out, _ = _round(strategy, locals_, None)
+    mean = {k: sum(s[k].astype(np.float64) for s in locals_.values()) / 3 for k in out}
+    for key, value in _global().items():
+        np.testing.assert_allclose(out[key], value + 0.5 * (mean[key] - value), rtol=1e-5,
+                                   atol=1e-6)
+    assert set(strategy.server_opts) == {"cls"}
+
+
+def test_sampling_in_the_strategy() -> None:
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH, min_sites_per_task=2,
+                             lora={"cls": TaskFederation(fraction=0.1)}, seed=3)
+    _, record = _round(strategy, _locals(), None)
+    skipped = [s for s, e in record["sites"].items() if e.get("status") == "not-sampled"]
+    assert len(skipped) == 1  # min_sites_per_task is the floor
+    assert record["tasks"]["cls"]["sites_aggregated"] == 2
