@@ -208,11 +208,14 @@ def fedavg_loop(
     rounds: int,
     train: TrainConfig,
     evaluate_every_round: bool = True,
+    regulariser: Callable[[], torch.Tensor] | None = None,
 ) -> LoopResult:
     """Run ``rounds`` of FedAvg of ``plan``'s parameters over ``clients``; ``model`` ends global.
 
     Each client runs ``client.steps`` optimiser steps per round (``train.max_steps`` is set per
     client), seeded by (``train.seed``, client, round) exactly like a site of the real path.
+    ``regulariser`` (e.g. the continual plugins' loss, ``plugins.base.CapturedLoss``) goes to
+    ``train_task``; without it the call is exactly as before.
     """
     from client.site_runner import round_seed
     from unicon_core.federation.accounting import content_bytes
@@ -240,7 +243,8 @@ def fedavg_loop(
             cfg = replace(train, seed=seed, max_steps=client.steps, epochs=10_000, progress=False)
             loader = make_loader(client.train, cfg.batch_size, shuffle=True, seed=seed)
             trained = lr_groups(params, p.lr_scale, cfg.lr) if p.lr_scale else list(params.values())
-            result = train_task(model, task, loader, cfg, params=trained)
+            extra = {} if regulariser is None else {"regulariser": regulariser}
+            result = train_task(model, task, loader, cfg, params=trained, **extra)
             up = reply({n: t.detach() for n, t in params.items()},
                        {"num-examples": result.num_examples, "train_loss": result.loss,
                         "steps": result.steps}, client.name, task, fhash, synthetic, "trained")

@@ -2,7 +2,8 @@
 
 Continual strategies (go through every stage): ``isolated`` (unicon: per-task skills on the real
 federated path), ``naive_sequential`` (one shared adapter: the forgetting baseline),
-``local_only``, ``centralised`` (pooled upper bound), ``full_fedavg`` (communication baseline).
+``local_only``, ``centralised`` (pooled upper bound), ``full_fedavg`` (communication baseline),
+``refined`` (one shared backbone refined stage after stage, continual plugins as retention terms).
 
 Adaptation strategies (one task, FedAvg over the parameters each one trains): ``linear_probe``,
 ``full_finetune``, ``lora``, ``gradual_unfreezing``, ``discriminative_lr``.
@@ -24,6 +25,7 @@ from unicon_core.continual.baselines.full_fedavg import FullModelFedAvg
 from unicon_core.continual.baselines.isolated import IsolatedSkills
 from unicon_core.continual.baselines.local_only import LocalOnly
 from unicon_core.continual.baselines.naive_sequential import NaiveSequential
+from unicon_core.continual.baselines.refined import RefinedFoundation
 from unicon_core.continual.fedloop import PlanFn
 
 CONTINUAL_STRATEGIES: dict[str, Callable[[], object]] = {
@@ -32,6 +34,7 @@ CONTINUAL_STRATEGIES: dict[str, Callable[[], object]] = {
     "local_only": LocalOnly,
     "centralised": Centralised,
     "full_fedavg": FullModelFedAvg,
+    "refined": RefinedFoundation,
 }
 
 ADAPTATION_STRATEGIES: dict[str, PlanFn] = {
@@ -43,4 +46,4 @@ ADAPTATION_STRATEGIES: dict[str, PlanFn] = {
 }
 
 __all__ = ["ADAPTATION_STRATEGIES", "CONTINUAL_STRATEGIES", "Centralised", "FullModelFedAvg",
-           "IsolatedSkills", "LocalOnly", "NaiveSequential"]
+           "IsolatedSkills", "LocalOnly", "NaiveSequential", "RefinedFoundation"]

@@ -78,6 +78,15 @@ def extra_loss_for(plugins: Sequence[ContinualPlugin], task: str) -> ExtraLoss |
     return lambda model, batch, outputs: plugin_loss(active, model, task, batch, outputs)
 
 
+def strategy_model(strategy: Any, ctx: RunContext | None) -> nn.Module | None:
+    """The model a strategy trains: ``strategy.current_model(ctx)`` (built on demand, so a
+    teacher exists before the first stage) or ``strategy.model``; ``None`` if it has none."""
+    build = getattr(strategy, "current_model", None)
+    if callable(build) and ctx is not None:
+        return build(ctx)
+    return getattr(strategy, "model", None)
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A deep copy with every parameter frozen, in eval mode: a teacher."""
     import copy

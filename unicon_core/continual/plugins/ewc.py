@@ -80,10 +80,13 @@ class EWCPlugin(ContinualPlugin):
             self.fisher[n] = self.fisher.get(n, torch.zeros_like(f)) + f.detach()
 
     def on_after_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
-        """Estimate the stage's Fisher (``fisher_fn``) and consolidate."""
+        """Estimate the stage's Fisher (``fisher_fn``, else the strategy's ``fisher(plan, ctx)``
+        on its ``model``) and consolidate; nothing when neither exists."""
         if self.fisher_fn is not None:
             model, _, fisher = self.fisher_fn(strategy, plan, ctx)
             self.consolidate(model, fisher)
+        elif callable(getattr(strategy, "fisher", None)) and getattr(strategy, "model", None):
+            self.consolidate(strategy.model, strategy.fisher(plan, ctx))  # type: ignore[attr-defined]
 
     def compute_loss(
         self, model: nn.Module, task: str, batch: dict[str, Any], outputs: torch.Tensor

@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unicon_core.continual.plugins.base import ContinualPlugin, frozen_copy, pooled
+from unicon_core.continual.plugins.base import (
+    ContinualPlugin,
+    frozen_copy,
+    pooled,
+    strategy_model,
+)
 from unicon_core.continual.runner import RunContext, Strategy
 from unicon_core.continual.stages import StagePlan
 from unicon_core.keys import BatchKey
@@ -115,7 +120,7 @@ class KDPlugin(ContinualPlugin):
 
     def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
         """Snapshot the model as it is before the stage trains."""
-        model = getattr(strategy, "model", None)
+        model = strategy_model(strategy, ctx)
         if model is not None:
             self.set_teacher(model)
 
@@ -147,8 +152,8 @@ class KDPlugin(ContinualPlugin):
         """``retention x KD`` on this batch (``None`` before a teacher exists)."""
         if self.teacher is None or self.retention == 0:
             return None
-        teacher = self.teacher_for(model, task)
         x = batch[BatchKey.INPUT.value]
+        teacher = self.teacher_for(model, task).to(x.device)
         with torch.no_grad():
             t_feats = teacher.encode(x, task)  # type: ignore[operator]
             t_out = teacher(x, task) if self.level != "features" else None

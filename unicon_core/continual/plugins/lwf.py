@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unicon_core.continual.plugins.base import ContinualPlugin, frozen_copy
+from unicon_core.continual.plugins.base import ContinualPlugin, frozen_copy, strategy_model
 from unicon_core.continual.plugins.kd import per_sample_logit_distance
 from unicon_core.continual.runner import RunContext, Strategy
 from unicon_core.continual.stages import StagePlan
@@ -55,7 +55,7 @@ class LwFPlugin(ContinualPlugin):
 
     def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
         """Snapshot the model before the stage."""
-        model = getattr(strategy, "model", None)
+        model = strategy_model(strategy, ctx)
         if model is not None:
             self.set_teacher(model)
 
@@ -71,6 +71,7 @@ class LwFPlugin(ContinualPlugin):
         if not old:
             return None
         x = batch[BatchKey.INPUT.value]
+        teacher = teacher.to(x.device)
         with torch.no_grad():
             before = {t: teacher(x, t) for t in old}
         after = {t: model(x, t) for t in old}

@@ -119,10 +119,17 @@ class MDSPlugin(ContinualPlugin):
         return distances(features, self.stats, self.metric) <= self.threshold[site] + 1e-9
 
     def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
-        """Select at every site of the stage (needs ``site_features``)."""
-        if self.site_features is None:
+        """Select at every joining site (``site_features``, else the strategy's
+        ``site_features(plan, ctx)``); nothing without pre-training statistics."""
+        if self.stats is None:
             return
-        for site, feats in self.site_features(strategy, plan, ctx).items():
+        if self.site_features is not None:
+            features = self.site_features(strategy, plan, ctx)
+        elif callable(getattr(strategy, "site_features", None)):
+            features = strategy.site_features(plan, ctx)  # type: ignore[attr-defined]
+        else:
+            return
+        for site, feats in features.items():
             self.select(site, feats)
 
 

@@ -1,0 +1,106 @@
+"""Foundation refinement between stages (issue #15): one backbone, shared and refined by every
+stage, with the continual plugins as its retention terms.
+
+Each task of a stage trains its skill **and** the shared backbone by FedAvg over its sites (the
+``full_fedavg`` parameter set); the backbone it ends with is every task's backbone from then on,
+so earlier skills are evaluated on the refined backbone (their BWT is measured, not 0 by
+construction). Without plugins this is naive sequential fine-tuning of the foundation; with
+``continual.plugins`` (``kd``, ``lwf``, ``ewc``, ...) their loss is added to every local step.
+The strategy offers the plugins what they need at the sites: :meth:`fisher` (EWC) and
+:meth:`site_features` (MDS).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from unicon_core.continual.baselines.base import SkillStrategy
+from unicon_core.continual.baselines.full_fedavg import plan as full_plan
+from unicon_core.continual.fedloop import Client, backbone_names, fedavg_loop
+from unicon_core.continual.runner import RunContext
+from unicon_core.continual.stages import StagePlan
+from unicon_core.keys import BatchKey
+
+
+def loop_takes_a_regulariser() -> bool:
+    """True when ``train_task`` accepts the per-step ``regulariser`` the plugins need."""
+    import inspect
+
+    from unicon_core.training import train_task
+
+    return "regulariser" in inspect.signature(train_task).parameters
+
+
+class RefinedFoundation(SkillStrategy):
+    """Sequential federated refinement of a shared backbone, plugins as retention terms."""
+
+    name = "refined"
+
+    def current_model(self, ctx: RunContext) -> Any:
+        """The shared model (built on first use): what the plugins snapshot before a stage."""
+        return self._model(ctx)
+
+    def train_stage(self, plan: StagePlan, ctx: RunContext) -> dict[str, Any]:
+        """Backbone + skill FedAvg of each task of the stage, on the shared backbone."""
+        from unicon_core.continual.plugins.base import CapturedLoss
+
+        if ctx.plugins and not loop_takes_a_regulariser():
+            raise RuntimeError("continual plugins need train_task(regulariser=...), which this "
+                               "checkout's training loop lacks")
+        curves = {}
+        for task in plan.trained_tasks:
+            start = self.start_skill(task, ctx)
+            model = self.ensure_task(task, ctx)
+            model.load_skill_state_dict(task, start)
+            clients = [Client(s, ctx.sites[s].dataset("train", train=True), ctx.cfg.local_steps,
+                              ctx.sites[s].synthetic) for s in ctx.task_sites(task, plan.index)]
+            regulariser = CapturedLoss(ctx.plugins, model, task) if ctx.plugins else None
+            try:
+                result = fedavg_loop(model, task, clients, self.eval_sites(task, plan, ctx),
+                                     full_plan, rounds=ctx.cfg.rounds, train=ctx.train,
+                                     regulariser=regulariser)
+            finally:
+                if regulariser is not None:
+                    regulariser.close()
+            self.skills[task] = model.skill_state_dict(task)
+            curves[task] = [r.get("value") for r in result.rounds]
+        return {"tasks": list(plan.trained_tasks), "curves": curves}
+
+    def fisher(self, plan: StagePlan, ctx: RunContext, batches: int = 2) -> dict[str, Any]:
+        """Diagonal Fisher of the backbone on the stage's train data (per site, averaged):
+        what :class:`~unicon_core.continual.plugins.ewc.EWCPlugin` consolidates."""
+        from unicon_core.continual.plugins.ewc import fisher_diagonal
+        from unicon_core.training import make_loader
+        from unicon_core.training.losses import loss_for
+
+        model = self._model(ctx)
+        names = backbone_names(model)
+        per_site = []
+        for task in plan.trained_tasks:
+            loss_fn = loss_for(model.spec(task))
+            for site in ctx.task_sites(task, plan.index):
+                loader = make_loader(ctx.sites[site].dataset("train", train=False),
+                                     ctx.cfg.batch_size, shuffle=False)
+                chosen = [b for _, b in zip(range(batches), loader, strict=False)]
+                per_site.append(fisher_diagonal(
+                    model, names, chosen,
+                    lambda m, b, t=task, f=loss_fn: f(m(b[BatchKey.INPUT.value], t).float(), b)))
+        return {n: torch.stack([f[n] for f in per_site]).mean(0) for n in names}
+
+    def site_features(self, plan: StagePlan, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """Pooled last-level foundation features of each joining site's train split (what
+        :class:`~unicon_core.continual.plugins.mds.MDSPlugin` selects from, at the site)."""
+        from unicon_core.continual.plugins.base import pooled
+        from unicon_core.training import make_loader
+
+        out = {}
+        for site, task in plan.site_tasks.items():
+            model = self.ensure_task(task, ctx)
+            loader = make_loader(ctx.sites[site].dataset("train", train=False),
+                                 ctx.cfg.batch_size, shuffle=False)
+            with torch.no_grad():
+                out[site] = torch.cat([pooled(model.encode(b[BatchKey.INPUT.value], task))[-1]
+                                       for b in loader])
+        return out
