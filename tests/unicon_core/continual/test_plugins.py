@@ -345,3 +345,34 @@ def test_captured_loss_equals_the_plugin_loss_of_the_last_training_forward() -> 
     assert expected is not None and captured.item() == pytest.approx(expected.item())
     assert again.item() == pytest.approx(captured.item()) and captured.item() > 0
     assert not model._forward_hooks
+
+
+def test_kd_use_mds_distils_only_within_the_mds_threshold() -> None:
+    # Prepare
+    model = _model()
+    stats = FeatureStats(torch.zeros(16, dtype=torch.float64), torch.eye(16, dtype=torch.float64),
+                         100)
+    mds = MDSPlugin(stats)
+    kd = KDPlugin(use_mds=True)
+    ctx = SimpleNamespace(plugins=[mds, kd])
+    kd.before_stage(SimpleNamespace(model=model), None, ctx)  # type: ignore[arg-type]
+    _nudge_backbone(model)
+    batch = _batch()
+
+    def loss() -> float:
+        value = kd.loss(model, CLS_TASK, batch, model(batch["input"], CLS_TASK))
+        assert value is not None
+        return value.item()
+
+    # Execute
+    nothing_selected_yet = loss()
+    mds.threshold["a"] = -1.0  # no sample is that close
+    none_within = loss()
+    mds.threshold["a"] = 1e9
+    all_within = loss()
+    # Assert
+    assert nothing_selected_yet > 0 and none_within == 0.0
+    assert all_within == pytest.approx(nothing_selected_yet)
+    with pytest.raises(ValueError, match="mds"):
+        KDPlugin(use_mds=True).before_stage(SimpleNamespace(model=model), None,  # type: ignore[arg-type]
+                                            SimpleNamespace(plugins=[]))  # type: ignore[arg-type]

@@ -95,17 +95,19 @@ class KDPlugin(ContinualPlugin):
 
     ``retention`` balances retention against adaptation (total loss: task + retention x KD).
     ``sample_mask`` (e.g. an MDS threshold on the teacher's pooled features) restricts KD to
-    the selected samples. The teacher is snapshot from ``strategy.model`` before each stage, or
-    set with :meth:`set_teacher`.
+    the selected samples; ``use_mds`` takes it from the run's enabled ``mds`` plugin. The
+    teacher is snapshot from the strategy's model before each stage, or set with
+    :meth:`set_teacher`.
     """
 
     name = "kd"
 
     def __init__(
         self, retention: float = 1.0, level: Level = "features", temperature: float = 2.0,
-        sample_mask: SampleMask | None = None, enabled: bool = True,
+        sample_mask: SampleMask | None = None, use_mds: bool = False, enabled: bool = True,
     ) -> None:
         super().__init__(enabled)
+        self.use_mds = use_mds
         if retention < 0:
             raise ValueError(f"retention must be >= 0, got {retention}")
         if level not in ("features", "logits", "both"):
@@ -119,7 +121,15 @@ class KDPlugin(ContinualPlugin):
         self.teacher = frozen_copy(model)
 
     def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
-        """Snapshot the model as it is before the stage trains."""
+        """Snapshot the model as it is before the stage trains (and find the MDS plugin)."""
+        if self.use_mds:
+            from unicon_core.continual.plugins.mds import MDSPlugin
+
+            found = [p for p in (ctx.plugins if ctx is not None else [])
+                     if isinstance(p, MDSPlugin)]
+            if not found:
+                raise ValueError("kd: use_mds needs the mds plugin enabled in the same run")
+            self.sample_mask = found[0].mask_any
         model = strategy_model(strategy, ctx)
         if model is not None:
             self.set_teacher(model)

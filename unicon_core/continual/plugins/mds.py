@@ -118,6 +118,14 @@ class MDSPlugin(ContinualPlugin):
             return torch.ones(len(features), dtype=torch.bool)
         return distances(features, self.stats, self.metric) <= self.threshold[site] + 1e-9
 
+    def mask_any(self, features: torch.Tensor) -> torch.Tensor:
+        """Rows within the largest site threshold (the training site is not known inside the
+        loss); every row when nothing was selected yet."""
+        if self.stats is None or not self.threshold:
+            return torch.ones(len(features), dtype=torch.bool)
+        limit = max(self.threshold.values()) + 1e-9
+        return distances(features, self.stats, self.metric).to(features.device) <= limit
+
     def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
         """Select at every joining site (``site_features``, else the strategy's
         ``site_features(plan, ctx)``); nothing without pre-training statistics."""

@@ -86,7 +86,7 @@ class RetrievalKDPlugin(KDPlugin):
         self, memory: ReferenceMemory | None = None, retention: float = 1.0,
         level: Level = "features", temperature: float = 2.0, enabled: bool = True,
     ) -> None:
-        super().__init__(retention, level, temperature, None, enabled)
+        super().__init__(retention, level, temperature, sample_mask=None, enabled=enabled)
         self.memory = memory or ReferenceMemory()
         self.site: str | None = None
         self._levels: torch.Tensor | None = None
