@@ -220,6 +220,17 @@ class PerTaskFedAvg(FedAvg):
         log(INFO, "\t├──> Validation: update norm bound %s, round bound %s x median, >= %d "
             "valid site(s) per task", self.policy.max_update_norm, self.update_norm_factor,
             self.min_sites_per_task)
+        for task in sorted(tasks):
+            opts = self.options(task)
+            if not opts.is_default:
+                log(INFO, "\t├──> %s: delta=%s codec=%s rule=%s ranks=%s server_opt=%s "
+                    "fraction=%s min_sites=%s prox_mu=%s", task, opts.delta, opts.codec,
+                    opts.lora_rule, dict(opts.site_ranks) or "-", opts.server_opt,
+                    opts.fraction, opts.min_sites, opts.prox_mu)
+            unknown = sorted(set(opts.site_ranks) - set(tasks[task]))
+            if unknown:
+                log(WARNING, "\t├──> %s: site_ranks name sites outside the task: %s", task,
+                    unknown)
         log(INFO, "\t└──> Weighted by: '%s'", self.weighted_by_key)
 
     # ------------------------------------------------------------------ train
