@@ -17,6 +17,7 @@ from unicon_core.continual.plugins import (
     KDPlugin,
     LwFPlugin,
     MDSPlugin,
+    RealignPlugin,
     RetrievalKDPlugin,
     build_plugins,
     extra_loss_for,
@@ -262,6 +263,7 @@ def _ready(name: str, model: UniconModel) -> object:
         "kd": lambda: KDPlugin(enabled=False),
         "retrieval": lambda: RetrievalKDPlugin(enabled=False),
         "lwf": lambda: LwFPlugin(enabled=False),
+        "realign": lambda: RealignPlugin(enabled=False),
         "ewc": lambda: EWCPlugin(enabled=False, fisher_fn=lambda s, p, c: (
             model, [first], {first: torch.ones_like(param)})),
     }[name]()

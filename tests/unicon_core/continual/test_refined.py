@@ -86,3 +86,29 @@ def test_the_strategy_gives_ewc_its_fisher_and_mds_its_site_features(tmp_path: P
     assert sorted(ewc.anchor) == sorted(backbone_names(strategy.model))
     assert all((f >= 0).all() for f in ewc.fisher.values())
     assert any(f.sum() > 0 for f in ewc.fisher.values())
+
+
+def test_realign_revalidates_and_retunes_earlier_skills_on_the_refined_backbone(
+    tmp_path: Path,
+) -> None:
+    # Prepare: tolerance -1: every changed task is re-tuned
+    from unicon_core.continual.plugins import RealignPlugin
+
+    realign = RealignPlugin(tolerance=-1.0)
+    # Execute
+    _run(tmp_path, [realign], "realign")
+    # Assert: nothing earlier at stage 0; at stage 1 the classification skill sits on a
+    # backbone that moved, is measured, re-tuned and measured again
+    assert realign.reports[0] == []
+    (report,) = realign.reports[1]
+    assert report.task == "tab_cls" and not report.identical
+    assert report.retuned and report.after_retune == report.after_retune
+
+
+def test_realign_refuses_changed_outputs_when_identity_is_guaranteed(tmp_path: Path) -> None:
+    # Prepare
+    from unicon_core.continual.plugins import RealignPlugin
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="tab_cls"):
+        _run(tmp_path, [RealignPlugin(guarantee_identical=True)], "guarantee")

@@ -44,9 +44,10 @@ class RefinedFoundation(SkillStrategy):
 
     def train_stage(self, plan: StagePlan, ctx: RunContext) -> dict[str, Any]:
         """Backbone + skill FedAvg of each task of the stage, on the shared backbone."""
-        from unicon_core.continual.plugins.base import CapturedLoss
+        from unicon_core.continual.plugins.base import CapturedLoss, adds_loss
 
-        if ctx.plugins and not loop_takes_a_regulariser():
+        losses = [p for p in ctx.plugins if adds_loss(p)]
+        if losses and not loop_takes_a_regulariser():
             raise RuntimeError("continual plugins need train_task(regulariser=...), which this "
                                "checkout's training loop lacks")
         curves = {}
@@ -56,7 +57,7 @@ class RefinedFoundation(SkillStrategy):
             model.load_skill_state_dict(task, start)
             clients = [Client(s, ctx.sites[s].dataset("train", train=True), ctx.cfg.local_steps,
                               ctx.sites[s].synthetic) for s in ctx.task_sites(task, plan.index)]
-            regulariser = CapturedLoss(ctx.plugins, model, task) if ctx.plugins else None
+            regulariser = CapturedLoss(losses, model, task) if losses else None
             try:
                 result = fedavg_loop(model, task, clients, self.eval_sites(task, plan, ctx),
                                      full_plan, rounds=ctx.cfg.rounds, train=ctx.train,
@@ -67,6 +68,19 @@ class RefinedFoundation(SkillStrategy):
             self.skills[task] = model.skill_state_dict(task)
             curves[task] = [r.get("value") for r in result.rounds]
         return {"tasks": list(plan.trained_tasks), "curves": curves}
+
+    def retune(self, task: str, plan: StagePlan, ctx: RunContext) -> None:
+        """Brief re-tuning of an earlier skill on the current backbone: one round of skill-only
+        FedAvg over its sites (backbone frozen); used by the ``realign`` plugin."""
+        from unicon_core.continual.baselines.lora import plan as skill_plan
+
+        model = self.ensure_task(task, ctx)
+        model.load_skill_state_dict(task, self.skills[task])
+        clients = [Client(s, ctx.sites[s].dataset("train", train=True), ctx.cfg.local_steps,
+                          ctx.sites[s].synthetic) for s in ctx.task_sites(task, plan.index)]
+        fedavg_loop(model, task, clients, [], skill_plan, rounds=1, train=ctx.train,
+                    evaluate_every_round=False)
+        self.skills[task] = model.skill_state_dict(task)
 
     def fisher(self, plan: StagePlan, ctx: RunContext, batches: int = 2) -> dict[str, Any]:
         """Diagonal Fisher of the backbone on the stage's train data (per site, averaged):

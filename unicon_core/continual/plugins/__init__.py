@@ -2,7 +2,8 @@
 
 ``mds`` (MedSeqFT's Maximum Data Similarity selection), ``kd`` (K&G RFT-style distillation from
 the previous foundation), ``retrieval`` (retrieval-guided, per-sample and per-level weighted
-distillation), ``lwf`` (Learning without Forgetting), ``ewc`` (Elastic Weight Consolidation).
+distillation), ``lwf`` (Learning without Forgetting), ``ewc`` (Elastic Weight Consolidation),
+``realign`` (re-validate earlier skills after a stage, re-tune those that lost too much).
 Off by default: ``continual.plugins: []``.
 """
 
@@ -20,6 +21,7 @@ from unicon_core.continual.plugins.ewc import EWCPlugin
 from unicon_core.continual.plugins.kd import KDPlugin
 from unicon_core.continual.plugins.lwf import LwFPlugin
 from unicon_core.continual.plugins.mds import MDSPlugin
+from unicon_core.continual.plugins.realign import RealignPlugin
 from unicon_core.continual.plugins.retrieval import RetrievalKDPlugin
 
 PLUGINS: dict[str, Callable[..., ContinualPlugin]] = {
@@ -28,6 +30,7 @@ PLUGINS: dict[str, Callable[..., ContinualPlugin]] = {
     "retrieval": RetrievalKDPlugin,
     "lwf": LwFPlugin,
     "ewc": EWCPlugin,
+    "realign": RealignPlugin,
 }
 
 
@@ -43,4 +46,4 @@ def build_plugins(
 
 
 __all__ = ["PLUGINS", "ContinualPlugin", "EWCPlugin", "KDPlugin", "LwFPlugin", "MDSPlugin",
-           "RetrievalKDPlugin", "build_plugins", "extra_loss_for", "plugin_loss"]
+           "RealignPlugin", "RetrievalKDPlugin", "build_plugins", "extra_loss_for", "plugin_loss"]

@@ -61,6 +61,11 @@ class ContinualPlugin(Plugin):
         return None
 
 
+def adds_loss(plugin: ContinualPlugin) -> bool:
+    """True for an enabled plugin whose class defines a loss term."""
+    return plugin.enabled and type(plugin).compute_loss is not ContinualPlugin.compute_loss
+
+
 def plugin_loss(
     plugins: Sequence[ContinualPlugin], model: nn.Module, task: str, batch: dict[str, Any],
     outputs: torch.Tensor,
