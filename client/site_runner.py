@@ -206,13 +206,15 @@ def delta_record(
     msg: Message, context: Context, model: UniconModel, task: str, options: dict[str, Any]
 ) -> ArrayRecord:
     """The trained skill as an encoded ``local - global`` against the skill the server sent;
-    a lossy codec's residual stays at the site (``context.state``) for the next round."""
+    a lossy codec's residual stays at the site (``context.state``) for the next round. Under
+    FFA-LoRA the frozen A factors are left out (the server keeps its own)."""
     from unicon_core.federation.compression import Codec, encode_delta
 
     codec = Codec(str(options[ConfigKey.DELTA_CODEC.value]),
                   bool(options.get(ConfigKey.CODEC_PER_ROW.value, False)),
                   float(options.get(ConfigKey.TOPK_FRACTION.value, 0.1)))
     sent = {k: a.numpy() for k, a in msg.content.array_records[RecordKey.SKILL.value].items()}
+    sent = {k: v for k, v in sent.items() if k not in frozen_keys(sent, options)}
     local = {k: v.detach().cpu().numpy() for k, v in model.skill_state_dict(task).items()}
     stored = context.state.array_records.get(RESIDUAL_STATE)
     residual = None
@@ -227,11 +229,19 @@ def delta_record(
     return ArrayRecord({k: Array(v) for k, v in payload.items()})
 
 
-def skill_record(model: UniconModel, task: str) -> ArrayRecord:
-    """The task's skill tensors, and nothing else, as an ArrayRecord."""
-    return ArrayRecord(
-        {k: Array(v.detach().cpu().numpy()) for k, v in model.skill_state_dict(task).items()}
-    )
+def frozen_keys(skill: Any, options: dict[str, Any]) -> set[str]:
+    """Skill keys a reply leaves out: the A factors under FFA-LoRA (never trained)."""
+    from unicon_core.federation.lora_rules import a_keys
+
+    return a_keys(list(skill)) if options.get(ConfigKey.LORA_RULE.value) == "ffa" else set()
+
+
+def skill_record(model: UniconModel, task: str, omit: set[str] | None = None) -> ArrayRecord:
+    """The task's skill tensors (less ``omit``), and nothing else, as an ArrayRecord."""
+    return ArrayRecord({
+        k: Array(v.detach().cpu().numpy()) for k, v in model.skill_state_dict(task).items()
+        if k not in (omit or set())
+    })
 
 
 def server_round(msg: Message) -> int:
@@ -392,7 +402,8 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     update = (
         {RecordKey.DELTA.value: delta_record(msg, context, model, task, options)}
         if ConfigKey.DELTA_CODEC.value in options
-        else {RecordKey.SKILL.value: skill_record(model, task)}
+        else {RecordKey.SKILL.value: skill_record(
+            model, task, frozen_keys(model.skill_keys(task), options))}
     )
     content = RecordDict({
         **update,

@@ -534,15 +534,19 @@ class PerTaskFedAvg(FedAvg):
                         base in reference and tuple(arr.shape) == reference[base].shape)
                     if not fits:
                         return Rejected(f"{key}: shape {tuple(arr.shape)} does not fit the skill")
-                deltas = decode_delta({k: a.numpy() for k, a in encoded.items()}, reference,
+                frozen = a_keys(reference) if opts.lora_rule == "ffa" else set()
+                trained = {k: v for k, v in reference.items() if k not in frozen}
+                deltas = decode_delta({k: a.numpy() for k, a in encoded.items()}, trained,
                                       opts.codec_spec())
-                state = apply_delta(reference, deltas)
+                state = {**apply_delta(trained, deltas), **{k: reference[k] for k in frozen}}
         elif phase == "train" and skill is not None and reference is not None:
             for key, arr in skill.items():  # check the header before decoding any bytes
                 if key in reference and tuple(arr.shape) != reference[key].shape:
                     return Rejected(f"{key}: shape {tuple(arr.shape)} != "
                                     f"{reference[key].shape}")
             state = {k: a.numpy() for k, a in skill.items()}
+            if opts.lora_rule == "ffa":  # A is frozen: a site need not send it back
+                state.update({k: reference[k] for k in a_keys(reference) if k not in state})
         return check_reply(
             phase, info=dict(info_record), metrics=metrics, state=state, reference=reference,
             claim=node.claim, server_round=rnd, policy=self.policy,

@@ -118,7 +118,16 @@ def test_lossy_deltas_run_end_to_end(tmp_path: Path) -> None:
 
 
 def test_ffa_keeps_every_a_factor_at_its_initialisation(tmp_path: Path) -> None:
-    final, _, _ = _run(tmp_path, "ffa", "++strategy.lora={lora_rule:ffa,delta:true}")
+    final, grid, rows = _run(tmp_path, "ffa", "++strategy.lora={lora_rule:ffa,delta:true}")
+    _, _, naive_rows = _run(tmp_path, "naive", "++strategy.lora={delta:true}")
+    for ex in grid.exchanges:
+        if ex.instruction.metadata.message_type == "train":  # A never travels back
+            assert not a_keys(list(ex.reply.content.array_records[RecordKey.DELTA.value].keys()))
+
+    def up(rows: list) -> int:
+        return sum(s.get("bytes_up", 0) for r in rows for s in r["sites"].values())
+
+    assert up(rows) < up(naive_rows)
     for task in (CLS_TASK, SURV_TASK):
         start, trained = _initial(task), slice_task(final, task)
         keys = a_keys(start)
@@ -187,3 +196,14 @@ def test_bad_lora_options_fail_clearly() -> None:
         StrategyConfig(lora={"codek": "int8"})
     with pytest.raises(ValueError, match="svd"):
         StrategyConfig(lora_tasks={"t": {"lora_rule": "ffa", "site_ranks": {"s": 1}}})
+
+
+def test_ffa_with_whole_skills_leaves_a_out_too(tmp_path: Path) -> None:
+    final, grid, _ = _run(tmp_path, "ffa_skill", "++strategy.lora={lora_rule:ffa}")
+    for ex in grid.exchanges:
+        if ex.instruction.metadata.message_type == "train":
+            keys = list(ex.reply.content.array_records[RecordKey.SKILL.value].keys())
+            assert keys and not a_keys(keys)
+    start, trained = _initial(CLS_TASK), slice_task(final, CLS_TASK)
+    for key in a_keys(start):
+        np.testing.assert_array_equal(trained[key], start[key], err_msg=key)

@@ -43,6 +43,8 @@ def _round(strategy: PerTaskFedAvg, locals_: dict[int, dict], codec: Codec | Non
             record = {RecordKey.SKILL.value: ArrayRecord(
                 {k: Array(v) for k, v in locals_[node.node_id].items()})}
         else:
+            if strategy.options("cls").lora_rule == "ffa":  # the site leaves A out
+                sent = {k: v for k, v in sent.items() if k != A}
             payload, _ = encode_delta(locals_[node.node_id], sent, codec)
             payload.update((tamper or {}).get(node.node_id, {}))
             record = {RecordKey.DELTA.value: ArrayRecord(
