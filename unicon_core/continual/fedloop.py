@@ -209,13 +209,15 @@ def fedavg_loop(
     train: TrainConfig,
     evaluate_every_round: bool = True,
     regulariser: Callable[[], torch.Tensor] | None = None,
+    on_client: Callable[[str], None] | None = None,
 ) -> LoopResult:
     """Run ``rounds`` of FedAvg of ``plan``'s parameters over ``clients``; ``model`` ends global.
 
     Each client runs ``client.steps`` optimiser steps per round (``train.max_steps`` is set per
     client), seeded by (``train.seed``, client, round) exactly like a site of the real path.
     ``regulariser`` (e.g. the continual plugins' loss, ``plugins.base.CapturedLoss``) goes to
-    ``train_task``; without it the call is exactly as before.
+    ``train_task``; without it the call is exactly as before. ``on_client(name)`` is called
+    before each client trains (the plugins learn which site they run at).
     """
     from client.site_runner import round_seed
     from unicon_core.federation.accounting import content_bytes
@@ -239,6 +241,8 @@ def fedavg_loop(
             with torch.no_grad():
                 for n, t in received(down).items():
                     params[n].copy_(t)
+            if on_client is not None:
+                on_client(client.name)
             seed = round_seed(train.seed, client.name, rnd)
             cfg = replace(train, seed=seed, max_steps=client.steps, epochs=10_000, progress=False)
             loader = make_loader(client.train, cfg.batch_size, shuffle=True, seed=seed)

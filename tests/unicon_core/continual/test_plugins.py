@@ -170,7 +170,7 @@ def test_retrieval_kd_needs_a_remembered_past_task() -> None:
     plugin = RetrievalKDPlugin(ReferenceMemory(per_task=2))
     plugin.set_teacher(model)
     batch = _batch()
-    plugin.site = "a"
+    plugin.at_site("a")
     equal = plugin.loss(model, CLS_TASK, batch, model(batch["input"], CLS_TASK))
     _nudge_backbone(model)
     # Execute
@@ -179,7 +179,7 @@ def test_retrieval_kd_needs_a_remembered_past_task() -> None:
         past = pooled(plugin.teacher.encode(batch["input"], CLS_TASK))  # type: ignore[union-attr]
     plugin.memory.add("a", "past_task", past)
     remembered = plugin.loss(model, CLS_TASK, batch, model(batch["input"], CLS_TASK))
-    plugin.site = "b"
+    plugin.at_site("b")
     other_site = plugin.loss(model, CLS_TASK, batch, model(batch["input"], CLS_TASK))
     # Assert
     assert equal is not None and equal.item() == 0.0
@@ -287,6 +287,7 @@ def test_a_disabled_plugin_changes_nothing(name: str) -> None:
     # Execute
     plugin.before_stage(strategy, None, None)  # type: ignore[attr-defined, arg-type]
     plugin.after_stage(strategy, None, None)  # type: ignore[attr-defined, arg-type]
+    plugin.at_site("a")  # type: ignore[attr-defined]
     _nudge_backbone(model)
     loss = plugin.loss(model, SURV_TASK, batch, model(batch["input"], SURV_TASK))  # type: ignore[attr-defined]
     # Assert: no loss, no bookkeeping, no extra_loss hook for training
@@ -372,9 +373,15 @@ def test_kd_use_mds_distils_only_within_the_mds_threshold() -> None:
     none_within = loss()
     mds.threshold["a"] = 1e9
     all_within = loss()
+    mds.threshold["b"] = -1.0
+    kd.at_site("b")  # the training site's own threshold, not the largest
+    site_b = loss()
+    kd.at_site("a")
+    site_a = loss()
     # Assert
     assert nothing_selected_yet > 0 and none_within == 0.0
     assert all_within == pytest.approx(nothing_selected_yet)
+    assert site_b == 0.0 and site_a == pytest.approx(nothing_selected_yet)
     with pytest.raises(ValueError, match="mds"):
         KDPlugin(use_mds=True).before_stage(SimpleNamespace(model=model), None,  # type: ignore[arg-type]
                                             SimpleNamespace(plugins=[]))  # type: ignore[arg-type]

@@ -61,13 +61,20 @@ class RefinedFoundation(SkillStrategy):
             try:
                 result = fedavg_loop(model, task, clients, self.eval_sites(task, plan, ctx),
                                      full_plan, rounds=ctx.cfg.rounds, train=ctx.train,
-                                     regulariser=regulariser)
+                                     regulariser=regulariser, on_client=self._at_site(ctx))
             finally:
                 if regulariser is not None:
                     regulariser.close()
             self.skills[task] = model.skill_state_dict(task)
             curves[task] = [r.get("value") for r in result.rounds]
         return {"tasks": list(plan.trained_tasks), "curves": curves}
+
+    @staticmethod
+    def _at_site(ctx: RunContext) -> Any:
+        """Tell the enabled plugins which site trains next (``None`` without plugins)."""
+        if not ctx.plugins:
+            return None
+        return lambda site: [p.at_site(site) for p in ctx.plugins]
 
     def retune(self, task: str, plan: StagePlan, ctx: RunContext) -> None:
         """Brief re-tuning of an earlier skill on the current backbone: one round of skill-only

@@ -48,6 +48,14 @@ class ContinualPlugin(Plugin):
         """A term added to ``task``'s training loss, or ``None`` (always ``None`` disabled)."""
         return self.compute_loss(model, task, batch, outputs) if self.enabled else None
 
+    def at_site(self, site: str) -> None:
+        """Called before a site trains locally (nothing when disabled)."""
+        if self.enabled:
+            self.on_site(site)
+
+    def on_site(self, site: str) -> None:
+        """Override: remember the training site (per-site selections and memories)."""
+
     def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
         """Override: work before a stage."""
 

@@ -108,6 +108,8 @@ class KDPlugin(ContinualPlugin):
     ) -> None:
         super().__init__(enabled)
         self.use_mds = use_mds
+        #: the site training now (``at_site``); per-site MDS thresholds and memories use it
+        self.site: str | None = None
         if retention < 0:
             raise ValueError(f"retention must be >= 0, got {retention}")
         if level not in ("features", "logits", "both"):
@@ -115,6 +117,10 @@ class KDPlugin(ContinualPlugin):
         self.retention, self.level, self.temperature = retention, level, temperature
         self.sample_mask = sample_mask
         self.teacher: nn.Module | None = None
+
+    def on_site(self, site: str) -> None:
+        """Remember the training site."""
+        self.site = site
 
     def set_teacher(self, model: nn.Module) -> None:
         """Freeze a copy of ``model`` as the teacher."""
@@ -129,7 +135,9 @@ class KDPlugin(ContinualPlugin):
                      if isinstance(p, MDSPlugin)]
             if not found:
                 raise ValueError("kd: use_mds needs the mds plugin enabled in the same run")
-            self.sample_mask = found[0].mask_any
+            mds = found[0]
+            self.sample_mask = lambda f: (mds.mask(self.site, f) if self.site in mds.threshold
+                                          else mds.mask_any(f))
         model = strategy_model(strategy, ctx)
         if model is not None:
             self.set_teacher(model)

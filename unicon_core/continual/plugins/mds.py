@@ -112,15 +112,15 @@ class MDSPlugin(ContinualPlugin):
         self.threshold[site] = float(distances(features[idx], self.stats, self.metric).max())
         return idx
 
-    def mask(self, site: str, features: torch.Tensor) -> torch.Tensor:
+    def mask(self, site: str | None, features: torch.Tensor) -> torch.Tensor:
         """Which rows of ``features`` are within ``site``'s MDS threshold (bool ``(N,)``)."""
         if self.stats is None or site not in self.threshold:
             return torch.ones(len(features), dtype=torch.bool)
         return distances(features, self.stats, self.metric) <= self.threshold[site] + 1e-9
 
     def mask_any(self, features: torch.Tensor) -> torch.Tensor:
-        """Rows within the largest site threshold (the training site is not known inside the
-        loss); every row when nothing was selected yet."""
+        """Rows within the largest site threshold (when the training site is unknown); every
+        row when nothing was selected yet."""
         if self.stats is None or not self.threshold:
             return torch.ones(len(features), dtype=torch.bool)
         limit = max(self.threshold.values()) + 1e-9

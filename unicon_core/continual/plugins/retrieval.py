@@ -78,7 +78,7 @@ def retrieval_weights(
 
 class RetrievalKDPlugin(KDPlugin):
     """:class:`KDPlugin` whose per-sample and per-level weights come from retrieval in the
-    training site's memory of past tasks (set the site with :attr:`site`)."""
+    training site's memory of past tasks (the site comes from ``at_site``)."""
 
     name = "retrieval"
 
@@ -88,7 +88,6 @@ class RetrievalKDPlugin(KDPlugin):
     ) -> None:
         super().__init__(retention, level, temperature, sample_mask=None, enabled=enabled)
         self.memory = memory or ReferenceMemory()
-        self.site: str | None = None
         self._levels: torch.Tensor | None = None
 
     def sample_weights(self, model: nn.Module, teacher: nn.Module, task: str,
