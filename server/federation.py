@@ -465,6 +465,12 @@ def run_federation(
         **settings.strategy.options(),
     )
     strategy.stopped.update(stopped)
+    stateful = sorted(t for t in specs if (o := settings.strategy.for_task(t)).server_opt
+                      != "fedavg" or o.lora_rule == "fedsa" or o.codec != "none")
+    if offset and stateful:
+        log(WARNING, "resume: tasks %s restart their server optimiser state, FedSA B factors "
+            "and site residuals empty (not checkpointed); skills, round and seeds are restored",
+            stateful)
     strategy.on_round_end = RoundRecorder(run_dir, settings, foundation_hash, tracker,
                                           strategy.stopped)
     remaining = settings.federation.rounds - offset

@@ -207,3 +207,13 @@ def test_ffa_with_whole_skills_leaves_a_out_too(tmp_path: Path) -> None:
     start, trained = _initial(CLS_TASK), slice_task(final, CLS_TASK)
     for key in a_keys(start):
         np.testing.assert_array_equal(trained[key], start[key], err_msg=key)
+
+
+def test_resume_warns_that_optimiser_state_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    option = "++strategy.lora={server_opt:fedavgm}"
+    _run(tmp_path, "run", option, rounds=1)
+    caplog.clear()
+    _run(tmp_path, "run", option, "resume=true", rounds=2)
+    assert "restart their server optimiser state" in caplog.text

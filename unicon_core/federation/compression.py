@@ -11,8 +11,10 @@ aggregates the reconstructed local skills. Codecs (:class:`Codec`):
 * ``int8``: symmetric int8 with a float32 scale per tensor, or per row (``per_row``);
   error <= scale / 2 per value;
 * ``topk``: the ``topk_fraction`` largest-magnitude values of each tensor (flat indices as
-  int32, values in float32); what is not sent stays in the site's residual (error feedback) and
-  is added to the next round's delta, so nothing is lost for good.
+  int32, values in float32).
+
+For every lossy codec, what is not sent (values left out, rounding) is returned as the site's
+new residual (error feedback): added to the next round's delta, nothing is lost for good.
 
 Payload keys are the skill keys, plus ``<key>#scale`` (int8) or ``<key>#idx`` (top-k). All
 functions are pure on ``{key: numpy array}`` mappings.
