@@ -21,6 +21,7 @@ from unicon_core.continual.baselines.full_fedavg import plan as full_plan
 from unicon_core.continual.fedloop import Client, backbone_names, fedavg_loop
 from unicon_core.continual.runner import RunContext
 from unicon_core.continual.stages import StagePlan
+from unicon_core.device import module_device, to_device
 from unicon_core.keys import BatchKey
 
 
@@ -97,6 +98,7 @@ class RefinedFoundation(SkillStrategy):
         from unicon_core.training.losses import loss_for
 
         model = self._model(ctx)
+        device = module_device(model)
         names = backbone_names(model)
         per_site = []
         for task in plan.trained_tasks:
@@ -106,7 +108,7 @@ class RefinedFoundation(SkillStrategy):
                                      ctx.cfg.batch_size, shuffle=False)
                 chosen = [b for _, b in zip(range(batches), loader, strict=False)]
                 per_site.append(fisher_diagonal(
-                    model, names, chosen,
+                    model, names, [to_device(b, device) for b in chosen],
                     lambda m, b, t=task, f=loss_fn: f(m(b[BatchKey.INPUT.value], t).float(), b)))
         return {n: torch.stack([f[n] for f in per_site]).mean(0) for n in names}
 
@@ -121,7 +123,9 @@ class RefinedFoundation(SkillStrategy):
             model = self.ensure_task(task, ctx)
             loader = make_loader(ctx.sites[site].dataset("train", train=False),
                                  ctx.cfg.batch_size, shuffle=False)
+            device = module_device(model)
             with torch.no_grad():
-                out[site] = torch.cat([pooled(model.encode(b[BatchKey.INPUT.value], task))[-1]
-                                       for b in loader])
+                out[site] = torch.cat([
+                    pooled(model.encode(b[BatchKey.INPUT.value].to(device), task))[-1].cpu()
+                    for b in loader])
         return out

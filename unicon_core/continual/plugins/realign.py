@@ -19,6 +19,7 @@ from unicon_core.continual.plugins.base import ContinualPlugin, strategy_model
 from unicon_core.continual.realign import RealignReport, realign_skills
 from unicon_core.continual.runner import RunContext, Strategy
 from unicon_core.continual.stages import StagePlan
+from unicon_core.device import module_device
 from unicon_core.keys import BatchKey
 
 
@@ -49,8 +50,9 @@ class RealignPlugin(ContinualPlugin):
         assert model is not None
         model.load_skill_state_dict(task, strategy.skills[task])  # type: ignore[operator]
         model.eval()
+        device = module_device(model)
         with torch.no_grad():
-            return torch.cat([model(b[BatchKey.INPUT.value], task).float().cpu()
+            return torch.cat([model(b[BatchKey.INPUT.value].to(device), task).float().cpu()
                               for b in self._batches[task]])
 
     def _score(self, strategy: Any, task: str, outputs: torch.Tensor, ctx: RunContext) -> float:
