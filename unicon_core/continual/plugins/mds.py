@@ -1,4 +1,4 @@
-"""Maximum Data Similarity (MDS) selection, after MedSeqFT (Ye et al., arXiv 2509.06096).
+"""Maximum Data Similarity (MDS) selection, after MedSeqFT (arXiv 2509.06096).
 
 MedSeqFT keeps, for each downstream task, the ``K`` samples most representative of the
 pre-training distribution (a buffer used for distillation in later stages). The paper scores a
