@@ -117,6 +117,18 @@ def forward_transfer(
     return _mean(per_task_forward_transfer(matrix, reference, joined))
 
 
+def fwt_against(matrix: Matrix, reference_matrix: Matrix) -> float:
+    """FWT of a run against a reference run of the same stages and task order (e.g. the
+    isolated method): ``b_i`` is the reference's value right after task ``i`` joined."""
+    if len(reference_matrix) != len(matrix):
+        raise ValueError("the reference run needs the same tasks in the same order")
+    joined = joined_stages(matrix)
+    if joined != joined_stages(reference_matrix):
+        raise ValueError("the reference run needs the same stages (tasks join at other stages)")
+    reference = [float(row[j]) for row, j in zip(reference_matrix, joined, strict=True)]
+    return forward_transfer(matrix, reference, joined)
+
+
 #: Short names (the definitions above): ``bwt(R, trained)``, ``fwt(R, reference)``.
 bwt = backward_transfer
 fwt = forward_transfer

@@ -121,3 +121,15 @@ def test_forward_transfer_single_stage_is_nan_and_summary_adds_it_only_with_a_re
     assert bwt(matrix, [0, 1]) == pytest.approx(-0.1)
     with pytest.raises(ValueError, match="reference"):
         forward_transfer(matrix, [0.5])
+
+
+def test_fwt_against_a_reference_run() -> None:
+    # Prepare: refined run vs isolated run; task 1 joins at stage 1: 0.75 vs 0.7
+    from unicon_core.continual.matrix import fwt_against
+
+    refined = [[0.8, 0.7], [NAN, 0.75]]
+    isolated = [[0.8, 0.8], [NAN, 0.7]]
+    # Execute / Assert
+    assert fwt_against(refined, isolated) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="same stages"):
+        fwt_against(refined, [[0.8, 0.8], [0.1, 0.7]])
