@@ -204,6 +204,8 @@ class PerTaskFedAvg(FedAvg):
         self.personal: dict[str, dict[str, np.ndarray]] = {}
         #: site -> the skill it was sent for training this round (reference of its update)
         self._sent: dict[str, dict[str, np.ndarray]] = {}
+        #: site -> digest of the encoded delta it sent this round (replays are refused)
+        self._delta_digests: dict[str, str] = {}
 
     def options(self, task: str) -> TaskFederation:
         """The task's issue-#14 options (today's defaults when not configured)."""
@@ -282,6 +284,7 @@ class PerTaskFedAvg(FedAvg):
             defaultdict(list)
         )
         replies = list(replies)
+        self._delta_digests = {}
         accepted: list[tuple[SiteNode, Accepted]] = []
         for node, result in self._checked_replies(rnd, replies, "train", current):
             entry = self._site_entry(node)
@@ -534,10 +537,11 @@ class PerTaskFedAvg(FedAvg):
                         base in reference and tuple(arr.shape) == reference[base].shape)
                     if not fits:
                         return Rejected(f"{key}: shape {tuple(arr.shape)} does not fit the skill")
+                payload = {k: a.numpy() for k, a in encoded.items()}
+                self._delta_digests[node.site] = "delta:" + digest(payload)
                 frozen = a_keys(reference) if opts.lora_rule == "ffa" else set()
                 trained = {k: v for k, v in reference.items() if k not in frozen}
-                deltas = decode_delta({k: a.numpy() for k, a in encoded.items()}, trained,
-                                      opts.codec_spec())
+                deltas = decode_delta(payload, trained, opts.codec_spec())
                 state = {**apply_delta(trained, deltas), **{k: reference[k] for k in frozen}}
         elif phase == "train" and skill is not None and reference is not None:
             for key, arr in skill.items():  # check the header before decoding any bytes
@@ -570,7 +574,7 @@ class PerTaskFedAvg(FedAvg):
             assert result.state is not None
             entry = self._site_entry(node)
             entry.setdefault("flags", []).extend(result.notes)
-            fingerprint = digest(result.state)
+            fingerprint = self._fingerprint(node, result.state)
             earlier = self._digests.get(fingerprint)
             if earlier is not None and earlier[1] < rnd:
                 self._reject(entry, node, "train", f"replay: byte-identical to the update site "
@@ -598,9 +602,14 @@ class PerTaskFedAvg(FedAvg):
                 self._reject(entry, node, "train", outliers[node.site])
                 continue
             assert result.state is not None
-            self._digests.setdefault(digest(result.state), (node.site, rnd))
+            self._digests.setdefault(self._fingerprint(node, result.state), (node.site, rnd))
             out.append((node, result))
         return out
+
+    def _fingerprint(self, node: SiteNode, state: dict[str, np.ndarray]) -> str:
+        """Digest of what the site sent: its encoded delta when it sent one (a replayed delta
+        would be applied twice to a newer skill), else its skill."""
+        return self._delta_digests.get(node.site) or digest(state)
 
     def _reject(self, entry: dict[str, Any], node: SiteNode, phase: str, reason: str) -> None:
         entry.update(status="rejected", reason=reason)

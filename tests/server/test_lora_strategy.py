@@ -30,10 +30,11 @@ def _global() -> dict[str, np.ndarray]:
 
 
 def _round(strategy: PerTaskFedAvg, locals_: dict[int, dict], codec: Codec | None,
-           tamper: dict[int, dict] | None = None) -> tuple[dict, dict]:
-    union = prefix_task("cls", _global())
+           tamper: dict[int, dict] | None = None, rnd: int = 1,
+           glob: dict | None = None) -> tuple[dict, dict]:
+    union = prefix_task("cls", _global() if glob is None else glob)
     msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(
-        1, ArrayRecord({k: Array(v) for k, v in union.items()}), ConfigRecord(), None)}
+        rnd, ArrayRecord({k: Array(v) for k, v in union.items()}), ConfigRecord(), None)}
     replies = []
     for node in NODES:
         if node.node_id not in msgs:
@@ -54,11 +55,11 @@ def _round(strategy: PerTaskFedAvg, locals_: dict[int, dict], codec: Codec | Non
             RecordKey.INFO.value: ConfigRecord({
                 InfoKey.SITE.value: node.site, InfoKey.TASK.value: node.task,
                 InfoKey.FOUNDATION_HASH.value: HASH, InfoKey.STATUS.value: Status.TRAINED.value,
-                InfoKey.ROUND.value: 1})})
+                InfoKey.ROUND.value: rnd})})
         reply = Message(content, reply_to=msgs[node.node_id])
         reply.metadata.__dict__["_src_node_id"] = node.node_id
         replies.append(reply)
-    arrays, _ = strategy.aggregate_train(1, replies)
+    arrays, _ = strategy.aggregate_train(rnd, replies)
     return slice_task({k: a.numpy() for k, a in arrays.items()}, "cls"), strategy._record
 
 
@@ -137,4 +138,21 @@ def test_sampling_in_the_strategy() -> None:
     _, record = _round(strategy, _locals(), None)
     skipped = [s for s, e in record["sites"].items() if e.get("status") == "not-sampled"]
     assert len(skipped) == 1  # min_sites_per_task is the floor
+    assert record["tasks"]["cls"]["sites_aggregated"] == 2
+
+
+def test_a_replayed_delta_is_refused() -> None:
+    """The same encoded delta applied to a newer skill gives another skill (a state digest
+    would not see it); the payload's digest does."""
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(delta=True, codec="int8")})
+    locals_ = _locals(0.1)
+    first, _ = _round(strategy, locals_, Codec("int8"))
+    fresh = _locals(0.2)
+    g = _global()
+    replayed = {k: first[k] + (locals_[1][k] - g[k]) for k in g}  # round 1's delta, new base
+    again = {1: replayed, 2: fresh[2], 3: fresh[3]}
+    _, record = _round(strategy, again, Codec("int8"), rnd=2, glob=first)
+    assert record["sites"]["a"]["status"] == "rejected"
+    assert "replay" in record["sites"]["a"]["reason"]
     assert record["tasks"]["cls"]["sites_aggregated"] == 2
