@@ -243,6 +243,7 @@ class PerTaskFedAvg(FedAvg):
         rnd = server_round + self.round_offset
         self._record = {"round": rnd, "sites": {}, "tasks": {}}
         self._arrays = arrays
+        self._sent = {}
         nodes = [n for n in self.nodes.values() if n.site not in self.stopped]
         for node in self.nodes.values():
             if node.site in self.stopped:
