@@ -119,13 +119,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
                                 "privacy.reproducible=true")
 
 
-def _train_seed(tiny: tuple[Path, list[str]], node_config: dict[str, Any],
-                monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The seed handle_train gives DPSGD (the test stops training there)."""
-    site_dir, overrides = tiny
+def _train_instruction(
+    tiny: tuple[Path, list[str]], node_config: dict[str, Any]
+) -> tuple[Message, Any, Any]:
+    """A round-3 train instruction for the tiny site's task, its node context and settings."""
+    _, overrides = tiny
     settings = load_settings(overrides)
-    context = _context({**node_config, "site-dir": str(site_dir)} if "site-dir" in node_config
-                       else node_config)
+    context = _context(node_config)
     site = site_runner.open_node_site(context, settings)
     model = site_runner.build_model(settings, site)
     msg = Message(RecordDict({
@@ -133,6 +133,16 @@ def _train_seed(tiny: tuple[Path, list[str]], node_config: dict[str, Any],
                                 "foundation-hash": model.foundation_hash}),
         "skill": site_runner.skill_record(model, CLS_TASK),
     }), dst_node_id=1, message_type="train")
+    return msg, context, settings
+
+
+def _train_seed(tiny: tuple[Path, list[str]], node_config: dict[str, Any],
+                monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The seed handle_train gives DPSGD (the test stops training there)."""
+    site_dir, _ = tiny
+    msg, context, settings = _train_instruction(
+        tiny, {**node_config, "site-dir": str(site_dir)} if "site-dir" in node_config
+        else node_config)
     seen: dict[str, Any] = {}
 
     class StopError(Exception):
@@ -165,16 +175,8 @@ def test_a_deployed_site_without_a_ledger_folder_does_not_train_under_dp(
     tiny: tuple[Path, list[str]]
 ) -> None:
     # An in-memory ledger would restart at epsilon 0 with the SuperNode: no budget could hold.
-    site_dir, overrides = tiny
-    settings = load_settings(overrides)
-    context = _context({"site-dir": str(site_dir), "dp-min-noise": 1.5})
-    site = site_runner.open_node_site(context, settings)
-    model = site_runner.build_model(settings, site)
-    msg = Message(RecordDict({
-        "config": ConfigRecord({"task": CLS_TASK, "server-round": 3,
-                                "foundation-hash": model.foundation_hash}),
-        "skill": site_runner.skill_record(model, CLS_TASK),
-    }), dst_node_id=1, message_type="train")
+    msg, context, settings = _train_instruction(
+        tiny, {"site-dir": str(tiny[0]), "dp-min-noise": 1.5})
     reply = site_runner.handle_train(msg, context, settings)
     info = reply.content.config_records["info"]
     assert info["status"] == "budget-exhausted" and "--state-dir" in str(info["reason"])
