@@ -116,7 +116,14 @@ def pretrain(
 @app.command()
 def train(
     site_dir: Path,
-    epochs: Annotated[int, typer.Option(help="Passes over the site's train split.")] = 5,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Passes over the train split (default: the train config's budget, "
+                     "what one federated round trains)."),
+    ] = None,
+    bundle: Annotated[
+        Path | None, typer.Option(help="Write the trained skill as a bundle for predict.")
+    ] = None,
     overrides: Overrides = None,
     verbose: Verbose = False,
 ) -> None:
@@ -124,7 +131,7 @@ def train(
     from unicon_core.commands.core import train_local_command
 
     with user_errors("train", verbose):
-        report = train_local_command(site_dir, epochs, list(overrides or []))
+        report = train_local_command(site_dir, epochs, list(overrides or []), bundle_dir=bundle)
     typer.echo(report)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 
 def pretrain_command(
@@ -72,8 +73,18 @@ def pretrain_command(
     )
 
 
-def train_local_command(site_dir: Path, epochs: int, overrides: Sequence[str]) -> str:
-    """Train a site's task on its train split; report metrics on its val and test splits."""
+def train_local_command(
+    site_dir: Path,
+    epochs: int | None,
+    overrides: Sequence[str],
+    bundle_dir: Path | None = None,
+) -> str:
+    """Train a site's task on its train split; report metrics on its val and test splits.
+
+    ``epochs`` None keeps the ``train`` config's budget (epochs and ``max_steps``: what one
+    federated round trains); a number trains that many passes. ``bundle_dir`` writes the
+    trained skill as a bundle that ``unicon predict`` loads.
+    """
     from unicon_core.commands.errors import config_errors, require_dir
     from unicon_core.data import open_site
     from unicon_core.hydra_config import backbone_config, load_config, train_config
@@ -83,7 +94,9 @@ def train_local_command(site_dir: Path, epochs: int, overrides: Sequence[str]) -
     require_dir(site_dir)
     with config_errors():
         cfg = load_config(overrides)
-        train = replace(train_config(cfg), epochs=epochs, max_steps=None, progress=True)
+        train = replace(train_config(cfg), progress=True)
+        if epochs is not None:
+            train = replace(train, epochs=epochs, max_steps=None)
         backbone = backbone_config(cfg)
     site = open_site(site_dir)
     spec = site.task_spec
@@ -109,4 +122,34 @@ def train_local_command(site_dir: Path, epochs: int, overrides: Sequence[str]) -
         )
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         lines.append(f"{split} (held out): {shown}")
+    if bundle_dir is not None:
+        write_local_bundle(model, site, cfg, result.num_examples, result.steps, bundle_dir)
+        lines.append(f"wrote bundle {bundle_dir} (unicon predict --bundle {bundle_dir} ...)")
     return "\n".join(lines)
+
+
+def write_local_bundle(
+    model: Any, site: Any, cfg: Any, num_examples: int, steps: int, bundle_dir: Path
+) -> Path:
+    """A bundle of a locally trained skill: the site as provenance, its train-split router
+    statistics, OOD thresholds from its val split (as ``unicon export`` does for a run)."""
+    from unicon_core.data.transforms import PreprocessConfig
+    from unicon_core.inference.bundle import SiteRecord, save_bundle
+    from unicon_core.inference.export import bundle_from_model, federated_summaries
+    from unicon_core.inference.ood import calibrate_ood
+
+    model.to("cpu")
+    router, feature_stats = federated_summaries(model, [site])
+    ood = calibrate_ood(router, [site]) if router else {}
+    record = SiteRecord(site.name, bool(site.synthetic), "unicon train (one site, no federation)",
+                        num_examples=num_examples)
+    bundle = bundle_from_model(
+        model,
+        {site.task_spec.name: [record]},
+        preprocess=PreprocessConfig.from_mapping(dict(cfg.get("preprocess") or {})),
+        router=router,
+        feature_stats=feature_stats,
+        source={"command": "unicon train", "site": site.name, "steps": steps},
+        ood=ood,
+    )
+    return save_bundle(bundle, bundle_dir)

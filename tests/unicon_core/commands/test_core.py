@@ -64,6 +64,34 @@ def test_train_local_reports_held_out_metrics_and_real_or_synthetic(tmp_path: Pa
     assert ("SYNTHETIC" in report) or ("real data" in report)
 
 
+def test_train_local_keeps_the_round_budget_and_writes_a_bundle(tmp_path: Path) -> None:
+    # Prepare: a config whose round trains 2 steps
+    from unicon_core.inference.bundle import load_bundle
+
+    site = surv_site(tmp_path, n=30)
+    out = tmp_path / "bundle"
+    # Execute: no --epochs, so the train config's budget (max_steps) holds
+    report = train_local_command(site, epochs=None, overrides=[*TINY, "train.max_steps=2"],
+                                 bundle_dir=out)
+    # Assert: two steps; the bundle holds a trained skill (not the initial one), the same one
+    # a second identical run writes (training is deterministic under the seed)
+    assert "trained 2 steps" in report and f"wrote bundle {out}" in report
+    bundle = load_bundle(out)
+    (task,) = bundle.model.tasks
+    record = bundle.entry(task).trained_on[0]
+    assert record.site and "unicon train" in record.source
+    from unicon_core.hydra_config import backbone_config, load_config
+
+    fresh = UniconModel(backbone_config(load_config(TINY)), seed=0)
+    fresh.add_task(bundle.entry(task).spec)
+    trained = bundle.model.skill_state_dict(task)
+    assert any(not (v == fresh.skill_state_dict(task)[k]).all() for k, v in trained.items())
+    train_local_command(site, epochs=None, overrides=[*TINY, "train.max_steps=2"],
+                        bundle_dir=tmp_path / "bundle2")
+    second = load_bundle(tmp_path / "bundle2").model.skill_state_dict(task)
+    assert all((v == second[k]).all() for k, v in trained.items())
+
+
 def test_cli_lists_commands_and_validate_exit_status(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["--help"])
