@@ -9,6 +9,18 @@ from typing import Any
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as committed reports show it: relative to the repository when inside it (no
+    machine's absolute paths in committed files), else as given."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(REPO))
+    except ValueError:
+        return str(p)
+
 #: Goals of issue 5 (ratios).
 GOAL_FED_VS_CENTRAL = 0.98
 GOAL_BYTES_RATIO = 1 / 50
@@ -147,7 +159,7 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
         "std over seeds",
         f"- **SYNTHETIC** data: {', '.join(suite['synthetic'])} (seeded phantoms: numbers on them "
         "show the mechanics, not clinical performance); the other tasks are real data",
-        f"- run folder: `{meta['run_dir']}`",
+        f"- run folder: `{shown_path(meta['run_dir'])}`",
         "",
         "Stages: " + "; ".join(
             f"{i}. {s['name']} ({', '.join(s['sites'])}"

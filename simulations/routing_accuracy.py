@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from simulations.report import shown_path
+
 QUESTIONS = {"segmentation": "segment", "classification": "classify", "survival": "prognosis"}
 
 
@@ -125,7 +127,8 @@ def to_markdown(rows: Sequence[dict[str, Any]], setting: dict[str, Any]) -> str:
     lines = [
         "## Routing accuracy (learned router, held-out data)",
         "",
-        f"Held-out split `{setting['split']}` of every site under `{setting['data_root']}`; "
+        f"Held-out split `{setting['split']}` of every site under "
+        f"`{shown_path(setting['data_root'])}`; "
         f"skills: {setting['skills']}. Prototypes: each site's train-split "
         "`site_prototype`, averaged per task by example counts "
         f"({setting['prototype_counts']}). No task is named; a route is correct when it "

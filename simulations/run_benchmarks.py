@@ -302,7 +302,7 @@ QUICK_GOAL_MIN = 10.0
 
 def write_quick_section(suite: dict[str, Any], path: Path) -> str:
     """The quick suite's timing as a section of BENCHMARKS.md (its tables stay in its run)."""
-    from simulations.report import goal
+    from simulations.report import goal, shown_path
 
     meta = suite["meta"]
     minutes = meta["wall_s"] / 60
@@ -315,7 +315,7 @@ def write_quick_section(suite: dict[str, Any], path: Path) -> str:
         f"{meta.get('jobs', 1)} seed worker process(es).", "",
         f"Wall time **{minutes:.1f} min**, goal <= {QUICK_GOAL_MIN:g} min: "
         f"{goal(minutes <= QUICK_GOAL_MIN)}. Isolated skills' BWT per seed: "
-        f"{[round(r['bwt'], 4) for r in iso]}. Its tables are in `{meta['run_dir']}` "
+        f"{[round(r['bwt'], 4) for r in iso]}. Its tables are in `{shown_path(meta['run_dir'])}` "
         "(not committed; at this budget most skills barely learn).", "",
     ])
     path.parent.mkdir(parents=True, exist_ok=True)

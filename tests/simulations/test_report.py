@@ -127,3 +127,10 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(tmp_path: Pat
     assert (tmp_path / "two" / "partial.json").is_file()
     with pytest.raises(ValueError, match="jobs"):
         run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "none", False, jobs=0)
+
+
+def test_committed_reports_show_repository_relative_paths(tmp_path) -> None:
+    from simulations.report import REPO, shown_path
+
+    assert shown_path(REPO / "runs" / "x") == "runs/x"  # no machine path in committed files
+    assert shown_path(tmp_path) == str(tmp_path)  # outside the repository: unchanged
