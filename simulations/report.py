@@ -230,7 +230,7 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
 
     lines += ["## Communication: bytes per site and round", ""]
     lines += ["Measured on Flower message content with "
-              "`unicon_core.federation.accounting.content_bytes` (train + evaluate instruction "
+              "`unicon_flower.accounting.content_bytes` (train + evaluate instruction "
               "down, both replies up). In the runs, the skill column is the real server's "
               "ledger; the full-model column is the full-model FedAvg baseline's messages of the "
               "same shape.", ""]

@@ -56,7 +56,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from unicon_core.federation.accounting import CommLedger, content_bytes
 from unicon_core.federation.aggregation import (
     replace_task,
     slice_task,
@@ -85,6 +84,7 @@ from unicon_core.federation.replies import (
 from unicon_core.federation.sampling import sample_sites
 from unicon_core.federation.server_opt import ServerOptimizer
 from unicon_core.federation.validation import ValidationPolicy, update_norm
+from unicon_flower.accounting import CommLedger, content_bytes
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
 

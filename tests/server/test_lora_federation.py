@@ -88,8 +88,8 @@ def test_compressed_deltas_cut_the_serialized_bytes_of_a_realistic_skill() -> No
     (the tiny test skills are dominated by Flower's per-array overhead, see docs)."""
     from flwr.app import Array, ArrayRecord, RecordDict
 
-    from unicon_core.federation.accounting import content_bytes
     from unicon_core.federation.compression import Codec, encode_delta
+    from unicon_flower.accounting import content_bytes
 
     rng = np.random.default_rng(0)
     ref = {f"adapter.m{i}.lora_{x}.weight": rng.normal(size=shape).astype(np.float32)

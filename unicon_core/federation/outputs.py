@@ -23,7 +23,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,20 @@ def truncate_rounds(path: Path, last_round: int) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def mean_per_site_round(rounds: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, float]:
+    """Mean bytes down/up over every (site, round) pair of the given round summaries."""
+    downs: list[int] = []
+    ups: list[int] = []
+    for summary in rounds:
+        for entry in summary.values():
+            downs.append(entry["bytes_down"])
+            ups.append(entry["bytes_up"])
+    return {
+        "bytes_down_per_site_round": sum(downs) / len(downs) if downs else 0.0,
+        "bytes_up_per_site_round": sum(ups) / len(ups) if ups else 0.0,
+    }
+
+
 def build_results(
     *,
     experiment: str,
@@ -169,8 +183,6 @@ def build_results(
     A task's value is the example-weighted mean over its sites of the last evaluation of the
     aggregated skill; ``per_site`` lists each site's own value.
     """
-    from unicon_core.federation.accounting import mean_per_site_round
-
     tasks: dict[str, Any] = {}
     last_eval: dict[str, dict[str, Any]] = {}
     for row in rounds:  # the last round in which a site reported wins

@@ -71,3 +71,20 @@ def test_robust_rules_refuse_bad_input() -> None:
         coordinate_median([])
     with pytest.raises(ValueError, match="does not match"):
         coordinate_median([states[0], {"adapter.a": states[1]["adapter.a"]}])
+
+
+@pytest.mark.parametrize(("n_sites", "trim_fraction"), [(5, 0.2), (7, 0.3), (4, 0.0), (9, 0.45)])
+def test_trimmed_mean_is_bit_identical_to_flowers_rule(n_sites: int, trim_fraction: float) -> None:
+    # Prepare: the rule was Flower's ``trim_mean`` before the core stopped importing flwr
+    from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+
+    rng = np.random.default_rng(n_sites)
+    states = [{"w": rng.normal(size=(3, 5)).astype(np.float32)} for _ in range(n_sites)]
+
+    # Execute
+    ours = trimmed_mean(states, trim_fraction)["w"]
+    flowers = trim_mean(np.stack([s["w"].astype(np.float64) for s in states]), trim_fraction)
+
+    # Assert
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, flowers.astype(np.float32))

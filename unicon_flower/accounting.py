@@ -9,7 +9,6 @@ object in that tree, so it counts headers, keys, configs and metrics as well as 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,17 +45,3 @@ class CommLedger:
             }
             for s in sites
         }
-
-
-def mean_per_site_round(rounds: Iterable[dict[str, dict[str, int]]]) -> dict[str, float]:
-    """Mean bytes down/up over every (site, round) pair of the given round summaries."""
-    downs: list[int] = []
-    ups: list[int] = []
-    for summary in rounds:
-        for entry in summary.values():
-            downs.append(entry["bytes_down"])
-            ups.append(entry["bytes_up"])
-    return {
-        "bytes_down_per_site_round": sum(downs) / len(downs) if downs else 0.0,
-        "bytes_up_per_site_round": sum(ups) / len(ups) if ups else 0.0,
-    }
