@@ -6,15 +6,17 @@
 #   deploy/start_site.sh --superlink HOST:PORT --ca ca.crt --key node_key --site-dir DIR \
 #       [--site-name NAME] [--state-dir DIR] [--port 9094] [--executor warm|flower]
 #       [--device auto|cpu|cuda|cuda:N]   (this site's own GPU; wins over the run's train.device)
+#       [--trusted-entities FILE]   (run only apps signed by these Ed25519 keys: deploy/sign_fab.py)
 #   deploy/start_site.sh --insecure --superlink HOST:PORT --site-dir DIR ...  (warning; tests only)
 #
 # --port is the SuperNode's local Runtime API (127.0.0.1 only); each SuperNode on one machine
-# needs its own. --executor flower uses Flower's default (a fresh process per message).
+# needs its own. --executor flower uses Flower's default (a fresh process per message) and skips
+# the site's own egress check (deploy/site_guard.py), which only the warm executor applies.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
 superlink="" ca="" key="" site_dir="" site_name="" state_dir="" port="9094" executor="warm"
-device=""
+device="" trusted=""
 insecure=0 retries="${MAX_RETRIES:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,6 +29,7 @@ while [ $# -gt 0 ]; do
     --port) port="$2"; shift 2 ;;
     --executor) executor="$2"; shift 2 ;;
     --device) device="$2"; shift 2 ;;
+    --trusted-entities) trusted="$2"; shift 2 ;;
     --insecure) insecure=1; shift ;;
     *) die "unknown argument $1" ;;
   esac
@@ -59,8 +62,17 @@ else
   args+=(--root-certificates "$(abs_path "$ca")" --auth-supernode-private-key "$(abs_path "$key")")
 fi
 
+executor_args=(--runtime-api-address "127.0.0.1:$port")
+if [ -n "$trusted" ]; then
+  # Flower's own --trusted-entities trusts only Flower Hub verification records (a FAB sent with
+  # flwr run has none), so the site's executor checks the consortium's signature instead.
+  [ "$executor" = warm ] || die "--trusted-entities needs the site's executor (--executor warm)"
+  executor_args+=(--trusted-entities "$(abs_path "$trusted")")
+fi
 case "$executor" in
-  flower) exec "$FLWR_BIN/flower-supernode" "${args[@]}" ;;
+  flower)
+    echo "WARNING: --executor flower: the site's own egress check does not run" >&2
+    exec "$FLWR_BIN/flower-supernode" "${args[@]}" ;;
   warm) ;;
   *) die "--executor must be warm or flower, not $executor" ;;
 esac
@@ -71,6 +83,5 @@ trap 'kill -TERM "$supernode" 2>/dev/null || true; wait "$supernode" 2>/dev/null
 trap 'exit 143' TERM INT
 export FLWR_SUPEREXEC_TASK_POLL_INTERVAL="${FLWR_SUPEREXEC_TASK_POLL_INTERVAL:-0.2}"
 cd "${state_dir:-/}"
-"$PYTHON" "$UNICON_ROOT/deploy/warm_executor.py" --runtime-api-address "127.0.0.1:$port" \
-  --parent-pid "$supernode" &
+"$PYTHON" "$UNICON_ROOT/deploy/warm_executor.py" "${executor_args[@]}" --parent-pid "$supernode" &
 wait -n

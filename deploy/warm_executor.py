@@ -11,16 +11,19 @@ expects next to it:
    submitted, exactly as with Flower's own executor;
 2. it runs Flower's SuperExec loop unchanged (``run_superexec``: poll the SuperNode's Runtime
    API, acquire a task, launch it), with one executor swapped in: :class:`ForkExecutor`, which
-   starts each ClientApp task by ``os.fork()`` of this warm process and runs Flower's own
-   ``run_clientapp`` in the child, instead of spawning a new interpreter.
+   starts each ClientApp task by ``os.fork()`` of this warm process, instead of spawning a new
+   interpreter; the child runs the task under the site's own guard
+   (``deploy/site_guard.py``: Flower's ``run_clientapp`` steps, with the FAB's ClientApp in a
+   further forked process, the FAB's signature checked against ``--trusted-entities`` and
+   every reply checked before it is pushed).
 
 The child is a separate process as before (a crash or ``os._exit`` in a task cannot take the
 executor down, memory is released when the task ends) and watches the executor's PID like a
 normal ``flwr-clientapp``. This file lives outside the app's packages on purpose: the warm
 parent imports nothing of ``client``/``server``/``unicon_core``, so the child loads them from
 the FAB. Nothing runs at import; the command is ``python deploy/warm_executor.py
---runtime-api-address 127.0.0.1:<supernode --port> --parent-pid <pid>``
-(``deploy/start_site.sh`` does this).
+--runtime-api-address 127.0.0.1:<supernode --port> --parent-pid <pid> [--trusted-entities
+FILE]`` (``deploy/start_site.sh`` does this).
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ def _fork_executor_class() -> type:
     class ForkExecutor(SubprocessExecutor):
         """Flower's subprocess executor, except ClientApp tasks start by forking this process."""
 
-        def __init__(self) -> None:
+        def __init__(self, trusted_entities: dict[str, str] | None = None) -> None:
             self.children: set[int] = set()
+            self.trusted_entities = trusted_entities
 
         def launch(self, spec: ExecutionSpec) -> LaunchResult:
             """Fork a child running ``run_clientapp`` for a ClientApp task (others: as Flower)."""
@@ -90,7 +94,7 @@ def _fork_executor_class() -> type:
             )
             pid = os.fork()
             if pid == 0:  # child: never returns into the executor loop
-                os._exit(_run_task(spec, certificates))
+                os._exit(_run_task(spec, certificates, self.trusted_entities))
             self.children.add(pid)
             return LaunchResult.accepted()
 
@@ -111,18 +115,24 @@ def _fork_executor_class() -> type:
     return ForkExecutor
 
 
-def _run_task(spec: Any, certificates: bytes | None) -> int:
-    """Child side of a fork: run one ClientApp task with Flower's own runner; an exit code."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
+def _site_guard() -> Any:
+    """``deploy/site_guard.py`` of this checkout (a script's sibling, or ``deploy.site_guard``)."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.site_guard")
+    return importlib.import_module("site_guard")
 
+
+def _run_task(spec: Any, certificates: bytes | None,
+              trusted_entities: dict[str, str] | None = None) -> int:
+    """Child side of a fork: run one ClientApp task under the site's guard; an exit code."""
     try:
-        run_clientapp(
+        _site_guard().run_guarded_clientapp(
             runtime_api_address=spec.runtime_api_address,
             token=spec.token,
             insecure=spec.insecure,
             certificates=certificates,
             parent_pid=spec.parent_pid,
-            runtime_dependency_install=False,
+            trusted_entities=trusted_entities,
         )
     except SystemExit as done:  # flwr_exit ends every task with sys.exit(code)
         return done.code if isinstance(done.code, int) else 1
@@ -136,15 +146,19 @@ def _run_task(spec: Any, certificates: bytes | None) -> int:
 
 
 def serve(runtime_api_address: str, parent_pid: int | None, insecure: bool,
-          root_certificates: str | None) -> None:
+          root_certificates: str | None, trusted_entities: str | None = None) -> None:
     """Preload, then run Flower's SuperExec loop with the fork executor (never returns)."""
     from flwr.supercore import log
 
     superexec = importlib.import_module("flwr.supercore.superexec.run_superexec")
 
+    trusted = None
+    if trusted_entities is not None:  # fail at start, not at the first message
+        trusted = _site_guard().load_trusted_entities(trusted_entities)
+        log(20, "warm executor: runs only apps signed by %s", ", ".join(sorted(trusted)))
     spent = preload()
     log(20, "warm executor: preloaded %s in %.1f s", ", ".join(spent), sum(spent.values()))
-    executor = _fork_executor_class()()
+    executor = _fork_executor_class()(trusted)
     # The one seam: Flower's loop asks its factory for the executor; hand it ours.
     superexec.get_executor = lambda *args, **kwargs: executor
     superexec.run_superexec(
@@ -165,9 +179,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="exit when this process (the SuperNode) exits")
     parser.add_argument("--root-certificates", default=None,
                         help="CA of the Runtime API when the SuperNode serves it with TLS")
+    parser.add_argument("--trusted-entities", default=None,
+                        help="YAML of the Ed25519 keys whose signature an app must carry "
+                             "(flower-supernode's format); without it any app runs")
     args = parser.parse_args(argv)
     serve(args.runtime_api_address, args.parent_pid, insecure=args.root_certificates is None,
-          root_certificates=args.root_certificates)
+          root_certificates=args.root_certificates, trusted_entities=args.trusted_entities)
 
 
 if __name__ == "__main__":

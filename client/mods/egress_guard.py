@@ -1,43 +1,63 @@
-"""Egress guard: the last gate before a reply leaves a site.
+"""Egress guard (FAB side): the app's own last gate before a reply leaves a site.
 
-Only a task's skill tensors may leave, never an image, mask, label or feature. The guard
-compares every outgoing record with the instruction that came in:
+Defence in depth only: this mod ships inside the researcher's FAB, so a hostile or careless app
+can leave it out. What a deployed site enforces is the site's own check, run by the executor the
+site installed (``deploy/site_guard.py``) on the same rules
+(:mod:`unicon_core.federation.egress`), there with the site's own skill layout, metric
+allow-list and reply schema. Here the rules come from the instruction that came in:
 
-* arrays only in the ``skill`` ArrayRecord, only under keys the server sent for this task (the
-  ClientApp loads those strictly into the model, so they are exactly the task's skill keys),
-  each with the shape it came with, a skill prefix (``adapter.``/``head.``/``stem.``) and a
-  floating-point dtype; an instruction without arrays (a query) lets no array out;
-* an encoded update (issue #14) only in the ``delta`` ArrayRecord, each array named after one
-  of those keys: the delta itself with the key's shape (float, or int8 beside its
-  ``<key>#scale``), a 1-D float ``<key>#scale`` of at most one value per row, or a top-k pair
-  (1-D float values and 1-D integer ``<key>#idx``, each no longer than the tensor);
+* arrays only in the ``skill`` ArrayRecord, only under keys the server sent for this task, each
+  with the shape it came with, a skill prefix and a floating-point dtype, and bytes that decode
+  to exactly that array with finite values; an instruction without arrays (a query) lets no
+  array out;
+* an encoded update (issue #14) only in the ``delta`` ArrayRecord, each array encoding one of
+  those keys' update;
 * router summaries only in the ``summary`` ArrayRecord, only under the known summary keys, as
-  1-D floating-point vectors of bounded length, and only when the reply's example count is at
-  least ``MIN_SUMMARY_COUNT`` (moments over a site's train split, never a row);
-* metrics only as scalar numbers (a list could carry per-patient values);
-* config values only as short scalars (no bytes, no lists).
+  1-D floating-point vectors of bounded length, over at least ``MIN_SUMMARY_COUNT`` examples;
+* metrics only as scalar numbers; config values only as short scalars (no bytes, no lists).
 
-Anything else turns the reply into an error message naming each offending key, so the
-violation is loud on both ends and nothing of it is transmitted.
+Anything else turns the reply into an error message naming each offending key.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from logging import ERROR
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
-from unicon_core.federation.compression import INDEX, SCALE
-from unicon_core.federation.protocol import NUM_EXAMPLES, RecordKey, SummaryKey
-from unicon_core.federation.summaries import MAX_SUMMARY_LENGTH, MIN_SUMMARY_COUNT
-from unicon_core.keys import SkillPart
+from unicon_core.federation.egress import ArrayView, EgressRules, ReplyView, reply_problems
+from unicon_core.federation.protocol import RecordKey
 
-FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+__all__ = ["EgressGuard", "array_view", "reply_view"]
+
+
+def array_view(arr: Array) -> ArrayView:
+    """An :class:`ArrayView` of a Flower ``Array``: header, payload size, decoded bytes."""
+    try:
+        value, error = arr.numpy(), ""
+    except Exception as err:
+        value, error = None, f"{type(err).__name__}: {err}"
+    return ArrayView(dtype=str(arr.dtype), shape=tuple(int(s) for s in arr.shape),
+                     nbytes=len(arr.data), value=value, error=error)
+
+
+def reply_view(content: Mapping[str, object]) -> ReplyView:
+    """The :class:`ReplyView` of a message's ``RecordDict`` (every record, decoded)."""
+    view = ReplyView()
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            view.arrays[name] = {k: array_view(a) for k, a in record.items()}
+        elif isinstance(record, MetricRecord):
+            view.metrics[name] = dict(record)
+        elif isinstance(record, ConfigRecord):
+            view.configs[name] = dict(record)
+        else:  # pragma: no cover - RecordDict only holds the three record types
+            view.configs[name] = {"record-type": [type(record).__name__]}
+    return view
 
 
 class EgressGuard:
@@ -60,7 +80,6 @@ class EgressGuard:
             raise ValueError("skill_record must be a non-empty record name")
         self.max_config_chars = max_config_chars
         self.skill_record = skill_record
-        self.prefixes = tuple(f"{part.value}." for part in SkillPart)
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Run the app, then let the reply out only if every record passes the checks."""
@@ -84,92 +103,8 @@ class EgressGuard:
 
     def problems(self, reply: Message, allowed: Mapping[str, tuple[int, ...]]) -> list[str]:
         """Every reason the reply may not leave (empty list: it may)."""
-        out: list[str] = []
-        for name, record in reply.content.items():
-            if isinstance(record, ArrayRecord) and name == RecordKey.SUMMARY.value:
-                out += self._summary_problems(reply, record)
-            elif isinstance(record, ArrayRecord) and name == RecordKey.DELTA.value:
-                out += self._delta_problems(record, allowed)
-            elif isinstance(record, ArrayRecord):
-                out += self._array_problems(name, record, allowed)
-            elif isinstance(record, MetricRecord):
-                out += [
-                    f"metric {name}.{k} is not a scalar number"
-                    for k, v in record.items()
-                    if isinstance(v, bool) or not isinstance(v, (int, float))
-                ]
-            elif isinstance(record, ConfigRecord):
-                out += self._config_problems(name, record)
-            else:  # pragma: no cover - RecordDict only holds the three record types
-                out.append(f"record {name!r} of type {type(record).__name__} is not allowed")
-        return out
-
-    def _array_problems(
-        self, name: str, record: ArrayRecord, allowed: Mapping[str, tuple[int, ...]]
-    ) -> list[str]:
-        if name != self.skill_record:
-            return [f"arrays may only leave in the {self.skill_record!r} record, not {name!r}"]
-        out = []
-        for key, arr in record.items():
-            if key not in allowed:
-                out.append(f"array {key!r} is not a skill tensor of this task")
-            elif tuple(arr.shape) != allowed[key]:
-                out.append(f"array {key!r} has shape {tuple(arr.shape)}, not {allowed[key]}")
-            elif not key.startswith(self.prefixes):
-                out.append(f"array {key!r} lacks a skill prefix {self.prefixes}")
-            elif arr.dtype not in FLOAT_DTYPES:
-                out.append(f"array {key!r} has dtype {arr.dtype}, skills are floating point")
-        return out
-
-    def _delta_problems(
-        self, record: ArrayRecord, allowed: Mapping[str, tuple[int, ...]]
-    ) -> list[str]:
-        out = []
-        for key, arr in record.items():
-            base = key.removesuffix(SCALE).removesuffix(INDEX)
-            if base not in allowed or not base.startswith(self.prefixes):
-                out.append(f"array {key!r} is not an update of a skill tensor of this task")
-                continue
-            shape, size = tuple(arr.shape), math.prod(allowed[base])
-            flat = len(shape) == 1 and shape[0] <= size
-            if key.endswith(INDEX):
-                ok = flat and arr.dtype in ("int32", "int64")
-            elif key.endswith(SCALE):
-                rows = allowed[base][0] if allowed[base] else 1
-                ok = len(shape) == 1 and shape[0] <= rows and arr.dtype in FLOAT_DTYPES
-            elif arr.dtype == "int8":
-                ok = shape == allowed[base] and base + SCALE in record
-            else:
-                ok = (shape == allowed[base] or (flat and base + INDEX in record)) and (
-                    arr.dtype in FLOAT_DTYPES)
-            if not ok:
-                out.append(f"array {key!r} ({arr.dtype}, shape {shape}) does not encode an "
-                           f"update of shape {allowed[base]}")
-        return out
-
-    def _summary_problems(self, reply: Message, record: ArrayRecord) -> list[str]:
-        known = {k.value for k in SummaryKey}
-        metrics = reply.content.metric_records.get(RecordKey.METRICS.value)
-        count = metrics.get(NUM_EXAMPLES) if metrics is not None else None
-        out = []
-        if not isinstance(count, (int, float)) or count < MIN_SUMMARY_COUNT:
-            out.append(f"a summary needs >= {MIN_SUMMARY_COUNT} examples behind it, got {count}")
-        for key, arr in record.items():
-            if key not in known:
-                out.append(f"summary array {key!r} is not one of {sorted(known)}")
-            elif len(arr.shape) != 1 or arr.shape[0] > MAX_SUMMARY_LENGTH:
-                out.append(f"summary array {key!r} has shape {tuple(arr.shape)}, not a vector "
-                           f"of at most {MAX_SUMMARY_LENGTH}")
-            elif arr.dtype not in FLOAT_DTYPES:
-                out.append(f"summary array {key!r} has dtype {arr.dtype}, not floating point")
-        return out
-
-    def _config_problems(self, name: str, record: ConfigRecord) -> list[str]:
-        out = []
-        for key, value in record.items():
-            if isinstance(value, (bytes, list)):
-                out.append(f"config {name}.{key} carries {type(value).__name__}, only scalars")
-            elif isinstance(value, str) and len(value) > self.max_config_chars:
-                out.append(f"config {name}.{key} is {len(value)} characters long "
-                           f"(at most {self.max_config_chars})")
-        return out
+        view = reply_view(reply.content)
+        if self.skill_record != RecordKey.SKILL.value and self.skill_record in view.arrays:
+            view.arrays[RecordKey.SKILL.value] = view.arrays.pop(self.skill_record)
+        rules = EgressRules(allowed=dict(allowed), max_config_chars=self.max_config_chars)
+        return reply_problems(reply.metadata.message_type, view, rules)

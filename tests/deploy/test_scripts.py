@@ -126,3 +126,18 @@ def test_site_names_its_own_device(tmp_path: Path, stub_bin: Path) -> None:
     assert "device='cuda:1'" in res.stdout
     bad = _run([*base, "--device", "gpu"], stub_bin)
     assert bad.returncode != 0 and "--device must be" in bad.stderr
+
+
+def test_trusted_entities_need_the_sites_executor_and_an_existing_file(
+    tmp_path: Path, stub_bin: Path
+) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (tmp_path / "trusted.yaml").write_text("k: 'ssh-ed25519 AAAA'\n")
+    base = [str(DEPLOY / "start_site.sh"), "--insecure", "--superlink", "127.0.0.1:1",
+            "--site-dir", str(site)]
+    flower = _run([*base, "--executor", "flower", "--trusted-entities",
+                   str(tmp_path / "trusted.yaml")], stub_bin)
+    assert flower.returncode == 2 and "needs the site's executor" in flower.stderr
+    missing = _run([*base, "--trusted-entities", str(tmp_path / "nope.yaml")], stub_bin)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
