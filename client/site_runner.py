@@ -32,7 +32,6 @@ from unicon_core.federation.config import (
     ROUTER_MIN_COUNT,
     ExperimentSettings,
     is_simulation,
-    load_settings,
     overrides_from_run_config,
     settings_from_config,
     site_for_node,
@@ -47,6 +46,7 @@ from unicon_core.federation.protocol import (
     RecordKey,
     Status,
 )
+from unicon_core.hydra_config import load_settings
 
 if TYPE_CHECKING:
     from unicon_core.config import TaskSpec

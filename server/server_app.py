@@ -22,7 +22,8 @@ def make_server_app(overrides: Sequence[str] = ()) -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         """Run (or resume) the federated experiment named in the run config."""
         from server.federation import run_federation
-        from unicon_core.federation.config import load_settings, overrides_from_run_config
+        from unicon_core.federation.config import overrides_from_run_config
+        from unicon_core.hydra_config import load_settings
 
         settings = load_settings(overrides_from_run_config(context.run_config) + extra)
         run_federation(grid, settings)

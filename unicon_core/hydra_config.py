@@ -20,6 +20,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
+from unicon_core.federation.config import ExperimentSettings, settings_from_config
+from unicon_core.federation.config import register_schemas as register_federation
 
 #: Environment variable that points at another ``configs/`` folder.
 CONFIG_DIR_ENV = "UNICON_CONFIG_DIR"
@@ -42,10 +44,6 @@ def register_schemas() -> None:
     store.store(group="backbone", name="backbone_schema", node=BackboneConfig)
     store.store(group="train", name="train_schema", node=TrainConfig)
     store.store(group="task", name="task_schema", node=task_schema())
-    try:  # the federated parts register their own schemas when present
-        from unicon_core.federation.config import register_schemas as register_federation
-    except ImportError:
-        return
     register_federation(store)
 
 
@@ -100,6 +98,15 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> D
     cfg = _compose(folder, config_name, overrides)
     _COMPOSED[key] = (fingerprint, copy.deepcopy(cfg))
     return cfg
+
+
+def load_settings(overrides: Sequence[str]) -> ExperimentSettings:
+    """Compose the hydra config with ``overrides`` and validate it into typed settings.
+
+    The one place an override list becomes settings: the CLI and Flower's run config
+    (``overrides_from_run_config``) call it; code below them passes the settings on.
+    """
+    return settings_from_config(load_config(list(overrides)))
 
 
 def _compose(folder: Path, config_name: str, overrides: Sequence[str]) -> DictConfig:

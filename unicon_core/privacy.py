@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,12 +101,10 @@ class PrivacyLedger:
 
     def save(self, folder: Path) -> Path:
         """Write ``privacy_ledger.json`` into ``folder`` atomically (temp file + rename)."""
-        folder.mkdir(parents=True, exist_ok=True)
+        from unicon_core.files import write_atomic
+
         path = folder / LEDGER_FILE
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ledger-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            fh.write(self.to_json())
-        os.replace(tmp, path)
+        write_atomic(path, self.to_json())
         return path
 
     @classmethod

@@ -18,7 +18,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client import site_runner
 from tests.server.fedtools import CLS_TASK, make_site, tiny_overrides
-from unicon_core.federation.config import PrivacyConfig, load_settings, site_privacy
+from unicon_core.federation.config import PrivacyConfig, site_privacy
+from unicon_core.hydra_config import load_settings
 from unicon_core.privacy import DPSGD
 
 DP = "dp"

@@ -24,8 +24,8 @@ from client.client_app import make_client_app
 from server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from server.federation import run_federation
 from tests.server.fedtools import THREE_SITES, InProcessGrid, make_sites, tiny_overrides
-from unicon_core.federation.config import load_settings
 from unicon_core.federation.outputs import read_jsonl
+from unicon_core.hydra_config import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ CHILD = textwrap.dedent("""
     import server.federation as fed
     from client.client_app import make_client_app
     from tests.server.fedtools import InProcessGrid
-    from unicon_core.federation.config import load_settings
+    from unicon_core.hydra_config import load_settings
 
     where, overrides = sys.argv[1], sys.argv[2:]
     train_replies = []

@@ -12,8 +12,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from server.strategies import PerTaskFedAvg, PerTaskMedian, PerTaskTrimmedMean
 from server.strategies.per_task_fedavg import SiteNode
 from unicon_core.federation.aggregation import prefix_task, slice_task
-from unicon_core.federation.config import STRATEGIES, load_settings
+from unicon_core.federation.config import STRATEGIES
 from unicon_core.federation.protocol import InfoKey, RecordKey, Status
+from unicon_core.hydra_config import load_settings
 
 HASH = "f" * 64
 SHAPES = {"adapter.x": (2, 3), "head.w": (4,)}

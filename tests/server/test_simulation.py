@@ -78,7 +78,7 @@ def test_flower_simulation_three_sites_two_tasks(tmp_path: Path) -> None:
 
     from client.client_app import make_client_app
     from server.federation import run_federation
-    from unicon_core.federation.config import load_settings
+    from unicon_core.hydra_config import load_settings
 
     dirs = make_sites(tmp_path / "sites", THREE_SITES)
     overrides = tiny_overrides(dirs, tmp_path / "run", 2)

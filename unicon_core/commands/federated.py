@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unicon_core.federation.config import load_settings
 from unicon_core.federation.outputs import LATEST, RESULTS_FILE, new_run_dir, write_atomic
+from unicon_core.hydra_config import load_settings
 
 FLWR_HOME_DIR = "flwr_home"
 RUN_CONFIG_FILE = "run_config.toml"

@@ -2,8 +2,8 @@
 
 Hydra (``configs/``) is the one source of configuration. Flower's run config only names the
 experiment and carries hydra overrides (``[tool.flwr.app.config] experiment``/``overrides``);
-:func:`overrides_from_run_config` turns it into an override list, the lead's
-``unicon_core.hydra_config.load_config`` composes it, and :func:`settings_from_config` validates
+:func:`overrides_from_run_config` turns it into an override list,
+``unicon_core.hydra_config.load_settings`` composes it, and :func:`settings_from_config` validates
 the federated part into the dataclasses below (each raises a ``ValueError`` naming the field).
 """
 
@@ -359,13 +359,6 @@ def overrides_from_run_config(run_config: Mapping[str, Any]) -> list[str]:
         out.append(f"experiment={experiment}")
     out += shlex.split(str(run_config.get("overrides", "") or ""))
     return out
-
-
-def load_settings(overrides: Sequence[str]) -> ExperimentSettings:
-    """Compose the hydra config with ``overrides`` and validate it."""
-    from unicon_core.hydra_config import load_config
-
-    return settings_from_config(load_config(list(overrides)))
 
 
 def settings_from_config(cfg: Any) -> ExperimentSettings:

@@ -13,7 +13,7 @@ Layout of one run (every path absolute, nothing written elsewhere)::
     <runs_dir>/latest -> <timestamp>-<experiment>
 
 Run state is owner-only: run folders are created 0700, files written here 0600 (atomic writes
-through ``mkstemp``, appended logs created so), whatever the process umask.
+through :func:`unicon_core.files.write_atomic`, appended logs created so), whatever the umask.
 """
 
 from __future__ import annotations
@@ -21,15 +21,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-#: Permissions of run folders and of the state files written here (owner only).
+from unicon_core.files import PRIVATE_FILE_MODE, write_atomic
+
+#: Permissions of run folders (owner only); files: ``unicon_core.files.PRIVATE_FILE_MODE``.
 PRIVATE_DIR_MODE = 0o700
-PRIVATE_FILE_MODE = 0o600
 RESULTS_FILE = "results.json"
 #: What the query round learnt of each task: spec, synthetic flag, sites (read by export).
 TASKS_FILE = "tasks.json"
@@ -66,40 +66,6 @@ def point_latest(run_dir: Path) -> None:
         tmp.unlink()
     tmp.symlink_to(run_dir.name)
     os.replace(tmp, link)
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write ``path`` via a temp file in the same folder and ``os.replace`` (never half-written).
-
-    The file is owner-only (0600: ``mkstemp`` creates it so, and the rename keeps it), also when
-    it replaces a more open one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def json_safe(value: Any) -> Any:

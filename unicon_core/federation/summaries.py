@@ -10,8 +10,6 @@ run folder, where ``unicon export`` finds them.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,7 @@ import numpy as np
 
 from unicon_core.config import Modality
 from unicon_core.federation.protocol import SummaryKey
+from unicon_core.files import write_atomic
 
 if TYPE_CHECKING:
     from unicon_core.data import Site
@@ -130,10 +129,7 @@ def write_summaries(
         "sites": {t: sorted(v) for t, v in sites.items()},
     }
     path = run_dir / SUMMARIES_FILE
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".summaries-", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=1)
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1))
     return path
 
 

@@ -6,8 +6,9 @@ file is refused, and the same hash identifies the backbone in every federation m
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from unicon_core.files import atomic_output
 from unicon_core.model.stems import StemSpec
 
 if TYPE_CHECKING:
@@ -52,8 +54,6 @@ def save_foundation(
     model: UniconModel, path: str | Path, extra: dict[str, Any] | None = None
 ) -> str:
     """Write the model's foundation (backbone + foundation stems) atomically; returns its hash."""
-    from unicon_core.model.unicon import tensor_hash
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous().clone() for k, v in model.foundation_state_dict().items()}
@@ -68,9 +68,8 @@ def save_foundation(
         ],
         "extra": extra or {},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    os.replace(tmp, path)
+    with atomic_output(path, mode=0o644) as tmp:  # weights shared with sites: world-readable
+        save_file(state, str(tmp), metadata={META_KEY: json.dumps(meta)})
     return digest
 
 
@@ -93,8 +92,6 @@ def read_foundation_meta(path: str | Path) -> dict[str, Any]:
 
 def load_foundation_into(model: UniconModel, path: str | Path) -> str:
     """Load a foundation into a model that has no tasks yet; returns the verified hash."""
-    from unicon_core.model.unicon import tensor_hash
-
     path = Path(path)
     if model.specs:
         raise ValueError("load the foundation before adding tasks")
@@ -128,3 +125,15 @@ def load_foundation_into(model: UniconModel, path: str | Path) -> str:
         for key, tensor in own.items():
             tensor.copy_(state[key])
     return digest
+
+
+def tensor_hash(state: Mapping[str, torch.Tensor]) -> str:
+    """Content hash of a tensor dict, independent of insertion order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -14,7 +14,6 @@ multi-scale feature maps).
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from torch import nn
 from unicon_core.config import BackboneConfig, TaskSpec
 from unicon_core.keys import SkillPart, key_set_problems
 from unicon_core.model.backbones import FoundationBackbone, create_backbone, resolve_lora_targets
+from unicon_core.model.foundation import load_foundation_into, tensor_hash
 from unicon_core.model.heads import build_feature_head, build_head
 from unicon_core.model.stems import ChannelStem, StemSpec, build_stem
 
@@ -88,8 +88,6 @@ class UniconModel(nn.Module):
         self.backbone.requires_grad_(False)
         self.train(self.training)  # backbone batch norms start (and stay) in eval mode
         if self.cfg.checkpoint:
-            from unicon_core.model.foundation import load_foundation_into
-
             load_foundation_into(self, self.cfg.checkpoint)
 
     # ------------------------------------------------------------------ structure
@@ -396,15 +394,3 @@ class UniconModel(nn.Module):
         params += list(self.stems[self.task_stem[task]].parameters())
         params += [p for k, p in self.skill_parameters(task).items() if not k.startswith("stem.")]
         return sum(p.numel() * p.element_size() for p in params)
-
-
-def tensor_hash(state: Mapping[str, torch.Tensor]) -> str:
-    """Content hash of a tensor dict, independent of insertion order."""
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(key.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()

@@ -10,11 +10,11 @@ from unicon_core.federation.config import (
     FederationConfig,
     PrivacyConfig,
     StrategyConfig,
-    load_settings,
     overrides_from_run_config,
     site_dirs_override,
     site_for_node,
 )
+from unicon_core.hydra_config import load_settings
 
 
 def test_run_config_names_experiment_and_carries_overrides() -> None:
