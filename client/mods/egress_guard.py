@@ -42,7 +42,16 @@ def array_view(arr: Array) -> ArrayView:
     except Exception as err:
         value, error = None, f"{type(err).__name__}: {err}"
     return ArrayView(dtype=str(arr.dtype), shape=tuple(int(s) for s in arr.shape),
-                     nbytes=len(arr.data), value=value, error=error)
+                     nbytes=len(arr.data), value=value, error=error, offset=npy_offset(arr.data))
+
+
+def npy_offset(data: bytes) -> int:
+    """Where an ``.npy`` payload's array bytes start (0 if ``data`` is no ``.npy``)."""
+    if len(data) < 12 or not data.startswith(b"\x93NUMPY"):
+        return 0
+    if data[6] == 1:
+        return 10 + int.from_bytes(data[8:10], "little")
+    return 12 + int.from_bytes(data[8:12], "little")
 
 
 def reply_view(content: Mapping[str, object]) -> ReplyView:

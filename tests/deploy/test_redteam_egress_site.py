@@ -121,10 +121,10 @@ def _hidden_rows(layout: dict[str, tuple[int, ...]]) -> dict[str, Any]:
     return {"skill": _skill(layout, **{key: smuggled}), "metrics": _metrics(), "info": _info()}
 
 
-def _appended_bytes(layout: dict[str, tuple[int, ...]]) -> dict[str, Any]:
-    """The honest array's .npy, then 64 KiB of something else after it."""
+def _appended_bytes(layout: dict[str, tuple[int, ...]], size: int = 65536) -> dict[str, Any]:
+    """The honest array's .npy, then ``size`` bytes of something else after it."""
     key, shape = next(iter(layout.items()))
-    data = _npy(np.zeros(shape, np.float32)) + bytes(range(256)) * 256
+    data = _npy(np.zeros(shape, np.float32)) + (bytes(range(256)) * (size // 256 + 1))[:size]
     return {"skill": _skill(layout, **{key: Array(dtype="float32", shape=tuple(shape),
                                                   stype="numpy.ndarray", data=data)}),
             "metrics": _metrics(), "info": _info()}
@@ -143,6 +143,8 @@ MANIFEST = base64.b64encode(b"id,age,label\nP-0001,63,1\nP-0002,71,0\n" * 20).de
 CASES: list[tuple[str, str, Callable[[dict], dict[str, Any]], str]] = [
     ("npy-rows-behind-float32-header", "train", _hidden_rows, "its bytes decode to int64"),
     ("bytes-after-the-array", "train", _appended_bytes, "data hidden after the array"),
+    ("a-few-bytes-after-the-array", "train", lambda lay: _appended_bytes(lay, 100),
+     "data hidden after the array"),
     ("non-finite-skill", "train", _non_finite, "non-finite"),
     ("hundreds-of-scalar-metrics", "train", lambda lay: {
         "skill": _skill(lay), "info": _info(),

@@ -17,8 +17,8 @@ Checks (each one a line of the returned list, naming the record and key):
 * router summaries: only the known keys, 1-D float vectors of bounded length, over at least
   ``min_summary_count`` examples;
 * decoded content: the bytes decode to exactly the header's dtype and shape (an ``.npy`` of other
-  data behind an honest header is refused), carry no bytes beyond that array, and hold finite
-  values;
+  data behind an honest header is refused), carry no bytes beyond that array's ``.npy`` header
+  and data, and hold finite values;
 * metrics: scalars, at most ``max_metrics``, names from the allow-list (site rules), values
   finite or NaN (undefined) and in range (:func:`~unicon_core.federation.replies.metric_problem`);
 * config values: short scalars; with an allow-list of keys (site rules), no long runs of
@@ -104,6 +104,9 @@ class ArrayView:
     nbytes: int
     value: np.ndarray | None = None
     error: str = ""
+    #: Where the array's own bytes start in the payload (the ``.npy`` header's length; 0 when
+    #: unknown, then up to :data:`NPY_HEADER_BYTES` of header are allowed).
+    offset: int = 0
 
 
 @dataclass
@@ -310,7 +313,9 @@ def decoded_problem(record: str, key: str, arr: ArrayView) -> str:
     if value.dtype.name != arr.dtype or tuple(value.shape) != tuple(arr.shape):
         return (f"{where}: its bytes decode to {value.dtype.name} {tuple(value.shape)}, but its "
                 f"header says {arr.dtype[:16]} {arr.shape}")
-    if arr.nbytes > value.nbytes + NPY_HEADER_BYTES:
+    expected = arr.offset + value.nbytes
+    if arr.offset > NPY_HEADER_BYTES or (arr.nbytes != expected if arr.offset else
+                                         arr.nbytes > value.nbytes + NPY_HEADER_BYTES):
         return (f"{where} carries {arr.nbytes} bytes for a {value.nbytes}-byte array (data "
                 "hidden after the array)")
     if value.dtype.kind == "f" and not bool(np.isfinite(value).all()):
