@@ -27,9 +27,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from server.strategies.per_task_fedavg import SiteNode
 from unicon_core.config import TaskSpec
+from unicon_core.federation.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from unicon_core.federation.config import STRATEGIES, ExperimentSettings, FederationConfig
 from unicon_core.federation.exclusions import short_reason
 from unicon_core.federation.outputs import (

@@ -21,9 +21,9 @@ import pytest
 from flwr.app import Message
 
 from client.client_app import make_client_app
-from server.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from server.federation import run_federation
 from tests.server.fedtools import THREE_SITES, InProcessGrid, make_sites, tiny_overrides
+from unicon_core.federation.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from unicon_core.federation.outputs import read_jsonl
 from unicon_core.hydra_config import load_settings
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.checkpoint import load_checkpoint
 from server.federation import SiteQueryError
 from tests.server.fedtools import (
     CLS_TASK,
@@ -25,6 +24,7 @@ from tests.server.fedtools import (
 )
 from unicon_core.config import BackboneConfig
 from unicon_core.federation.aggregation import slice_task
+from unicon_core.federation.checkpoint import load_checkpoint
 from unicon_core.federation.exclusions import MAX_REASON_CHARS
 from unicon_core.federation.outputs import read_jsonl
 from unicon_core.federation.protocol import NUM_EXAMPLES, SummaryKey
@@ -262,9 +262,10 @@ def test_invalid_site_data_stops_the_run_below_min_sites(tmp_path: Path) -> None
 
 def test_initial_skills_are_the_first_rounds_global_and_checked(tmp_path: Path) -> None:
     # Prepare: skills after a one-round run, to start another run from
+    from unicon_core.federation.inprocess import InProcessGrid
+
     from client.client_app import make_client_app
     from server.federation import run_federation
-    from unicon_core.federation.inprocess import InProcessGrid
     from unicon_core.hydra_config import load_settings
 
     dirs = make_sites(tmp_path / "sites", THREE_SITES)

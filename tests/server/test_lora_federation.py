@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.checkpoint import load_checkpoint
 from tests.server.fedtools import (
     CLS_TASK,
     SURV_TASK,
@@ -20,6 +19,7 @@ from tests.server.fedtools import (
 )
 from unicon_core.config import BackboneConfig
 from unicon_core.federation.aggregation import slice_task
+from unicon_core.federation.checkpoint import load_checkpoint
 from unicon_core.federation.lora_rules import a_keys
 from unicon_core.federation.outputs import read_jsonl
 from unicon_core.federation.protocol import ConfigKey, RecordKey

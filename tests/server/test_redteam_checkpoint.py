@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from unicon_core.federation.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from unicon_core.federation.outputs import append_jsonl, new_run_dir, write_json
 
 CHECKPOINT = "checkpoint"

@@ -1,10 +1,11 @@
 """Turning a federated run folder into a bundle (``unicon export <run> <bundle>``).
 
-The run folder's checkpoint (``server.checkpoint``) holds the global skills, the round, the
-foundation hash and the resolved config. From the config the foundation is rebuilt (its hash
-must equal the checkpoint's) and the site list is read. Task specs come from the config's
-``tasks`` or, for tasks the sites declared themselves, from the sites' ``site.json``; which data
-each task was trained on (site, synthetic flag, source) from ``site.json`` and ``rounds.jsonl``.
+The run folder's checkpoint (:mod:`unicon_core.federation.checkpoint`) holds the global
+skills, the round, the foundation hash and the resolved config. From the config the foundation
+is rebuilt (its hash must equal the checkpoint's) and the site list is read. Task specs come from
+the config's ``tasks`` or, for tasks the sites declared themselves, from the sites'
+``site.json``; which data each task was trained on (site, synthetic flag, source) from
+``site.json`` and ``rounds.jsonl``.
 
 Router prototypes and tabular feature statistics are federated summaries: each site computes
 :func:`~unicon_core.inference.prototypes.site_prototype` (and, for tabular tasks,
@@ -136,9 +137,9 @@ def export_run(
     """Write the bundle of a run folder's latest checkpoint; returns the bundle folder."""
     import torch
 
-    from server.checkpoint import load_checkpoint
     from unicon_core.data.transforms import PreprocessConfig
     from unicon_core.federation.aggregation import slice_task, tasks_of
+    from unicon_core.federation.checkpoint import load_checkpoint
     from unicon_core.federation.config import settings_from_config
     from unicon_core.federation.outputs import RESULTS_FILE, TASKS_FILE
     from unicon_core.federation.summaries import read_summaries

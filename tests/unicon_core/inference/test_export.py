@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from server.checkpoint import Checkpoint, save_checkpoint
 from tests.unicon_core.inference._tiny import SPECS, TINY, example_inputs, tiny_model
 from unicon_core.commands.errors import EXIT_INVALID_DATA, EXIT_USAGE, UsageError
 from unicon_core.commands.inference import export_command
 from unicon_core.data.manifest import SiteMetadata, write_site_json
 from unicon_core.federation.aggregation import prefix_task
+from unicon_core.federation.checkpoint import Checkpoint, save_checkpoint
 from unicon_core.inference.bundle import BundleError, load_bundle
 from unicon_core.inference.export import export_run
 
@@ -107,7 +107,7 @@ def test_export_without_provenance_or_with_another_backbone_fails(tmp_path: Path
     with pytest.raises(BundleError, match=r"task 'surv': no spec"):
         export_run(run, tmp_path / "b1")
     run2, _ = _run(tmp_path / "x")
-    from server.checkpoint import load_checkpoint
+    from unicon_core.federation.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(run2)
     ckpt.foundation_hash = "0" * 64

@@ -1,9 +1,12 @@
-"""Server checkpoints: global skills, round number and resolved config in one file.
+"""Run checkpoints: global skills, round number and resolved config in one file.
+
+A file format of the run folder (like ``results.json``, :mod:`unicon_core.federation.outputs`),
+not of Flower: the server writes it after every round, ``unicon export`` and resume read it.
 
 One safetensors file per run folder (``checkpoint.safetensors``), rewritten after every round
 via a temporary file and ``os.replace``, so a crash leaves either the previous round's checkpoint
 or the new one, never a torn file; it is owner-only (0600, see
-:func:`~unicon_core.federation.outputs.write_atomic`). A damaged file still fails the resume
+:func:`~unicon_core.files.write_atomic`). A damaged file still fails the resume
 with an error naming it. Metadata (strings) carry the round, the foundation hash, the
 resolved config and which sites stopped training.
 """
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from unicon_core.federation.outputs import write_atomic
+from unicon_core.files import write_atomic
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT_VERSION = "1"
