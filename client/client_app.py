@@ -9,7 +9,7 @@ tensors; the :class:`~client.mods.AnswerTimer` adds how long the site took to an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -23,6 +23,15 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
     extra = list(overrides)
     # The guard is outermost: it checks everything that leaves, the timer's metrics included.
     client_app = ClientApp(mods=[EgressGuard(), AnswerTimer()])
+
+    @client_app.lifespan()
+    def console_level(context: Context) -> Iterator[None]:
+        """Warnings and logs at ``$UNICON_VERBOSITY`` in whatever process runs the app (default
+        1: Flower's INFO logs, no dependency warnings; :mod:`unicon_core.console`)."""
+        from unicon_core import console
+
+        console.configure(console.verbosity(default=console.VERBOSE))
+        yield
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -34,7 +34,9 @@ Overrides = Annotated[
     typer.Argument(help="Hydra overrides, e.g. backbone=small train.lr=0.001"),
 ]
 Verbose = Annotated[
-    bool, typer.Option("--verbose", "-v", help="Show the traceback of an error (bug reports).")
+    bool,
+    typer.Option("--verbose", "-v", help="Show logs (Flower's output of a run) and the traceback "
+                 "of an error; -vv also dependency warnings. Read in main (unicon_core.console)."),
 ]
 
 
@@ -50,11 +52,11 @@ def demo(verbose: Verbose = False) -> None:
 @app.command()
 def federate(overrides: Overrides = None, verbose: Verbose = False) -> None:
     """Run a federated experiment in local simulation (`flwr run`); resume=true continues."""
-    from unicon_core.commands.federated import run_federated
+    from unicon_core.commands.federated import run_federated, run_report
 
     with user_errors("federate", verbose):
         run_dir = run_federated(list(overrides or []))
-    typer.echo(f"run folder: {run_dir}")
+        typer.echo(run_report(run_dir))
 
 
 @app.command()
@@ -179,7 +181,13 @@ def predict(
 
 def main() -> None:
     """Console-script entry point: an unexpected error (a bug) prints typer's traceback, without
-    locals, and exits with 3, so exit 1 always means invalid data."""
+    locals, and exits with 3, so exit 1 always means invalid data.
+
+    The console is quiet unless ``-v``/``-vv`` (or ``$UNICON_VERBOSITY``) asks for more
+    (:mod:`unicon_core.console`); set here, before any command imports a library."""
+    from unicon_core import console
+
+    console.configure(console.count_verbose(sys.argv[1:]) or None)
     try:
         app()
     except Exception:

@@ -10,6 +10,10 @@ local simulation) in a subprocess whose environment is set here, never at import
   is never reused; it is stopped by its PID afterwards, so nothing keeps running.
 
 Flower's run config only carries the hydra overrides (written to ``run_config.toml``).
+
+The console stays quiet (:mod:`unicon_core.console`): Flower's whole output goes to
+``<run folder>/flower.log`` and the console shows one progress bar over the rounds; with ``-v``
+the output is shown as well as logged.
 """
 
 from __future__ import annotations
@@ -23,19 +27,29 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from unicon_core.federation.outputs import LATEST, RESULTS_FILE, new_run_dir, write_atomic
+from unicon_core import console
+from unicon_core.federation.outputs import (
+    LATEST,
+    RESULTS_FILE,
+    ROUNDS_FILE,
+    TASKS_FILE,
+    new_run_dir,
+    write_atomic,
+)
 from unicon_core.hydra_config import load_settings
-from unicon_core.processes import alive, cmdline, descendants, find
 
 FLWR_HOME_DIR = "flwr_home"
 RUN_CONFIG_FILE = "run_config.toml"
 SUPERLINK_LOG = Path("local-superlink") / "superlink.log"
 SIMULATION_PROCESS = "flwr-simulation"
+#: Everything ``flwr run --stream`` printed (SuperLink start, ServerApp and ClientApp logs).
+FLOWER_LOG = "flower.log"
 
 
 def project_root() -> Path:
@@ -102,13 +116,51 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
         FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
         FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
     )
+    level = console.verbosity()
+    if level == console.QUIET:
+        # nothing reaches the console: Flower's processes log everything, into flower.log
+        env[console.VERBOSITY_ENV] = str(console.EVERYTHING)
+    else:
+        env[console.VERBOSITY_ENV] = str(level)
+        if level == console.VERBOSE:  # shown: without deprecation noise from process start
+            env["PYTHONWARNINGS"] = console.child_env_warnings()
     return env
 
 
 def superlink_pids(flwr_home: Path) -> list[int]:
     """PIDs of the local SuperLink started for ``flwr_home`` (its log path is unique to it)."""
     marker = str(flwr_home / SUPERLINK_LOG)
-    return find(lambda args: any("flower-superlink" in a for a in args[:2]) and marker in args)
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [a.decode(errors="replace") for a in args]
+        if any("flower-superlink" in a for a in text[:2]) and marker in text:
+            pids.append(int(proc.name))
+    return pids
+
+
+def descendants(pids: Sequence[int]) -> list[int]:
+    """Live PIDs descending from ``pids`` (read from ``/proc``)."""
+    parent: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+            except OSError:
+                continue
+            parent[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: list[int] = []
+    frontier = set(pids)
+    while frontier:
+        children = {pid for pid, ppid in parent.items() if ppid in frontier}
+        found += sorted(children)
+        frontier = children
+    return [pid for pid in found if _alive(pid)]
 
 
 def stop_superlink(flwr_home: Path, settle_s: float = 30.0, grace_s: float = 10.0) -> list[int]:
@@ -121,17 +173,17 @@ def stop_superlink(flwr_home: Path, settle_s: float = 30.0, grace_s: float = 10.
     links = superlink_pids(flwr_home)
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline and any(
-        SIMULATION_PROCESS in " ".join(cmdline(pid)) for pid in descendants(links)
+        SIMULATION_PROCESS in _cmdline(pid) for pid in descendants(links)
     ):
         time.sleep(0.5)
     victims = descendants(links) + links
     for pid in victims:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(alive(p) for p in victims):
+    while time.monotonic() < deadline and any(_alive(p) for p in victims):
         time.sleep(0.2)
     for pid in victims:
-        if alive(pid):
+        if _alive(pid):
             _signal(pid, signal.SIGKILL)
     return victims
 
@@ -141,16 +193,38 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited; its parent (not us) reaps it
+        return (Path(f"/proc/{pid}/stat").read_text().split()[2]) != "Z"
+    except OSError:
+        return False
+
+
 def launch_flower_run(
     run_dir: Path,
     overrides: Sequence[str],
     num_sites: int,
     timeout_s: float | None = None,
     gpus_per_site: float = 0.0,
+    rounds: int | None = None,
 ) -> int:
     """``flwr run <repo> local --stream`` for this run; returns its exit code.
 
-    The local SuperLink it starts is stopped before returning, whatever happened.
+    Its output goes to ``<run_dir>/flower.log`` (and to the console with ``-v``); quiet, the
+    console shows a bar over ``rounds``. The local SuperLink it starts is stopped before
+    returning, whatever happened.
     """
     flwr_home = run_dir / FLWR_HOME_DIR
     write_flower_home(flwr_home, num_sites, gpus_per_site=gpus_per_site)
@@ -158,11 +232,121 @@ def launch_flower_run(
     write_atomic(run_config, f'experiment = ""\noverrides = {_toml_str(_join(overrides))}\n')
     flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
     cmd = [flwr, "run", str(project_root()), "local", "--stream", "--run-config", str(run_config)]
+    quiet = console.verbosity() == console.QUIET
+    progress = RoundProgress(run_dir, rounds) if quiet and rounds else None
     try:
-        return subprocess.run(cmd, env=flower_env(flwr_home), cwd=run_dir, timeout=timeout_s,
-                              check=False).returncode
+        return run_logged(cmd, flower_env(flwr_home), run_dir, run_dir / FLOWER_LOG,
+                          echo=not quiet, timeout_s=timeout_s,
+                          poll=progress.poll if progress else None)
     finally:
+        if progress:
+            progress.close()
         stop_superlink(flwr_home)
+
+
+def run_logged(
+    cmd: Sequence[str],
+    env: dict[str, str],
+    cwd: Path,
+    log_path: Path,
+    echo: bool = False,
+    timeout_s: float | None = None,
+    poll: Callable[[], None] | None = None,
+    poll_s: float = 1.0,
+) -> int:
+    """Run ``cmd`` with its stdout and stderr appended to ``log_path`` (colour codes removed),
+    echoed to our stdout when ``echo``; ``poll`` is called every ``poll_s`` while it runs.
+
+    Returns the exit code; past ``timeout_s`` the process is killed and
+    ``subprocess.TimeoutExpired`` raised, as ``subprocess.run`` does.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as log_file:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1)
+        assert proc.stdout is not None
+        reader = threading.Thread(target=_copy_lines, args=(proc.stdout, log_file, echo),
+                                  daemon=True)
+        reader.start()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        try:
+            while True:
+                try:
+                    code = proc.wait(timeout=poll_s)
+                    break
+                except subprocess.TimeoutExpired:
+                    if poll is not None:
+                        poll()
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise subprocess.TimeoutExpired(list(cmd), timeout_s) from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            reader.join(timeout=10)
+        if poll is not None:
+            poll()
+        return code
+
+
+def _copy_lines(stream: Any, log_file: Any, echo: bool) -> None:
+    for line in stream:
+        log_file.write(console.plain(line))
+        log_file.flush()
+        if echo:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+
+class RoundProgress:
+    """A progress bar over a run's rounds, read from its ``rounds.jsonl`` (one line a round)
+    and ``tasks.json`` (written once the sites have answered the query round)."""
+
+    def __init__(self, run_dir: Path, rounds: int) -> None:
+        from tqdm import tqdm
+
+        self.run_dir = run_dir
+        self.done = self._count()  # a resumed run starts after its recorded rounds
+        self.bar = tqdm(total=rounds, initial=self.done, desc="rounds", unit="round",
+                        file=sys.stderr, dynamic_ncols=True,
+                        bar_format="{desc} {n_fmt}/{total_fmt} |{bar:20}| {elapsed}{postfix}")
+        self.bar.set_postfix_str("starting Flower and querying the sites")
+
+    def _count(self) -> int:
+        try:
+            lines = (self.run_dir / ROUNDS_FILE).read_text().splitlines()
+        except OSError:
+            return 0
+        count = 0
+        for line in lines:  # the last line may be half-written
+            try:
+                json.loads(line)
+            except ValueError:
+                break
+            count += 1
+        return count
+
+    def _tasks(self) -> int | None:
+        try:
+            return len(json.loads((self.run_dir / TASKS_FILE).read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def poll(self) -> None:
+        """Move the bar to the rounds recorded so far."""
+        done, tasks = self._count(), self._tasks()
+        if tasks is not None:
+            state = "done" if done >= (self.bar.total or 0) else f"round {done + 1} running"
+            self.bar.set_postfix_str(f"{tasks} tasks, {state}", refresh=False)
+        if done > self.done:
+            self.bar.update(done - self.done)
+            self.done = done
+        elif sys.stderr.isatty():
+            self.bar.refresh()  # the elapsed time moves on
+
+    def close(self) -> None:
+        """Finish the bar's line."""
+        self.bar.close()
 
 
 def _join(overrides: Sequence[str]) -> str:
@@ -195,13 +379,24 @@ def run_federated(overrides: Sequence[str], timeout_s: float | None = None) -> P
         run_dir = new_run_dir(runs_dir, settings.experiment)
     full = [*overrides, f"federation.runs_dir='{runs_dir}'", f"federation.run_dir='{run_dir}'"]
     code = launch_flower_run(run_dir, full, len(settings.federation.sites), timeout_s,
-                             gpus_per_site=settings.federation.gpus_per_site)
+                             gpus_per_site=settings.federation.gpus_per_site,
+                             rounds=settings.federation.rounds)
     if code != 0 or not (run_dir / RESULTS_FILE).is_file():
         raise RunFailedError(
-            f"the federated run failed (flwr exit code {code}); see the log above and "
-            f"{run_dir / FLWR_HOME_DIR / SUPERLINK_LOG}"
+            f"the federated run failed (flwr exit code {code}); its output is in "
+            f"{run_dir / FLOWER_LOG}{_last_error(run_dir / FLOWER_LOG)}"
         )
     return run_dir
+
+
+def _last_error(log_path: Path) -> str:
+    """The log's last ``ERROR`` line, as a hint in the failure message ("" if none)."""
+    try:
+        tail = log_path.read_text(errors="replace").splitlines()[-2000:]
+    except OSError:
+        return ""
+    errors = [line.strip() for line in tail if "ERROR" in line and line.strip()]
+    return f"; last error: {errors[-1][:300]}" if errors else ""
 
 
 def results_table(results: dict[str, Any]) -> str:
@@ -241,8 +436,12 @@ def demo_command(
     run_dir = run_federated(
         ["experiment=demo", f"federation.data_root='{data_root}'", *overrides], timeout_s
     )
-    results = json.loads((run_dir / RESULTS_FILE).read_text())
-    print()
-    print(results_table(results))
-    print(f"\nrun folder: {run_dir}")
+    print(run_report(run_dir))
     return run_dir
+
+
+def run_report(run_dir: Path) -> str:
+    """What a finished run prints: where its outputs and log are, then the results table."""
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    return (f"run folder: {run_dir} (Flower's output: {FLOWER_LOG})\n\n"
+            f"{results_table(results)}")
