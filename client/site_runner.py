@@ -13,7 +13,6 @@ instead of mixing skills trained on different backbones.
 from __future__ import annotations
 
 import json
-import zlib
 from dataclasses import replace
 from logging import WARNING
 from pathlib import Path
@@ -47,6 +46,7 @@ from unicon_core.federation.protocol import (
     Status,
 )
 from unicon_core.hydra_config import load_settings
+from unicon_core.seeds import round_seed
 
 if TYPE_CHECKING:
     from unicon_core.config import TaskSpec
@@ -248,11 +248,6 @@ def server_round(msg: Message) -> int:
     """Absolute round number of an instruction (0 if absent)."""
     config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
     return int(config.get(ConfigKey.SERVER_ROUND.value, 0))
-
-
-def round_seed(seed: int, site: str, rnd: int) -> int:
-    """Seed of one site's local training in one round (same after a resume)."""
-    return (seed * 1_000_003 + zlib.crc32(f"{site}:{rnd}".encode())) % (2**31)
 
 
 def metric_record(metrics: dict[str, float], num_examples: int, prefix: str = "") -> MetricRecord:

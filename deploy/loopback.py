@@ -5,7 +5,7 @@ PKI, the SuperLink (TLS, SuperNode authentication, state database), one SuperNod
 its own key, and ``flwr run`` by the researcher, each started exactly as
 ``docs/deployment.md`` tells a coordinator, a hospital and a researcher to do it. Every process
 starts in its own session; :meth:`LoopbackFederation.stop` ends each one by PID (its process
-group and every descendant found in ``/proc``), first with SIGTERM, then SIGKILL. Only
+group and every descendant, found with psutil), first with SIGTERM, then SIGKILL. Only
 127.0.0.1 is ever contacted. Faults: :meth:`LoopbackFederation.kill_superlink` and
 :meth:`LoopbackFederation.kill_site` SIGKILL a role with all its processes (a crash),
 :meth:`LoopbackFederation.start_superlink` restarts the SuperLink on the same database and
@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from unicon_core.processes import alive, descendants
 
 DEPLOY = Path(__file__).resolve().parent
 REPO = DEPLOY.parent
@@ -65,38 +67,6 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not after {timeout_s} s")
         time.sleep(poll_s)
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        tree.setdefault(ppid, []).append(int(proc.name))
-    return tree
-
-
-def descendants(pid: int) -> list[int]:
-    """PIDs below ``pid`` in the process tree (read from ``/proc``)."""
-    tree, out, todo = _children(), [], [pid]
-    while todo:
-        kids = tree.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _signal(pid: int, sig: int, group: bool = False) -> None:
@@ -197,7 +167,7 @@ class LoopbackFederation:
                 self._stop_one(proc, grace_s)
 
     def _stop_one(self, proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-        pids = [proc.pid, *descendants(proc.pid)]
+        pids = [proc.pid, *descendants([proc.pid])]
         _signal(proc.pid, signal.SIGTERM, group=True)
         for pid in pids:
             _signal(pid, signal.SIGTERM)
@@ -217,7 +187,7 @@ class LoopbackFederation:
         Returns the PIDs killed (the command, its group and descendants); all are gone on return.
         """
         proc = self.procs.pop(label)
-        pids = [proc.pid, *descendants(proc.pid)]
+        pids = [proc.pid, *descendants([proc.pid])]
         _signal(proc.pid, signal.SIGKILL, group=True)
         for pid in pids:
             _signal(pid, signal.SIGKILL)

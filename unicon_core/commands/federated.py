@@ -43,6 +43,7 @@ from unicon_core.federation.outputs import (
     write_atomic,
 )
 from unicon_core.hydra_config import load_settings
+from unicon_core.processes import alive, cmdline, descendants, find
 
 FLWR_HOME_DIR = "flwr_home"
 RUN_CONFIG_FILE = "run_config.toml"
@@ -130,37 +131,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 def superlink_pids(flwr_home: Path) -> list[int]:
     """PIDs of the local SuperLink started for ``flwr_home`` (its log path is unique to it)."""
     marker = str(flwr_home / SUPERLINK_LOG)
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = [a.decode(errors="replace") for a in args]
-        if any("flower-superlink" in a for a in text[:2]) and marker in text:
-            pids.append(int(proc.name))
-    return pids
-
-
-def descendants(pids: Sequence[int]) -> list[int]:
-    """Live PIDs descending from ``pids`` (read from ``/proc``)."""
-    parent: dict[int, int] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                stat = (proc / "stat").read_text()
-            except OSError:
-                continue
-            parent[int(proc.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: list[int] = []
-    frontier = set(pids)
-    while frontier:
-        children = {pid for pid, ppid in parent.items() if ppid in frontier}
-        found += sorted(children)
-        frontier = children
-    return [pid for pid in found if _alive(pid)]
+    return find(lambda args: any("flower-superlink" in a for a in args[:2]) and marker in args)
 
 
 def stop_superlink(flwr_home: Path, settle_s: float = 30.0, grace_s: float = 10.0) -> list[int]:
@@ -173,17 +144,17 @@ def stop_superlink(flwr_home: Path, settle_s: float = 30.0, grace_s: float = 10.
     links = superlink_pids(flwr_home)
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline and any(
-        SIMULATION_PROCESS in _cmdline(pid) for pid in descendants(links)
+        SIMULATION_PROCESS in " ".join(cmdline(pid)) for pid in descendants(links)
     ):
         time.sleep(0.5)
     victims = descendants(links) + links
     for pid in victims:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p) for p in victims):
+    while time.monotonic() < deadline and any(alive(p) for p in victims):
         time.sleep(0.2)
     for pid in victims:
-        if _alive(pid):
+        if alive(pid):
             _signal(pid, signal.SIGKILL)
     return victims
 
@@ -191,25 +162,6 @@ def stop_superlink(flwr_home: Path, settle_s: float = 30.0, grace_s: float = 10.
 def _signal(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie has exited; its parent (not us) reaps it
-        return (Path(f"/proc/{pid}/stat").read_text().split()[2]) != "Z"
-    except OSError:
-        return False
 
 
 def launch_flower_run(

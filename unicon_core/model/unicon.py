@@ -14,7 +14,6 @@ multi-scale feature maps).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -30,15 +29,11 @@ from unicon_core.model.backbones import FoundationBackbone, create_backbone, res
 from unicon_core.model.foundation import load_foundation_into, tensor_hash
 from unicon_core.model.heads import build_feature_head, build_head
 from unicon_core.model.stems import ChannelStem, StemSpec, build_stem
+from unicon_core.seeds import derived_seed
 
 
 class SkillStateError(ValueError):
     """A skill state dict does not match the task's skill (keys, shapes or dtypes)."""
-
-
-def _derived_seed(seed: int, name: str) -> int:
-    """A stable per-name seed, so every site initialises a task's skill identically."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
 
 
 @contextmanager
@@ -70,7 +65,7 @@ class UniconModel(nn.Module):
                 continue
             slot = modality.replace("+", "_")
             self.slot_cfg[slot] = self.cfg.for_modality(modality)
-            with _seeded(_derived_seed(seed, "backbone:" + slot)):
+            with _seeded(derived_seed(seed, "backbone:" + slot)):
                 self.modality_backbones[slot] = create_backbone(self.slot_cfg[slot])
             self.slot_of_modality[modality] = slot
         self.modality_backbones.requires_grad_(False)
@@ -142,7 +137,7 @@ class UniconModel(nn.Module):
             raise ValueError(f"stem {stem_spec.key!r} exists already")
         slot = self.slot_for(stem_spec.modality)
         core, sizes = self.core(slot), self.slot_cfg[slot]
-        with _seeded(_derived_seed(self.seed, "stem:" + stem_spec.key)):
+        with _seeded(derived_seed(self.seed, "stem:" + stem_spec.key)):
             if core.input_kind == "tokens":
                 stem = build_stem(stem_spec, sizes.hidden_size, sizes.num_heads)
             else:
@@ -183,7 +178,7 @@ class UniconModel(nn.Module):
             self.add_stem(stem_spec, owner=spec.name)
         self.task_stem[spec.name] = stem_spec.key
         self.task_slot[spec.name] = slot
-        with _seeded(_derived_seed(self.seed, "task:" + spec.name)):
+        with _seeded(derived_seed(self.seed, "task:" + spec.name)):
             if core.input_kind == "tokens":
                 head = build_head(spec, core.feature_channels()[0])
             else:

@@ -1,0 +1,53 @@
+"""Process trees through psutil: descendants, liveness (zombies are gone), command lines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from unicon_core.processes import alive, cmdline, descendants, find
+
+
+def _wait(check: object, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_tree_is_found_named_and_gone_after_a_kill() -> None:
+    # Prepare: a shell that starts a sleeping grandchild, tagged so that find() sees only it
+    tag = f"unicon-test-{uuid.uuid4().hex}"
+    parent = subprocess.Popen(
+        ["/bin/sh", "-c", f'{sys.executable} -c "import time; time.sleep(60)" {tag} & wait'],
+        start_new_session=True,
+    )
+    try:
+        _wait(lambda: len(descendants([parent.pid])) == 1)
+
+        # Execute
+        (grandchild,) = descendants([parent.pid])
+        found = find(lambda args: tag in args)
+
+        # Assert
+        assert alive(parent.pid) and alive(grandchild)
+        assert found == [grandchild] and cmdline(grandchild)[-1] == tag
+        assert descendants([grandchild]) == []
+    finally:
+        os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+    _wait(lambda: not alive(grandchild))  # reaped by init, or a zombie: gone either way
+    assert not alive(parent.pid) and cmdline(parent.pid) == [] and find(lambda a: tag in a) == []
+
+
+def test_an_unknown_pid_is_not_alive_and_has_no_descendants() -> None:
+    # Prepare: a process that has exited and been reaped
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=10)
+
+    # Assert
+    assert not alive(proc.pid) and descendants([proc.pid]) == [] and cmdline(proc.pid) == []
