@@ -325,6 +325,9 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     site = open_node_site(context, settings)
     model = build_model(settings, site, instruction_rank(msg, site))
     check_instruction(msg, site, model)
+    if not site.split_rows("train"):  # an evaluation-only site never trains
+        raise ValueError(f"site {site.name} is evaluation-only (no train rows): it does not "
+                         "train; the server sends it evaluation instructions only")
     load_global_skill(msg, site, model)
     task, rnd = site.task_spec.name, server_round(msg)
     options = instruction_options(msg)

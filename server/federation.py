@@ -37,6 +37,7 @@ from unicon_core.federation.checkpoint import (
 )
 from unicon_core.federation.config import STRATEGIES, ExperimentSettings, FederationConfig
 from unicon_core.federation.exclusions import short_reason
+from unicon_core.federation.external import split_external
 from unicon_core.federation.outputs import (
     CONFIG_FILE,
     LATEST,
@@ -318,6 +319,33 @@ def initial_skills(model: UniconModel, specs: dict[str, TaskSpec]) -> dict[str, 
     return union
 
 
+def skills_from_bundle(
+    bundle_dir: Path, specs: Mapping[str, TaskSpec], foundation_hash: str
+) -> dict[str, dict[str, Any]]:
+    """Starting skills from a bundle (``unicon train --bundle`` or ``unicon export``) for the
+    tasks of this run it holds (``federation.init_skill``); a bundle on another foundation or
+    defining a task differently is an error."""
+    from unicon_core.inference.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    if bundle.model.foundation_hash != foundation_hash:
+        raise ValueError(f"federation.init_skill: {bundle_dir} was trained on another "
+                         "foundation (backbone); its skills cannot start this run")
+    out: dict[str, dict[str, Any]] = {}
+    for task, spec in specs.items():
+        if task not in bundle.tasks:
+            log(WARNING, "federation.init_skill: %s has no skill for task %s; it starts fresh",
+                bundle_dir, task)
+            continue
+        entry = bundle.entry(task)
+        if entry.spec.to_dict() != spec.to_dict():
+            raise ValueError(f"federation.init_skill: task {task!r} in {bundle_dir} is defined "
+                             "differently from this run's sites; its skill cannot start it")
+        out[task] = {k: v.numpy() for k, v in bundle.model.skill_state_dict(task).items()}
+        log(INFO, "task %s starts from the skill in %s", task, bundle_dir)
+    return out
+
+
 def merge_resumed(initial: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
     """Skills to resume from: the checkpoint's, plus fresh ones for tasks it does not have.
 
@@ -419,6 +447,9 @@ def run_federation(
         },
     )
     arrays = initial_skills(model, specs)
+    if initial is None and settings.federation.init_skill:
+        initial = skills_from_bundle(Path(settings.federation.init_skill), specs,
+                                     foundation_hash)
     unknown = sorted(set(initial or {}) - set(specs))
     if unknown:
         raise ValueError(f"initial skills given for tasks no site of this run serves: {unknown}")
@@ -503,6 +534,7 @@ def run_federation(
             privacy=privacy_summary(rows) if settings.privacy.enabled else {},
         )
         results["communication"]["full_model_bytes_per_task"] = full_bytes
+        split_external(results, rows, {n.site for n in nodes if n.evaluation_only})
         results["stopped"] = dict(strategy.stopped)
         results["excluded"] = dict(query.excluded)
         results["backbone"] = model.backbone_info()

@@ -93,6 +93,51 @@ def prepare_demo(
     raise typer.Exit(code)
 
 
+@app.command("init-site")
+def init_site(
+    src: Annotated[Path, typer.Argument(help="Folder of class subfolders, images/ + masks/, "
+                                        "a labels CSV, or a clinical CSV.")],
+    out: Annotated[Path, typer.Argument(help="New or empty folder for the site.")],
+    task: Annotated[Optional[str], typer.Option(help="Task name (default: SRC's name).")] = None,  # noqa: UP045
+    kind: Annotated[Optional[str], typer.Option(help="classification, segmentation or survival.")] = None,  # noqa: UP045,E501
+    modality: Annotated[Optional[str], typer.Option(help="Image modality (default mri).")] = None,  # noqa: UP045
+    label_column: Annotated[Optional[str], typer.Option(help="CSV label column.")] = None,  # noqa: UP045
+    time_column: Annotated[Optional[str], typer.Option(help="CSV survival time column.")] = None,  # noqa: UP045
+    event_column: Annotated[Optional[str], typer.Option(help="CSV event column.")] = None,  # noqa: UP045
+    image_column: Annotated[Optional[str], typer.Option(help="CSV column of image files.")] = None,  # noqa: UP045
+    size: Annotated[Optional[list[int]], typer.Option(help="Input size (repeat per axis).")] = None,  # noqa: UP045
+    train_fraction: Annotated[float, typer.Option(help="Share of rows in train.")] = 0.7,
+    val_fraction: Annotated[float, typer.Option(help="Share of rows in val.")] = 0.15,
+    test_fraction: Annotated[float, typer.Option(help="Share of rows in test.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="Seed of the stratified split.")] = 0,
+    evaluation_only: Annotated[
+        bool, typer.Option(help="An external validation site: every row test, never trains.")
+    ] = False,
+    task_file: Annotated[
+        Optional[Path], typer.Option("--task-file", help="YAML/JSON task spec fields to use.")  # noqa: UP045
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Turn a plain folder of images (or a CSV) into a site folder and validate it.
+
+    Prints what it inferred (task, sizes, labels, colour conversion) and every file, row or
+    column it skipped (also in OUT/skipped.csv). Exit codes as `unicon validate`.
+    """
+    from unicon_core.commands.data import init_site_command
+    from unicon_core.data.init_site import InitOptions
+
+    with user_errors("init-site", verbose):
+        options = InitOptions(
+            task_name=task, kind=kind, modality=modality, label_column=label_column,
+            time_column=time_column, event_column=event_column, image_column=image_column,
+            size=list(size) if size else None,
+            fractions={"train": train_fraction, "val": val_fraction, "test": test_fraction},
+            seed=seed, role="evaluation" if evaluation_only else "train", task_file=task_file,
+        )
+        code = init_site_command(src, out, options)
+    raise typer.Exit(code)
+
+
 @app.command()
 def pretrain(
     sites: Annotated[list[Path], typer.Option("--site", help="Site folder (repeatable).")],

@@ -89,6 +89,9 @@ def load_config(overrides: Sequence[str] = (), config_name: str = "config") -> D
     site, stage and message, so a process keeps each result (a deep copy per call, flags and
     schema types kept) until a file under ``configs/`` changes.
     """
+    from unicon_core.data.run_naming import own_sites_overrides
+
+    overrides = own_sites_overrides(overrides)  # site_dirs alone: no demo, named by tasks
     folder = config_dir()
     key = (str(folder), config_name, tuple(overrides))
     fingerprint = _fingerprint(folder)

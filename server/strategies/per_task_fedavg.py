@@ -102,6 +102,11 @@ class SiteNode:
     eval_examples: int | None = None
 
     @property
+    def evaluation_only(self) -> bool:
+        """An external validation site (no train rows declared): evaluated, never trained."""
+        return self.train_examples == 0
+
+    @property
     def claim(self) -> NodeClaim:
         """What this node declared, which every reply is held to."""
         return NodeClaim(self.site, self.task, self.train_examples, self.eval_examples)
@@ -244,10 +249,13 @@ class PerTaskFedAvg(FedAvg):
         self._record = {"round": rnd, "sites": {}, "tasks": {}}
         self._arrays = arrays
         self._sent = {}
-        nodes = [n for n in self.nodes.values() if n.site not in self.stopped]
+        nodes = [n for n in self.nodes.values()
+                 if n.site not in self.stopped and not n.evaluation_only]
         for node in self.nodes.values():
             if node.site in self.stopped:
                 self._site_entry(node)["status"] = Status.BUDGET_EXHAUSTED.value
+            elif node.evaluation_only:  # external validation: no train instruction, ever
+                self._site_entry(node)["status"] = "evaluation-only"
         nodes = self.sample(rnd, nodes)
         log(INFO, "configure_train: round %d, %d of %d sites train", rnd, len(nodes),
             len(self.nodes))

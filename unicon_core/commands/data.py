@@ -59,3 +59,27 @@ def prepare_demo_command(out_dir: Path, force: bool = False) -> int:
         )
     print(f"demo data ready in {out_dir} ({seconds:.1f} s)")
     return 0
+
+
+def init_site_command(src: Path, out: Path, options: object, validate: bool = True) -> int:
+    """Build a site folder from a plain folder or CSV; print what was inferred and every skipped
+    item, then validate the new site. Returns the exit code (that of ``unicon validate``).
+
+    ``options`` is an :class:`~unicon_core.data.init_site.InitOptions`; a source that cannot
+    become a site raises :class:`~unicon_core.commands.errors.CommandError` (exit 1) naming the
+    file, row or column.
+    """
+    from unicon_core.commands.errors import EXIT_INVALID_DATA, CommandError
+    from unicon_core.data.init_site import InitOptions, InitSiteError, init_site
+
+    assert isinstance(options, InitOptions)
+    try:
+        report = init_site(src, out, options)
+    except InitSiteError as err:
+        error = CommandError(str(err))
+        error.exit_code = EXIT_INVALID_DATA
+        raise error from None
+    print(report.text())
+    if not validate:
+        return 0
+    return validate_command(out)

@@ -98,17 +98,43 @@ def is_known_column(name: str, spec: TaskSpec) -> bool:
     )
 
 
+class SiteRole(str, Enum):
+    """What a site does in a federation: train (and evaluate), or only evaluate."""
+
+    TRAIN = "train"
+    #: an external validation hospital: receives the task's skill, reports test metrics, never
+    #: trains (its manifest holds only a test split)
+    EVALUATION = "evaluation"
+
+
 @dataclass
 class SiteMetadata:
-    """Contents of ``site.json``: a site describes itself and the task its rows serve."""
+    """Contents of ``site.json``: a site describes itself and the task its rows serve.
+
+    ``role`` and ``labels`` are optional keys (written only when not the default): an
+    evaluation-only site, and the class names of label values 0, 1, ... (``unicon init-site``).
+    """
 
     site: str
     synthetic: bool
     source: str
     description: str
     task: TaskSpec
+    role: SiteRole = SiteRole.TRAIN
+    labels: list[str] | None = None
 
     def __post_init__(self) -> None:
+        try:
+            self.role = SiteRole(self.role)
+        except ValueError:
+            raise ValueError(
+                f"site.json: 'role' must be one of {[r.value for r in SiteRole]}, got "
+                f"{self.role!r}"
+            ) from None
+        if self.labels is not None and (
+            not isinstance(self.labels, list) or not all(isinstance(x, str) for x in self.labels)
+        ):
+            raise ValueError("site.json: 'labels' must be a list of class names (strings)")
         if not isinstance(self.site, str) or not self.site:
             raise ValueError(f"site.json: 'site' must be a non-empty string, got {self.site!r}")
         if not isinstance(self.synthetic, bool):
@@ -131,7 +157,14 @@ class SiteMetadata:
             "source": self.source,
             "description": self.description,
             "task": self.task.to_dict(),
+            **({"role": self.role.value} if self.role is not SiteRole.TRAIN else {}),
+            **({"labels": list(self.labels)} if self.labels is not None else {}),
         }
+
+    @property
+    def evaluation_only(self) -> bool:
+        """Whether the site only evaluates (``role: evaluation``)."""
+        return self.role is SiteRole.EVALUATION
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SiteMetadata:
@@ -139,7 +172,8 @@ class SiteMetadata:
         if not isinstance(data, dict):
             raise ValueError("site.json: must hold a JSON object")
         keys = {"site", "synthetic", "source", "description", "task"}
-        missing, unknown = sorted(keys - set(data)), sorted(set(data) - keys)
+        optional = {"role", "labels"}
+        missing, unknown = sorted(keys - set(data)), sorted(set(data) - keys - optional)
         if missing or unknown:
             raise ValueError(f"site.json: missing keys {missing}, unknown keys {unknown}")
         return cls(**data)

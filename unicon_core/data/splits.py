@@ -101,3 +101,28 @@ def manifest_splits(
         list(patient_ids) if patient_ids is not None else list(range(n_rows))
     )
     return assign_splits(groups, DEFAULT_FRACTIONS, seed=seed)
+
+
+def stratified_splits(
+    groups: Sequence[Hashable],
+    strata: Sequence[Hashable] | None,
+    fractions: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """:func:`assign_splits` within each stratum (a label, an event flag), so every split holds
+    about the same share of each; a group takes the stratum of its first item, so it stays
+    whole (in one split) even when its items differ in stratum."""
+    if strata is None:
+        return assign_splits(groups, fractions, seed=seed)
+    if len(strata) != len(groups):
+        raise ValueError(f"strata: {len(strata)} values for {len(groups)} groups")
+    stratum_of: dict[Hashable, Hashable] = {}
+    for group, stratum in zip(groups, strata, strict=True):
+        stratum_of.setdefault(group, stratum)
+    out: list[str] = [""] * len(groups)
+    for stratum in sorted(set(stratum_of.values()), key=str):
+        index = [i for i, g in enumerate(groups) if stratum_of[g] == stratum]
+        for i, split in zip(index, assign_splits([groups[i] for i in index], fractions, seed),
+                            strict=True):
+            out[i] = split
+    return out

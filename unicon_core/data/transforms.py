@@ -82,6 +82,11 @@ class PreprocessConfig:
     pad_square: bool = field(
         default=False, metadata={"help": "2D: pad (zeros, centred) to a square before resizing."}
     )
+    to_gray: bool = field(
+        default=False,
+        metadata={"help": "A 3-channel (RGB) image of a 1-channel task becomes one grey channel "
+                  "(luma 0.299 R + 0.587 G + 0.114 B) before any other step."},
+    )
 
     def __post_init__(self) -> None:
         low, high = self.ct_window
@@ -112,6 +117,8 @@ class PreprocessConfig:
             )
         if not isinstance(self.pad_square, bool):
             raise ValueError(f"preprocess.pad_square: must be true or false, got {self.pad_square}")
+        if not isinstance(self.to_gray, bool):
+            raise ValueError(f"preprocess.to_gray: must be true or false, got {self.to_gray}")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> PreprocessConfig:
@@ -310,6 +317,20 @@ def foreground_square(
     return d
 
 
+#: ITU-R BT.601 luma weights (PIL's ``convert("L")``) of :func:`rgb_to_gray`.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def rgb_to_gray(x: Any) -> Any:
+    """``(3, ...)`` colour to ``(1, ...)`` luma (``preprocess.to_gray``); other channel counts
+    pass unchanged (a grey image, or a task whose channels are not colour)."""
+    if x.shape[0] != 3:
+        return x
+    t = torch.as_tensor(x)
+    w = torch.tensor(LUMA_WEIGHTS, dtype=t.dtype).reshape(3, *([1] * (t.ndim - 1)))
+    return (t * w).sum(dim=0, keepdim=True)
+
+
 def _intensity(column: str, modality: Modality, cfg: PreprocessConfig) -> MapTransform:
     from monai.transforms import NormalizeIntensityd, ScaleIntensityRanged
 
@@ -357,6 +378,13 @@ def build_transforms(
     inp, mask = BatchKey.INPUT.value, BatchKey.MASK.value
     size = tuple(spec.input_size)
     common: list = [Lambdad(keys=[*cols, mask], func=_copy_float32, allow_missing_keys=True)]
+    if cfg.to_gray:
+        if spec.channels != 1 or len(cols) != 1:
+            raise ValueError(
+                f"task {spec.name!r}: preprocess to_gray needs a 1-channel task with one image "
+                f"column, the task has {spec.channels} channel(s)"
+            )
+        common.append(Lambdad(keys=cols, func=rgb_to_gray))
     if cfg.reshapes:
         if spec.spatial_dims != 2:
             raise ValueError(

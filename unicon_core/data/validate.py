@@ -22,6 +22,8 @@ from unicon_core.data.manifest import (
     SITE_JSON_NAME,
     SPLITS,
     Column,
+    SiteRole,
+    Split,
     image_columns,
     is_known_column,
     read_site_json,
@@ -87,7 +89,7 @@ def check_site(
     checker.check_columns(columns)
     for number, row in enumerate(rows, start=1):
         checker.check_row(number, row)
-    result.splits = _check_splits(rows, columns, result.problems)
+    result.splits = _check_splits(rows, columns, result.problems, _role(site_dir))
     _check_files_across_splits(
         site_dir, rows, result.splits, image_columns(result.spec), result.problems
     )
@@ -155,9 +157,22 @@ def _read_rows(
     return frame.to_dict(orient="records"), columns
 
 
+def _role(site_dir: Path) -> SiteRole:
+    """The site's role from ``site.json`` (train when it cannot be read: reported elsewhere)."""
+    try:
+        return read_site_json(site_dir).role
+    except (ValueError, TypeError, OSError):
+        return SiteRole.TRAIN
+
+
 def _check_splits(
-    rows: list[dict[str, str]], columns: list[str], problems: list[Problem]
+    rows: list[dict[str, str]],
+    columns: list[str],
+    problems: list[Problem],
+    role: SiteRole = SiteRole.TRAIN,
 ) -> list[str]:
+    """Every row's split; each split must hold rows, except on an evaluation-only site (role
+    ``evaluation`` or a ``split`` column naming only ``test``), whose rows must all be test."""
     split_col = Column.SPLIT.value
     has_split = split_col in columns
     pid_col = Column.PATIENT_ID.value
@@ -192,6 +207,20 @@ def _check_splits(
                         value=pid,
                     )
                 )
+    only_test = has_split and set(splits) == {Split.TEST.value}
+    if role is SiteRole.EVALUATION or only_test:
+        not_test = [n for n, s in enumerate(splits, start=1) if s != Split.TEST.value]
+        if not has_split or not_test:
+            problems.append(
+                Problem(
+                    MANIFEST_NAME, not_test[0] if not_test else None, split_col,
+                    "an evaluation-only site (site.json role 'evaluation') holds test rows only, "
+                    f"found {len(not_test) if has_split else len(splits)} other row(s)",
+                    kind=ProblemKind.EMPTY_SPLIT, value=None,
+                    hint="give every row split=test, or drop role 'evaluation' to train here",
+                )
+            )
+        return splits
     for name in SPLITS:
         if name not in splits:
             how = "split column" if has_split else "splits assigned by patient_id"
@@ -361,6 +390,8 @@ class _RowChecker:
         self.cache = cache
         self.cache_left = cache_bytes
         self.image_cols = image_columns(spec)
+        #: colour files are converted by the task's own pipeline (``preprocess.to_gray``)
+        self.to_gray = bool((spec.preprocess or {}).get("to_gray", False))
         self.ids: dict[str, int] = {}
         self.columns: list[str] = []
 
@@ -565,6 +596,8 @@ class _RowChecker:
             return None
         want = 1 if (is_mask or len(self.image_cols) > 1) else self.spec.channels
         have = image.array.shape[0]
+        if have == 3 and want == 1 and not is_mask and self.to_gray:
+            have = 1  # the task's preprocess (to_gray) makes it one grey channel
         if have != want:
             colour = want == 1 and have in (3, 4) and not cell.lower().endswith(NIFTI_SUFFIXES)
             self.add(

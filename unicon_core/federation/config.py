@@ -107,6 +107,11 @@ class FederationConfig:
     )
     wandb: str = field(default="offline", metadata={"help": "offline, online or disabled."})
     wandb_project: str = "unicon"
+    init_skill: str | None = field(
+        default=None,
+        metadata={"help": "Bundle folder (`unicon train --bundle`, `unicon export`) whose skills "
+                  "start the tasks they hold (absolute path); other tasks start fresh."},
+    )
     plots: bool = True
 
     def __post_init__(self) -> None:
@@ -127,7 +132,7 @@ class FederationConfig:
         self.sites = sites
         if self.wandb not in WANDB_MODES:
             raise _fail("wandb", f"{self.wandb!r} is not one of {WANDB_MODES}")
-        for name in ("runs_dir", "run_dir", "data_root"):
+        for name in ("runs_dir", "run_dir", "data_root", "init_skill"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_absolute():
                 raise _fail(name, f"must be an absolute path (got {value!r}); outputs and data "

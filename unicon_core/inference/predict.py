@@ -167,8 +167,10 @@ class Predictor:
             self._transforms[task] = build_transforms(spec, self.preprocess_of(task))[1]
         assert item.array is not None and item.affine is not None
         data: dict[str, Any] = {}
-        for i, column in enumerate(image_columns(spec)):
-            channel = item.array[i : i + 1]
+        columns = image_columns(spec)
+        for i, column in enumerate(columns):
+            # one column takes every channel (a colour file its pipeline turns grey: to_gray)
+            channel = item.array if len(columns) == 1 else item.array[i : i + 1]
             data[column] = (
                 to_meta_tensor(channel, item.affine) if spec.spatial_dims == 3 else (channel)
             )

@@ -103,7 +103,10 @@ def incompatibility(spec: TaskSpec, item: LoadedInput) -> str | None:
         return f"needs feature columns {missing}" if missing else None
     if item.spatial_dims != spec.spatial_dims:
         return f"takes {spec.spatial_dims}D images, got a {item.describe()}"
-    if item.channels != spec.channels:
+    colour_to_gray = (  # the task's pipeline converts colour (preprocess.to_gray)
+        spec.channels == 1 and item.channels == 3 and bool(spec.preprocess.get("to_gray"))
+    )
+    if item.channels != spec.channels and not colour_to_gray:
         advice = ""
         if spec.channels == 1 and item.channels == 3 and _is_pil_image(item):
             from unicon_core.data.readers import GREYSCALE_ADVICE
