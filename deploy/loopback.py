@@ -94,6 +94,8 @@ class LoopbackFederation:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     used_ports: set[int] = field(default_factory=set)
+    trusted_entities: Path | None = None
+    app: Path = REPO
 
     def __post_init__(self) -> None:
         if self.executor not in ("warm", "flower"):
@@ -253,14 +255,57 @@ class LoopbackFederation:
             raise RuntimeError(res.stdout)
         return res.stdout
 
+    def make_signing_key(self) -> Path:
+        """Consortium: an Ed25519 signing key (OpenSSH files, as ``ssh-keygen -t ed25519``
+        makes) and the sites' ``trusted_entities.yaml``; sites started afterwards run only
+        apps it signed."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        key = ed25519.Ed25519PrivateKey.generate()
+        _write_private(self.pki / "consortium_key", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption()).decode())
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH).decode()
+        self.trusted_entities = self.pki / "trusted_entities.yaml"
+        _write_private(self.trusted_entities, f"consortium: '{public}'\n")
+        return self.pki / "consortium_key"
+
+    def snapshot_app(self) -> Path:
+        """A frozen copy of the app (the files ``flwr run`` would submit from this checkout),
+        which later runs submit instead: what was signed stays what runs while the checkout
+        changes."""
+        import io
+        import zipfile
+
+        from deploy.sign_fab import fab_bytes
+
+        target = self.root / "app" / "unicon"
+        with zipfile.ZipFile(io.BytesIO(fab_bytes(app=REPO))) as fab:
+            fab.extractall(target, [n for n in fab.namelist() if not n.startswith(".info/")])
+        self.app = target
+        return target
+
+    def sign(self, fab: bytes | None = None) -> str:
+        """Consortium: ``fab-signature`` for ``fab`` (default: the FAB ``flwr run`` submits from
+        :attr:`app`), made with ``deploy/sign_fab.py``'s functions."""
+        from deploy.sign_fab import fab_bytes, load_private_key
+        from deploy.site_guard import sign_fab
+
+        content = fab_bytes(app=self.app) if fab is None else fab
+        return sign_fab(content, load_private_key(self.pki / "consortium_key"), "consortium")
+
     def start_site(self, site: str, key_of: str | None = None, **extra: str) -> None:
         """Hospital: one SuperNode (+ warm executor) serving ``site`` with ``key_of``'s key."""
         key = self.pki / "sites" / (key_of or site) / "node_key"
+        trust = ([] if self.trusted_entities is None
+                 else ["--trusted-entities", str(self.trusted_entities)])
         self.start(f"site-{site}", [
             str(DEPLOY / "start_site.sh"), "--superlink", f"{HOST}:{self.port}",
             "--ca", str(self.pki / "ca.crt"), "--key", str(key),
             "--site-dir", str(self.sites[site]), "--state-dir", str(self.root / "state" / site),
-            "--port", str(self.new_port()), "--executor", self.executor,
+            "--port", str(self.new_port()), "--executor", self.executor, *trust,
         ], FLWR_HOME=str(self.root / "site_home" / site), **extra)
 
     def kill_site(self, site: str) -> list[int]:
@@ -290,17 +335,20 @@ class LoopbackFederation:
                 raise TimeoutError(f"{site} could not rejoin within {timeout_s} s")
             time.sleep(pause_s)
 
-    def _flwr_run_args(self, overrides: Sequence[str]) -> list[str]:
+    def _flwr_run_args(self, overrides: Sequence[str], signature: str = "") -> list[str]:
         run_config = self.root / "run_config.toml"
         joined = " ".join(shlex.quote(o) for o in overrides)
-        _write_private(run_config, f'experiment = ""\noverrides = {json.dumps(joined)}\n')
+        _write_private(run_config, f'experiment = ""\noverrides = {json.dumps(joined)}\n'
+                       + (f"fab-signature = {json.dumps(signature)}\n" if signature else ""))
         flwr = str(Path(self.python).parent / "flwr")
-        return [flwr, "run", str(REPO), self.name, "--run-config", str(run_config), "--stream"]
+        return [flwr, "run", str(self.app), self.name, "--run-config", str(run_config),
+                "--stream"]
 
-    def flwr_run(self, overrides: Sequence[str], timeout_s: float
+    def flwr_run(self, overrides: Sequence[str], timeout_s: float, signature: str = ""
                  ) -> subprocess.CompletedProcess[str]:
-        """Researcher: ``flwr run <repo> <federation> --stream`` with hydra ``overrides``."""
-        result = self.run(self._flwr_run_args(overrides), timeout_s=timeout_s,
+        """Researcher: ``flwr run <app> <federation> --stream`` with hydra ``overrides`` (and
+        the consortium's ``signature`` of the FAB in the run config)."""
+        result = self.run(self._flwr_run_args(overrides, signature), timeout_s=timeout_s,
                           FLWR_HOME=str(self.home))
         _write_private(self.root / "flwr_run.log", result.stdout)
         return result

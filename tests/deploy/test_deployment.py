@@ -2,8 +2,10 @@
 
 Everything is started through the scripts of ``deploy/`` (via ``deploy.loopback``), exactly as
 a coordinator, three hospitals and a researcher would; an unregistered node and a plaintext
-client are refused. Every process a test starts is stopped by PID in the fixture's
-``finally``, also when the test fails.
+client are refused. The sites run only apps the consortium signed (``--trusted-entities``):
+an unsigned FAB and an altered one are refused by every site, the signed one runs, every
+reply through the site's own egress check. Every process a test starts is stopped by PID in
+the fixture's ``finally``, also when the test fails.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def test_tls_authenticated_federation_runs_two_rounds_and_refuses_intruders(
     fed.start_superlink()
     registered = fed.register()
     assert registered.count("registered successfully") == 3
+    fed.make_signing_key()  # the sites trust the consortium's key only
     for site in fed.sites:
         fed.start_site(site)
 
@@ -80,11 +83,28 @@ def test_tls_authenticated_federation_runs_two_rounds_and_refuses_intruders(
         conn.getresponse()
     conn.close()
 
-    # Execute 2: the researcher runs 2 rounds
-    run_dir = fed.root / "run"
-    result = fed.flwr_run(deployment_overrides(run_dir, 2), timeout_s=600)
+    # Execute / Assert 2: an unsigned FAB, and one whose signature was made for other bytes
+    # (an app altered after signing), are refused by every site; no round runs
+    from deploy.sign_fab import fab_bytes
 
-    # Assert 2: the run completed with every registered site in every round
+    fed.snapshot_app()  # what is signed is what runs, while others edit the checkout
+    for label, signature in [("unsigned", ""), ("altered", fed.sign(fab_bytes(fed.app) + b" "))]:
+        refused_dir = fed.root / f"run-{label}"
+        refused = fed.flwr_run(deployment_overrides(refused_dir, 1), timeout_s=300,
+                               signature=signature)
+        assert not (refused_dir / "results.json").exists(), refused.stdout[-3000:]
+        assert not (refused_dir / "rounds.jsonl").exists()
+    site_logs = "".join(fed.log(f"site-{s}") for s in fed.sites)
+    assert site_logs.count("site guard: refusing run") >= 2 * len(fed.sites), site_logs[-3000:]
+    assert "the app is not signed" in site_logs and "does not match this FAB" in site_logs
+
+    # Execute 3: the researcher runs 2 rounds of the signed FAB
+    run_dir = fed.root / "run"
+    result = fed.flwr_run(deployment_overrides(run_dir, 2), timeout_s=600,
+                          signature=fed.sign())
+
+    # Assert 3: the run completed with every registered site in every round, and no reply was
+    # refused by a site's egress check
     assert result.returncode == 0, result.stdout[-4000:]
     results = json.loads((run_dir / "results.json").read_text())
     assert results["rounds"] == 2 and results["excluded"] == {}
@@ -94,5 +114,6 @@ def test_tls_authenticated_federation_runs_two_rounds_and_refuses_intruders(
         assert {s: e["status"] for s, e in row["sites"].items()} == {
             name: "trained" for name, _, _ in THREE_SITES}
         assert all(e["train"]["answer_s"] > 0 for e in row["sites"].values())
+    assert "site guard refused" not in "".join(fed.log(f"site-{s}") for s in fed.sites)
     assert "No SuperNode found with the given public key" in fed.log("superlink") + (
         fed.root / "superlink" / "superlink.log").read_text()
