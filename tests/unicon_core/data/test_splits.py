@@ -47,3 +47,18 @@ def test_leaked_groups_detects_leakage() -> None:
 def test_bad_fractions_raise(fractions: dict) -> None:
     with pytest.raises(ValueError, match="fractions"):
         assign_splits(["a"], fractions)
+
+
+def test_stratified_splits_keep_groups_and_balance_strata() -> None:
+    from unicon_core.data.splits import stratified_splits
+
+    # Prepare: 40 items, label 1 rare (8 items), patients of 2 items each
+    groups = [f"p{i // 2}" for i in range(40)]
+    strata = [1 if i < 8 else 0 for i in range(40)]
+    # Execute
+    splits = stratified_splits(groups, strata, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=2)
+    # Assert: every split holds the rare label, and no patient spans two splits
+    assert leaked_groups(groups, splits) == []
+    rare = Counter(s for s, y in zip(splits, strata, strict=True) if y == 1)
+    assert rare == {"train": 4, "val": 2, "test": 2}
+    assert stratified_splits(groups, None, seed=2) == assign_splits(groups, seed=2)
