@@ -157,11 +157,20 @@ def site_layout(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
     except (OSError, ValueError) as err:
         raise SiteGuardError(f"{site_dir}/site.json: {err}") from None
     settings = load_settings(overrides_from_run_config(run_config))
-    model = UniconModel(settings.backbone, seed=settings.seed)
-    model.add_task(metadata.task)
-    layout = {k: tuple(int(s) for s in p.shape)
-              for k, p in model.skill_parameters(metadata.task.name).items()}
-    return layout, metadata
+
+    def build() -> dict[str, tuple[int, ...]]:
+        model = UniconModel(settings.backbone, seed=settings.seed)
+        model.add_task(metadata.task)
+        return {k: tuple(int(s) for s in p.shape)
+                for k, p in model.skill_parameters(metadata.task.name).items()}
+
+    import torch
+
+    try:  # shapes only: on the meta device no weights are allocated (a 117M foundation)
+        with torch.device("meta"):
+            return build(), metadata
+    except Exception:  # a backbone that cannot be built without data: build it for real
+        return build(), metadata
 
 
 def site_rules_for(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Any:

@@ -156,7 +156,8 @@ def test_layout_is_the_sites_own_model_for_its_own_task(tmp_path: Path) -> None:
     # Execute
     layout, metadata = site_layout({"site-dir": str(site)}, RUN_CONFIG)
 
-    # Assert: exactly the skill of the task in site.json, at the run's architecture
+    # Assert: exactly the skill of the task in site.json, at the run's architecture (the
+    # layout is built on the meta device: the same shapes as a real model's)
     model = UniconModel(load_settings(overrides_from_run_config(RUN_CONFIG)).backbone)
     model.add_task(metadata.task)
     assert layout == {k: tuple(v.shape) for k, v in model.skill_state_dict(TASK).items()}
