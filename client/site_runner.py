@@ -47,6 +47,7 @@ from unicon_core.federation.protocol import (
 )
 from unicon_core.hydra_config import load_settings
 from unicon_core.seeds import round_seed
+from unicon_flower.records import arrays_to_record, record_to_arrays
 
 if TYPE_CHECKING:
     from unicon_core.config import TaskSpec
@@ -185,12 +186,11 @@ def check_instruction(msg: Message, site: Site, model: UniconModel) -> None:
 
 def load_global_skill(msg: Message, site: Site, model: UniconModel) -> None:
     """Load the task's global skill from the instruction (strict keys and shapes)."""
-    import torch
 
     record = msg.content.array_records.get(RecordKey.SKILL.value)
     if record is None:
         raise ValueError(f"instruction to site {site.name!r} carries no skill record")
-    state = {k: torch.from_numpy(arr.numpy().copy()) for k, arr in record.items()}
+    state = record.to_torch_state_dict()
     model.load_skill_state_dict(site.task_spec.name, state)
 
 
@@ -213,20 +213,19 @@ def delta_record(
     codec = Codec(str(options[ConfigKey.DELTA_CODEC.value]),
                   bool(options.get(ConfigKey.CODEC_PER_ROW.value, False)),
                   float(options.get(ConfigKey.TOPK_FRACTION.value, 0.1)))
-    sent = {k: a.numpy() for k, a in msg.content.array_records[RecordKey.SKILL.value].items()}
+    sent = record_to_arrays(msg.content.array_records[RecordKey.SKILL.value])
     sent = {k: v for k, v in sent.items() if k not in frozen_keys(sent, options)}
     local = {k: v.detach().cpu().numpy() for k, v in model.skill_state_dict(task).items()}
     stored = context.state.array_records.get(RESIDUAL_STATE)
     residual = None
     if stored is not None:
-        residual = {k: a.numpy() for k, a in stored.items()}
+        residual = record_to_arrays(stored)
         if set(residual) != set(sent) or any(residual[k].shape != sent[k].shape for k in sent):
             residual = None  # the layout changed (e.g. another rank): start afresh
     payload, new_residual = encode_delta(local, sent, codec, residual)
     if codec.kind != "none":
-        context.state[RESIDUAL_STATE] = ArrayRecord(
-            {k: Array(v) for k, v in new_residual.items()})
-    return ArrayRecord({k: Array(v) for k, v in payload.items()})
+        context.state[RESIDUAL_STATE] = arrays_to_record(new_residual)
+    return arrays_to_record(payload)
 
 
 def frozen_keys(skill: Any, options: dict[str, Any]) -> set[str]:
@@ -290,7 +289,7 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     })
     content = RecordDict({RecordKey.INFO.value: info, RecordKey.METRICS.value: metrics})
     if summary:  # router statistics: moments over the train split, never rows
-        content[RecordKey.SUMMARY.value] = ArrayRecord({k: Array(v) for k, v in summary.items()})
+        content[RecordKey.SUMMARY.value] = arrays_to_record(summary)
     return Message(content, reply_to=msg)
 
 

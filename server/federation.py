@@ -65,6 +65,7 @@ from unicon_core.federation.protocol import (
     Status,
 )
 from unicon_core.federation.replies import MAX_EXAMPLES, declared_count
+from unicon_flower.records import arrays_to_record, record_to_arrays
 
 if TYPE_CHECKING:
     import numpy as np
@@ -295,7 +296,7 @@ def _summary(reply: Message, node: SiteNode) -> dict[str, Any] | None:
     if record is None:
         return None
     try:
-        arrays = {k: a.numpy() for k, a in record.items()}
+        arrays = record_to_arrays(record)
     except Exception as err:  # damaged bytes or an unknown stype: drop the summary only
         log(WARNING, "site %s: router statistics undecodable (%s), left out", node.site,
             type(err).__name__)
@@ -398,7 +399,7 @@ class RoundRecorder:
         append_jsonl(self.run_dir / ROUNDS_FILE, {**record, "time": time.time()})
         save_checkpoint(self.run_dir, Checkpoint(
             round=rnd,
-            arrays={k: a.numpy() for k, a in arrays.items()},
+            arrays=record_to_arrays(arrays),
             foundation_hash=self.foundation_hash,
             config=self.settings.resolved,
             stopped=dict(self.stopped),
@@ -512,11 +513,10 @@ def run_federation(
     remaining = settings.federation.rounds - offset
     try:
         if remaining > 0:
-            from flwr.app import Array
 
             strategy.start(
                 grid=grid,
-                initial_arrays=ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                initial_arrays=arrays_to_record(arrays),
                 num_rounds=remaining,
                 timeout=settings.federation.round_timeout_s,
             )

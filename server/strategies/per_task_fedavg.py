@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import (
-    Array,
     ArrayRecord,
     ConfigRecord,
     Message,
@@ -85,6 +84,7 @@ from unicon_core.federation.sampling import sample_sites
 from unicon_core.federation.server_opt import ServerOptimizer
 from unicon_core.federation.validation import ValidationPolicy, update_norm
 from unicon_flower.accounting import CommLedger, content_bytes
+from unicon_flower.records import arrays_to_record, record_to_arrays
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
 
@@ -288,7 +288,7 @@ class PerTaskFedAvg(FedAvg):
         """Validate each reply, group by task and aggregate each task over its own sites."""
         rnd = server_round + self.round_offset
         assert self._arrays is not None
-        current = {k: a.numpy() for k, a in self._arrays.items()}
+        current = record_to_arrays(self._arrays)
         grouped: dict[str, list[tuple[str, dict[str, np.ndarray], dict[str, Any], float]]] = (
             defaultdict(list)
         )
@@ -336,7 +336,7 @@ class PerTaskFedAvg(FedAvg):
             self._record["tasks"].setdefault(task, {}).update(task_metrics)
             for key, value in task_metrics.items():
                 summary[f"{task}/{key}"] = value
-        self._arrays = ArrayRecord({k: Array(np.asarray(v)) for k, v in current.items()})
+        self._arrays = arrays_to_record(current)
         return self._arrays, summary
 
     def aggregate_task(
@@ -434,7 +434,7 @@ class PerTaskFedAvg(FedAvg):
         nodes: Sequence[SiteNode],
         message_type: str,
     ) -> list[Message]:
-        union = {k: a.numpy() for k, a in arrays.items()}
+        union = record_to_arrays(arrays)
         self._asked[message_type] = list(nodes)
         messages = []
         for node in nodes:
@@ -446,7 +446,7 @@ class PerTaskFedAvg(FedAvg):
             if message_type == MessageType.TRAIN:
                 self._sent[node.site] = sent
                 instruction.update(self.instructions(node.task))
-            skill = ArrayRecord({k: Array(np.asarray(v)) for k, v in sent.items()})
+            skill = arrays_to_record(sent)
             content = RecordDict(
                 {self.arrayrecord_key: skill, self.configrecord_key: instruction}
             )
@@ -546,7 +546,7 @@ class PerTaskFedAvg(FedAvg):
                         base in reference and tuple(arr.shape) == reference[base].shape)
                     if not fits:
                         return Rejected(f"{key}: shape {tuple(arr.shape)} does not fit the skill")
-                payload = {k: a.numpy() for k, a in encoded.items()}
+                payload = record_to_arrays(encoded)
                 self._delta_digests[node.site] = "delta:" + digest(payload)
                 frozen = a_keys(reference) if opts.lora_rule == "ffa" else set()
                 trained = {k: v for k, v in reference.items() if k not in frozen}
@@ -557,7 +557,7 @@ class PerTaskFedAvg(FedAvg):
                 if key in reference and tuple(arr.shape) != reference[key].shape:
                     return Rejected(f"{key}: shape {tuple(arr.shape)} != "
                                     f"{reference[key].shape}")
-            state = {k: a.numpy() for k, a in skill.items()}
+            state = record_to_arrays(skill)
             if opts.lora_rule == "ffa":  # A is frozen: a site need not send it back
                 state.update({k: reference[k] for k in a_keys(reference) if k not in state})
         return check_reply(
