@@ -243,23 +243,23 @@ def survey(seeds: Sequence[int], phases: int, steps: int, n_train: int,
            n_test: int) -> list[dict[str, Any]]:
     """Each adaptation strategy on the real CT FM, same steps; Dice on held-out phantoms."""
     from unicon_core.continual.baselines import ADAPTATION_STRATEGIES
-    from unicon_core.continual.fedloop import lr_groups
+    from unicon_core.training.plans import lr_groups, plan_parameters, round_plan
 
     spec = _task("ct_seg", "segmentation", "ct", 3, [32, 32, 32])
     test = phantoms(n_test, seed=10_000)
     rows = []
     for seed in seeds:
         train = phantoms(n_train, seed=seed)
-        for name, plan_fn in ADAPTATION_STRATEGIES.items():
+        for name, plan_name in ADAPTATION_STRATEGIES.items():
             model = UniconModel(CT_FM, seed=seed)
             model.add_task(spec)
-            params = dict(model.named_parameters())
+            params = plan_parameters(model, "ct_seg", plan_name)
             lr = 1e-4 if name in ("full_finetune", "gradual_unfreezing", "discriminative_lr") \
                 else 1e-3
             start = time.perf_counter()
             for phase in range(phases):
-                plan = plan_fn(model, "ct_seg", phase, phases)
-                groups = lr_groups({n: params[n] for n in plan.names}, plan.lr_scale, lr)
+                plan = round_plan(model, "ct_seg", plan_name, phase, phases)
+                groups = lr_groups({n: params[n] for n in plan.keys}, plan.lr_scale, lr)
                 train_task(model, "ct_seg", make_loader(train, 2, shuffle=True,
                                                         seed=seed * 100 + phase),
                            TrainConfig(max_steps=steps, lr=lr, seed=seed * 100 + phase,
@@ -267,8 +267,8 @@ def survey(seeds: Sequence[int], phases: int, steps: int, n_train: int,
             wall = time.perf_counter() - start
             dice = evaluate_task(model, "ct_seg", make_loader(test, 4, shuffle=False),
                                  primary_only=True)["dice"]
-            trained = sum(params[n].numel() for n in plan_fn(model, "ct_seg", phases - 1,
-                                                            phases).names)
+            trained = sum(params[n].numel() for n in round_plan(model, "ct_seg", plan_name,
+                                                                phases - 1, phases).keys)
             rows.append({"strategy": name, "seed": seed, "dice": float(dice), "wall_s": wall,
                          "trained_params_last_phase": trained})
             print(f"  survey {name} seed {seed}: Dice {dice:.3f} ({wall:.0f} s)", flush=True)

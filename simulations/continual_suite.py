@@ -9,8 +9,9 @@ from typing import Any
 
 from unicon_core.config import BackboneConfig
 from unicon_core.continual.baselines import CONTINUAL_STRATEGIES, IsolatedSkills
-from unicon_core.continual.runner import RunContext, make_context, open_sites, run_continual
+from unicon_core.continual.runner import RunContext, open_sites, run_continual
 from unicon_core.continual.stages import ContinualConfig
+from unicon_flower.continual import make_context
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,8 @@ def run_on_foundation(
     from unicon_core.continual.foundation import federated_foundation
 
     sites = open_sites(cfg, seed)
-    first = [sites[s] for s in cfg.stages[0].sites]
-    train = RunContext(cfg, seed, backbone, run_dir, sites, []).train
-    path, loop = federated_foundation(backbone, seed, first, cfg.rounds, train, cfg.local_steps,
+    stage = make_context(cfg, seed, backbone, run_dir, overrides, sites)
+    path, loop = federated_foundation(stage, list(cfg.stages[0].sites),
                                       run_dir / f"foundation_seed{seed}.safetensors")
     fb = replace(backbone, checkpoint=str(path))
     ctx = make_context(cfg, seed, fb, run_dir / f"isolated_foundation_seed{seed}",

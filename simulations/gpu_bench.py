@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import Dataset
 
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
-from unicon_core.continual.baselines import full_finetune
 from unicon_core.device import resolve_device
 from unicon_core.model import UniconModel
 from unicon_core.training import make_loader, train_task
+from unicon_core.training.plans import Plan, plan_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_MD = REPO / "simulations" / "results" / "gpu.md"
@@ -57,8 +57,7 @@ def measure(cfg: BackboneConfig, spec: TaskSpec, mode: str, device: str, batch: 
     model.add_task(spec)
     params = None
     if mode == "full":
-        names = set(full_finetune.plan(model, spec.name, 0, 1).names)
-        params = [p for n, p in model.named_parameters() if n in names]
+        params = list(plan_parameters(model, spec.name, Plan.FULL_FINETUNE).values())
     loader = make_loader(_Random(spec, batch * (steps + 1)), batch, shuffle=False)
     train = TrainConfig(max_steps=1, batch_size=batch, progress=False, device=device)
     dev = resolve_device(device)

@@ -197,6 +197,8 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
               "- Naive sequential (one shared adapter): BWT per seed = "
               f"{[round(b, 4) for b in naive_bwt]} (expected < 0: "
               f"{'yes' if naive_bwt and mean_std(naive_bwt)[0] < 0 else 'no'}).", ""]
+    if suite.get("before"):
+        lines += before_after(suite["before"], suite)
     lines += ["### Task x stage matrix, isolated skills (mean ± std)", ""]
     lines += _matrix_table(cont.get("isolated", []), order, stages, suite)
     if "naive_sequential" in cont:
@@ -293,10 +295,18 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
                   "(1/2.6)^(depth below the top).", ""]
 
     ov = suite.get("overhead")
-    lines += ["## Wall time: Flower simulation vs plain loop", ""]
+    in_process = "comparator" in (ov or {})
+    lines += ["## Wall time: Flower simulation vs " + ("the in-process federation"
+                                                       if in_process else "plain loop"), ""]
     if ov:
-        lines += [f"`flwr run` local simulation {ov['flwr_s']:.1f} s vs the same training in "
-                  f"a plain loop {ov['plain_s']:.1f} s ({ov['sites']} sites, {ov['rounds']} "
+        against = ("the same federation in process (the product's strategy and ClientApp "
+                   "without Flower's runtime; since #16 there is no plain loop, and this "
+                   "comparator does more work than the old one: a query round and each "
+                   "site's validation every round, so the ratio is not comparable with "
+                   "earlier plain-loop ratios)" if in_process else "the same training in a "
+                   "plain loop")
+        lines += [f"`flwr run` local simulation {ov['flwr_s']:.1f} s vs {against} "
+                  f"{ov['plain_s']:.1f} s ({ov['sites']} sites, {ov['rounds']} "
                   f"rounds, {ov['local_steps']} local steps, evaluation every round; measured "
                   f"side by side in this run): ratio **{ov['ratio']:.2f}×**, goal ≤ "
                   f"{GOAL_WALL_RATIO}×: {goal(ov['ratio'] <= GOAL_WALL_RATIO)}. The flwr time "
@@ -309,7 +319,8 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
                                    ("query round (first ClientApp calls)", "query_s"),
                                    ("training + evaluation rounds", "rounds_s"),
                                    ("shut-down", "shutdown_s")]])
-            lines += ["", f"The rounds alone take {ov['rounds_ratio']:.2f}× the plain loop "
+            lines += ["", f"The rounds alone take {ov['rounds_ratio']:.2f}× "
+                      f"{'the in-process rounds' if in_process else 'the plain loop'} "
                       "(a secondary figure: the goal above is judged on the whole run, as a "
                       "user waits for it). The fixed start-up does not grow with the training "
                       "budget, so the whole-run ratio falls as rounds get longer.", ""]
@@ -319,6 +330,68 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
     text = "\n".join(lines)
     path.write_text(text)
     return text
+
+
+#: What the one-engine refactor (issue #16) changed in how the baselines train, for the reader
+#: of a before/after table (facts of the code, not of any run).
+ENGINE_CHANGES = (
+    "Before #16, every baseline but isolated skills and naive sequential ran on a second, "
+    "plain FedAvg loop; after it, every method trains through the product's ServerApp "
+    "strategy and ClientApp in process (same seeds per site and round, same local budget). "
+    "On the product path each site builds its own model per message (same seeded "
+    "initialisation) and reports validation metrics every round; every reply is checked by "
+    "the server (norm bound, counts clamped to what the site declared); aggregation is the "
+    "strategy's; bytes are the strategy's ledger of real messages (more metrics per reply "
+    "than the old loop's hand-made ones)."
+)
+
+
+def before_after(before: dict[str, Any], suite: dict[str, Any]) -> list[str]:
+    """The continual summary of a run before the one-engine refactor next to this run's.
+
+    A method's average final metric is *identical* when every seed's value is the same,
+    *within seed noise* when the means differ by at most the larger of the two seed standard
+    deviations, else it *moved beyond seed noise* (said in the table and the text).
+    """
+    rows, moved = [], []
+    methods = {**{n: r for n, r in suite["continual"].items()},
+               **({"isolated on federated foundation": suite["foundation"]}
+                  if suite.get("foundation") else {})}
+    old_methods = {**before.get("continual", {}),
+                   **({"isolated on federated foundation": before["foundation"]}
+                      if before.get("foundation") else {})}
+    for name, res in methods.items():
+        old = old_methods.get(name)
+        if not old:
+            rows.append([name, "not run", fmt([r["avg"] for r in res]), "", "",
+                         fmt([r["bwt"] for r in res]), "no before value"])
+            continue
+        a, b = [r["avg"] for r in res], [r["avg"] for r in old]
+        (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+        noise = max(sa if math.isfinite(sa) else 0.0, sb if math.isfinite(sb) else 0.0)
+        if len(a) == len(b) and all(x == y for x, y in zip(a, b, strict=True)):
+            verdict = "identical per seed"
+        elif abs(ma - mb) <= noise:
+            verdict = "within seed noise"
+        else:
+            verdict = "**moved beyond seed noise**"
+            moved.append(name)
+        rows.append([name, fmt(b), fmt(a), f"{ma - mb:+.3f}", fmt([r["bwt"] for r in old]),
+                     fmt([r["bwt"] for r in res]), verdict])
+    meta = before.get("meta", {})
+    lines = ["", "### Continual summary before/after the one-engine refactor (#16)", "",
+             f"Before: `{meta.get('command', '?')}` at commit {meta.get('commit', '?')} "
+             f"({meta.get('date', '?')}), seeds {meta.get('seeds', '?')}; after: this run. "
+             "Seed noise = the larger of the two standard deviations over seeds.", ""]
+    lines += _table(["method", "avg final before", "avg final after", "Δ mean", "BWT before",
+                     "BWT after", "verdict"], rows)
+    lines += ["", ENGINE_CHANGES, ""]
+    if moved:
+        lines += [f"Moved beyond seed noise: {', '.join(moved)}; see the reasons above "
+                  "(the methods now run on the product's code, which is what is measured).", ""]
+    else:
+        lines += ["No method moved beyond seed noise.", ""]
+    return lines
 
 
 def _matrix_table(results: Sequence[dict[str, Any]], order: Sequence[str],

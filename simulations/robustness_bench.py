@@ -44,7 +44,7 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +53,8 @@ from typing import Any
 import numpy as np
 
 from simulations.report import mean_std
+from unicon_core.federation.validation import update_norm
+from unicon_flower.inprocess import FIRST_NODE
 
 RESULTS = Path(__file__).resolve().parent / "results" / "robustness.md"
 TASK = "synth_cls"
@@ -96,22 +98,6 @@ CONFIGS = CLEAN + ATTACKED
 
 
 # ------------------------------------------------------------------------------ pure functions
-def attack_update(sent: Arrays, trained: Arrays, factor: float) -> dict[str, np.ndarray]:
-    """``sent + factor * (trained - sent)`` per key, in each key's dtype (the poisoned reply)."""
-    out = {}
-    for key, arr in trained.items():
-        start = np.asarray(sent[key])
-        out[key] = (start + factor * (np.asarray(arr) - start)).astype(start.dtype)
-    return out
-
-
-def update_norm(sent: Arrays, trained: Arrays) -> float:
-    """L2 norm of ``trained - sent`` over all keys, in float64."""
-    return math.sqrt(sum(
-        float(np.sum((np.asarray(trained[k], np.float64) - np.asarray(sent[k], np.float64)) ** 2))
-        for k in trained))
-
-
 def norm_bound(norms: Iterable[float], multiple: float = BOUND_MULTIPLE) -> float:
     """The update-norm bound: ``multiple`` x the median of honest update norms."""
     values = [float(v) for v in norms]
@@ -190,28 +176,6 @@ def _arrays(msg: Any) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in msg.content.array_records["skill"].items()}
 
 
-def wrapped(app: Callable[..., Any], attacker_node: int, factor: float | None,
-            norms: list[tuple[int, int, float]]) -> Callable[..., Any]:
-    """Wrap a ClientApp: record each honest train update's norm ``(round, node, norm)``; the
-    attacker's train replies then carry ``global + factor * update`` (``factor`` None: clean)."""
-    from flwr.app import Array, ArrayRecord
-
-    def call(msg: Any, context: Any) -> Any:
-        reply = app(msg, context)
-        if (msg.metadata.message_type != "train" or reply.has_error()
-                or "skill" not in reply.content.array_records):
-            return reply
-        sent, trained = _arrays(msg), _arrays(reply)
-        rnd = int(msg.content.config_records["config"]["server-round"])
-        norms.append((rnd, context.node_id, update_norm(sent, trained)))
-        if factor is not None and context.node_id == attacker_node:
-            bad = attack_update(sent, trained, factor)
-            reply.content["skill"] = ArrayRecord({k: Array(v) for k, v in bad.items()})
-        return reply
-
-    return call
-
-
 def step_diagnostics(exchanges: Sequence[Any], attacker_node: int) -> list[tuple[float, float]]:
     """Per round: :func:`step_error` of the aggregate (the next evaluate instruction's skill)
     against the honest (non-attacker) sites' train replies."""
@@ -240,11 +204,10 @@ def run_one(cfg: Config, site_dirs: Sequence[Path], run_dir: Path, rounds: int, 
     """One federated run: final metric, update norms, rejections, step diagnostics."""
     import torch
 
-    from client.client_app import make_client_app
-    from server.federation import run_federation
-    from unicon_core.federation.config import load_settings, site_dirs_override
-    from unicon_core.federation.inprocess import InProcessGrid
+    from client.mods.attack import UpdateAttack
+    from unicon_core.federation.config import site_dirs_override
     from unicon_core.federation.outputs import read_jsonl
+    from unicon_flower.runner import node_configs, run_overrides
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)  # keeps rejections (ERROR) visible
@@ -256,14 +219,14 @@ def run_one(cfg: Config, site_dirs: Sequence[Path], run_dir: Path, rounds: int, 
     ]
     if bound is not None:
         overrides.append(f"strategy.max_update_norm={bound!r}")
-    app = make_client_app(overrides)
-    grid = InProcessGrid(app, len(site_dirs))  # type: ignore[arg-type]
-    attacker = grid.node_ids[ATTACKER] if len(site_dirs) > ATTACKER else -1
+    attacker = FIRST_NODE + ATTACKER if len(site_dirs) > ATTACKER else -1
     norms: list[tuple[int, int, float]] = []
     factor = ATTACKS[cfg.attack] if cfg.attack is not None else None
-    grid.client_app = wrapped(app, attacker, factor, norms)  # type: ignore[assignment]
+    attack = UpdateAttack(factor, [attacker], observe=lambda rnd, node, sent, trained:
+                          norms.append((rnd, node, update_norm(sent, trained))))
     start, cpu = time.perf_counter(), time.process_time()
-    run_federation(grid, load_settings(overrides))
+    grid = run_overrides(overrides, len(site_dirs), mods=[attack],
+                         configs=node_configs(len(site_dirs)))
     seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
     results = json.loads((run_dir / "results.json").read_text())
     rows = read_jsonl(run_dir / "rounds.jsonl")

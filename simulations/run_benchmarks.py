@@ -55,7 +55,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="only re-render --out and the plots from a finished suite's results.json")
     p.add_argument("--assemble-only", type=Path, default=None, metavar="SUITE_MD",
                    help="only rebuild --out from a finished suite's BENCHMARKS.md + sections")
+    p.add_argument("--before", type=Path, default=None, metavar="RESULTS_JSON",
+                   help="a run before the one-engine refactor (#16): its results.json, or the "
+                        "compact file --save-before wrote; adds a before/after continual table")
+    p.add_argument("--before-commit", default="?", help="the commit the --before run ran on")
+    p.add_argument("--save-before", type=Path, default=None, metavar="JSON",
+                   help="with --before: also write its compact continual summary here")
     return p.parse_args(argv)
+
+
+def compact_before(path: Path, commit: str = "?") -> dict[str, Any]:
+    """The continual summary of a suite's ``results.json`` (per method and seed: avg, BWT,
+    forgetting), or a file already in that compact form, as ``suite["before"]``."""
+    data = json.loads(path.read_text())
+    if "suite" not in data:
+        return _undefined_as_nan(data)  # type: ignore[no-any-return]
+    suite = _undefined_as_nan(data["suite"])
+    keep = ("seed", "avg", "bwt", "forgetting")
+    return {
+        "meta": {"command": suite["meta"]["command"], "date": suite["meta"]["date"],
+                 "seeds": suite["meta"]["seeds"], "commit": commit},
+        "continual": {n: [{k: r[k] for k in keep} for r in res]
+                      for n, res in suite["continual"].items()},
+        "foundation": [{k: r[k] for k in keep if k in r} for r in suite.get("foundation", [])],
+    }
+
+
+def attach_before(suite: dict[str, Any], args: argparse.Namespace) -> None:
+    """``suite["before"]`` from ``--before`` (and its compact copy to ``--save-before``)."""
+    if args.before is None:
+        return
+    suite["before"] = compact_before(args.before, args.before_commit)
+    if args.save_before is not None:
+        args.save_before.parent.mkdir(parents=True, exist_ok=True)
+        args.save_before.write_text(json.dumps(suite["before"], indent=1, allow_nan=True) + "\n")
 
 
 def machine() -> str:
@@ -75,11 +108,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from simulations.communication import bytes_table
     from simulations.overhead import measure_overhead
     from unicon_core.config import TaskKind
-    from unicon_core.continual.runner import make_context, open_sites
+    from unicon_core.continual.runner import open_sites
     from unicon_core.continual.stages import ContinualConfig
     from unicon_core.demo_data.prepare import prepare_demo
     from unicon_core.federation.outputs import new_run_dir, write_json
     from unicon_core.hydra_config import backbone_config, load_config
+    from unicon_flower.continual import make_context
 
     args = parse_args(argv)
     if args.assemble_only is not None:
@@ -87,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         return args.out.parent
     if args.report_only is not None:
         suite = _undefined_as_nan(json.loads(args.report_only.read_text())["suite"])
+        attach_before(suite, args)
         render(suite, Path(suite["meta"]["run_dir"]), args)
         return Path(suite["meta"]["run_dir"])
     _log_to_stderr()
@@ -160,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "bwt": mean_std([r["bwt"] for r in iso])[0],
         "forgetting": mean_std([r["forgetting"] for r in iso])[0],
     }
+    attach_before(suite, args)
     results = {"experiment": experiment, "synthetic": synthetic,
                "continual": suite["continual_summary"], "suite": suite}
     write_json(run_dir / "results.json", results)
@@ -205,7 +241,7 @@ def run_seed(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path, seed:
     from simulations.adaptation import run_adaptation
     from simulations.continual_suite import run_on_foundation, run_strategies
     from simulations.modality import run_modality
-    from unicon_core.continual.runner import make_context
+    from unicon_flower.continual import make_context
 
     results, skills = run_strategies(cfg, backbone, overrides, run_dir, seed, STRATEGIES)
     ctx = make_context(cfg, seed, backbone, run_dir / f"studies_seed{seed}", overrides)

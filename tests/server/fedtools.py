@@ -1,4 +1,4 @@
-"""Shared helpers of the federated tests: tiny tabular sites, tiny configs, an in-process Grid.
+"""Shared helpers of the federated tests: tiny tabular sites, tiny configs, the in-process runner.
 
 The sites are clinical (tabular) so a round takes well under a second on one core; two tasks
 (classification, survival) with their own stems exercise per-task aggregation of adapters,
@@ -16,7 +16,7 @@ import numpy as np
 from unicon_core.config import Modality, TaskKind, TaskSpec
 from unicon_core.data.manifest import SiteMetadata, write_site_json
 from unicon_core.federation.config import site_dirs_override
-from unicon_core.federation.inprocess import InProcessGrid
+from unicon_flower.inprocess import InProcessGrid
 
 FEATURES = ["f0", "f1", "f2"]
 CLS_TASK = "tab_cls"
@@ -94,11 +94,8 @@ def tiny_overrides(
 def run_in_process(
     overrides: Sequence[str], num_nodes: int, client_overrides: Sequence[str] = ()
 ) -> InProcessGrid:
-    """Run the real ServerApp logic against the real ClientApp over an in-process grid."""
-    from client.client_app import make_client_app
-    from server.federation import run_federation
-    from unicon_core.federation.config import load_settings
+    """Run the real ServerApp logic against the real ClientApp over an in-process grid
+    (:func:`unicon_flower.runner.run_overrides`); returns the grid (every exchange)."""
+    from unicon_flower.runner import run_overrides
 
-    grid = InProcessGrid(make_client_app([*overrides, *client_overrides]), num_nodes)
-    run_federation(grid, load_settings(overrides))
-    return grid
+    return run_overrides(overrides, num_nodes, client_overrides=client_overrides)

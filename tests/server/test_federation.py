@@ -262,11 +262,10 @@ def test_invalid_site_data_stops_the_run_below_min_sites(tmp_path: Path) -> None
 
 def test_initial_skills_are_the_first_rounds_global_and_checked(tmp_path: Path) -> None:
     # Prepare: skills after a one-round run, to start another run from
-    from unicon_core.federation.inprocess import InProcessGrid
-
     from client.client_app import make_client_app
     from server.federation import run_federation
     from unicon_core.hydra_config import load_settings
+    from unicon_flower.inprocess import InProcessGrid
 
     dirs = make_sites(tmp_path / "sites", THREE_SITES)
     run_in_process(tiny_overrides(dirs, tmp_path / "first", 1), 3)

@@ -134,3 +134,25 @@ def test_committed_reports_show_repository_relative_paths(tmp_path) -> None:
 
     assert shown_path(REPO / "runs" / "x") == "runs/x"  # no machine path in committed files
     assert shown_path(tmp_path) == str(tmp_path)  # outside the repository: unchanged
+
+
+def test_before_after_table_says_identical_within_noise_or_moved() -> None:
+    """The before/after table of #16 computes its verdicts from the numbers."""
+    from simulations.report import before_after
+
+    def runs(avgs: list[float]) -> list[dict[str, float]]:
+        return [{"avg": a, "bwt": 0.0, "forgetting": 0.0} for a in avgs]
+
+    before = {"meta": {"command": "x", "commit": "abc", "date": "d", "seeds": [0, 1]},
+              "continual": {"a": runs([0.5, 0.6]), "b": runs([0.5, 0.6]),
+                            "c": runs([0.50, 0.51])}}
+    suite = {"continual": {"a": runs([0.5, 0.6]), "b": runs([0.52, 0.61]),
+                           "c": runs([0.70, 0.71]), "d": runs([0.1, 0.2])}}
+    text = "\n".join(before_after(before, suite))
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert "identical per seed" in rows["a"]
+    assert "within seed noise" in rows["b"]
+    assert "moved beyond seed noise" in rows["c"] and "+0.200" in rows["c"]
+    assert "no before value" in rows["d"]
+    assert "Moved beyond seed noise: c" in text and "abc" in text

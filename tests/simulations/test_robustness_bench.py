@@ -7,17 +7,17 @@ import math
 import numpy as np
 import pytest
 
+from client.mods.attack import attack_update
 from simulations.robustness_bench import (
     ATTACKED,
     ATTACKS,
     CLEAN,
     REFERENCE,
-    attack_update,
     norm_bound,
     report,
     step_error,
-    update_norm,
 )
+from unicon_core.federation.validation import update_norm
 
 
 def _pair() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

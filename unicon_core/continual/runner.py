@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
+from unicon_core.continual.engine import Engine, FederatedJob, FederatedOutcome
 from unicon_core.continual.matrix import per_task_forgetting, summary
 from unicon_core.continual.stages import (
     ContinualConfig,
@@ -40,6 +41,9 @@ class RunContext:
     #: enabled foundation-refinement plugins of this run (set by :func:`run_continual`); a
     #: strategy that refines the foundation adds their loss (``plugins.extra_loss_for``)
     plugins: list[Any] = field(default_factory=list)
+    #: the federated engine (the product's ServerApp + ClientApp, set by the Flower layer:
+    #: :func:`unicon_flower.continual.make_context`)
+    engine: Engine | None = None
 
     @property
     def train(self) -> TrainConfig:
@@ -52,6 +56,13 @@ class RunContext:
     def specs(self) -> dict[str, TaskSpec]:
         """Task name -> spec, from the site folders."""
         return {s.task_spec.name: s.task_spec for s in self.sites.values()}
+
+    def federate(self, job: FederatedJob) -> FederatedOutcome:
+        """Run ``job`` on the federated engine (an error naming the fix without one)."""
+        if self.engine is None:
+            raise RuntimeError("this run context has no federated engine: build it with "
+                               "unicon_flower.continual.make_context")
+        return self.engine(self, job)
 
     def task_sites(self, task: str, upto: int) -> list[str]:
         """Sites serving ``task`` that joined at stage ``upto`` or before (stage order)."""
@@ -105,7 +116,7 @@ class MatrixPlugin(Plugin):
 
     def after_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
         """Fill the column of this stage."""
-        from unicon_core.continual.fedloop import weighted_value
+        from unicon_core.continual.evaluation import weighted_value
 
         self.order += [t for t in plan.new_tasks if t not in self.order]
         column, sites = {}, {}
@@ -155,12 +166,15 @@ def open_sites(cfg: ContinualConfig, seed: int) -> dict[str, Any]:
 def make_context(
     cfg: ContinualConfig, seed: int, backbone: BackboneConfig, run_dir: Path,
     overrides: list[str] | None = None, sites: dict[str, Any] | None = None,
+    engine: Engine | None = None,
 ) -> RunContext:
-    """A run context with its sites opened and its stages planned."""
+    """A run context with its sites opened and its stages planned (``engine``: the federated
+    engine its strategies train through)."""
     sites = sites if sites is not None else open_sites(cfg, seed)
     plans = plan_stages(cfg, {n: s.task_spec.name for n, s in sites.items()})
     run_dir.mkdir(parents=True, exist_ok=True)
-    return RunContext(cfg, seed, backbone, run_dir, sites, plans, list(overrides or []))
+    return RunContext(cfg, seed, backbone, run_dir, sites, plans, list(overrides or []),
+                      engine=engine)
 
 
 def run_continual(

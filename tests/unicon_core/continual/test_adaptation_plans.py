@@ -1,15 +1,25 @@
-"""What each adaptation strategy trains, on a tiny model."""
+"""What each plan (adaptation strategy) exchanges and trains, on a tiny model."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from unicon_core.config import BackboneConfig, TaskSpec
 from unicon_core.continual.baselines import ADAPTATION_STRATEGIES
-from unicon_core.continual.baselines.discriminative_lr import DECAY
-from unicon_core.continual.baselines.gradual_unfreezing import unfrozen_from
-from unicon_core.continual.fedloop import backbone_names, head_names, skill_names, stem_names
 from unicon_core.model import UniconModel
+from unicon_core.training.plans import (
+    DECAY,
+    Plan,
+    as_plan,
+    backbone_names,
+    load_plan_state,
+    plan_keys,
+    plan_state,
+    round_plan,
+    trained_parameters,
+    unfrozen_from,
+)
 
 TASK = "cls"
 
@@ -21,37 +31,79 @@ def model() -> UniconModel:
     return m
 
 
-def test_each_strategy_trains_its_parameter_set(model: UniconModel) -> None:
+def _prefixed(model: UniconModel, prefix: str) -> set[str]:
+    return {k for k in model.skill_keys(TASK) if k.startswith(prefix)}
+
+
+def test_each_plan_exchanges_its_parameter_set(model: UniconModel) -> None:
     # Execute
-    plans = {k: set(f(model, TASK, 0, 3).names) for k, f in ADAPTATION_STRATEGIES.items()}
+    keys = {p: set(plan_keys(model, TASK, p)) for p in Plan}
     # Assert
-    full = set(stem_names(model, TASK) + backbone_names(model) + head_names(model, TASK))
-    assert plans["linear_probe"] == set(head_names(model, TASK))
-    assert plans["lora"] == set(skill_names(model, TASK))
-    assert plans["full_finetune"] == full
-    assert plans["discriminative_lr"] == full
-    assert plans["gradual_unfreezing"] < full
-    assert set(head_names(model, TASK)) <= plans["gradual_unfreezing"]
+    backbone = {n.replace(".base_layer", "") for n in backbone_names(model)}
+    head, stem, adapter = (_prefixed(model, p) for p in ("head.", "stem.", "adapter."))
+    assert keys[Plan.SKILL] == model.skill_keys(TASK) == head | stem | adapter
+    assert keys[Plan.HEAD] == head and keys[Plan.ADAPTER] == adapter and keys[Plan.STEM] == stem
+    assert keys[Plan.BACKBONE] == backbone and not any(".lora_" in k for k in backbone)
+    assert keys[Plan.FULL] == backbone | model.skill_keys(TASK)
+    for p in (Plan.FULL_FINETUNE, Plan.GRADUAL_UNFREEZING, Plan.DISCRIMINATIVE_LR):
+        assert keys[p] == stem | backbone | head
+    assert {k: v.value for k, v in ADAPTATION_STRATEGIES.items()} == {
+        "linear_probe": "head", "full_finetune": "full_finetune", "lora": "skill",
+        "gradual_unfreezing": "gradual_unfreezing", "discriminative_lr": "discriminative_lr"}
+    with pytest.raises(ValueError, match="unknown plan 'everything'"):
+        as_plan("everything")
+
+
+def test_skill_plan_state_is_the_skill_state_dict(model: UniconModel) -> None:
+    # Execute
+    state = plan_state(model, TASK, Plan.SKILL)
+    # Assert: today's bytes, key for key
+    expected = model.skill_state_dict(TASK)
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in state)
+
+
+def test_plan_state_round_trips_and_refuses_a_wrong_layout(model: UniconModel) -> None:
+    # Prepare: another model (other seed) gets this one's full state
+    other = UniconModel(model.cfg, seed=1)
+    other.add_task(model.spec(TASK))
+    state = plan_state(model, TASK, Plan.FULL)
+    # Execute
+    load_plan_state(other, TASK, Plan.FULL, {k: v.numpy() for k, v in state.items()})
+    # Assert
+    again = plan_state(other, TASK, Plan.FULL)
+    assert all(torch.equal(again[k], state[k]) for k in state)
+    assert other.foundation_hash == model.foundation_hash
+    bad = dict(state)
+    bad.pop(next(iter(bad)))
+    with pytest.raises(ValueError, match="missing"):
+        load_plan_state(other, TASK, Plan.FULL, bad)
 
 
 def test_gradual_unfreezing_reaches_everything_by_the_last_round(model: UniconModel) -> None:
     # Execute
-    sizes = [len(ADAPTATION_STRATEGIES["gradual_unfreezing"](model, TASK, r, 4).names)
-             for r in range(4)]
+    sizes = [len(round_plan(model, TASK, Plan.GRADUAL_UNFREEZING, r, 4).keys) for r in range(4)]
     # Assert
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
-    assert sizes[-1] == len(ADAPTATION_STRATEGIES["full_finetune"](model, TASK, 0, 4).names)
+    assert sizes[-1] == len(plan_keys(model, TASK, Plan.FULL_FINETUNE))
+    assert set(round_plan(model, TASK, Plan.GRADUAL_UNFREEZING, 0, 4).keys) == _prefixed(
+        model, "head.") | {k for k in plan_keys(model, TASK, Plan.BACKBONE) if "norm" in k
+                           and ".blocks." not in k}
     assert [unfrozen_from(r, 4, 3) for r in range(4)] == [3, 2, 1, 0]
     assert unfrozen_from(0, 1, 3) == 0
 
 
 def test_discriminative_lr_decays_with_depth(model: UniconModel) -> None:
     # Execute
-    plan = ADAPTATION_STRATEGIES["discriminative_lr"](model, TASK, 0, 3)
+    plan = round_plan(model, TASK, Plan.DISCRIMINATIVE_LR, 0, 3)
+    groups = trained_parameters(model, TASK, Plan.DISCRIMINATIVE_LR, 0, 3, lr=0.1)
     # Assert
-    head = head_names(model, TASK)[0]
-    stem = stem_names(model, TASK)[0]
-    block0 = next(n for n in backbone_names(model) if ".blocks.0." in n)
+    head = sorted(_prefixed(model, "head."))[0]
+    stem = sorted(_prefixed(model, "stem."))[0]
+    block0 = next(k for k in plan.keys if ".blocks.0." in k)
     assert plan.lr_scale[head] == 1.0
     assert plan.lr_scale[block0] == pytest.approx(DECAY ** 2)
     assert plan.lr_scale[stem] == pytest.approx(DECAY ** 3)
+    assert sorted(g["lr"] for g in groups) == pytest.approx(
+        sorted(0.1 * DECAY ** d for d in (3, 2, 1, 0)))
+    assert sum(len(g["params"]) for g in groups) == len(plan.keys)

@@ -10,7 +10,8 @@ import pytest
 from tests.unicon_core.continual.test_stage_run import TINY, TINY_OVERRIDES, _config
 from unicon_core.continual.baselines.refined import RefinedFoundation, loop_takes_a_regulariser
 from unicon_core.continual.plugins import build_plugins
-from unicon_core.continual.runner import make_context, run_continual
+from unicon_core.continual.runner import run_continual
+from unicon_flower.continual import make_context
 
 
 def _run(tmp_path: Path, plugins: list[Any] | None, tag: str) -> tuple[dict[str, Any], Any]:
@@ -65,9 +66,9 @@ def test_the_strategy_gives_ewc_its_fisher_and_mds_its_site_features(tmp_path: P
     # Prepare
     import torch
 
-    from unicon_core.continual.fedloop import backbone_names
     from unicon_core.continual.plugins import EWCPlugin, MDSPlugin
     from unicon_core.continual.plugins.mds import FeatureStats
+    from unicon_core.training.plans import backbone_names
 
     cfg = _config(tmp_path / "sites")
     ctx = make_context(cfg, 0, TINY, tmp_path / "run", TINY_OVERRIDES)

@@ -9,8 +9,9 @@ import pytest
 from tests.server.fedtools import CLS_TASK, SURV_TASK, make_sites
 from unicon_core.config import BackboneConfig
 from unicon_core.continual.baselines import IsolatedSkills, NaiveSequential
-from unicon_core.continual.runner import make_context, run_continual
+from unicon_core.continual.runner import run_continual
 from unicon_core.continual.stages import ContinualConfig, Stage
+from unicon_flower.continual import make_context
 
 TINY = BackboneConfig(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64)
 TINY_OVERRIDES = ["experiment=continual", "backbone.hidden_size=32", "backbone.num_layers=2",
@@ -77,10 +78,12 @@ def test_foundation_stage_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     sites = open_sites(cfg, 0)
     ctx = make_context(cfg, 0, TINY, tmp_path / "run", TINY_OVERRIDES, sites)
     # Execute
-    path, _ = federated_foundation(TINY, 0, [sites["cls_a"], sites["cls_b"]], 1, ctx.train, 2,
-                                   tmp_path / "f.safetensors")
+    path, run = federated_foundation(ctx, ["cls_a", "cls_b"], tmp_path / "f.safetensors")
     # Assert: the trained stem is a frozen foundation stem, shared by a task of that kind
     model = UniconModel(replace(TINY, checkpoint=str(path)), seed=0)
     assert model.foundation_hash != UniconModel(TINY, seed=0).foundation_hash
     model.add_task(sites["cls_a"].task_spec)
     assert model.stem_owner[model.task_stem[CLS_TASK]] is None
+    # trained on the product's federation, evaluated on the validation split
+    assert run.results["communication"]["bytes_up_per_site_round"] > 0
+    assert "eval_split: val" in (run.run_dir / "config.yaml").read_text()

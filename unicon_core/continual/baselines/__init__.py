@@ -5,28 +5,25 @@ federated path), ``naive_sequential`` (one shared adapter: the forgetting baseli
 ``local_only``, ``centralised`` (pooled upper bound), ``full_fedavg`` (communication baseline),
 ``refined`` (one shared backbone refined stage after stage, continual plugins as retention terms).
 
-Adaptation strategies (one task, FedAvg over the parameters each one trains): ``linear_probe``,
-``full_finetune``, ``lora``, ``gradual_unfreezing``, ``discriminative_lr``.
+Adaptation strategies (one task, federated with the plan of what each one trains, see
+:mod:`unicon_core.training.plans`): ``linear_probe``, ``full_finetune``, ``lora``,
+``gradual_unfreezing``, ``discriminative_lr``.
+
+Every strategy trains through the run context's federated engine: the product's ServerApp
+strategy and ClientApp (:mod:`unicon_flower.continual`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from unicon_core.continual.baselines import (
-    discriminative_lr,
-    full_finetune,
-    gradual_unfreezing,
-    linear_probe,
-    lora,
-)
 from unicon_core.continual.baselines.centralised import Centralised
 from unicon_core.continual.baselines.full_fedavg import FullModelFedAvg
 from unicon_core.continual.baselines.isolated import IsolatedSkills
 from unicon_core.continual.baselines.local_only import LocalOnly
 from unicon_core.continual.baselines.naive_sequential import NaiveSequential
 from unicon_core.continual.baselines.refined import RefinedFoundation
-from unicon_core.continual.fedloop import PlanFn
+from unicon_core.training.plans import Plan
 
 CONTINUAL_STRATEGIES: dict[str, Callable[[], object]] = {
     "isolated": IsolatedSkills,
@@ -37,12 +34,13 @@ CONTINUAL_STRATEGIES: dict[str, Callable[[], object]] = {
     "refined": RefinedFoundation,
 }
 
-ADAPTATION_STRATEGIES: dict[str, PlanFn] = {
-    "linear_probe": linear_probe.plan,
-    "full_finetune": full_finetune.plan,
-    "lora": lora.plan,
-    "gradual_unfreezing": gradual_unfreezing.plan,
-    "discriminative_lr": discriminative_lr.plan,
+#: Adaptation strategy -> the plan it federates (:mod:`unicon_core.training.plans`).
+ADAPTATION_STRATEGIES: dict[str, Plan] = {
+    "linear_probe": Plan.HEAD,
+    "full_finetune": Plan.FULL_FINETUNE,
+    "lora": Plan.SKILL,
+    "gradual_unfreezing": Plan.GRADUAL_UNFREEZING,
+    "discriminative_lr": Plan.DISCRIMINATIVE_LR,
 }
 
 __all__ = ["ADAPTATION_STRATEGIES", "CONTINUAL_STRATEGIES", "Centralised", "FullModelFedAvg",

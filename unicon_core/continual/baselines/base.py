@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from unicon_core.continual.evaluation import EvalSite, evaluate_sites
 from unicon_core.continual.expansion import expanded_skill
-from unicon_core.continual.fedloop import EvalSite, evaluate_sites
 from unicon_core.continual.runner import RunContext
 from unicon_core.continual.stages import StagePlan
 from unicon_core.model import UniconModel
@@ -20,6 +21,16 @@ def as_tensors(state: dict[str, Any]) -> Skill:
     """A skill as torch tensors (accepts numpy arrays)."""
     return {k: torch.from_numpy(np.asarray(v).copy()) if not isinstance(v, torch.Tensor)
             else v.detach().clone() for k, v in state.items()}
+
+
+def as_arrays(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A state as numpy arrays (what a federated job starts from)."""
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def job_dir(ctx: RunContext, plan: StagePlan, what: str = "") -> Path:
+    """The run folder of one federated job of a stage."""
+    return ctx.run_dir / (f"stage{plan.index}_{plan.stage.name}" + (f"_{what}" if what else ""))
 
 
 class SkillStrategy:
@@ -72,3 +83,10 @@ class SkillStrategy:
         model = self.ensure_task(task, ctx)
         model.load_skill_state_dict(task, self.skills[task])
         return evaluate_sites(model, task, self.eval_sites(task, plan, ctx), ctx.cfg.batch_size)
+
+
+def metric_of(ctx: RunContext, task: str) -> str:
+    """The primary metric of ``task``."""
+    from unicon_core.metrics import PRIMARY_METRIC
+
+    return PRIMARY_METRIC[ctx.specs[task].kind]

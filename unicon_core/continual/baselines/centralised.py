@@ -1,19 +1,25 @@
 """The upper bound: each task's sites pooled in one place, trained as one client.
 
-Same skill, seed and rounds; per round the pooled client runs ``local_steps x number of
-sites`` steps, so it sees as many training examples as the federation does in that round.
+One federated run with one node holding the pooled train data of the task's sites (a pooled
+view of them, :func:`~unicon_core.continual.sites.pooled_site`): same skill, seed and rounds;
+per round the pooled client runs ``local_steps x number of sites`` steps, so it sees as many
+training examples as the federation does in that round.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch.utils.data import ConcatDataset
-
-from unicon_core.continual.baselines.base import SkillStrategy
-from unicon_core.continual.baselines.lora import plan as lora_plan
-from unicon_core.continual.fedloop import Client, fedavg_loop
+from unicon_core.continual.baselines.base import (
+    SkillStrategy,
+    as_arrays,
+    as_tensors,
+    job_dir,
+    metric_of,
+)
+from unicon_core.continual.engine import FederatedJob
 from unicon_core.continual.runner import RunContext
+from unicon_core.continual.sites import pooled_site
 from unicon_core.continual.stages import StagePlan
 
 
@@ -27,14 +33,12 @@ class Centralised(SkillStrategy):
         curves = {}
         for task in plan.trained_tasks:
             start = self.start_skill(task, ctx)
-            model = self.ensure_task(task, ctx)
-            model.load_skill_state_dict(task, start)
             sites = ctx.task_sites(task, plan.index)
-            pooled = Client("pooled", ConcatDataset(
-                [ctx.sites[s].dataset("train", train=True) for s in sites]),
-                steps=ctx.cfg.local_steps * len(sites))
-            result = fedavg_loop(model, task, [pooled], self.eval_sites(task, plan, ctx),
-                                 lora_plan, rounds=ctx.cfg.rounds, train=ctx.train)
-            self.skills[task] = model.skill_state_dict(task)
-            curves[task] = [r.get("value") for r in result.rounds]
+            members = [ctx.sites[s] for s in sites]
+            result = ctx.federate(FederatedJob(
+                [sites[0]], job_dir(ctx, plan, f"{task}_pooled"), initial={task: as_arrays(start)},
+                local_steps=ctx.cfg.local_steps * len(sites),
+                views={sites[0]: lambda _site, m=members: pooled_site(m)}))
+            self.skills[task] = as_tensors(result.states[task])
+            curves[task] = result.curve(task, metric_of(ctx, task))
         return {"tasks": list(plan.trained_tasks), "curves": curves}

@@ -1,30 +1,27 @@
 """The communication baseline: full-model FedAvg per task (backbone + stem + head + adapter).
 
-Every round each site receives and returns the whole model of its task; the backbone is trained
-too, so each task ends with its own backbone (a task's value is measured with its own model).
-Bytes are measured on messages shaped like the real path's, with the same accounting function.
+Every round each site receives and returns the whole model of its task (plan ``full``); the
+backbone is trained too, so each task ends with its own backbone (a task's value is measured
+with its own model). One federated run per stage; per-task aggregation keeps each task's
+backbone apart. Bytes are those the product's strategy measures.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from unicon_core.continual.baselines.base import Skill, SkillStrategy
-from unicon_core.continual.fedloop import (
-    Client,
-    ParamPlan,
-    backbone_names,
-    fedavg_loop,
-    skill_names,
+from unicon_core.continual.baselines.base import (
+    Skill,
+    SkillStrategy,
+    as_arrays,
+    job_dir,
+    metric_of,
 )
+from unicon_core.continual.engine import FederatedJob
 from unicon_core.continual.runner import RunContext
 from unicon_core.continual.stages import StagePlan
 from unicon_core.model import UniconModel
-
-
-def plan(model: UniconModel, task: str, r: int, rounds: int) -> ParamPlan:
-    """Everything the task's model has: backbone weights and the task's skill."""
-    return ParamPlan(backbone_names(model) + skill_names(model, task))
+from unicon_core.training.plans import Plan, load_plan_state, plan_state
 
 
 class FullModelFedAvg(SkillStrategy):
@@ -50,24 +47,29 @@ class FullModelFedAvg(SkillStrategy):
         self.backbones[target] = self.backbones[source]
 
     def train_stage(self, plan_: StagePlan, ctx: RunContext) -> dict[str, Any]:
-        """Full-model FedAvg of each task of the stage over its sites."""
+        """Full-model FedAvg of each task of the stage over its sites (one run)."""
         model = self._model(ctx)
         if not self.fresh_backbone:
             self.fresh_backbone = self._backbone(model)
-        curves, downs, ups = {}, [], []
+        initial = {}
         for task in plan_.trained_tasks:
             start = self.start_skill(task, ctx)
             model.load_skill_state_dict(task, start)
             self._load_backbone(model, self.backbones.get(task, self.fresh_backbone))
-            clients = [Client(s, ctx.sites[s].dataset("train", train=True), ctx.cfg.local_steps,
-                              ctx.sites[s].synthetic) for s in ctx.task_sites(task, plan_.index)]
-            result = fedavg_loop(model, task, clients, self.eval_sites(task, plan_, ctx), plan,
-                                 rounds=ctx.cfg.rounds, train=ctx.train)
+            initial[task] = as_arrays(plan_state(model, task, Plan.FULL))
+        sites = [s for t in plan_.trained_tasks for s in ctx.task_sites(t, plan_.index)]
+        result = ctx.federate(FederatedJob(sites, job_dir(ctx, plan_), plan=Plan.FULL.value,
+                                           initial=initial))
+        curves, downs, ups = {}, [], []
+        for task in plan_.trained_tasks:
+            self._load_backbone(model, self.fresh_backbone)
+            load_plan_state(model, task, Plan.FULL, result.states[task])
             self.skills[task] = model.skill_state_dict(task)
             self.backbones[task] = self._backbone(model)
-            curves[task] = [r.get("value") for r in result.rounds]
-            downs.append(result.bytes_down_per_site_round)
-            ups.append(result.bytes_up_per_site_round)
+            curves[task] = result.curve(task, metric_of(ctx, task))
+            down, up = task_bytes(result.rounds, ctx.task_sites(task, plan_.index))
+            downs.append(down)
+            ups.append(up)
         self._load_backbone(model, self.fresh_backbone)
         return {"tasks": list(plan_.trained_tasks), "curves": curves,
                 "bytes_down_per_site_round": sum(downs) / len(downs),
@@ -83,3 +85,12 @@ class FullModelFedAvg(SkillStrategy):
             return super().evaluate(task, plan_, ctx)
         finally:
             self._load_backbone(model, self.fresh_backbone)
+
+
+def task_bytes(rounds: list[dict[str, Any]], sites: list[str]) -> tuple[float, float]:
+    """Mean bytes down and up per (site, round) over ``sites`` (the strategy's round records)."""
+    downs = [r["sites"][s]["bytes_down"] for r in rounds for s in sites if s in r["sites"]]
+    ups = [r["sites"][s]["bytes_up"] for r in rounds for s in sites if s in r["sites"]]
+    if not downs:
+        raise ValueError(f"no byte counts for sites {sites} in the round records")
+    return sum(downs) / len(downs), sum(ups) / len(ups)

@@ -1,24 +1,24 @@
 """unicon's method: one isolated skill per task, trained by per-task FedAvg on the real path.
 
-Each stage runs the real ServerApp/ClientApp (in process) on the sites of the tasks that train
-at that stage; every other task's skill is untouched, so its held-out value cannot change.
+Each stage runs the real ServerApp/ClientApp (through the run context's federated engine) on the
+sites of the tasks that train at that stage; every other task's skill is untouched, so its
+held-out value cannot change.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from unicon_core.continual.baselines.base import SkillStrategy, as_tensors
+from unicon_core.continual.baselines.base import (
+    SkillStrategy,
+    as_arrays,
+    as_tensors,
+    job_dir,
+    metric_of,
+)
+from unicon_core.continual.engine import FederatedJob
 from unicon_core.continual.runner import RunContext
 from unicon_core.continual.stages import StagePlan
-
-
-def real_path_overrides(ctx: RunContext) -> list[str]:
-    """Hydra overrides giving the real path the run's seed, rounds and local budget."""
-    c = ctx.cfg
-    return [*ctx.overrides, f"seed={ctx.seed}", f"federation.rounds={c.rounds}",
-            f"train.max_steps={c.local_steps}", "train.epochs=10000",
-            f"train.batch_size={c.batch_size}", f"train.lr={c.lr}"]
 
 
 class IsolatedSkills(SkillStrategy):
@@ -32,26 +32,12 @@ class IsolatedSkills(SkillStrategy):
 
     def train_stage(self, plan: StagePlan, ctx: RunContext) -> dict[str, Any]:
         """One federated run over the stage's sites, from each task's starting skill."""
-        from unicon_core.continual.federated import run_federated_stage
-
-        initial = {t: {k: v.numpy() for k, v in self.start_skill(t, ctx).items()}
-                   for t in plan.trained_tasks}
+        initial = {t: as_arrays(self.start_skill(t, ctx)) for t in plan.trained_tasks}
         sites = self.stage_sites(plan, ctx)
-        result = run_federated_stage(
-            real_path_overrides(ctx), [ctx.cfg.site_dir(s) for s in sites],
-            ctx.run_dir / f"stage{plan.index}_{plan.stage.name}", initial,
-        )
+        result = ctx.federate(FederatedJob(sites, job_dir(ctx, plan), initial=initial))
         for task in plan.trained_tasks:
-            self.skills[task] = as_tensors(result.skills[task])
-        comm = result.results["communication"]
+            self.skills[task] = as_tensors(result.states[task])
         return {"sites": sites, "tasks": list(plan.trained_tasks),
-                "bytes_down_per_site_round": comm["bytes_down_per_site_round"],
-                "bytes_up_per_site_round": comm["bytes_up_per_site_round"],
-                "curves": {t: [r["tasks"].get(t, {}).get(_metric(ctx, t)) for r in result.rounds]
-                           for t in plan.trained_tasks}}
-
-
-def _metric(ctx: RunContext, task: str) -> str:
-    from unicon_core.metrics import PRIMARY_METRIC
-
-    return PRIMARY_METRIC[ctx.specs[task].kind]
+                "bytes_down_per_site_round": result.bytes_down_per_site_round,
+                "bytes_up_per_site_round": result.bytes_up_per_site_round,
+                "curves": {t: result.curve(t, metric_of(ctx, t)) for t in plan.trained_tasks}}

@@ -1,18 +1,26 @@
 """Each site alone: a site trains its own skill on its own data and is tested on its own data.
 
 Same skill, seed, rounds and local steps per round as a site of the federation, without
-averaging. A task's value is the example-weighted mean of its sites' own values. A site joins
-once: its skill trains at the stage it joins and never again. A site has no other site's skill,
-so modality expansion does not apply: an expanded task starts fresh here.
+averaging: one federated run per site, with that site as its only node. A task's value is the
+example-weighted mean of its sites' own values. A site joins once: its skill trains at the stage
+it joins and never again. A site has no other site's skill, so modality expansion does not
+apply: an expanded task starts fresh here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from unicon_core.continual.baselines.base import Skill, SkillStrategy
-from unicon_core.continual.baselines.lora import plan as lora_plan
-from unicon_core.continual.fedloop import Client, EvalSite, evaluate_sites, fedavg_loop
+from unicon_core.continual.baselines.base import (
+    Skill,
+    SkillStrategy,
+    as_arrays,
+    as_tensors,
+    job_dir,
+    metric_of,
+)
+from unicon_core.continual.engine import FederatedJob
+from unicon_core.continual.evaluation import evaluate_sites
 from unicon_core.continual.runner import RunContext
 from unicon_core.continual.stages import StagePlan
 
@@ -35,15 +43,10 @@ class LocalOnly(SkillStrategy):
         for site, task in plan.site_tasks.items():
             model = self.ensure_task(task, ctx)
             fresh = self.skills.setdefault(task, model.skill_state_dict(task))
-            model.load_skill_state_dict(task, fresh)
-            data = ctx.sites[site]
-            result = fedavg_loop(
-                model, task, [Client(site, data.dataset("train", train=True),
-                                     ctx.cfg.local_steps, data.synthetic)],
-                [EvalSite(site, data.dataset("test"))], lora_plan,
-                rounds=ctx.cfg.rounds, train=ctx.train)
-            self.site_skills[site] = model.skill_state_dict(task)
-            curves[site] = [r.get("value") for r in result.rounds]
+            result = ctx.federate(FederatedJob([site], job_dir(ctx, plan, site),
+                                               initial={task: as_arrays(fresh)}))
+            self.site_skills[site] = as_tensors(result.states[task])
+            curves[site] = result.curve(task, metric_of(ctx, task))
         return {"tasks": list(plan.trained_tasks), "curves": curves}
 
     def evaluate(self, task: str, plan: StagePlan, ctx: RunContext) -> dict[str, tuple[float, int]]:

@@ -1,8 +1,10 @@
 """Foundation refinement between stages (issue #15): one backbone, shared and refined by every
 stage, with the continual plugins as its retention terms.
 
-Each task of a stage trains its skill **and** the shared backbone by FedAvg over its sites (the
-``full_fedavg`` parameter set); the backbone it ends with is every task's backbone from then on,
+Each task of a stage trains its skill **and** the shared backbone by FedAvg over its sites (plan
+``full``, on the product's federation; the sites train the strategy's own model, a research
+hook, so the plugins see every task); the backbone it ends with is every task's backbone from
+then on,
 so earlier skills are evaluated on the refined backbone (their BWT is measured, not 0 by
 construction). Without plugins this is naive sequential fine-tuning of the foundation; with
 ``continual.plugins`` (``kd``, ``lwf``, ``ewc``, ...) their loss is added to every local step.
@@ -16,13 +18,19 @@ from typing import Any
 
 import torch
 
-from unicon_core.continual.baselines.base import SkillStrategy
-from unicon_core.continual.baselines.full_fedavg import plan as full_plan
-from unicon_core.continual.fedloop import Client, backbone_names, fedavg_loop
+from unicon_core.continual.baselines.base import (
+    SkillStrategy,
+    as_arrays,
+    as_tensors,
+    job_dir,
+    metric_of,
+)
+from unicon_core.continual.engine import FederatedJob
 from unicon_core.continual.runner import RunContext
 from unicon_core.continual.stages import StagePlan
 from unicon_core.device import module_device, to_device
 from unicon_core.keys import BatchKey
+from unicon_core.training.plans import Plan, backbone_names, load_plan_state, plan_state
 
 
 def loop_takes_a_regulariser() -> bool:
@@ -56,18 +64,15 @@ class RefinedFoundation(SkillStrategy):
             start = self.start_skill(task, ctx)
             model = self.ensure_task(task, ctx)
             model.load_skill_state_dict(task, start)
-            clients = [Client(s, ctx.sites[s].dataset("train", train=True), ctx.cfg.local_steps,
-                              ctx.sites[s].synthetic) for s in ctx.task_sites(task, plan.index)]
-            regulariser = CapturedLoss(losses, model, task) if losses else None
-            try:
-                result = fedavg_loop(model, task, clients, self.eval_sites(task, plan, ctx),
-                                     full_plan, rounds=ctx.cfg.rounds, train=ctx.train,
-                                     regulariser=regulariser, on_client=self._at_site(ctx))
-            finally:
-                if regulariser is not None:
-                    regulariser.close()
+            result = ctx.federate(FederatedJob(
+                ctx.task_sites(task, plan.index), job_dir(ctx, plan, task), plan=Plan.FULL.value,
+                initial={task: as_arrays(plan_state(model, task, Plan.FULL))},
+                model=lambda t: self.ensure_task(t, ctx),
+                local_loss=(lambda _site, m, t: CapturedLoss(losses, m, t)) if losses else None,
+                on_site=self._at_site(ctx)))
+            load_plan_state(model, task, Plan.FULL, result.states[task])
             self.skills[task] = model.skill_state_dict(task)
-            curves[task] = [r.get("value") for r in result.rounds]
+            curves[task] = result.curve(task, metric_of(ctx, task))
         return {"tasks": list(plan.trained_tasks), "curves": curves}
 
     @staticmethod
@@ -80,15 +85,12 @@ class RefinedFoundation(SkillStrategy):
     def retune(self, task: str, plan: StagePlan, ctx: RunContext) -> None:
         """Brief re-tuning of an earlier skill on the current backbone: one round of skill-only
         FedAvg over its sites (backbone frozen); used by the ``realign`` plugin."""
-        from unicon_core.continual.baselines.lora import plan as skill_plan
-
-        model = self.ensure_task(task, ctx)
-        model.load_skill_state_dict(task, self.skills[task])
-        clients = [Client(s, ctx.sites[s].dataset("train", train=True), ctx.cfg.local_steps,
-                          ctx.sites[s].synthetic) for s in ctx.task_sites(task, plan.index)]
-        fedavg_loop(model, task, clients, [], skill_plan, rounds=1, train=ctx.train,
-                    evaluate_every_round=False)
-        self.skills[task] = model.skill_state_dict(task)
+        result = ctx.federate(FederatedJob(
+            ctx.task_sites(task, plan.index), job_dir(ctx, plan, f"retune_{task}"),
+            initial={task: as_arrays(self.skills[task])}, rounds=1, evaluate=False,
+            model=lambda t: self.ensure_task(t, ctx)))
+        self.skills[task] = as_tensors(result.states[task])
+        self.ensure_task(task, ctx).load_skill_state_dict(task, self.skills[task])
 
     def fisher(self, plan: StagePlan, ctx: RunContext, batches: int = 2) -> dict[str, Any]:
         """Diagonal Fisher of the backbone on the stage's train data (per site, averaged):

@@ -29,6 +29,10 @@ class Exchange:
     reply: Message
 
 
+#: Node id of the first in-process node (node ``i`` is ``FIRST_NODE + i``).
+FIRST_NODE = 1000
+
+
 @dataclass
 class InProcessGrid(Grid):
     """A Grid that runs the ClientApp of each node in-process, deterministically.
@@ -49,7 +53,7 @@ class InProcessGrid(Grid):
 
         # What Flower's runtime sets for a ServerApp process (Message() reads it).
         TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-        self.node_ids = [1000 + i for i in range(self.num_nodes)]
+        self.node_ids = [FIRST_NODE + i for i in range(self.num_nodes)]
         configs = self.node_configs or [
             {"partition-id": i, "num-partitions": self.num_nodes} for i in range(self.num_nodes)
         ]
