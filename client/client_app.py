@@ -30,7 +30,7 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
         1: Flower's INFO logs, no dependency warnings; :mod:`unicon_core.console`)."""
         from unicon_core import console
 
-        console.configure(console.verbosity(default=console.VERBOSE))
+        console.configure(default=console.VERBOSE)
         yield
 
     @client_app.query()

@@ -24,7 +24,7 @@ def make_server_app(overrides: Sequence[str] = ()) -> ServerApp:
         1: Flower's INFO logs, no dependency warnings; :mod:`unicon_core.console`)."""
         from unicon_core import console
 
-        console.configure(console.verbosity(default=console.VERBOSE))
+        console.configure(default=console.VERBOSE)
         yield
 
     @server_app.main()

@@ -70,13 +70,19 @@ def verbosity(default: int = QUIET) -> int:
     return int(raw)
 
 
-def configure(level: int | None = None) -> int:
-    """Apply ``level`` (default: :func:`verbosity`) to this process and its future children.
+def configure(level: int | None = None, default: int = QUIET) -> int:
+    """Apply ``level`` to this process; a given level is also exported to its future children,
+    without one the level is :func:`verbosity` (``default`` when unset) and nothing is exported.
 
-    Idempotent (a handler may call it for every message). Returns the level applied.
+    Idempotent (a handler may call it for every message), and it never makes a logger louder
+    than someone already set it (a benchmark keeping Flower at WARNING stays so). Returns the
+    level applied.
     """
-    level = verbosity() if level is None else max(QUIET, min(int(level), EVERYTHING))
-    os.environ[VERBOSITY_ENV] = str(level)
+    if level is None:
+        level = verbosity(default)
+    else:
+        level = max(QUIET, min(int(level), EVERYTHING))
+        os.environ[VERBOSITY_ENV] = str(level)
     if level >= EVERYTHING:
         return level
     for category in API_WARNINGS:
@@ -88,7 +94,9 @@ def configure(level: int | None = None) -> int:
     os.environ.setdefault("WANDB_SILENT", "true")  # wandb keeps its own logs in the run folder
     threshold = logging.WARNING if level == QUIET else logging.INFO
     for name in DEPENDENCY_LOGGERS:
-        logging.getLogger(name).setLevel(threshold)
+        logger = logging.getLogger(name)
+        if logger.level < threshold:  # NOTSET (0) and DEBUG included
+            logger.setLevel(threshold)
     return level
 
 

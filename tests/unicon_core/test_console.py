@@ -100,6 +100,19 @@ def test_verbose_shows_logs_and_very_verbose_filters_nothing() -> None:
 
 
 @pytest.mark.usefixtures("restored")
+def test_an_app_handler_applies_the_level_it_inherits_without_exporting_or_loudening() -> None:
+    """What the ServerApp/ClientApp lifespan does: default 1, never louder than set before."""
+    warnings.simplefilter("always")
+    logging.getLogger("flwr").setLevel(logging.WARNING)  # e.g. a benchmark's choice
+
+    assert console.configure(default=console.VERBOSE) == 1
+
+    assert console.VERBOSITY_ENV not in os.environ
+    assert logging.getLogger("flwr").level == logging.WARNING
+    assert _emit() == ["site b has 3 rows"]
+
+
+@pytest.mark.usefixtures("restored")
 def test_flower_gets_everything_when_quiet_and_the_asked_level_otherwise(tmp_path: Path) -> None:
     console.configure(0)  # the console shows nothing of Flower: its processes log it all
     env = federated.flower_env(tmp_path)
