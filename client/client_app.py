@@ -10,6 +10,7 @@ tensors; the :class:`~client.mods.AnswerTimer` adds how long the site took to an
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -17,12 +18,22 @@ from flwr.clientapp import ClientApp
 from client.mods.answer_timer import AnswerTimer
 from client.mods.egress_guard import EgressGuard
 
+if TYPE_CHECKING:
+    from client.site_runner import SiteHooks
 
-def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
-    """A ClientApp; ``overrides`` are hydra overrides applied after the run config's own."""
+
+def make_client_app(
+    overrides: Sequence[str] = (), hooks: SiteHooks | None = None, mods: Sequence[Any] = ()
+) -> ClientApp:
+    """A ClientApp; ``overrides`` are hydra overrides applied after the run config's own.
+
+    ``hooks`` (research hooks of an in-process simulation, :class:`~client.site_runner.SiteHooks`)
+    and extra ``mods`` (e.g. a simulated attack, inside the guard) are for simulations only; the
+    deployed ``app`` has neither.
+    """
     extra = list(overrides)
     # The guard is outermost: it checks everything that leaves, the timer's metrics included.
-    client_app = ClientApp(mods=[EgressGuard(), AnswerTimer()])
+    client_app = ClientApp(mods=[EgressGuard(), *mods, AnswerTimer()])
 
     @client_app.lifespan()
     def console_level(context: Context) -> Iterator[None]:
@@ -38,21 +49,24 @@ def make_client_app(overrides: Sequence[str] = ()) -> ClientApp:
         """Validate the site's data and introduce the site to the server."""
         from client import site_runner
 
-        return site_runner.handle_query(msg, context, site_runner.settings_for(context, extra))
+        return site_runner.handle_query(msg, context, site_runner.settings_for(context, extra),
+                                         hooks)
 
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         """Train the task's skill locally for one round."""
         from client import site_runner
 
-        return site_runner.handle_train(msg, context, site_runner.settings_for(context, extra))
+        return site_runner.handle_train(msg, context, site_runner.settings_for(context, extra),
+                                         hooks)
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         """Evaluate the aggregated skill on the site's test split."""
         from client import site_runner
 
-        return site_runner.handle_evaluate(msg, context, site_runner.settings_for(context, extra))
+        return site_runner.handle_evaluate(msg, context, site_runner.settings_for(context, extra),
+                                         hooks)
 
     return client_app
 

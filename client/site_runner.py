@@ -13,15 +13,17 @@ instead of mixing skills trained on different backbones.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from logging import WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from unicon_core.federation.config import (
+    NODE_ALLOW_RESEARCH_PLANS,
     NODE_DEVICE,
     NODE_DP_LEDGER_DIR,
     NODE_ROUTER_MIN_COUNT,
@@ -32,6 +34,7 @@ from unicon_core.federation.config import (
     ExperimentSettings,
     is_simulation,
     overrides_from_run_config,
+    research_allowed,
     settings_from_config,
     site_for_node,
     site_privacy,
@@ -67,6 +70,44 @@ class FoundationMismatchError(ValueError):
     """The site's frozen foundation is not the federation's: its skills would not fit."""
 
 
+class PlanRefusedError(ValueError):
+    """The run asks for a research plan (more than a skill leaves the site) that the site's own
+    node config does not allow."""
+
+
+@dataclass(frozen=True)
+class SiteHooks:
+    """In-process research hooks of a simulated site (never set in a deployment: only code
+    running the ClientApp in its own process can pass them, and they are honoured only where
+    the node config allows research plans).
+
+    ``site_view(site)`` replaces the opened site by a view of it (pooled data, a channel view);
+    ``model(site)`` is the model the site loads the global state into and trains (a continual
+    strategy's own, holding every task its plugins need; the site's foundation identity is
+    still that of the model it builds itself); ``local_loss(site, model, task)`` returns an
+    extra zero-argument loss for local training (a continual plugin's term; its ``close()`` is
+    called after training); ``on_site(site)`` is called before the site trains.
+    """
+
+    site_view: Callable[[Any], Any] | None = None
+    model: Callable[[Any], Any] | None = None
+    local_loss: Callable[[str, Any, str], Any] | None = None
+    on_site: Callable[[str], None] | None = None
+
+
+def check_plan(context: Context, settings: ExperimentSettings, hooks: SiteHooks | None) -> str:
+    """The run's plan, refused (:class:`PlanRefusedError`) when it is a research plan or comes
+    with research hooks and the site does not allow them."""
+    plan = settings.federation.plan
+    if (plan != "skill" or hooks is not None) and not research_allowed(context.node_config):
+        raise PlanRefusedError(
+            f"the run asks for plan {plan!r}{' with research hooks' if hooks else ''}, which "
+            "sends more than a skill off this site; only a site started with node config "
+            f"{NODE_ALLOW_RESEARCH_PLANS}=true runs it"
+        )
+    return plan
+
+
 def settings_for(context: Context, extra_overrides: list[str]) -> ExperimentSettings:
     """The experiment settings named by the run config (plus test/CLI overrides).
 
@@ -94,8 +135,11 @@ def open_cached(path: Path, spec: TaskSpec | None, seed: int) -> Site:
     return open_site_cached(path, spec, seed)
 
 
-def open_node_site(context: Context, settings: ExperimentSettings) -> Site:
-    """Validate and open this node's site folder (``SiteValidationError`` lists problems)."""
+def open_node_site(
+    context: Context, settings: ExperimentSettings, hooks: SiteHooks | None = None
+) -> Site:
+    """Validate and open this node's site folder (``SiteValidationError`` lists problems); a
+    simulation's ``hooks.site_view`` may replace it by a view."""
     name, path = site_for_node(context.node_config, settings.federation)
     ref = settings.federation.sites.get(name)
     spec = settings.tasks.get(ref.task) if ref and ref.task else None
@@ -105,6 +149,8 @@ def open_node_site(context: Context, settings: ExperimentSettings) -> Site:
             f"site {name!r} at {path} serves task {site.task_spec.name!r}, but the experiment "
             f"lists it for task {ref.task!r}"
         )
+    if hooks is not None and hooks.site_view is not None:
+        return hooks.site_view(site)  # type: ignore[no-any-return]
     return site
 
 
@@ -138,13 +184,17 @@ def instruction_rank(msg: Message, site: Site) -> int | None:
     return None if rank == site.task_spec.lora.rank else rank
 
 
-def info_record(site: Site, model: UniconModel, status: Status, reason: str = "") -> ConfigRecord:
-    """Who replies: site, task, foundation hash and what it did."""
+def info_record(
+    site: Site, model: UniconModel, status: Status, reason: str = "",
+    foundation_hash: str | None = None,
+) -> ConfigRecord:
+    """Who replies: site, task, foundation hash (``foundation_hash`` when given: the hash the
+    site started from, under a plan that trains the backbone) and what it did."""
     record = ConfigRecord(
         {
             InfoKey.SITE.value: site.name,
             InfoKey.TASK.value: site.task_spec.name,
-            InfoKey.FOUNDATION_HASH.value: model.foundation_hash,
+            InfoKey.FOUNDATION_HASH.value: foundation_hash or model.foundation_hash,
             InfoKey.SYNTHETIC.value: bool(site.synthetic),
             InfoKey.STATUS.value: status.value,
         }
@@ -184,14 +234,16 @@ def check_instruction(msg: Message, site: Site, model: UniconModel) -> None:
         )
 
 
-def load_global_skill(msg: Message, site: Site, model: UniconModel) -> None:
-    """Load the task's global skill from the instruction (strict keys and shapes)."""
+def load_global_skill(msg: Message, site: Site, model: UniconModel, plan: str = "skill") -> None:
+    """Load the task's global skill (or what ``plan`` exchanges) from the instruction (strict
+    keys and shapes)."""
+    from unicon_core.training.plans import load_plan_state
 
     record = msg.content.array_records.get(RecordKey.SKILL.value)
     if record is None:
         raise ValueError(f"instruction to site {site.name!r} carries no skill record")
     state = record.to_torch_state_dict()
-    model.load_skill_state_dict(site.task_spec.name, state)
+    load_plan_state(model, site.task_spec.name, plan, state)
 
 
 def instruction_options(msg: Message) -> dict[str, Any]:
@@ -235,11 +287,15 @@ def frozen_keys(skill: Any, options: dict[str, Any]) -> set[str]:
     return a_keys(list(skill)) if options.get(ConfigKey.LORA_RULE.value) == "ffa" else set()
 
 
-def skill_record(model: UniconModel, task: str, omit: set[str] | None = None) -> ArrayRecord:
-    """The task's skill tensors (less ``omit``), and nothing else, as an ArrayRecord."""
-    return ArrayRecord({
-        k: Array(v.detach().cpu().numpy()) for k, v in model.skill_state_dict(task).items()
-        if k not in (omit or set())
+def skill_record(
+    model: UniconModel, task: str, omit: set[str] | None = None, plan: str = "skill"
+) -> ArrayRecord:
+    """The task's skill tensors (less ``omit``), or what ``plan`` exchanges, and nothing else,
+    as an ArrayRecord."""
+    from unicon_core.training.plans import plan_state
+
+    return ArrayRecord(torch_state_dict={
+        k: v for k, v in plan_state(model, task, plan).items() if k not in (omit or set())
     })
 
 
@@ -260,7 +316,9 @@ def metric_record(metrics: dict[str, float], num_examples: int, prefix: str = ""
 
 
 # ---------------------------------------------------------------------------- handlers
-def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
+def handle_query(
+    msg: Message, context: Context, settings: ExperimentSettings, hooks: SiteHooks | None = None
+) -> Message:
     """Validate the site and introduce it: site, task (with spec), foundation hash, sizes.
 
     A site whose data or task do not fit says its name and a short, value-free reason
@@ -269,8 +327,9 @@ def handle_query(msg: Message, context: Context, settings: ExperimentSettings) -
     from unicon_core.data.problems import SiteValidationError
     from unicon_core.federation.exclusions import exclusion_info
 
+    check_plan(context, settings, hooks)
     try:
-        site = open_node_site(context, settings)
+        site = open_node_site(context, settings, hooks)
     except (SiteValidationError, ValueError) as err:
         name, _ = site_for_node(context.node_config, settings.federation)
         info = ConfigRecord(exclusion_info(name, err))
@@ -302,7 +361,7 @@ def router_statistics(
     noised when the node config sets ``router-noise``, and not at all while DP-SGD is on unless
     the node config sets ``router-stats-with-dp`` (moments are not covered by DP's accounting).
     """
-    from unicon_core.federation.summaries import MIN_SUMMARY_COUNT, site_summary
+    from unicon_core.inference.summaries import MIN_SUMMARY_COUNT, site_summary
 
     node = context.node_config
     privacy, _ = site_privacy(settings.privacy, node)
@@ -316,18 +375,28 @@ def router_statistics(
     return site_summary(site, model, min_count=min_count, noise=noise)
 
 
-def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
-    """Train the task's skill locally for one round and return it with metrics."""
+def handle_train(
+    msg: Message, context: Context, settings: ExperimentSettings, hooks: SiteHooks | None = None
+) -> Message:
+    """Train the task's skill (or the run's plan) locally for one round and return it with
+    metrics."""
     from unicon_core.privacy import DPSGD, entropy_seed, sample_rate, steps_per_round
     from unicon_core.training import evaluate_task, make_loader, train_task
 
-    site = open_node_site(context, settings)
+    plan = check_plan(context, settings, hooks)
+    site = open_node_site(context, settings, hooks)
     model = build_model(settings, site, instruction_rank(msg, site))
     check_instruction(msg, site, model)
+    identity = model.foundation_hash  # a plan may train the backbone: say where it started
+    if hooks is not None and hooks.model is not None:
+        model = hooks.model(site)
     if not site.split_rows("train"):  # an evaluation-only site never trains
         raise ValueError(f"site {site.name} is evaluation-only (no train rows): it does not "
                          "train; the server sends it evaluation instructions only")
-    load_global_skill(msg, site, model)
+    if not site.split_rows("train"):  # an evaluation-only site never trains
+        raise ValueError(f"site {site.name} is evaluation-only (no train rows): it does not "
+                         "train; the server sends it evaluation instructions only")
+    load_global_skill(msg, site, model, plan)
     task, rnd = site.task_spec.name, server_round(msg)
     options = instruction_options(msg)
     privacy, notes = site_privacy(settings.privacy, context.node_config)
@@ -371,11 +440,20 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
             content = RecordDict({
                 RecordKey.METRICS.value: metrics,
                 RecordKey.INFO.value: privacy_said(answering(
-                    info_record(site, model, Status.BUDGET_EXHAUSTED, reason), rnd), notes),
+                    info_record(site, model, Status.BUDGET_EXHAUSTED, reason, identity), rnd),
+                    notes),
             })
             return Message(content, reply_to=msg)
         dp = DPSGD(privacy, seed=seed if reproducible else None)
     params, regulariser = local_objective(model, task, options, dp is not None)
+    if plan != "skill":
+        params = research_parameters(model, task, plan, options, rnd, settings, dp is not None)
+    extra_loss = None
+    if hooks is not None and hooks.on_site is not None:
+        hooks.on_site(site.name)
+    if hooks is not None and hooks.local_loss is not None:
+        extra_loss = hooks.local_loss(site.name, model, task)
+        regulariser = combined(regulariser, extra_loss)
 
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed,
                          num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu")
@@ -385,6 +463,8 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
     finally:
         if dp is not None:
             dp.close()
+        if extra_loss is not None and hasattr(extra_loss, "close"):
+            extra_loss.close()
     if dp is not None and ledger is not None:
         ledger.record(rnd, dp.history)
         save_ledger(context, settings, site.name, ledger)
@@ -400,13 +480,14 @@ def handle_train(msg: Message, context: Context, settings: ExperimentSettings) -
         {RecordKey.DELTA.value: delta_record(msg, context, model, task, options)}
         if ConfigKey.DELTA_CODEC.value in options
         else {RecordKey.SKILL.value: skill_record(
-            model, task, frozen_keys(model.skill_keys(task), options))}
+            model, task, frozen_keys(model.skill_keys(task), options), plan)}
     )
     content = RecordDict({
         **update,
         RecordKey.METRICS.value: metrics,
         RecordKey.INFO.value: privacy_said(
-            answering(info_record(site, model, Status.TRAINED), rnd), notes),
+            answering(info_record(site, model, Status.TRAINED, foundation_hash=identity), rnd),
+            notes),
     })
     return Message(content, reply_to=msg)
 
@@ -440,14 +521,42 @@ def local_objective(
     return params, proximal
 
 
-def handle_evaluate(msg: Message, context: Context, settings: ExperimentSettings) -> Message:
-    """Evaluate the aggregated skill on the site's own test split."""
+def research_parameters(
+    model: UniconModel, task: str, plan: str, options: dict[str, Any], rnd: int,
+    settings: ExperimentSettings, private: bool,
+) -> list[Any]:
+    """What a research plan trains in round ``rnd`` (parameters or lr groups); the issue-#14
+    options and DP-SGD apply to skills only and are refused with another plan."""
+    from unicon_core.training.plans import trained_parameters
+
+    if options or private:
+        raise ValueError(f"plan {plan!r} trains more than a skill: delta codecs, LoRA rules, "
+                         "FedProx and DP-SGD are only offered with plan 'skill'")
+    return trained_parameters(model, task, plan, rnd - 1, settings.federation.rounds,
+                              settings.train.lr)
+
+
+def combined(first: Any, second: Any) -> Any:
+    """Two zero-argument regularisers as one (either may be ``None``)."""
+    if first is None or second is None:
+        return second if first is None else first
+    return lambda: first() + second()
+
+
+def handle_evaluate(
+    msg: Message, context: Context, settings: ExperimentSettings, hooks: SiteHooks | None = None
+) -> Message:
+    """Evaluate the aggregated skill (or the run's plan) on the site's own test split."""
     from unicon_core.training import evaluate_task
 
-    site = open_node_site(context, settings)
+    plan = check_plan(context, settings, hooks)
+    site = open_node_site(context, settings, hooks)
     model = build_model(settings, site, instruction_rank(msg, site))
     check_instruction(msg, site, model)
-    load_global_skill(msg, site, model)
+    identity = model.foundation_hash
+    if hooks is not None and hooks.model is not None:
+        model = hooks.model(site)
+    load_global_skill(msg, site, model, plan)
     from unicon_core.device import resolve_device
 
     model.to(resolve_device(site_device(context, settings)))
@@ -456,8 +565,9 @@ def handle_evaluate(msg: Message, context: Context, settings: ExperimentSettings
     metrics = metric_record(result, int(result.get("num_examples", 0)))
     content = RecordDict({
         RecordKey.METRICS.value: metrics,
-        RecordKey.INFO.value: answering(info_record(site, model, Status.EVALUATED),
-                                        server_round(msg)),
+        RecordKey.INFO.value: answering(
+            info_record(site, model, Status.EVALUATED, foundation_hash=identity),
+            server_round(msg)),
     })
     return Message(content, reply_to=msg)
 

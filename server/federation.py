@@ -37,7 +37,7 @@ from unicon_core.federation.checkpoint import (
 )
 from unicon_core.federation.config import STRATEGIES, ExperimentSettings, FederationConfig
 from unicon_core.federation.exclusions import short_reason
-from unicon_core.federation.external import split_external
+from unicon_core.federation.external import add_uncertainty, split_external
 from unicon_core.federation.outputs import (
     CONFIG_FILE,
     LATEST,
@@ -224,7 +224,7 @@ def query_sites(
             summaries.append((node.task, arrays, int(node.train_examples or 0)))
             site_of_summary.setdefault(node.task, []).append(node.site)
     if summaries:
-        from unicon_core.federation.summaries import pool_summaries, write_summaries
+        from unicon_core.inference.summaries import pool_summaries, write_summaries
 
         try:
             prototypes, stats = pool_summaries(summaries)
@@ -290,7 +290,7 @@ def _query_reply(
 
 def _summary(reply: Message, node: SiteNode) -> dict[str, Any] | None:
     """A joined site's router statistics, or None when absent or malformed (logged)."""
-    from unicon_core.federation.summaries import summary_problems
+    from unicon_core.inference.summaries import summary_problems
 
     record = reply.content.array_records.get(RecordKey.SUMMARY.value)
     if record is None:
@@ -308,14 +308,18 @@ def _summary(reply: Message, node: SiteNode) -> dict[str, Any] | None:
     return arrays
 
 
-def initial_skills(model: UniconModel, specs: dict[str, TaskSpec]) -> dict[str, Any]:
-    """Add every task (sorted by name) and return the union of their initial skills."""
+def initial_skills(
+    model: UniconModel, specs: dict[str, TaskSpec], plan: str = "skill"
+) -> dict[str, Any]:
+    """Add every task (sorted by name) and return the union of their initial skills (or of
+    what the run's ``plan`` exchanges per task, :mod:`unicon_core.training.plans`)."""
     from unicon_core.federation.aggregation import prefix_task
+    from unicon_core.training.plans import plan_state
 
     union: dict[str, Any] = {}
     for name in sorted(specs):
         model.add_task(specs[name])
-        state = {k: v.numpy() for k, v in model.skill_state_dict(name).items()}
+        state = {k: v.numpy() for k, v in plan_state(model, name, plan).items()}
         union.update(prefix_task(name, state))
     return union
 
@@ -447,7 +451,7 @@ def run_federation(
             for t, s in sorted(specs.items())
         },
     )
-    arrays = initial_skills(model, specs)
+    arrays = initial_skills(model, specs, settings.federation.plan)
     if initial is None and settings.federation.init_skill:
         initial = skills_from_bundle(Path(settings.federation.init_skill), specs,
                                      foundation_hash)
@@ -534,7 +538,8 @@ def run_federation(
             privacy=privacy_summary(rows) if settings.privacy.enabled else {},
         )
         results["communication"]["full_model_bytes_per_task"] = full_bytes
-        split_external(results, rows, {n.site for n in nodes if n.evaluation_only})
+        split_external(add_uncertainty(results, rows), rows,
+                       {n.site for n in nodes if n.evaluation_only})
         results["stopped"] = dict(strategy.stopped)
         results["excluded"] = dict(query.excluded)
         results["backbone"] = model.backbone_info()

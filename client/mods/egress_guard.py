@@ -22,6 +22,7 @@ Anything else turns the reply into an error message naming each offending key.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from logging import ERROR
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
@@ -29,6 +30,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
+from unicon_core.federation.config import research_allowed
 from unicon_core.federation.egress import ArrayView, EgressRules, ReplyView, reply_problems
 from unicon_core.federation.protocol import RecordKey
 
@@ -96,7 +98,9 @@ class EgressGuard:
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        problems = self.problems(reply, allowed)
+        # A site whose node config (never the run config) allows research plans also lets the
+        # backbone tensors the server sent go back; every other rule is unchanged.
+        problems = self.problems(reply, allowed, research_allowed(context.node_config))
         if not problems:
             return reply
         reason = "egress guard refused the reply: " + "; ".join(problems)
@@ -110,10 +114,16 @@ class EgressGuard:
         record = msg.content.array_records[self.skill_record]
         return {key: tuple(arr.shape) for key, arr in record.items()}
 
-    def problems(self, reply: Message, allowed: Mapping[str, tuple[int, ...]]) -> list[str]:
+    def problems(
+        self, reply: Message, allowed: Mapping[str, tuple[int, ...]], research: bool = False
+    ) -> list[str]:
         """Every reason the reply may not leave (empty list: it may)."""
         view = reply_view(reply.content)
         if self.skill_record != RecordKey.SKILL.value and self.skill_record in view.arrays:
             view.arrays[RecordKey.SKILL.value] = view.arrays.pop(self.skill_record)
         rules = EgressRules(allowed=dict(allowed), max_config_chars=self.max_config_chars)
+        if research:
+            from unicon_core.training.plans import RESEARCH_PREFIXES
+
+            rules = replace(rules, prefixes=rules.prefixes + RESEARCH_PREFIXES)
         return reply_problems(reply.metadata.message_type, view, rules)

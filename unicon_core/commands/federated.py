@@ -356,10 +356,20 @@ def results_table(results: dict[str, Any]) -> str:
     synthetic = set(results.get("synthetic", []))
     lines = [f"{'task':<14} {'kind':<15} {'metric':<8} {'value':>7}  {'data':<9} per site"]
     for task, entry in results["tasks"].items():
-        per_site = ", ".join(f"{s} {_fmt(v)}" for s, v in entry["per_site"].items())
+        from unicon_core.federation.external import site_cell  # n and 95 % CI per site
+
+        per_site = ", ".join(
+            f"{s} {site_cell(v, entry.get('per_site_n', {}).get(s), entry.get('per_site_ci95', {}).get(s))}"  # noqa: E501
+            for s, v in entry["per_site"].items()
+        )
         data = "SYNTHETIC" if task in synthetic else "real"
         lines.append(f"{task:<14} {entry['kind']:<15} {entry['metric']:<8} "
                      f"{_fmt(entry['value']):>7}  {data:<9} {per_site}")
+    for site, ext in results.get("external_validation", {}).items():
+        from unicon_core.federation.external import site_cell
+
+        lines.append(f"external validation {site} ({ext['task']}, never trained): "
+                     f"{ext['metric']} {site_cell(ext['value'], ext['n'], ext.get('ci95'))}")
     comm = results["communication"]
     lines.append(
         f"bytes per site and round: up {comm['bytes_up_per_site_round']:,.0f}, down "

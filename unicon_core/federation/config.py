@@ -39,6 +39,9 @@ NODE_ROUTER_WITH_DP = "router-stats-with-dp"  # send them even while DP-SGD is o
 ROUTER_MIN_COUNT = 20
 #: Node-config key Flower's simulation sets on every virtual SuperNode.
 NODE_PARTITION_ID = "partition-id"
+#: Node-config key: the site runs research plans (``federation.plan`` other than ``skill``),
+#: which move more than a skill off the site. Set by simulation runners, never by a run config.
+NODE_ALLOW_RESEARCH_PLANS = "allow-research-plans"
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -113,6 +116,11 @@ class FederationConfig:
                   "start the tasks they hold (absolute path); other tasks start fresh."},
     )
     plots: bool = True
+    plan: str = field(
+        default="skill",
+        metadata={"help": "What trains and travels per task (unicon_core.training.plans); "
+                  "any plan but 'skill' runs only at sites whose node config allows it."},
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.rounds, int) or self.rounds < 1:
@@ -145,6 +153,10 @@ class FederationConfig:
             raise _fail("min_sites", f"must be >= 1, got {self.min_sites}")
         if self.min_sites_per_task < 1:
             raise _fail("min_sites_per_task", f"must be >= 1, got {self.min_sites_per_task}")
+        from unicon_core.training.plans import PLAN_NAMES
+
+        if self.plan not in PLAN_NAMES:
+            raise _fail("plan", f"{self.plan!r} is not one of {list(PLAN_NAMES)}")
 
     def site_path(self, name: str) -> Path:
         """Absolute data folder of site ``name``."""
@@ -400,6 +412,12 @@ def _positive(node_config: Mapping[str, Any], key: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"node config {key!r} must be a number > 0, got {value!r}")
     return float(value)
+
+
+def research_allowed(node_config: Mapping[str, Any]) -> bool:
+    """Whether a site's node config allows research plans (``allow-research-plans``)."""
+    value = node_config.get(NODE_ALLOW_RESEARCH_PLANS, False)
+    return value is True or str(value).lower() in {"true", "1", "yes"}
 
 
 def is_simulation(node_config: Mapping[str, Any]) -> bool:

@@ -47,7 +47,7 @@ from unicon_core.federation.protocol import (
     SummaryKey,
 )
 from unicon_core.federation.replies import MAX_METRICS, metric_problem
-from unicon_core.federation.summaries import MAX_SUMMARY_LENGTH, MIN_SUMMARY_COUNT
+from unicon_core.inference.summaries import MAX_SUMMARY_LENGTH, MIN_SUMMARY_COUNT
 from unicon_core.keys import SkillPart
 
 FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
@@ -159,6 +159,8 @@ class EgressRules:
     task: str | None = None
     task_spec: Mapping[str, Any] | None = None
     min_summary_count: int = MIN_SUMMARY_COUNT
+    #: Key prefixes an array may carry (a research site, issue #16, adds the backbone's).
+    prefixes: tuple[str, ...] = SKILL_PREFIXES
 
     def __post_init__(self) -> None:
         if self.max_config_chars < 1:
@@ -250,8 +252,8 @@ def skill_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[
             out.append(f"array {key[:80]!r} is not a skill tensor of this task")
         elif not _shape_fits(key, arr.shape, tuple(want), rules.lower_rank):
             out.append(f"array {key!r} has shape {arr.shape}, not {tuple(want)}")
-        elif not key.startswith(SKILL_PREFIXES):
-            out.append(f"array {key!r} lacks a skill prefix {SKILL_PREFIXES}")
+        elif not key.startswith(rules.prefixes):
+            out.append(f"array {key!r} lacks a skill prefix {rules.prefixes}")
         elif arr.dtype not in FLOAT_DTYPES:
             out.append(f"array {key!r} has dtype {arr.dtype[:16]}, skills are floating point")
     return out
