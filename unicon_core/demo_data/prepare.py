@@ -2,7 +2,8 @@
 
 Sites (task -> sites):
 
-* ``tumour_cls`` (real Br35H MRI, 2D 64x64): ``br35h_a``, ``br35h_b``, ``br35h_c``;
+* ``tumour_cls`` (real Br35H MRI, 2D 64x64): ``br35h_a``, ``br35h_b``, ``br35h_c`` train;
+  ``br35h_ext`` (whole sources none of them has) only evaluates (external validation);
 * ``tissue_seg`` (real MNI152 template, 2D 64x64): ``brain_axial``, ``brain_coronal``;
 * ``gbsg2_surv`` (real GBSG2 clinical cohort): ``gbsg2_a``, ``gbsg2_b``;
 * ``ct_seg`` (synthetic CT phantoms, 32^3): ``ct_a``, ``ct_b``;
@@ -31,14 +32,16 @@ from unicon_core.demo_data.writer import build_site, site_is_complete
 def _phantom_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
     from unicon_core.demo_data import phantoms as ph
 
-    plans = {
-        "ct_a": (ph.PhantomConfig(), False, 60),
+    plans: dict[str, tuple[dict[str, float], bool, int]] = {
+        "ct_a": ({}, False, 60),
         # another scanner: noisier, calibrated 10 HU higher
-        "ct_b": (ph.PhantomConfig(noise_hu=16.0, hu_offset=10.0), False, 60),
-        "ctpet_a": (ph.PhantomConfig(), True, 60),
+        "ct_b": ({"noise_hu": 16.0, "hu_offset": 10.0}, False, 60),
+        "ctpet_a": ({}, True, 60),
     }
-    for k, (name, (cfg, with_pet, n)) in enumerate(plans.items()):
+    for k, (name, (scanner, with_pet, n)) in enumerate(plans.items()):
         task = ph.phantom_task(with_pet)
+        # the volume's edge is the task file's input size (configs/task), not a second copy
+        cfg = ph.PhantomConfig(size=task.input_size[0], **scanner)
         what = "CT+PET" if with_pet else "CT"
         _record(
             report,
@@ -115,6 +118,7 @@ def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
     from unicon_core.demo_data import brain_tissue as bt
 
     task = bt.tissue_task()
+    size = task.input_size[-1]  # from the task file (configs/task/tissue_seg.yaml)
     for k, (name, axis) in enumerate(bt.PLANES.items()):
         plane = {0: "sagittal", 1: "coronal", 2: "axial"}[axis]
         _record(
@@ -126,10 +130,10 @@ def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
                 task,
                 False,
                 bt.SOURCE,
-                f"Real MNI152 2009a T1 template, {plane} slices at 64x64 with GM/WM labels "
-                "(0 background, 1 GM, 2 WM). Both brain sites come from the same template.",
+                f"Real MNI152 2009a T1 template, {plane} slices at {size}x{size} with GM/WM "
+                "labels (0 background, 1 GM, 2 WM). Both brain sites come from the same template.",
                 lambda d, name=name, axis=axis, k=k: bt.write_tissue_slices(
-                    d, name, axis, seed=seed + k
+                    d, name, axis, size=size, seed=seed + k
                 ),
                 force or _stale(out_dir / name, bt.SOURCE, task),
             ),
@@ -137,9 +141,10 @@ def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
 
 
 def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
+    from unicon_core.data.manifest import SiteRole
     from unicon_core.demo_data import br35h
 
-    names = list(br35h.SITE_TUMOUR_FRACTION)
+    names = [*br35h.SITE_TUMOUR_FRACTION, br35h.EXTERNAL_SITE]
     task = br35h.tumour_task()
     crop, floor = br35h.baked_step(task)
     if not force and _reusable(out_dir, names, br35h.SOURCE, task):
@@ -149,7 +154,13 @@ def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
     images = br35h.scan_br35h(task.input_size[-1], crop=crop, floor=floor)
     chosen = br35h.select_sites(images, seed=seed)
     for name in names:
-        share = br35h.SITE_TUMOUR_FRACTION[name]
+        external = name == br35h.EXTERNAL_SITE
+        share = 0.5 if external else br35h.SITE_TUMOUR_FRACTION[name]
+        what = (
+            "external validation site: whole web sources no training site holds, every row a "
+            "test row, never trains" if external else
+            "sources above 5 % of the site train, val/test are many smaller sources"
+        )
         _record(
             report,
             name,
@@ -161,9 +172,10 @@ def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
                 br35h.SOURCE,
                 f"Real Br35H brain MRI (web-collected JPEGs), {len(chosen[name])} images, "
                 f"~{share:.0%} tumour; grayscale 64x64, size shortcut removed, near-duplicate "
-                "and same-source images grouped in one split.",
+                f"and same-source images grouped in one split; {what}.",
                 lambda d, name=name: br35h.write_br35h_site(d, images, chosen[name]),
                 force=True,
+                role=SiteRole.EVALUATION if external else SiteRole.TRAIN,
             ),
         )
 
