@@ -268,3 +268,27 @@ def test_layout_tracks_the_site_json_task_not_the_instruction(tmp_path: Path) ->
     rules = site_rules_for({"site-dir": str(other)}, RUN_CONFIG)
     layout, _ = site_layout({"site-dir": str(other)}, RUN_CONFIG)
     assert rules.task == "tab_other" and set(rules.allowed) == set(layout)
+
+
+@pytest.mark.redteam(surface="egress-site", outcome="clear_error")
+def test_an_app_that_patches_the_guard_in_its_own_process_is_still_checked(
+    site: dict[str, Any]
+) -> None:
+    # Prepare: the app disables every check it can reach, then sends raw rows
+    layout = site["layout"]
+
+    def app(msg: Message, ctx: Context) -> Message:
+        import deploy.site_guard as guard
+        import unicon_core.federation.egress as egress
+
+        egress.reply_problems = lambda *args, **kwargs: []
+        guard.guarded_reply = lambda instruction, outcome, *args: Message(
+            outcome.content, reply_to=instruction)
+        return Message(RecordDict(_hidden_rows(layout)), reply_to=msg)
+
+    # Execute
+    reply, log = _run(app, _instruction("train", layout), site["rules"])
+
+    # Assert: the patches lived in the app's process only; the site's check ran unchanged
+    assert reply.error.reason == RefusalCode.EGRESS.value
+    assert "its bytes decode to int64" in log

@@ -71,6 +71,7 @@ def test_a_signed_fab_verifies_and_flower_agrees(trusted) -> None:
     [("unsigned", "not signed"), ("altered", "does not match this FAB"),
      ("stranger", "does not trust"), ("garbled", "is not '<key id>")],
 )
+@pytest.mark.redteam(surface="signed-apps", outcome="clear_error")
 def test_an_unsigned_altered_or_foreign_fab_is_refused(trusted, case: str, match: str) -> None:
     key, entities = trusted
     signature = {
@@ -82,6 +83,7 @@ def test_an_unsigned_altered_or_foreign_fab_is_refused(trusted, case: str, match
     assert match in verify_fab_signature(FAB, signature, entities)
 
 
+@pytest.mark.redteam(surface="signed-apps", outcome="clear_error")
 def test_a_key_of_another_signer_under_a_trusted_id_is_refused(trusted) -> None:
     _, entities = trusted
     forged = sign_fab(FAB, ed25519.Ed25519PrivateKey.generate(), "consortium")
