@@ -28,7 +28,7 @@ from unicon_core.federation.checkpoint import load_checkpoint
 from unicon_core.federation.exclusions import MAX_REASON_CHARS
 from unicon_core.federation.outputs import read_jsonl
 from unicon_core.federation.protocol import NUM_EXAMPLES, SummaryKey
-from unicon_core.federation.summaries import (
+from unicon_core.inference.summaries import (
     MAX_SUMMARY_LENGTH,
     MIN_SUMMARY_COUNT,
     pool_summaries,

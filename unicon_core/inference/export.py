@@ -11,7 +11,7 @@ Router prototypes and tabular feature statistics are federated summaries: each s
 :func:`~unicon_core.inference.prototypes.site_prototype` (and, for tabular tasks,
 :func:`~unicon_core.inference.prototypes.feature_moments`) over its train split and sends them
 in its query reply; the server pools them by counts into the run's ``summaries.json``
-(:mod:`unicon_core.federation.summaries`), which ``export`` uses. For a run folder without that
+(:mod:`unicon_core.inference.summaries`), which ``export`` uses. For a run folder without that
 file (made before the query round carried summaries), ``export`` computes them with the same
 functions from the site folders if reachable and says so in the manifest.
 
@@ -50,10 +50,10 @@ def federated_summaries(
     """Router prototypes and pooled clinical ``(mean, std)`` from reachable site folders.
 
     The same functions the federation's query round runs (each site's
-    :func:`~unicon_core.federation.summaries.site_summary` over its train split, pooled by
+    :func:`~unicon_core.inference.summaries.site_summary` over its train split, pooled by
     counts), for run folders made before that round carried summaries.
     """
-    from unicon_core.federation.summaries import pool_summaries, site_summary
+    from unicon_core.inference.summaries import pool_summaries, site_summary
 
     return pool_summaries((site.task_spec.name, *site_summary(site, model)) for site in sites)
 
@@ -142,7 +142,7 @@ def export_run(
     from unicon_core.federation.checkpoint import load_checkpoint
     from unicon_core.federation.config import settings_from_config
     from unicon_core.federation.outputs import RESULTS_FILE, TASKS_FILE
-    from unicon_core.federation.summaries import read_summaries
+    from unicon_core.inference.summaries import read_summaries
     from unicon_core.model import UniconModel
 
     run = Path(run_dir).resolve()

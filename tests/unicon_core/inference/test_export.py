@@ -140,8 +140,8 @@ def test_cli_export_of_a_missing_run_folder_is_a_usage_error(tmp_path: Path) -> 
 
 
 def test_export_prefers_the_federated_summaries_of_the_run(tmp_path: Path) -> None:
-    from unicon_core.federation.summaries import write_summaries
     from unicon_core.inference.prototypes import Prototype
+    from unicon_core.inference.summaries import write_summaries
 
     # Prepare: site folders unreachable; the run holds what the query round recorded/pooled
     run, model = _run(tmp_path, reachable=False)
