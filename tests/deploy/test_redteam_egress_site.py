@@ -107,6 +107,18 @@ def test_an_honest_query_reply_with_a_summary_leaves(site: dict[str, Any]) -> No
     assert not reply.has_error(), log
 
 
+def test_an_honest_invalid_data_reply_leaves(site: dict[str, Any]) -> None:
+    # A site whose data fail validation says its name and a bounded, value-free reason
+    from unicon_core.federation.exclusions import MAX_REASON_CHARS
+
+    reason = ("invalid data: 40 problems\nlabel: 40 missing values (manifest.csv rows 2-41) " *
+              20)[:MAX_REASON_CHARS]
+    reply, log = _run(_hostile(lambda: {"info": ConfigRecord({
+        "site": "site_a", "status": "invalid-data", "reason": reason})}),
+        _instruction("query"), site["rules"])
+    assert not reply.has_error(), log
+
+
 def _npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)

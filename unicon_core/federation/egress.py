@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from unicon_core.federation.compression import INDEX, SCALE
+from unicon_core.federation.exclusions import MAX_REASON_CHARS
 from unicon_core.federation.protocol import (
     EVAL_EXAMPLES,
     NUM_EXAMPLES,
@@ -72,8 +73,8 @@ MAX_METRIC_VALUE = 1e9
 INFO_LIMITS: dict[str, int] = {
     InfoKey.SITE.value: 128, InfoKey.TASK.value: 128, InfoKey.FOUNDATION_HASH.value: 128,
     InfoKey.TASK_SPEC.value: 16384, InfoKey.SYNTHETIC.value: 8, InfoKey.STATUS.value: 32,
-    InfoKey.REASON.value: 1000, InfoKey.DEVICE.value: 64, InfoKey.ROUND.value: 32,
-    InfoKey.PRIVACY.value: 1000,
+    InfoKey.REASON.value: MAX_REASON_CHARS, InfoKey.DEVICE.value: 64, InfoKey.ROUND.value: 32,
+    InfoKey.PRIVACY.value: MAX_REASON_CHARS,
 }
 #: Info keys whose value is a hash (hex text is expected there, nowhere else).
 HASH_KEYS = frozenset({InfoKey.FOUNDATION_HASH.value})
