@@ -184,9 +184,10 @@ def site_rules_for(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
     from unicon_core.federation.egress import site_rules
 
     layout, metadata = site_layout(node_config, run_config)
-    names = {metadata.site, Path(str(node_config[NODE_SITE_DIR])).name}
-    if node_config.get(NODE_SITE_NAME):
-        names = {str(node_config[NODE_SITE_NAME])}
+    # Replies name the site as its site.json does; a site that cannot open its folder names
+    # itself as the node config does (site-name, else the folder's name).
+    node_name = str(node_config.get(NODE_SITE_NAME) or Path(str(node_config[NODE_SITE_DIR])).name)
+    names = {metadata.site, node_name}
     extra = {m.strip() for m in str(node_config.get(NODE_EXTRA_METRICS, "")).split(",")}
     try:
         max_metrics = int(node_config.get(NODE_MAX_METRICS, 32))

@@ -177,6 +177,8 @@ def test_rules_need_the_site_folder_and_valid_node_config(tmp_path: Path) -> Non
     rules = site_rules_for({"site-dir": str(site), "egress-extra-metrics": "f1, mcc"},
                            RUN_CONFIG)
     assert {"f1", "mcc"} <= rules.metric_names and rules.site_names == {"site_a"}
+    named = site_rules_for({"site-dir": str(site), "site-name": "hospital_a"}, RUN_CONFIG)
+    assert named.site_names == {"site_a", "hospital_a"}  # site.json's name and the node's
 
 
 def _message() -> Message:
