@@ -26,8 +26,8 @@ def measure_overhead(
     rounds: int, train: TrainConfig, run_dir: Path,
 ) -> dict[str, float]:
     """Seconds of both, and their ratio (flwr / plain)."""
-    from unicon_core.commands.federated import run_federated
     from unicon_core.federation.config import site_dirs_override
+    from unicon_flower.launcher import run_federated
 
     fed_overrides = [*overrides, site_dirs_override(site_dirs), f"federation.rounds={rounds}",
                      f"train.max_steps={train.max_steps}", "train.epochs=10000",

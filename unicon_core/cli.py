@@ -1,5 +1,10 @@
 """The ``unicon`` command line: thin typer commands over the library.
 
+Where a command registers: one that needs only the library (validate, init-site, train, export,
+predict, ...) is an ``@app.command()`` here, its body in :mod:`unicon_core.commands`; one that
+starts a Flower run (``federate``, ``demo``) registers on this same ``app`` in
+:mod:`unicon_flower.cli`, which is the console script, so the library never imports Flower.
+
 Every command that trains takes hydra overrides (``key=value``) as trailing arguments, so the
 command line, YAML files and Python share one configuration source (``configs/``). Heavy
 libraries are imported inside the commands so ``unicon --help`` is instant.
@@ -38,25 +43,6 @@ Verbose = Annotated[
     typer.Option("--verbose", "-v", help="Show logs (Flower's output of a run) and the traceback "
                  "of an error; -vv also dependency warnings. Read in main (unicon_core.console)."),
 ]
-
-
-@app.command()
-def demo(verbose: Verbose = False) -> None:
-    """Prepare the demo hospitals if needed and run the federated demo with `flwr run`."""
-    from unicon_core.commands.federated import demo_command
-
-    with user_errors("demo", verbose):
-        demo_command()  # prints the per-task table and the run folder
-
-
-@app.command()
-def federate(overrides: Overrides = None, verbose: Verbose = False) -> None:
-    """Run a federated experiment in local simulation (`flwr run`); resume=true continues."""
-    from unicon_core.commands.federated import run_federated, run_report
-
-    with user_errors("federate", verbose):
-        run_dir = run_federated(list(overrides or []))
-        typer.echo(run_report(run_dir))
 
 
 @app.command()
@@ -225,8 +211,9 @@ def predict(
 
 
 def main() -> None:
-    """Console-script entry point: an unexpected error (a bug) prints typer's traceback, without
-    locals, and exits with 3, so exit 1 always means invalid data.
+    """Run ``app`` (the console script, :func:`unicon_flower.cli.main`, adds the Flower commands
+    first): an unexpected error (a bug) prints typer's traceback, without locals, and exits
+    with 3, so exit 1 always means invalid data.
 
     The console is quiet unless ``-v``/``-vv`` (or ``$UNICON_VERBOSITY``) asks for more
     (:mod:`unicon_core.console`); set here, before any command imports a library."""

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from unicon_core.cli import app
+from unicon_flower.cli import app
 
 pytestmark = pytest.mark.slow
 TASK = "scans"

@@ -120,7 +120,7 @@ def test_flower_simulation_three_sites_two_tasks(tmp_path: Path) -> None:
 
 def test_flwr_run_command_leaves_no_process(tmp_path: Path) -> None:
     # Prepare
-    from unicon_core.commands.federated import (
+    from unicon_flower.launcher import (
         FLWR_HOME_DIR,
         descendants,
         run_federated,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from unicon_core import console
-from unicon_core.commands import federated
+from unicon_flower import launcher as federated
 
 
 @pytest.fixture
@@ -196,7 +196,7 @@ def test_federate_prints_a_short_console_that_ends_with_the_results_table(
     dirs = make_sites(tmp_path / "sites", THREE_SITES)
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != console.VERBOSITY_ENV}
-    main = "import sys; from unicon_core.cli import main; sys.argv[0] = 'unicon'; main()"
+    main = "import sys; from unicon_flower.cli import main; sys.argv[0] = 'unicon'; main()"
 
     # Execute
     proc = subprocess.run(

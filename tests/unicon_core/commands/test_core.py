@@ -93,8 +93,10 @@ def test_train_local_keeps_the_round_budget_and_writes_a_bundle(tmp_path: Path) 
 
 
 def test_cli_lists_commands_and_validate_exit_status(tmp_path: Path) -> None:
+    from unicon_flower.cli import app as console_app  # the console script: + Flower commands
+
     runner = CliRunner()
-    result = runner.invoke(app, ["--help"])
+    result = runner.invoke(console_app, ["--help"])
     assert result.exit_code == 0
     for command in ("demo", "federate", "validate", "prepare-demo", "pretrain", "train"):
         assert command in result.output

@@ -37,7 +37,7 @@ def _invalid_site(root: Path) -> Path:
 
 def _run_cli(*args: str, script: str = "") -> subprocess.CompletedProcess[str]:
     """``unicon ARGS`` in a fresh interpreter through the console-script entry point."""
-    code = f"{textwrap.dedent(script)}\nfrom unicon_core.cli import main\nmain()"
+    code = f"{textwrap.dedent(script)}\nfrom unicon_flower.cli import main\nmain()"
     env = {**os.environ, "COLUMNS": "100", "TERM": "dumb"}
     return subprocess.run(
         [sys.executable, "-c", code, *args],

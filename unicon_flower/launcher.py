@@ -1,4 +1,4 @@
-"""Bodies of the federated CLI commands: ``unicon federate`` and ``unicon demo``.
+"""The Flower launcher behind ``unicon federate`` and ``unicon demo`` (:mod:`unicon_flower.cli`).
 
 Both launch the Flower app of this repository with ``flwr run <repo> local --stream`` (Flower's
 local simulation) in a subprocess whose environment is set here, never at import:
@@ -55,7 +55,7 @@ FLOWER_LOG = "flower.log"
 
 def project_root() -> Path:
     """The repository holding the Flower app (``pyproject.toml`` with ``[tool.flwr.app]``)."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[1]
     pyproject = root / "pyproject.toml"
     if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text():
         raise FileNotFoundError(f"{root} is not the unicon Flower app (no [tool.flwr.app])")
