@@ -5,12 +5,18 @@ Classification: ROC AUC and balanced accuracy (scikit-learn). Segmentation: Dice
 is undefined on the data is reported as NaN, never guessed and never an error that stops a
 round: AUC with one class present, a C-index without comparable pairs (or without events),
 any metric of an empty split, and metrics of non-finite outputs (a diverged model).
+
+Every primary metric comes with its n (``num_examples``) and a 95 % percentile bootstrap
+interval over the evaluated cases (``<metric>_ci_low``/``<metric>_ci_high``,
+:func:`bootstrap_ci`; seeded, so equal predictions give equal intervals). ``primary_only``
+accumulators (the continual matrix) skip the intervals.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -27,6 +33,48 @@ PRIMARY_METRIC: dict[TaskKind, str] = {
 }
 
 
+#: Bootstrap resamples of a metric's confidence interval.
+BOOTSTRAP_RESAMPLES = 200
+#: Suffixes of the interval bounds next to a metric (``auc_ci_low``, ``auc_ci_high``).
+CI_LOW, CI_HIGH = "_ci_low", "_ci_high"
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray], float],
+    n: int,
+    level: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(index)`` over ``n`` cases.
+
+    ``statistic`` takes an array of case indices (drawn with replacement) and returns the
+    metric on those cases; a resample where it is undefined (NaN, e.g. AUC on one class) is
+    left out. Returns ``(nan, nan)`` when fewer than half of the resamples are defined or
+    ``n < 2``: an interval from a handful of cases would look more certain than it is.
+    """
+    if n < 2:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)], float)
+    values = values[np.isfinite(values)]
+    if len(values) < resamples / 2:
+        return math.nan, math.nan
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def with_ci(
+    out: dict[str, float], name: str, statistic: Callable[[np.ndarray], float], n: int
+) -> dict[str, float]:
+    """``out`` plus the bootstrap interval of metric ``name`` (NaN when ``out[name]`` is)."""
+    low, high = (
+        bootstrap_ci(statistic, n) if math.isfinite(out.get(name, math.nan)) else (math.nan,) * 2
+    )
+    return {**out, f"{name}{CI_LOW}": low, f"{name}{CI_HIGH}": high}
+
+
 class TaskMetric(Protocol):
     """Accumulates a task's predictions batch by batch."""
 
@@ -40,8 +88,9 @@ class TaskMetric(Protocol):
 class ClassificationMetric:
     """ROC AUC (one-vs-rest for several classes) and balanced accuracy."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, ci: bool = True) -> None:
         self.num_classes = num_classes
+        self.ci = ci
         self.reset()
 
     def reset(self) -> None:
@@ -53,7 +102,7 @@ class ClassificationMetric:
         self._labels.append(batch[BatchKey.LABEL.value].detach().cpu().numpy().reshape(-1))
 
     def aggregate(self) -> dict[str, float]:
-        from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+        from sklearn.metrics import balanced_accuracy_score
 
         if not self._labels:
             return {"auc": math.nan, "balanced_accuracy": math.nan, "num_examples": 0.0}
@@ -61,18 +110,29 @@ class ClassificationMetric:
         if not np.isfinite(probs).all():  # a diverged model: no ranking, no argmax to trust
             return {"auc": math.nan, "balanced_accuracy": math.nan,
                     "num_examples": float(len(labels))}
-        if len(np.unique(labels)) < 2:
-            auc = math.nan
-        elif self.num_classes == 2:
-            auc = float(roc_auc_score(labels, probs[:, 1]))
-        else:
-            auc = float(
-                roc_auc_score(
-                    labels, probs, multi_class="ovr", labels=list(range(self.num_classes))
-                )
-            )
+        auc = self._auc(labels, probs)
         bacc = float(balanced_accuracy_score(labels, probs.argmax(axis=1)))
-        return {"auc": auc, "balanced_accuracy": bacc, "num_examples": float(len(labels))}
+        out = {"auc": auc, "balanced_accuracy": bacc, "num_examples": float(len(labels))}
+        if not self.ci:
+            return out
+        return with_ci(out, "auc", lambda i: self._resampled_auc(labels[i], probs[i]), len(labels))
+
+    def _resampled_auc(self, labels: np.ndarray, probs: np.ndarray) -> float:
+        try:  # a resample may miss a class one-vs-rest needs
+            return self._auc(labels, probs)
+        except ValueError:
+            return math.nan
+
+    def _auc(self, labels: np.ndarray, probs: np.ndarray) -> float:
+        from sklearn.metrics import roc_auc_score
+
+        if len(np.unique(labels)) < 2:
+            return math.nan
+        if self.num_classes == 2:
+            return float(roc_auc_score(labels, probs[:, 1]))
+        return float(
+            roc_auc_score(labels, probs, multi_class="ovr", labels=list(range(self.num_classes)))
+        )
 
 
 class SegmentationMetric:
@@ -118,8 +178,10 @@ class SegmentationMetric:
         dice = self._dice.get_buffer().float()
         with warnings.catch_warnings():  # all-NaN (no foreground anywhere) stays NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            out = {"dice": float(np.nanmean(dice.cpu().numpy())),
-                   "num_examples": float(self._count)}
+            per_case = dice.cpu().numpy()
+            out = {"dice": float(np.nanmean(per_case)), "num_examples": float(self._count)}
+            if self._hd is not None:  # the full set of metrics: with the Dice's interval
+                out = with_ci(out, "dice", lambda i: _nanmean(per_case[i]), len(per_case))
             if self._hd is not None:
                 hd = self._hd.get_buffer().float().cpu().numpy()
                 out["hd95"] = float(np.nanmean(np.where(np.isinf(hd), np.nan, hd)))
@@ -129,7 +191,8 @@ class SegmentationMetric:
 class SurvivalMetric:
     """Harrell's concordance index of the predicted risk against (time, event)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ci: bool = True) -> None:
+        self.ci = ci
         self.reset()
 
     def reset(self) -> None:
@@ -150,19 +213,29 @@ class SurvivalMetric:
             return {"c_index": math.nan, "num_examples": 0.0}
         risk, time = np.concatenate(self._risk), np.concatenate(self._time)
         event = np.concatenate(self._event).astype(bool)
-        cindex = math.nan
-        if event.any() and np.isfinite(risk).all():
+
+        def cindex(i: np.ndarray) -> float:
+            if not event[i].any() or not np.isfinite(risk[i]).all():
+                return math.nan
             try:
-                cindex = float(concordance_index_censored(event, time, risk)[0])
+                return float(concordance_index_censored(event[i], time[i], risk[i])[0])
             except NoComparablePairException:  # e.g. the only event has the longest time
-                cindex = math.nan
-        return {"c_index": cindex, "num_examples": float(len(risk))}
+                return math.nan
+
+        out = {"c_index": cindex(np.arange(len(risk))), "num_examples": float(len(risk))}
+        return with_ci(out, "c_index", cindex, len(risk)) if self.ci else out
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite values (NaN when none): the Dice of a resample of cases."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 def metric_for(spec: TaskSpec, primary_only: bool = False) -> TaskMetric:
     """The metric accumulator of a task kind (``primary_only``: skip costly secondary ones)."""
     if spec.kind is TaskKind.CLASSIFICATION:
-        return ClassificationMetric(spec.num_classes)
+        return ClassificationMetric(spec.num_classes, ci=not primary_only)
     if spec.kind is TaskKind.SEGMENTATION:
         return SegmentationMetric(spec.num_classes, hd95=not primary_only)
-    return SurvivalMetric()
+    return SurvivalMetric(ci=not primary_only)

@@ -114,5 +114,8 @@ def test_byod_end_to_end(tmp_path: Path) -> None:
     for name in ("hosp_a", "hosp_b"):
         auc, n = predicted_auc(tmp_path, sites[name], sources[name])
         assert auc == pytest.approx(results["tasks"][TASK]["per_site"][name], abs=1e-6)
+        assert results["tasks"][TASK]["per_site_n"][name] == n  # n and a 95 % CI per site
+        low, high = results["tasks"][TASK]["per_site_ci95"][name] or (auc, auc)
+        assert low <= auc <= high
     auc, n = predicted_auc(tmp_path, sites["hosp_c"], sources["hosp_c"])
     assert (auc, n) == (pytest.approx(external["value"], abs=1e-6), external["n"])

@@ -2,7 +2,8 @@
 
 Sites (task -> sites):
 
-* ``tumour_cls`` (real Br35H MRI, 2D 64x64): ``br35h_a``, ``br35h_b``, ``br35h_c``;
+* ``tumour_cls`` (real Br35H MRI, 2D 64x64): ``br35h_a``, ``br35h_b``, ``br35h_c`` train;
+  ``br35h_ext`` (whole sources none of them has) only evaluates (external validation);
 * ``tissue_seg`` (real MNI152 template, 2D 64x64): ``brain_axial``, ``brain_coronal``;
 * ``gbsg2_surv`` (real GBSG2 clinical cohort): ``gbsg2_a``, ``gbsg2_b``;
 * ``ct_seg`` (synthetic CT phantoms, 32^3): ``ct_a``, ``ct_b``;
@@ -140,9 +141,10 @@ def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
 
 
 def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
+    from unicon_core.data.manifest import SiteRole
     from unicon_core.demo_data import br35h
 
-    names = list(br35h.SITE_TUMOUR_FRACTION)
+    names = [*br35h.SITE_TUMOUR_FRACTION, br35h.EXTERNAL_SITE]
     task = br35h.tumour_task()
     crop, floor = br35h.baked_step(task)
     if not force and _reusable(out_dir, names, br35h.SOURCE, task):
@@ -152,7 +154,13 @@ def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
     images = br35h.scan_br35h(task.input_size[-1], crop=crop, floor=floor)
     chosen = br35h.select_sites(images, seed=seed)
     for name in names:
-        share = br35h.SITE_TUMOUR_FRACTION[name]
+        external = name == br35h.EXTERNAL_SITE
+        share = 0.5 if external else br35h.SITE_TUMOUR_FRACTION[name]
+        what = (
+            "external validation site: whole web sources no training site holds, every row a "
+            "test row, never trains" if external else
+            "sources above 6 % of the site train, val/test are many smaller sources"
+        )
         _record(
             report,
             name,
@@ -164,9 +172,10 @@ def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
                 br35h.SOURCE,
                 f"Real Br35H brain MRI (web-collected JPEGs), {len(chosen[name])} images, "
                 f"~{share:.0%} tumour; grayscale 64x64, size shortcut removed, near-duplicate "
-                "and same-source images grouped in one split.",
+                f"and same-source images grouped in one split; {what}.",
                 lambda d, name=name: br35h.write_br35h_site(d, images, chosen[name]),
                 force=True,
+                role=SiteRole.EVALUATION if external else SiteRole.TRAIN,
             ),
         )
 

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from unicon_core.config import TaskSpec
-from unicon_core.data.manifest import MANIFEST_NAME, SITE_JSON_NAME, SiteMetadata, write_site_json
+from unicon_core.data.manifest import (
+    MANIFEST_NAME,
+    SITE_JSON_NAME,
+    SiteMetadata,
+    SiteRole,
+    write_site_json,
+)
 
 
 def site_is_complete(site_dir: Path) -> bool:
@@ -39,8 +45,10 @@ def build_site(
     description: str,
     fill: Callable[[Path], list[dict[str, Any]]],
     force: bool = False,
+    role: SiteRole = SiteRole.TRAIN,
 ) -> tuple[Path, bool]:
-    """Build one site with ``fill(tmp_dir) -> manifest rows`` unless it is already complete.
+    """Build one site with ``fill(tmp_dir) -> manifest rows`` unless it is already complete
+    (``role`` evaluation: an external validation site, every row a test row).
 
     Returns the site folder and whether it was (re)built.
     """
@@ -52,7 +60,7 @@ def build_site(
     tmp.mkdir(parents=True)
     rows = fill(tmp)
     write_manifest(tmp, rows)
-    write_site_json(tmp, SiteMetadata(name, synthetic, source, description, task))
+    write_site_json(tmp, SiteMetadata(name, synthetic, source, description, task, role=role))
     shutil.rmtree(site_dir, ignore_errors=True)
     tmp.rename(site_dir)
     return site_dir, True
