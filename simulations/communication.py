@@ -19,7 +19,7 @@ from unicon_core.training.plans import Plan, plan_state
 
 def round_bytes(model: UniconModel, task: str, plan: str = Plan.SKILL.value) -> dict[str, int]:
     """Bytes one site receives (both instructions) and sends (both replies) in one round."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+    from flwr.app import ConfigRecord, RecordDict
 
     from client.site_runner import answering, info_record, metric_record, skill_record
     from server.strategies.per_task_fedavg import PerTaskFedAvg, SiteNode
@@ -27,9 +27,10 @@ def round_bytes(model: UniconModel, task: str, plan: str = Plan.SKILL.value) -> 
     from unicon_core.federation.protocol import RecordKey, Status
     from unicon_core.metrics import PRIMARY_METRIC
     from unicon_flower.accounting import content_bytes
+    from unicon_flower.records import arrays_to_record
 
     state = {k: v.numpy() for k, v in plan_state(model, task, plan).items()}
-    arrays = ArrayRecord({k: Array(v) for k, v in prefix_task(task, state).items()})
+    arrays = arrays_to_record(prefix_task(task, state))
     strategy = PerTaskFedAvg([SiteNode(1, "site", task)], foundation_hash=model.foundation_hash)
     down = sum(content_bytes(m.content) for m in [
         *strategy.configure_train(1, arrays, ConfigRecord(), None),  # type: ignore[arg-type]

@@ -173,7 +173,9 @@ def make_sites(root: Path, seed: int) -> list[Path]:
 
 
 def _arrays(msg: Any) -> dict[str, np.ndarray]:
-    return {k: a.numpy() for k, a in msg.content.array_records["skill"].items()}
+    from unicon_flower.records import record_to_arrays
+
+    return record_to_arrays(msg.content.array_records["skill"])
 
 
 def step_diagnostics(exchanges: Sequence[Any], attacker_node: int) -> list[tuple[float, float]]:
