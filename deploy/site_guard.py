@@ -219,13 +219,16 @@ def guarded_reply(instruction: Any, outcome: AppOutcome, rules: Any,
     from flwr.app import Message
 
     from client.mods.egress_guard import reply_view  # the site's installed copy
-    from unicon_core.federation.egress import RefusalCode, reply_problems
+    from unicon_core.federation.egress import RefusalCode, for_instruction, reply_problems
+    from unicon_core.federation.protocol import RecordKey
 
     if outcome.content is None:
         log(ERROR, "site guard: the app failed, its error stays here: %s", outcome.error[:4000])
         return refusal(instruction, RefusalCode.APP_ERROR)
     message_type = instruction.metadata.message_type
-    problems = reply_problems(message_type, reply_view(outcome.content), rules)
+    config = instruction.content.config_records.get(RecordKey.CONFIG.value, {})
+    problems = reply_problems(message_type, reply_view(outcome.content),
+                              for_instruction(rules, config))
     if problems:
         log(ERROR, "site guard refused a %s reply: %s", message_type, "; ".join(problems)[:8000])
         return refusal(instruction, RefusalCode.EGRESS)

@@ -45,9 +45,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"rules": site_rules_for(node, RUN_CONFIG), "layout": layout}
 
 
-def _instruction(kind: str, layout: dict[str, tuple[int, ...]] | None = None) -> Message:
+def _instruction(kind: str, layout: dict[str, tuple[int, ...]] | None = None,
+                 **config: Any) -> Message:
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
-    content = RecordDict({"config": ConfigRecord({"server-round": 1, "task": TASK})})
+    content = RecordDict({"config": ConfigRecord({"server-round": 1, "task": TASK, **config})})
     if layout:
         content["skill"] = ArrayRecord({k: Array(np.zeros(s, np.float32))
                                         for k, s in layout.items()})
@@ -66,7 +67,7 @@ def _info(**extra: Any) -> ConfigRecord:
 
 def _metrics(**extra: float) -> MetricRecord:
     return MetricRecord({"num-examples": 12, "train_loss": 0.5, "val_auc": 0.6, "steps": 3,
-                         **extra})
+                         "val_auc_ci_low": 0.4, "val_auc_ci_high": 0.8, **extra})
 
 
 def _hostile(records: Callable[[], dict[str, Any]]) -> Callable[[Message, Context], Message]:
@@ -165,6 +166,9 @@ CASES: list[tuple[str, str, Callable[[dict], dict[str, Any]], str]] = [
     ("unknown-metric-names", "train", lambda lay: {
         "skill": _skill(lay), "info": _info(),
         "metrics": _metrics(age_of_p0001=63.0, sbp_of_p0002=141.0)}, "not an allowed metric"),
+    ("interval-bound-out-of-range", "evaluate", lambda lay: {
+        "info": _info(status="evaluated"), "metrics": _metrics(auc_ci_high=63.0)},
+     "outside [0, 1]"),
     ("infinite-metric", "evaluate", lambda lay: {
         "info": _info(status="evaluated"), "metrics": _metrics(train_loss=float("inf"))},
      "is inf"),
@@ -191,6 +195,9 @@ CASES: list[tuple[str, str, Callable[[dict], dict[str, Any]], str]] = [
     ("key-outside-the-layout", "train", lambda lay: {
         "skill": _skill(lay, **{"head.extra.weight": Array(np.zeros(64, np.float32))}),
         "metrics": _metrics(), "info": _info()}, "not a skill tensor of this task"),
+    ("a-key-left-out", "train", lambda lay: {
+        "skill": ArrayRecord({k: Array(np.zeros(v, np.float32)) for k, v in list(lay.items())[1:]}),
+        "metrics": _metrics(), "info": _info()}, "missing keys"),
     ("wrong-shape", "train", lambda lay: {
         "skill": _skill(lay, **{next(iter(lay)): Array(np.zeros(999, np.float32))}),
         "metrics": _metrics(), "info": _info()}, "has shape"),
@@ -304,3 +311,21 @@ def test_an_app_that_patches_the_guard_in_its_own_process_is_still_checked(
     # Assert: the patches lived in the app's process only; the site's check ran unchanged
     assert reply.error.reason == RefusalCode.EGRESS.value
     assert "its bytes decode to int64" in log
+
+
+def test_under_ffa_the_a_factors_may_stay_home_and_nothing_else(site: dict[str, Any]) -> None:
+    # Prepare: FFA-LoRA freezes every A factor, so the reply leaves them out
+    layout = site["layout"]
+    a_keys = {k for k in layout if ".lora_A." in k}
+    instruction = _instruction("train", layout, **{"lora-rule": "ffa"})
+
+    def reply_without(keys: set[str]) -> Callable[[Message, Context], Message]:
+        return _hostile(lambda: {"metrics": _metrics(), "info": _info(), "skill": ArrayRecord(
+            {k: Array(np.zeros(v, np.float32)) for k, v in layout.items() if k not in keys})})
+
+    # Execute / Assert: without the A factors it leaves; without a B factor too, it does not
+    reply, log = _run(reply_without(a_keys), instruction, site["rules"])
+    assert a_keys and not reply.has_error(), log
+    b_key = next(k for k in layout if ".lora_B." in k)
+    reply, log = _run(reply_without(a_keys | {b_key}), instruction, site["rules"])
+    assert reply.has_error() and "missing keys" in log

@@ -17,7 +17,9 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from deploy import sign_fab as cli
 from deploy.site_guard import (
+    AppOutcome,
     SiteGuardError,
+    guarded_reply,
     load_trusted_entities,
     run_isolated,
     sign_fab,
@@ -218,3 +220,55 @@ def test_isolated_app_that_raises_or_dies_is_an_error_not_a_crash() -> None:
     assert outcome.content is None and "P-0042" in outcome.error  # for the site's log only
     outcome = run_isolated(dies, _message(), _context())
     assert outcome.content is None and "status" in outcome.error
+
+
+@pytest.mark.slow
+def test_the_real_client_apps_replies_pass_the_sites_guard(tmp_path: Path) -> None:
+    """Every honest reply of unicon's own ClientApp (query, train with each codec and FFA,
+    evaluate) leaves a site; catches an allow-list that lags behind a new metric or record."""
+    # Prepare: a classification and a survival site, the loopback test's run config
+    import shlex
+
+    from client.client_app import make_client_app
+    from tests.deploy.test_deployment import deployment_overrides
+    from tests.server.fedtools import THREE_SITES, make_sites
+
+    dirs = make_sites(tmp_path / "data", [THREE_SITES[0], THREE_SITES[2]])
+    overrides = deployment_overrides(tmp_path / "run", 2)
+    run_config = {"experiment": "", "overrides": " ".join(shlex.quote(o) for o in overrides)}
+    app = make_client_app()
+    variants = [("train", {}), ("evaluate", {}),
+                ("train", {"delta-codec": "topk", "topk-fraction": 0.5}),
+                ("train", {"delta-codec": "int8", "codec-per-row": True, "lora-rule": "ffa"}),
+                ("train", {"lora-rule": "ffa"})]
+    refused: list[str] = []
+    for site in dirs:
+        node = {"site-dir": str(site)}
+        rules = site_rules_for(node, run_config)
+        ctx = Context(run_id=1, node_id=1, node_config=node, state=RecordDict(),
+                      run_config=run_config)
+
+        def ask(kind: str, content: RecordDict, ctx: Context = ctx, rules=rules,
+                site: Path = site) -> AppOutcome:
+            TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+            msg = Message(content, dst_node_id=1, message_type=kind)
+            outcome = run_isolated(lambda m, c: app(m, c), msg, ctx)
+            if outcome.state is not None:
+                ctx.state = outcome.state
+            reply = guarded_reply(msg, outcome, rules, lambda _, fmt, *a: refused.append(
+                f"{site.name} {kind}: " + fmt % a))
+            assert reply.has_error() == bool(refused)
+            assert outcome.content is not None, outcome.error
+            return outcome
+
+        # Execute: the query, then each train/evaluate variant with the skill the query named
+        info = ask("query", RecordDict({"config": ConfigRecord({"server-round": 0})})
+                   ).content["info"]
+        skill = {k: Array(np.zeros(s, np.float32)) for k, s in rules.allowed.items()}
+        for kind, extra in variants:
+            config = ConfigRecord({"server-round": 1, "task": info["task"],
+                                   "foundation-hash": info["foundation-hash"], **extra})
+            ask(kind, RecordDict({"config": config, "skill": ArrayRecord(dict(skill))}))
+
+    # Assert: nothing honest was refused
+    assert refused == []

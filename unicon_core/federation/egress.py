@@ -19,7 +19,8 @@ Checks (each one a line of the returned list, naming the record and key):
 * decoded content: the bytes decode to exactly the header's dtype and shape (an ``.npy`` of other
   data behind an honest header is refused), carry no bytes beyond that array's ``.npy`` header
   and data, and hold finite values;
-* metrics: scalars, at most ``max_metrics``, names from the allow-list (site rules), values
+* metrics: scalars, at most ``max_metrics``, names from the allow-list (site rules; with
+  ``val_``/``test_`` prefixes and ``_ci_low``/``_ci_high`` interval suffixes), values
   finite or NaN (undefined) and in range (:func:`~unicon_core.federation.replies.metric_problem`);
 * config values: short scalars; with an allow-list of keys (site rules), no long runs of
   base64/hex-like text outside the fields that are hashes, and the task spec equal to the
@@ -43,6 +44,7 @@ from unicon_core.federation.exclusions import MAX_REASON_CHARS
 from unicon_core.federation.protocol import (
     EVAL_EXAMPLES,
     NUM_EXAMPLES,
+    ConfigKey,
     InfoKey,
     RecordKey,
     SummaryKey,
@@ -66,6 +68,9 @@ METRIC_NAMES = frozenset({
     "loss", "train_loss", "steps", "epsilon", "delta", "answer_s", "handle_s", "process_s",
 })
 METRIC_PREFIXES = ("val_", "test_")
+#: Suffixes of a metric's interval bounds (``auc_ci_low``; ``unicon_core.metrics.CI_LOW/HIGH``,
+#: not imported: that module loads torch, and the FAB-side mod must import quickly).
+METRIC_SUFFIXES = ("_ci_low", "_ci_high")
 #: Largest magnitude of any metric (the example-count cap of :mod:`replies`).
 MAX_METRIC_VALUE = 1e9
 
@@ -146,6 +151,10 @@ class EgressRules:
         What the ``info`` record must say (the site's own name(s), task and task spec JSON).
     min_summary_count : int
         Fewest examples behind a router summary.
+    exact : bool
+        A skill or delta must cover every key of ``allowed`` but ``omittable`` (site rules).
+    omittable : frozenset
+        Keys a reply may leave out (the A factors under FFA-LoRA: :func:`for_instruction`).
     """
 
     allowed: Mapping[str, tuple[int, ...]]
@@ -162,6 +171,8 @@ class EgressRules:
     min_summary_count: int = MIN_SUMMARY_COUNT
     #: Key prefixes an array may carry (a research site, issue #16, adds the backbone's).
     prefixes: tuple[str, ...] = SKILL_PREFIXES
+    exact: bool = False
+    omittable: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if self.max_config_chars < 1:
@@ -188,8 +199,19 @@ def site_rules(
         metric_names=METRIC_NAMES | extra_metrics, max_metrics=min(max_metrics, MAX_METRICS),
         info_limits=INFO_LIMITS, decode=True, site_names=site_names,
         task=str(task_spec.get("name", "")), task_spec=dict(task_spec),
-        min_summary_count=min_summary_count,
+        min_summary_count=min_summary_count, exact=True,
     )
+
+
+def for_instruction(rules: EgressRules, config: Mapping[str, Any]) -> EgressRules:
+    """``rules`` for one instruction's ``config``: under FFA-LoRA the A factors stay home."""
+    from dataclasses import replace
+
+    from unicon_core.federation.lora_rules import a_keys
+
+    if config.get(ConfigKey.LORA_RULE.value) != "ffa":
+        return rules
+    return replace(rules, omittable=frozenset(a_keys(list(rules.allowed))))
 
 
 def reply_problems(message_type: str, reply: ReplyView, rules: EgressRules) -> list[str]:
@@ -244,9 +266,17 @@ def _shape_fits(key: str, shape: tuple[int, ...], want: tuple[int, ...], lower_r
                for i, (s, w) in enumerate(zip(shape, want, strict=True)))
 
 
+def _missing(present: set[str], rules: EgressRules) -> list[str]:
+    if not rules.exact:
+        return []
+    missing = sorted(set(rules.allowed) - present - rules.omittable)
+    return [f"missing keys {missing[:8]} of the site's skill layout"] if missing else []
+
+
 def skill_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[str]:
-    """Skill arrays: allowed keys, their shapes, a skill prefix and a floating dtype."""
-    out = []
+    """Skill arrays: allowed keys (all of them under ``exact``), their shapes, a skill prefix
+    and a floating dtype."""
+    out = _missing(set(arrays), rules)
     for key, arr in arrays.items():
         want = rules.allowed.get(key)
         if want is None:
@@ -262,7 +292,7 @@ def skill_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[
 
 def delta_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[str]:
     """Encoded updates (issue #14): each array encodes one allowed key's update."""
-    out = []
+    out = _missing({k.removesuffix(SCALE).removesuffix(INDEX) for k in arrays}, rules)
     for key, arr in arrays.items():
         base = key.removesuffix(SCALE).removesuffix(INDEX)
         if base not in rules.allowed or not base.startswith(SKILL_PREFIXES):
@@ -341,9 +371,11 @@ def metric_problems(name: str, values: Mapping[str, Any], rules: EgressRules) ->
         base = key
         for prefix in METRIC_PREFIXES:
             base = base.removeprefix(prefix)
+        for suffix in METRIC_SUFFIXES:
+            base = base.removesuffix(suffix)
         if base not in rules.metric_names:
             out.append(f"metric {name[:64]}.{key[:64]} is not an allowed metric name")
-        elif problem := metric_problem(key, value):
+        elif problem := metric_problem(base, value):
             out.append(f"metrics {name[:64]}: {problem}")
         elif abs(float(value)) > MAX_METRIC_VALUE:
             out.append(f"metric {name[:64]}.{key} is {float(value):.4g}, beyond "
