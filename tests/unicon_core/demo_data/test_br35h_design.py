@@ -1,0 +1,21 @@
+"""The BENCHMARKS.md section on the Br35H design is computed from the prepared sites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from simulations.br35h_design import insert_section, load, render
+
+
+def test_section_reports_no_leak_and_every_split(demo_dir: Path, tmp_path: Path) -> None:
+    frame = load(demo_dir)
+    section = render(frame)
+    assert "prepared-image hash 0; source groups 0" in section
+    assert "also held by a training site: 0" in section
+    assert section.count("| br35h_") == frame.groupby(["site", "split"]).ngroups
+    bench = tmp_path / "BENCHMARKS.md"
+    bench.write_text("# B\n\n## other\nkept\n")
+    insert_section(bench, section)
+    insert_section(bench, section)  # replaced, not repeated
+    assert bench.read_text().count("## Br35H evaluation design") == 1
+    assert "kept" in bench.read_text()
