@@ -138,12 +138,14 @@ def verify_fab_signature(fab: bytes, signature: str, trusted: Mapping[str, str])
 # ------------------------------------------------------------------------------ site rules
 def site_layout(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
                 ) -> tuple[dict[str, tuple[int, ...]], Any]:
-    """(skill key -> shape, ``site.json`` metadata): the layout the site's own model defines
-    for the task in its own ``site.json``; the run config chooses only the architecture."""
+    """(key -> shape, ``site.json`` metadata): the skill layout the site's own model defines
+    for the task in its own ``site.json``; the run config chooses only the architecture. A site
+    whose node config allows research plans (issue #16) gets the run's plan's tensors instead."""
     from unicon_core.data.manifest import read_site_json
     from unicon_core.federation.config import (
         NODE_SITE_DIR,
         overrides_from_run_config,
+        research_allowed,
     )
     from unicon_core.hydra_config import load_settings
     from unicon_core.model import UniconModel
@@ -157,12 +159,15 @@ def site_layout(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
     except (OSError, ValueError) as err:
         raise SiteGuardError(f"{site_dir}/site.json: {err}") from None
     settings = load_settings(overrides_from_run_config(run_config))
+    plan = settings.federation.plan if research_allowed(node_config) else "skill"
 
     def build() -> dict[str, tuple[int, ...]]:
+        from unicon_core.training.plans import plan_parameters
+
         model = UniconModel(settings.backbone, seed=settings.seed)
         model.add_task(metadata.task)
         return {k: tuple(int(s) for s in p.shape)
-                for k, p in model.skill_parameters(metadata.task.name).items()}
+                for k, p in plan_parameters(model, metadata.task.name, plan).items()}
 
     import torch
 
@@ -175,11 +180,14 @@ def site_layout(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
 
 def site_rules_for(node_config: Mapping[str, Any], run_config: Mapping[str, Any]) -> Any:
     """The site's :class:`~unicon_core.federation.egress.EgressRules` (see module doc)."""
+    from dataclasses import replace
+
     from unicon_core.federation.config import (
         NODE_ROUTER_MIN_COUNT,
         NODE_SITE_DIR,
         NODE_SITE_NAME,
         ROUTER_MIN_COUNT,
+        research_allowed,
     )
     from unicon_core.federation.egress import site_rules
 
@@ -192,11 +200,18 @@ def site_rules_for(node_config: Mapping[str, Any], run_config: Mapping[str, Any]
     try:
         max_metrics = int(node_config.get(NODE_MAX_METRICS, 32))
         min_count = int(node_config.get(NODE_ROUTER_MIN_COUNT, ROUTER_MIN_COUNT))
-        return site_rules(layout, site_names=frozenset(names),
-                          task_spec=metadata.task.to_dict(), extra_metrics=frozenset(extra - {""}),
-                          max_metrics=max_metrics, min_summary_count=min_count)
+        rules = site_rules(layout, site_names=frozenset(names),
+                           task_spec=metadata.task.to_dict(),
+                           extra_metrics=frozenset(extra - {""}), max_metrics=max_metrics,
+                           min_summary_count=min_count)
     except ValueError as err:
         raise SiteGuardError(f"node config: {err}") from None
+    if not research_allowed(node_config):
+        return rules
+    from unicon_core.training.plans import RESEARCH_PREFIXES
+
+    # A research plan's schedule sends part of its tensors in some rounds: any subset leaves.
+    return replace(rules, prefixes=rules.prefixes + RESEARCH_PREFIXES, exact=False)
 
 
 # ------------------------------------------------------------------------------ the check

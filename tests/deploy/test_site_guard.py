@@ -272,3 +272,18 @@ def test_the_real_client_apps_replies_pass_the_sites_guard(tmp_path: Path) -> No
 
     # Assert: nothing honest was refused
     assert refused == []
+
+
+def test_a_research_site_allows_the_runs_plan_and_nobody_else_does(tmp_path: Path) -> None:
+    # Prepare: the run asks for full fine-tuning (backbone tensors travel)
+    site = make_site_json(tmp_path)
+    run = dict(RUN_CONFIG, overrides=RUN_CONFIG["overrides"] + " federation.plan=full_finetune")
+
+    # Execute
+    plain = site_rules_for({"site-dir": str(site)}, run)
+    research = site_rules_for({"site-dir": str(site), "allow-research-plans": True}, run)
+
+    # Assert: only the site whose node config allows research plans lets backbone tensors out
+    assert not any(k.startswith("backbone.") for k in plain.allowed) and plain.exact
+    assert any(k.startswith("backbone.") for k in research.allowed) and not research.exact
+    assert "backbone." in research.prefixes
