@@ -9,7 +9,11 @@ group and every descendant, found with psutil), first with SIGTERM, then SIGKILL
 127.0.0.1 is ever contacted. Faults: :meth:`LoopbackFederation.kill_superlink` and
 :meth:`LoopbackFederation.kill_site` SIGKILL a role with all its processes (a crash),
 :meth:`LoopbackFederation.start_superlink` restarts the SuperLink on the same database and
-:meth:`LoopbackFederation.restart_site` a site with the same key.
+:meth:`LoopbackFederation.restart_site` a site with the same key. Signed apps:
+:meth:`LoopbackFederation.make_signing_key` makes the consortium's key and the sites'
+trusted-entities file (sites started afterwards run only signed apps),
+:meth:`LoopbackFederation.snapshot_app` freezes the app that later runs submit, and
+:meth:`LoopbackFederation.sign` signs it.
 """
 
 from __future__ import annotations
