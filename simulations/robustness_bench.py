@@ -207,20 +207,16 @@ def run_one(cfg: Config, site_dirs: Sequence[Path], run_dir: Path, rounds: int, 
     import torch
 
     from client.mods.attack import UpdateAttack
-    from unicon_core.federation.config import site_dirs_override
     from unicon_core.federation.outputs import read_jsonl
-    from unicon_flower.runner import node_configs, run_overrides
+    from unicon_flower.runner import RunSettings, node_configs, run_overrides
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)  # keeps rejections (ERROR) visible
-    overrides = [
-        "experiment=demo", site_dirs_override(site_dirs), f"federation.rounds={rounds}",
-        f"federation.run_dir='{run_dir}'", "federation.wandb=disabled", "federation.plots=false",
-        f"strategy={cfg.strategy}", f"seed={seed}",
-        "train.max_steps=10", "train.batch_size=16", "train.lr=0.005",
-    ]
-    if bound is not None:
-        overrides.append(f"strategy.max_update_norm={bound!r}")
+    bound_override = () if bound is None else (f"strategy.max_update_norm={bound!r}",)
+    settings = RunSettings(base=("experiment=demo", f"strategy={cfg.strategy}", *bound_override,
+                                 "train.max_steps=10"),
+                           seed=seed, rounds=rounds, batch_size=16, lr=0.005)
+    overrides = settings.overrides(site_dirs, run_dir)
     attacker = FIRST_NODE + ATTACKER if len(site_dirs) > ATTACKER else -1
     norms: list[tuple[int, int, float]] = []
     factor = ATTACKS[cfg.attack] if cfg.attack is not None else None
