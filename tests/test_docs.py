@@ -126,3 +126,39 @@ def test_the_checks_catch_stale_references(tmp_path: Path) -> None:
 
 def test_readme_stays_an_entry_point() -> None:
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def architecture_map() -> dict[str, list[str]]:
+    """README's map: top-level folder -> entries named at the start of its indented lines."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Architecture", 1)[1].split("```", 2)[1]
+    entries: dict[str, list[str]] = {}
+    top = ""
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            top = line.split()[0]
+            entries[top] = []
+        elif line.startswith("  ") and not line.startswith("   "):
+            names = re.match(r"\s+([\w./]+(?:,\s*[\w./]+)*)", line)
+            if names:
+                entries[top] += [n.strip() for n in names.group(1).split(",")]
+    return entries
+
+
+def test_architecture_map_matches_the_tree() -> None:
+    """Every folder and file the map names exists; every top-level package folder and every
+    sub-package of the library is on the map."""
+    entries = architecture_map()
+    named = [top for top in entries] + [top + e for top, sub in entries.items() for e in sub]
+    missing = [n for n in named if n not in tracked()]
+    assert not missing, f"README's architecture map names what is not in the tree: {missing}"
+    folders = {f.split("/")[0] + "/" for f in tracked() if "/" in f}
+    unmapped = sorted(f for f in folders - set(entries) if not f.startswith(".")
+                      and f not in {"docs/"})
+    assert not unmapped, f"top-level folders missing from README's architecture map: {unmapped}"
+    packages = {f.split("/")[1] + "/" for f in tracked() if f.startswith("unicon_core/")
+                and f.endswith("/__init__.py") and f.count("/") == 2}
+    absent = sorted(packages - set(entries.get("unicon_core/", [])))
+    assert not absent, f"unicon_core packages missing from README's architecture map: {absent}"
