@@ -1,5 +1,6 @@
-"""Pure helpers of the federated app: settings, per-task aggregation, byte accounting, outputs.
+"""Pure helpers of the federated app: settings, per-task aggregation, outputs, checkpoints.
 
-Nothing here talks to Flower's network layer; ``server/`` and ``client/`` translate Messages into
-calls to these functions. Importing this package is cheap (no torch at import time).
+Nothing here imports Flower (``tests/test_architecture.py``); ``server/``, ``client/`` and
+``unicon_flower/`` (records, byte accounting, runners) translate Messages into calls to these
+functions. Importing this package is cheap (no torch at import time).
 """
