@@ -124,6 +124,32 @@ def test_flower_gets_everything_when_quiet_and_the_asked_level_otherwise(tmp_pat
         "ignore::FutureWarning"
 
 
+@pytest.mark.parametrize(("level", "echo", "bar"), [(0, False, True), (1, True, False)])
+def test_launch_shows_flowers_output_only_when_verbose(
+    level: int, echo: bool, bar: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`unicon federate` quiet: a bar, Flower's output to flower.log only; -v: echoed too."""
+    # Prepare
+    seen: dict[str, object] = {}
+
+    def fake_run_logged(cmd: list[str], env: dict[str, str], cwd: Path, log_path: Path,
+                        **kwargs: object) -> int:
+        seen.update(kwargs, cmd=cmd, log_path=log_path, env=env)
+        return 0
+
+    monkeypatch.setattr(federated, "run_logged", fake_run_logged)
+    monkeypatch.setattr(federated, "stop_superlink", lambda flwr_home: [])
+    monkeypatch.setenv(console.VERBOSITY_ENV, str(level))
+
+    # Execute
+    federated.launch_flower_run(tmp_path, ["federation.rounds=2"], 1, rounds=2)
+
+    # Assert
+    assert seen["log_path"] == tmp_path / federated.FLOWER_LOG
+    assert seen["echo"] is echo and (seen["poll"] is not None) is bar
+    assert "--stream" in seen["cmd"]  # type: ignore[operator]
+
+
 NOISY = """
 import sys
 for i in range(300):
