@@ -99,6 +99,12 @@ def train_local_command(
             train = replace(train, epochs=epochs, max_steps=None)
         backbone = backbone_config(cfg)
     site = open_site(site_dir)
+    if not site.split_rows("train"):
+        from unicon_core.commands.errors import UsageError
+
+        raise UsageError(f"site {site.name} has no train rows (an evaluation-only site, e.g. "
+                         "an external validation hospital): it cannot train; give it to a "
+                         "federation, or `unicon predict` a bundle on its files")
     spec = site.task_spec
     model = UniconModel(backbone, seed=int(cfg.seed))
     model.add_task(spec)
