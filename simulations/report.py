@@ -340,9 +340,12 @@ ENGINE_CHANGES = (
     "strategy and ClientApp in process (same seeds per site and round, same local budget). "
     "On the product path each site builds its own model per message (same seeded "
     "initialisation) and reports validation metrics every round; every reply is checked by "
-    "the server (norm bound, counts clamped to what the site declared); aggregation is the "
-    "strategy's; bytes are the strategy's ledger of real messages (more metrics per reply "
-    "than the old loop's hand-made ones)."
+    "the server (update-norm bound of 4 x the round's median with >= 3 sites); aggregation is "
+    "the strategy's, whose weight per site is the reply's example count clamped to the train "
+    "count the site declared (the old loop weighted by examples seen, the same for every site "
+    "at a fixed step budget, so sites with fewer train examples than steps x batch now weigh "
+    "less); bytes are the strategy's ledger of real messages (more metrics per reply than the "
+    "old loop's hand-made ones)."
 )
 
 
