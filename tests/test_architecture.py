@@ -34,14 +34,6 @@ FORBIDDEN_IN_CORE = ("flwr", "server", "client", "unicon_flower")
 KNOWN_LAZY_CYCLES: set[tuple[str, ...]] = {
     # config.TaskSpec reads PreprocessConfig lazily; transforms imports config at top level
     ("unicon_core.config", "unicon_core.data.manifest", "unicon_core.data.transforms"),
-    # the registry imports the package lazily so every backbone family registers itself
-    (
-        "unicon_core.model.backbones",
-        "unicon_core.model.backbones.i3resnet",
-        "unicon_core.model.backbones.monai_net",
-        "unicon_core.model.backbones.registry",
-        "unicon_core.model.backbones.transformer",
-    ),
     # runner/stages build plugins lazily; every plugin imports runner and stages at top level
     (
         "unicon_core.continual.plugins",

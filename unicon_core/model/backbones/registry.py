@@ -119,9 +119,8 @@ def create_backbone(cfg: BackboneConfig) -> FoundationBackbone:
 
 
 def _family(name: str) -> BackboneFamily:
-    # Importing the package registers the built-in families.
-    import unicon_core.model.backbones  # noqa: F401
-
+    # The built-in families are registered: importing this module runs the package's
+    # __init__ first, which imports every family module.
     if name not in _REGISTRY:
         raise ValueError(f"backbone.name: unknown family {name!r}; known: {backbone_families()}")
     return _REGISTRY[name]
