@@ -183,8 +183,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="YAML of the Ed25519 keys whose signature an app must carry "
                              "(flower-supernode's format); without it any app runs")
     args = parser.parse_args(argv)
-    serve(args.runtime_api_address, args.parent_pid, insecure=args.root_certificates is None,
-          root_certificates=args.root_certificates, trusted_entities=args.trusted_entities)
+    try:
+        serve(args.runtime_api_address, args.parent_pid, insecure=args.root_certificates is None,
+              root_certificates=args.root_certificates, trusted_entities=args.trusted_entities)
+    except _site_guard().SiteGuardError as err:  # the site's own files: say which and why
+        parser.exit(2, f"error: {err}\n")
 
 
 if __name__ == "__main__":

@@ -287,3 +287,12 @@ def test_a_research_site_allows_the_runs_plan_and_nobody_else_does(tmp_path: Pat
     assert not any(k.startswith("backbone.") for k in plain.allowed) and plain.exact
     assert any(k.startswith("backbone.") for k in research.allowed) and not research.exact
     assert "backbone." in research.prefixes
+
+
+def test_the_executor_refuses_to_start_with_an_unusable_trust_file(tmp_path: Path) -> None:
+    bad = tmp_path / "trusted.yaml"
+    bad.write_text("consortium: 'ssh-rsa AAAA'\n")
+    res = subprocess.run([sys.executable, str(REPO / "deploy" / "warm_executor.py"),
+                          "--runtime-api-address", "127.0.0.1:1", "--trusted-entities", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and f"trusted entities {bad}" in res.stderr, res.stderr[-2000:]
