@@ -441,9 +441,15 @@ def _clinical_site(
                             "encode it as numbers to use it"))
     if not features:
         raise InitSiteError(f"{path}: no numeric feature column besides {sorted(reserved)}")
+    reserved_names = {c.value for c in Column}
     names = [task_name_from(f) for f in features]
+    names = [f"f_{n}" if n in reserved_names or n.startswith("meta_") else n for n in names]
     if len(set(names)) != len(names):
-        names = features
+        raise InitSiteError(f"{path}: feature columns {features} give clashing names {names}; "
+                            "rename them")
+    renamed = [f"{f!r} -> {n!r}" for f, n in zip(features, names, strict=True) if f != n]
+    if renamed:
+        inferred.append(f"feature columns renamed: {', '.join(renamed)}")
     inferred.append(f"{len(features)} feature(s): {', '.join(features)}")
     rows, groups, strata = [], [], []
     for number, r in enumerate(raw, start=1):

@@ -157,3 +157,13 @@ def test_refuses_non_empty_out_and_unknown_layout(tmp_path: Path) -> None:
     (tmp_path / "flat").mkdir()
     with pytest.raises(InitSiteError, match="neither class subfolders"):
         init_site(tmp_path / "flat", tmp_path / "o2")
+
+
+def test_feature_names_never_take_a_reserved_column(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "c.csv", ["Split", "Mask %", "Age (y)", "label"],
+                     [[i % 3, i % 5, 30 + i, i % 2] for i in range(20)])
+    report = init_site(path, tmp_path / "s", InitOptions())
+    assert report.metadata.task.feature_names == ["f_mask", "age_y"]
+    assert any("'Mask %' -> 'f_mask'" in line for line in report.inferred)
+    assert "reserved" in dict(report.skipped)["column 'Split'"]
+    assert validate_site(tmp_path / "s") == []
