@@ -296,3 +296,11 @@ def test_the_executor_refuses_to_start_with_an_unusable_trust_file(tmp_path: Pat
                           "--runtime-api-address", "127.0.0.1:1", "--trusted-entities", str(bad)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and f"trusted entities {bad}" in res.stderr, res.stderr[-2000:]
+
+
+def test_every_info_key_of_the_protocol_has_a_limit_at_the_site() -> None:
+    # A key added to the protocol without a limit here would make every honest reply refused
+    from unicon_core.federation.egress import INFO_LIMITS
+    from unicon_core.federation.protocol import InfoKey
+
+    assert set(INFO_LIMITS) == {k.value for k in InfoKey}
