@@ -1,12 +1,14 @@
 """Process trees by PID, through psutil: what a launcher needs to stop what it started.
 
-Used by the ``unicon federate`` launcher (the local SuperLink and what it spawned) and the
-loopback deployment (``deploy/loopback.py``). A zombie (exited, not yet reaped by its parent)
-counts as gone everywhere; a process that vanishes while being read is skipped.
+Used by the ``unicon federate`` launcher (the local SuperLink and what it spawned), the
+loopback deployment (``deploy/loopback.py``) and the answer timer (a process's age). A zombie
+(exited, not yet reaped by its parent) counts as gone everywhere; a process that vanishes while
+being read is skipped.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 
 import psutil
@@ -29,6 +31,15 @@ def descendants(pids: Iterable[int]) -> list[int]:
         except psutil.Error:
             continue
     return sorted(pid for pid in found if alive(pid))
+
+
+def age_s(pid: int | None = None) -> float | None:
+    """Seconds since process ``pid`` (default: this one) started; None when it is gone."""
+    try:
+        started = psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+    return max(0.0, time.time() - started)
 
 
 def cmdline(pid: int) -> list[str]:

@@ -12,14 +12,13 @@ imports and the work), both from this site's clock alone.
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp.typing import ClientAppCallable
 
 from unicon_core.federation.protocol import RecordKey
+from unicon_core.processes import age_s
 
 ANSWER_S = "answer_s"
 HANDLE_S = "handle_s"
@@ -27,14 +26,8 @@ PROCESS_S = "process_s"
 
 
 def process_age_s(pid: int | None = None) -> float | None:
-    """Seconds since process ``pid`` (default: this one) started, from ``/proc`` (Linux)."""
-    try:
-        stat = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: starttime since boot
-    except (OSError, ValueError, IndexError):
-        return None
-    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    """Seconds since process ``pid`` (default: this one) started (psutil); None if unknown."""
+    return age_s(pid)
 
 
 class AnswerTimer:

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 
-from unicon_core.processes import alive, cmdline, descendants, find
+from unicon_core.processes import age_s, alive, cmdline, descendants, find
 
 
 def _wait(check: object, timeout_s: float = 10.0) -> None:
@@ -51,3 +51,16 @@ def test_an_unknown_pid_is_not_alive_and_has_no_descendants() -> None:
 
     # Assert
     assert not alive(proc.pid) and descendants([proc.pid]) == [] and cmdline(proc.pid) == []
+
+
+def test_age_of_this_process_and_of_a_gone_one() -> None:
+    # Prepare
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=10)
+
+    # Execute
+    mine, gone = age_s(), age_s(proc.pid)
+
+    # Assert
+    assert mine is not None and 0.0 < mine < 24 * 3600
+    assert gone is None
