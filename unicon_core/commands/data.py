@@ -37,8 +37,9 @@ def validate_command(site_dir: Path, show_all: bool = False) -> int:
         return EXIT_INVALID_DATA
     meta = read_site_json(Path(site_dir))
     kind = "SYNTHETIC" if meta.synthetic else "real"
+    role = ", evaluation only (test rows, never trains)" if meta.evaluation_only else ""
     print(
-        f"{site_dir}: OK (site {meta.site!r}, task {meta.task.name!r}, {kind} data, "
+        f"{site_dir}: OK (site {meta.site!r}, task {meta.task.name!r}, {kind} data{role}, "
         f"{SITE_JSON_NAME} and manifest valid)"
     )
     return EXIT_OK

@@ -45,5 +45,6 @@ def test_train_refuses_an_evaluation_only_site(tmp_path: Path) -> None:
     src = _classes(tmp_path / "src")
     made = RUNNER.invoke(app, ["init-site", str(src), str(tmp_path / "ext"), "--evaluation-only"])
     assert made.exit_code == 0, made.output
+    assert "evaluation only (test rows, never trains)" in made.output
     result = RUNNER.invoke(app, ["train", str(tmp_path / "ext"), "backbone=tiny"])
     assert result.exit_code == 2 and "no train rows" in result.output
