@@ -26,23 +26,19 @@ def measure_overhead(
     rounds: int, train: TrainConfig, run_dir: Path,
 ) -> dict[str, float]:
     """Seconds of both, and their ratio (flwr / plain)."""
-    from unicon_core.federation.config import site_dirs_override
     from unicon_flower.launcher import run_federated
 
-    fed_overrides = [*overrides, site_dirs_override(site_dirs), f"federation.rounds={rounds}",
-                     f"train.max_steps={train.max_steps}", "train.epochs=10000",
-                     f"train.batch_size={train.batch_size}", f"train.lr={train.lr}",
-                     f"seed={train.seed}", f"federation.runs_dir='{run_dir}'",
-                     f"federation.run_dir='{run_dir / 'flwr_run'}'"]
+    settings = RunSettings(base=tuple(overrides), seed=train.seed, rounds=rounds,
+                           local_steps=int(train.max_steps or 1), batch_size=train.batch_size,
+                           lr=train.lr)  # both runs: the same typed settings
+    fed_overrides = [*settings.overrides(site_dirs, run_dir / "flwr_run"),
+                     f"federation.runs_dir='{run_dir}'"]
     launched, t0 = time.time(), time.perf_counter()
     run_federated(fed_overrides)
     flwr_s = time.perf_counter() - t0
     timing = json.loads((run_dir / "flwr_run" / RESULTS_FILE).read_text())["timing"]
 
     t0 = time.perf_counter()
-    settings = RunSettings(base=tuple(overrides), seed=train.seed, rounds=rounds,
-                           local_steps=int(train.max_steps or 1), batch_size=train.batch_size,
-                           lr=train.lr)
     in_process = run_in_process(site_dirs, run_dir / "in_process_run", settings)
     plain_s = time.perf_counter() - t0
     in_rounds_s = float(in_process.results["timing"]["rounds_s"])
