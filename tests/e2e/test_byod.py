@@ -90,7 +90,7 @@ def test_byod_end_to_end(tmp_path: Path) -> None:
     invoke("train", sites["hosp_a"], "--bundle", tmp_path / "skill_a", *fast)
     runs = tmp_path / "runs"
     dirs = ",".join(str(sites[n]) for n in ("hosp_a", "hosp_b", "hosp_c"))
-    invoke("federate", f"federation.site_dirs=[{dirs}]", "federation.rounds=2",
+    invoke("federate", f"federation.site_dirs=[{dirs}]", "federation.rounds=1",
            f"federation.runs_dir={runs}", f"federation.init_skill={tmp_path / 'skill_a'}",
            "federation.plots=false", "federation.wandb=disabled", "federation.node_wait_s=120",
            *fast)
