@@ -42,7 +42,14 @@ from unicon_core.data.manifest import (
     image_columns,
     write_site_json,
 )
-from unicon_core.data.readers import NIFTI_SUFFIXES, PIL_SUFFIXES, is_supported, read_image
+from unicon_core.data.readers import (
+    DICOM_ADVICE,
+    NIFTI_SUFFIXES,
+    PIL_SUFFIXES,
+    is_supported,
+    looks_like_dicom,
+    read_image,
+)
 from unicon_core.data.splits import DEFAULT_FRACTIONS, stratified_splits
 
 SKIPPED_NAME = "skipped.csv"
@@ -246,11 +253,17 @@ def _from_class_folders(src: Path, skipped: list[tuple[str, str]]) -> list[_Imag
         if len(rel.parts) < 2:
             skipped.append((str(rel), "not inside a class subfolder"))
         elif not is_supported(path):
-            suffixes = "/".join(NIFTI_SUFFIXES + PIL_SUFFIXES)
-            skipped.append((str(rel), f"not an image file ({suffixes})"))
+            skipped.append((str(rel), _not_an_image(path)))
         else:
             items.append(_Image(path, label=rel.parts[0]))
     return items
+
+
+def _not_an_image(path: Path) -> str:
+    """Why a file is not read: DICOM (with how to convert it), else not an image suffix."""
+    if looks_like_dicom(path):
+        return DICOM_ADVICE
+    return f"not an image file ({'/'.join(NIFTI_SUFFIXES + PIL_SUFFIXES)})"
 
 
 def _from_masks(src: Path, skipped: list[tuple[str, str]]) -> list[_Image]:
@@ -259,7 +272,7 @@ def _from_masks(src: Path, skipped: list[tuple[str, str]]) -> list[_Image]:
     for path in _image_files(src / "images"):
         rel = str(path.relative_to(src))
         if not is_supported(path):
-            skipped.append((rel, "not an image file"))
+            skipped.append((rel, _not_an_image(path)))
         elif _stem(path) not in masks:
             skipped.append((rel, f"no mask named {_stem(path)}.* in masks/"))
         else:

@@ -49,6 +49,7 @@ def test_class_folders_rgb_and_skipped(tmp_path: Path) -> None:
     (src / "yes" / "broken.png").write_bytes(b"not a png")
     (src / "yes" / "notes.txt").write_text("x")
     (src / "loose.png").write_bytes(b"")
+    (src / "no" / "scan.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
     # Execute
     report = init_site(src, tmp_path / "site_a", InitOptions(task_name="tumour"))
     # Assert
@@ -59,7 +60,8 @@ def test_class_folders_rgb_and_skipped(tmp_path: Path) -> None:
     assert meta.task.preprocess["to_gray"] is True and meta.task.preprocess["pad_square"]
     assert meta.task.input_size == [64, 64] and meta.task.channels == 1
     skipped = {r["what"]: r["why"] for r in rows(site, "skipped.csv")}
-    assert set(skipped) == {"yes/broken.png", "yes/notes.txt", "loose.png"}
+    assert set(skipped) == {"yes/broken.png", "yes/notes.txt", "loose.png", "no/scan.dcm"}
+    assert "dcm2niix" in skipped["no/scan.dcm"]
     assert "unreadable" in skipped["yes/broken.png"]
     assert len(report.rows) == 20 and "yes/broken.png" in report.text()
     assert {r["meta_source"] for r in report.rows} >= {"no/0.png", "yes/9.png"}
