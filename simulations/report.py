@@ -349,7 +349,9 @@ ENGINE_CHANGES = (
 )
 
 
-def before_after(before: dict[str, Any], suite: dict[str, Any]) -> list[str]:
+def before_after(
+    before: dict[str, Any], suite: dict[str, Any], after_label: str = "this run"
+) -> list[str]:
     """The continual summary of a run before the one-engine refactor next to this run's.
 
     A method's average final metric is *identical* when every seed's value is the same,
@@ -384,7 +386,8 @@ def before_after(before: dict[str, Any], suite: dict[str, Any]) -> list[str]:
     meta = before.get("meta", {})
     lines = ["", "### Continual summary before/after the one-engine refactor (#16)", "",
              f"Before: `{meta.get('command', '?')}` at commit {meta.get('commit', '?')} "
-             f"({meta.get('date', '?')}), seeds {meta.get('seeds', '?')}; after: this run. "
+             f"({meta.get('date', '?')}), seeds {meta.get('seeds', '?')}; after: "
+             f"{after_label}. "
              "Seed noise = the larger of the two standard deviations over seeds.", ""]
     lines += _table(["method", "avg final before", "avg final after", "Δ mean", "BWT before",
                      "BWT after", "verdict"], rows)
@@ -395,6 +398,55 @@ def before_after(before: dict[str, Any], suite: dict[str, Any]) -> list[str]:
     else:
         lines += ["No method moved beyond seed noise.", ""]
     return lines
+
+
+def per_seed_rows(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """One row per (method, seed) the after run finished: avg final and BWT before and after."""
+    rows = []
+    for name, res in after["continual"].items():
+        old = {r["seed"]: r for r in before.get("continual", {}).get(name, [])}
+        for r in sorted(res, key=lambda r: r["seed"]):
+            b = old.get(r["seed"])
+            if b is None:
+                rows.append([name, str(r["seed"]), "not run", fmt(r["avg"]), "", ""])
+                continue
+            same = b["avg"] == r["avg"] and b["bwt"] == r["bwt"]
+            rows.append([name, str(r["seed"]), fmt(b["avg"]), fmt(r["avg"]),
+                         f"{r['avg'] - b['avg']:+.4f}", "yes" if same else "no"])
+    return _table(["method", "seed", "avg final before", "avg final after", "Δ",
+                   "identical"], rows)
+
+
+def one_engine_section(
+    before: dict[str, Any], after: dict[str, Any], note: str = "", after_label: str = "?"
+) -> str:
+    """The #16 section: the continual summary before/after the one-engine refactor over the
+    (method, seed) pairs the after run finished (the before values restricted to them)."""
+    seeds = {n: {r["seed"] for r in res} for n, res in after["continual"].items()}
+    restricted = {**before, "continual": {
+        n: [r for r in res if r["seed"] in seeds.get(n, set())]
+        for n, res in before.get("continual", {}).items()}}
+    lines = ["## One engine (#16): continual summary before/after", "",
+             "Written by `python -m simulations.run_benchmarks --compare-after ...` from the "
+             "per-strategy results (`continual.json`) of the after run and the before run's "
+             "results.json. " + note, ""]
+    lines += before_after(restricted, after, after_label)[3:]
+    lines += ["Per seed:", "", *per_seed_rows(before, after), ""]
+    return "\n".join(lines)
+
+
+def insert_section(path: Path, section: str) -> None:
+    """Put ``section`` (its first line is its ``## `` heading) into ``path``, replacing a
+    previous one, else appending it at the end."""
+    text = path.read_text()
+    head = section.splitlines()[0] + "\n"
+    if head in text:
+        start = text.index(head)
+        nxt = text.find("\n## ", start + len(head))
+        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
+    else:
+        text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
+    path.write_text(text)
 
 
 def _matrix_table(results: Sequence[dict[str, Any]], order: Sequence[str],

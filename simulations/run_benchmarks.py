@@ -61,6 +61,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--before-commit", default="?", help="the commit the --before run ran on")
     p.add_argument("--save-before", type=Path, default=None, metavar="JSON",
                    help="with --before: also write its compact continual summary here")
+    p.add_argument("--compare-after", type=Path, nargs="+", default=None, metavar="RUN_DIR",
+                   help="with --before: only render the #16 before/after section from the "
+                        "per-strategy continual.json files under these after-run folders "
+                        "(into simulations/results/one_engine.md and --out)")
+    p.add_argument("--note", default="", help="with --compare-after: a sentence on coverage")
     return p.parse_args(argv)
 
 
@@ -79,6 +84,38 @@ def compact_before(path: Path, commit: str = "?") -> dict[str, Any]:
                       for n, res in suite["continual"].items()},
         "foundation": [{k: r[k] for k in keep if k in r} for r in suite.get("foundation", [])],
     }
+
+
+def finished_strategies(run_dirs: Sequence[Path]) -> dict[str, Any]:
+    """``{"continual": {strategy: [result per seed]}}`` of every ``continual.json`` a
+    strategy run wrote under ``run_dirs`` (``<name>_seed<k>/continual.json``), seeds in order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run_dir in run_dirs:
+        for path in sorted(run_dir.glob("*_seed*/continual.json")):
+            result = _undefined_as_nan(json.loads(path.read_text()))
+            out.setdefault(result["strategy"], []).append(result)
+    if not out:
+        raise FileNotFoundError(f"no <strategy>_seed<k>/continual.json under {run_dirs}")
+    order = [n for n in STRATEGIES if n in out] + sorted(set(out) - set(STRATEGIES))
+    return {"continual": {n: sorted(out[n], key=lambda r: r["seed"]) for n in order}}
+
+
+def compare_after(args: argparse.Namespace) -> None:
+    """The #16 before/after section from finished strategy runs (no training)."""
+    from simulations.report import insert_section, one_engine_section
+
+    if args.before is None:
+        raise ValueError("--compare-after needs --before RESULTS_JSON")
+    suite: dict[str, Any] = {}
+    attach_before(suite, args)
+    from simulations.report import shown_path
+
+    text = one_engine_section(suite["before"], finished_strategies(args.compare_after),
+                              args.note, ", ".join(f"`{shown_path(d)}`"
+                                                   for d in args.compare_after))
+    section = REPO / "simulations" / "results" / "one_engine.md"
+    section.write_text(text)
+    insert_section(args.out, text)
 
 
 def attach_before(suite: dict[str, Any], args: argparse.Namespace) -> None:
@@ -116,6 +153,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from unicon_flower.continual import make_context
 
     args = parse_args(argv)
+    if args.compare_after is not None:
+        compare_after(args)
+        return args.out.parent
     if args.assemble_only is not None:
         assemble(args.assemble_only, args.out)
         return args.out.parent
@@ -311,6 +351,8 @@ SECTIONS = {
     "robustness.md": "python -m simulations.robustness_bench",
     "cold_start.md": "python -m simulations.cold_start_bench",
     "backbones.md": "python -m simulations.backbones_bench",
+    "one_engine.md": "python -m simulations.run_benchmarks --compare-after RUN_DIR --before "
+                     "RESULTS_JSON",
 }
 
 

@@ -156,3 +156,26 @@ def test_before_after_table_says_identical_within_noise_or_moved() -> None:
     assert "moved beyond seed noise" in rows["c"] and "+0.200" in rows["c"]
     assert "no before value" in rows["d"]
     assert "Moved beyond seed noise: c" in text and "abc" in text
+
+
+def test_one_engine_section_compares_only_finished_seeds_and_replaces_itself(tmp_path) -> None:
+    """The #16 section restricts the before run to the (method, seed) pairs the after run
+    finished, says per seed whether values are identical, and replaces an earlier copy."""
+    from simulations.report import insert_section, one_engine_section
+
+    def run(seed: int, avg: float) -> dict[str, float]:
+        return {"seed": seed, "avg": avg, "bwt": 0.0, "forgetting": 0.0}
+
+    before = {"meta": {"command": "x", "commit": "abc"},
+              "continual": {"isolated": [run(0, 0.5), run(1, 0.7), run(2, 0.9)]}}
+    after = {"continual": {"isolated": [run(0, 0.5), run(1, 0.7)]}}
+    text = one_engine_section(before, after, "seeds 0-1 only.")
+    assert "| isolated | 0.600 ± 0.141 | 0.600 ± 0.141 | +0.000" in text  # seed 2 left out
+    assert "identical per seed" in text and "| isolated | 1 | 0.700 | 0.700 | +0.0000 | yes |" \
+        in text
+    path = tmp_path / "B.md"
+    path.write_text("# B\n\n## other\n\nx\n")
+    insert_section(path, text)
+    insert_section(path, text.replace("seeds 0-1 only.", "again."))
+    out = path.read_text()
+    assert out.count("## One engine (#16)") == 1 and "again." in out and "## other" in out
