@@ -28,11 +28,28 @@ FILE_SUFFIXES = {"py", "md", "yaml", "json", "jsonl", "csv", "toml", "txt", "sh"
                  "pem", "log", "safetensors", "nii", "gz", "png"}
 
 
+#: Generated or local folders that are never part of the repository (see .gitignore): at the
+#: top, and anywhere.
+UNTRACKED_TOP = {".git", ".venv", "runs", "demo_data", ".flwr"}
+UNTRACKED = {"__pycache__", ".pytest_cache", ".ruff_cache", "wandb", "outputs", "multirun"}
+
+
+def _files() -> set[str]:
+    """The repository's files: ``git ls-files``, or outside a git checkout (an unpacked
+    archive) every file but generated and local folders."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+        return {f for f in out.stdout.decode().split("\0") if f}
+    except (OSError, subprocess.CalledProcessError):
+        rel = [p.relative_to(ROOT) for p in ROOT.rglob("*") if p.is_file()]
+        return {str(r) for r in rel if r.parts[0] not in UNTRACKED_TOP and not any(
+            part in UNTRACKED or part.endswith(".egg-info") for part in r.parts)}
+
+
 @cache
 def tracked() -> frozenset[str]:
-    """Every file git tracks plus every folder above one (``a/b/``)."""
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
-    files = {f for f in out.stdout.decode().split("\0") if f}
+    """Every file of the repository plus every folder above one (``a/b/``)."""
+    files = _files()
     present = {f for f in files if (ROOT / f).exists()}  # a deletion not yet committed
     folders = {str(Path(f).parent) + "/" for f in present} | {
         "/".join(f.split("/")[:i]) + "/" for f in present for i in range(1, f.count("/") + 1)}
