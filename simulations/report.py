@@ -345,7 +345,8 @@ ENGINE_CHANGES = (
     "count the site declared (the old loop weighted by examples seen, the same for every site "
     "at a fixed step budget, so sites with fewer train examples than steps x batch now weigh "
     "less); bytes are the strategy's ledger of real messages (more metrics per reply than the "
-    "old loop's hand-made ones)."
+    "old loop's hand-made ones); under gradual unfreezing the whole plan set travels every "
+    "round (the old loop sent only the round's unfrozen part), so its bytes grow."
 )
 
 
@@ -423,16 +424,50 @@ def one_engine_section(
     """The #16 section: the continual summary before/after the one-engine refactor over the
     (method, seed) pairs the after run finished (the before values restricted to them)."""
     seeds = {n: {r["seed"] for r in res} for n, res in after["continual"].items()}
+    found = {r["seed"] for r in after.get("foundation", [])}
     restricted = {**before, "continual": {
         n: [r for r in res if r["seed"] in seeds.get(n, set())]
-        for n, res in before.get("continual", {}).items()}}
+        for n, res in before.get("continual", {}).items()},
+        "foundation": [r for r in before.get("foundation", []) if r.get("seed") in found]}
     lines = ["## One engine (#16): continual summary before/after", "",
              "Written by `python -m simulations.run_benchmarks --compare-after ...` from the "
              "per-strategy results (`continual.json`) of the after run and the before run's "
              "results.json. " + note, ""]
     lines += before_after(restricted, after, after_label)[3:]
     lines += ["Per seed:", "", *per_seed_rows(before, after), ""]
+    lines += study_rows(before, after)
     return "\n".join(lines)
+
+
+def study_rows(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The modality and adaptation studies before/after, over the seeds both finished."""
+    rows = []
+    for study in ("modality", "adaptation"):
+        old = {r["seed"]: r for r in before.get(study, [])}
+        new = {r["seed"]: r for r in after.get(study, [])}
+        common = sorted(set(old) & set(new))
+        if not common:
+            continue
+        for name in [k for k in new[common[0]] if k != "seed"]:
+            def pick(runs: dict[int, Any], key: str, n: str = name,
+                     seeds: list[int] = common) -> list[float]:
+                return [float(runs[s][n][key] if isinstance(runs[s][n], dict) else runs[s][n])
+                        for s in seeds]
+
+            b, a = pick(old, "value"), pick(new, "value")
+            cells = [f"{study}: {name}", str(common), fmt(b), fmt(a),
+                     "yes" if a == b else "no"]
+            if study == "adaptation":
+                cells.append(f"{mean_std(pick(old, 'bytes_per_site_round'))[0]:,.0f} → "
+                             f"{mean_std(pick(new, 'bytes_per_site_round'))[0]:,.0f}")
+            else:
+                cells.append("")
+            rows.append(cells)
+    if not rows:
+        return []
+    return ["Studies (seeds both runs finished):", "",
+            *_table(["study", "seeds", "before", "after", "identical per seed",
+                     "bytes per site and round"], rows), ""]
 
 
 def insert_section(path: Path, section: str) -> None:

@@ -77,27 +77,50 @@ def compact_before(path: Path, commit: str = "?") -> dict[str, Any]:
         return _undefined_as_nan(data)  # type: ignore[no-any-return]
     suite = _undefined_as_nan(data["suite"])
     keep = ("seed", "avg", "bwt", "forgetting")
+    seeds = suite["meta"]["seeds"]
     return {
         "meta": {"command": suite["meta"]["command"], "date": suite["meta"]["date"],
-                 "seeds": suite["meta"]["seeds"], "commit": commit},
+                 "seeds": seeds, "commit": commit},
         "continual": {n: [{k: r[k] for k in keep} for r in res]
                       for n, res in suite["continual"].items()},
         "foundation": [{k: r[k] for k in keep if k in r} for r in suite.get("foundation", [])],
+        **studies(seeds, suite.get("modality", []), suite.get("adaptation", [])),
     }
+
+
+def studies(seeds: Sequence[int], modality: Sequence[dict[str, Any]],
+            adaptation: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The modality and adaptation studies per seed (values, and adaptation bytes)."""
+    keep = ("value", "bytes_per_site_round")
+    return {"modality": [{"seed": s, **m} for s, m in zip(seeds, modality, strict=False)],
+            "adaptation": [{"seed": s, **{n: {k: v[k] for k in keep} for n, v in a.items()}}
+                           for s, a in zip(seeds, adaptation, strict=False)]}
 
 
 def finished_strategies(run_dirs: Sequence[Path]) -> dict[str, Any]:
     """``{"continual": {strategy: [result per seed]}}`` of every ``continual.json`` a
-    strategy run wrote under ``run_dirs`` (``<name>_seed<k>/continual.json``), seeds in order."""
-    out: dict[str, list[dict[str, Any]]] = {}
+    strategy run wrote under ``run_dirs`` (``<name>_seed<k>/continual.json``), seeds in order.
+    A (strategy, seed) found twice counts once if both runs agree, else it is an error."""
+    out: dict[str, dict[int, tuple[Path, dict[str, Any]]]] = {}
     for run_dir in run_dirs:
         for path in sorted(run_dir.glob("*_seed*/continual.json")):
             result = _undefined_as_nan(json.loads(path.read_text()))
-            out.setdefault(result["strategy"], []).append(result)
+            seen = out.setdefault(result["strategy"], {})
+            earlier = seen.get(result["seed"])
+            if earlier is not None and (earlier[1]["avg"], earlier[1]["bwt"]) != (
+                    result["avg"], result["bwt"]):
+                raise ValueError(f"{earlier[0]} and {path} differ for the same strategy and seed")
+            seen.setdefault(result["seed"], (path, result))
     if not out:
         raise FileNotFoundError(f"no <strategy>_seed<k>/continual.json under {run_dirs}")
     order = [n for n in STRATEGIES if n in out] + sorted(set(out) - set(STRATEGIES))
-    return {"continual": {n: sorted(out[n], key=lambda r: r["seed"]) for n in order}}
+    finished = [r for d in run_dirs if (d / "partial.json").is_file()
+                for r in _undefined_as_nan(json.loads((d / "partial.json").read_text()))]
+    finished.sort(key=lambda r: r["seed"])
+    return {"continual": {n: [out[n][s][1] for s in sorted(out[n])] for n in order},
+            "foundation": [r["foundation"] for r in finished if r.get("foundation")],
+            **studies([r["seed"] for r in finished], [r["modality"] for r in finished],
+                      [r["adaptation"] for r in finished])}
 
 
 def compare_after(args: argparse.Namespace) -> None:
