@@ -27,8 +27,10 @@ def round_bytes(model: UniconModel, task: str, plan: str = Plan.SKILL.value) -> 
     from unicon_core.federation.protocol import RecordKey, Status
     from unicon_core.metrics import PRIMARY_METRIC
     from unicon_flower.accounting import content_bytes
+    from unicon_flower.inprocess import act_as_server_app
     from unicon_flower.records import arrays_to_record
 
+    act_as_server_app()  # the strategy builds real Messages
     state = {k: v.numpy() for k, v in plan_state(model, task, plan).items()}
     arrays = arrays_to_record(prefix_task(task, state))
     strategy = PerTaskFedAvg([SiteNode(1, "site", task)], foundation_hash=model.foundation_hash)

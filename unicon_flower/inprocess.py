@@ -33,6 +33,14 @@ class Exchange:
 FIRST_NODE = 1000
 
 
+def act_as_server_app() -> None:
+    """Set what Flower's runtime sets for a ServerApp process (``Message()`` reads it), so
+    messages can be built in this process (an in-process run, or measuring message bytes)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+
+
 @dataclass
 class InProcessGrid(Grid):
     """A Grid that runs the ClientApp of each node in-process, deterministically.
@@ -49,10 +57,7 @@ class InProcessGrid(Grid):
     hook: Callable[[Message], None] | None = None
 
     def __post_init__(self) -> None:
-        from flwr.supercore.task_identity import TaskIdentity
-
-        # What Flower's runtime sets for a ServerApp process (Message() reads it).
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
+        act_as_server_app()
         self.node_ids = [FIRST_NODE + i for i in range(self.num_nodes)]
         configs = self.node_configs or [
             {"partition-id": i, "num-partitions": self.num_nodes} for i in range(self.num_nodes)
