@@ -66,6 +66,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "per-strategy continual.json files under these after-run folders "
                         "(into simulations/results/one_engine.md and --out)")
     p.add_argument("--note", default="", help="with --compare-after: a sentence on coverage")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue a suite run in RUN_DIR: seeds saved in its partial.json are "
+                        "not run again")
     return p.parse_args(argv)
 
 
@@ -202,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         section["seeds"] = args.seeds
     cfg = ContinualConfig.from_dict(section)
     backbone = backbone_config(composed)
-    run_dir = new_run_dir(args.runs_dir.resolve(), "benchmarks")
+    run_dir = (args.resume.resolve() if args.resume is not None
+               else new_run_dir(args.runs_dir.resolve(), "benchmarks"))
     log.info("benchmark run folder: %s", run_dir)
 
     with_foundation = cfg.foundation_stage or not (args.quick or args.no_foundation)
@@ -330,23 +334,27 @@ def run_seeds(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path,
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     done: dict[int, dict[str, Any]] = {}
+    saved = run_dir / "partial.json"
+    if saved.is_file():  # a resumed run: its finished seeds stay as they are
+        done = {r["seed"]: r for r in json.loads(saved.read_text()) if r["seed"] in cfg.seeds}
+    todo = [s for s in cfg.seeds if s not in done]
 
     def keep(result: dict[str, Any]) -> None:
         done[result["seed"]] = result
         write_json(run_dir / "partial.json", [done[s] for s in sorted(done)])
 
-    if jobs == 1:
-        for seed in cfg.seeds:
+    if jobs == 1 or len(todo) <= 1:
+        for seed in todo:
             keep(run_seed(cfg, backbone, overrides, run_dir, seed, with_foundation))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with ProcessPoolExecutor(min(jobs, len(cfg.seeds)),
+        with ProcessPoolExecutor(min(jobs, len(todo)),
                                  mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
             futures = [pool.submit(run_seed, cfg, backbone, overrides, run_dir, seed,
-                                   with_foundation) for seed in cfg.seeds]
+                                   with_foundation) for seed in todo]
             for future in as_completed(futures):
                 keep(future.result())
     return [done[s] for s in cfg.seeds]

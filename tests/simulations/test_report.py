@@ -179,3 +179,26 @@ def test_one_engine_section_compares_only_finished_seeds_and_replaces_itself(tmp
     insert_section(path, text.replace("seeds 0-1 only.", "again."))
     out = path.read_text()
     assert out.count("## One engine (#16)") == 1 and "again." in out and "## other" in out
+
+
+def test_a_resumed_suite_runs_only_the_seeds_its_partial_json_lacks(tmp_path, monkeypatch) -> None:
+    # Prepare: seeds 0 and 1 already saved by an interrupted run
+    from types import SimpleNamespace
+
+    from simulations import run_benchmarks
+
+    (tmp_path / "partial.json").write_text(json.dumps([{"seed": 0, "x": 1}, {"seed": 1}]))
+    ran: list[int] = []
+
+    def fake_seed(cfg, backbone, overrides, run_dir, seed, with_foundation):
+        ran.append(seed)
+        return {"seed": seed, "x": 2}
+
+    monkeypatch.setattr(run_benchmarks, "run_seed", fake_seed)
+    # Execute
+    out = run_benchmarks.run_seeds(SimpleNamespace(seeds=[0, 1, 2]), None, [], tmp_path,
+                                   False, jobs=2)
+    # Assert
+    assert ran == [2]
+    assert [r["seed"] for r in out] == [0, 1, 2] and out[0]["x"] == 1
+    assert len(json.loads((tmp_path / "partial.json").read_text())) == 3
