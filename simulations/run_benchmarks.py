@@ -336,7 +336,8 @@ def run_seeds(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path,
     done: dict[int, dict[str, Any]] = {}
     saved = run_dir / "partial.json"
     if saved.is_file():  # a resumed run: its finished seeds stay as they are
-        done = {r["seed"]: r for r in json.loads(saved.read_text()) if r["seed"] in cfg.seeds}
+        done = {r["seed"]: r for r in _undefined_as_nan(json.loads(saved.read_text()))
+                if r["seed"] in cfg.seeds}
     todo = [s for s in cfg.seeds if s not in done]
 
     def keep(result: dict[str, Any]) -> None:

@@ -187,7 +187,8 @@ def test_a_resumed_suite_runs_only_the_seeds_its_partial_json_lacks(tmp_path, mo
 
     from simulations import run_benchmarks
 
-    (tmp_path / "partial.json").write_text(json.dumps([{"seed": 0, "x": 1}, {"seed": 1}]))
+    (tmp_path / "partial.json").write_text(json.dumps([{"seed": 0, "x": 1, "m": [None, 0.5]},
+                                                       {"seed": 1}]))
     ran: list[int] = []
 
     def fake_seed(cfg, backbone, overrides, run_dir, seed, with_foundation):
@@ -201,4 +202,5 @@ def test_a_resumed_suite_runs_only_the_seeds_its_partial_json_lacks(tmp_path, mo
     # Assert
     assert ran == [2]
     assert [r["seed"] for r in out] == [0, 1, 2] and out[0]["x"] == 1
+    assert math.isnan(out[0]["m"][0])  # JSON null is an undefined metric again
     assert len(json.loads((tmp_path / "partial.json").read_text())) == 3
