@@ -29,25 +29,9 @@ PACKAGES = ("unicon_core", "unicon_flower", "server", "client", "deploy", "simul
 #: Top-level packages the library must not import.
 FORBIDDEN_IN_CORE = ("flwr", "server", "client", "unicon_flower")
 
-#: Cycles that exist only through imports inside functions, each owned by another part of
-#: issue #16 (the sorted modules of one strongly connected component).
-KNOWN_LAZY_CYCLES: set[tuple[str, ...]] = {
-    # config.TaskSpec reads PreprocessConfig lazily; transforms imports config at top level
-    ("unicon_core.config", "unicon_core.data.manifest", "unicon_core.data.transforms"),
-    # runner/stages build plugins lazily; every plugin imports runner and stages at top level
-    (
-        "unicon_core.continual.plugins",
-        "unicon_core.continual.plugins.base",
-        "unicon_core.continual.plugins.ewc",
-        "unicon_core.continual.plugins.kd",
-        "unicon_core.continual.plugins.lwf",
-        "unicon_core.continual.plugins.mds",
-        "unicon_core.continual.plugins.realign",
-        "unicon_core.continual.plugins.retrieval",
-        "unicon_core.continual.runner",
-        "unicon_core.continual.stages",
-    ),
-}
+#: Cycles allowed through imports inside functions (none: a new one must be fixed or listed
+#: here with its reason, as the sorted modules of one strongly connected component).
+KNOWN_LAZY_CYCLES: set[tuple[str, ...]] = set()
 
 
 def _module_files() -> dict[str, Path]:

@@ -179,7 +179,7 @@ class TaskSpec:
 
     def _validate_preprocess(self, owner: str) -> None:
         """Validate the declared steps and keep them in canonical (JSON-ready) form."""
-        from unicon_core.data.transforms import PreprocessConfig  # lazy: transforms imports us
+        from unicon_core.data.preprocess import PreprocessConfig
 
         try:
             cfg = PreprocessConfig.from_mapping(dict(self.preprocess or {}))

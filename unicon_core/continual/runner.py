@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
 from unicon_core.continual.engine import Engine, FederatedJob, FederatedOutcome
+from unicon_core.continual.hooks import Plugin
 from unicon_core.continual.matrix import per_task_forgetting, summary
 from unicon_core.continual.stages import (
     ContinualConfig,
@@ -85,16 +86,6 @@ class Strategy(Protocol):
     def init_from(self, target: str, source: str, ctx: RunContext) -> None:
         """Start ``target``'s skill from ``source``'s (modality expansion)."""
         ...
-
-
-class Plugin:
-    """Lifecycle hooks; override what you need."""
-
-    def before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
-        """Called before a stage trains."""
-
-    def after_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
-        """Called after a stage trained."""
 
 
 class ModalityExpansionPlugin(Plugin):

@@ -12,13 +12,17 @@ serves several tasks, and a teacher must run the same task's route.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from unicon_core.continual.runner import Plugin, RunContext, Strategy
-from unicon_core.continual.stages import StagePlan
+from unicon_core.continual.hooks import Plugin
+
+if TYPE_CHECKING:
+    from unicon_core.continual.runner import RunContext, Strategy
+    from unicon_core.continual.stages import StagePlan
+
 
 #: What :func:`unicon_core.training.train_task` takes as ``extra_loss``.
 ExtraLoss = Callable[[nn.Module, dict[str, Any], torch.Tensor], "torch.Tensor | None"]

@@ -10,18 +10,20 @@ server averages them (a backbone-sized message per site and stage).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from unicon_core.continual.plugins.base import ContinualPlugin
-from unicon_core.continual.runner import RunContext, Strategy
-from unicon_core.continual.stages import StagePlan
+
+if TYPE_CHECKING:
+    from unicon_core.continual.runner import RunContext, Strategy
+    from unicon_core.continual.stages import StagePlan
 
 Tensors = dict[str, torch.Tensor]
 #: ``(strategy, plan, ctx) -> (model, parameter names, Fisher)`` after a stage.
-FisherFn = Callable[[Strategy, StagePlan, RunContext], tuple[nn.Module, list[str], Tensors]]
+FisherFn = Callable[["Strategy", "StagePlan", "RunContext"], tuple[nn.Module, list[str], Tensors]]
 
 
 def fisher_diagonal(

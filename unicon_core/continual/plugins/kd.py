@@ -14,7 +14,7 @@ distillation phase) is not reproduced: the term is applied wherever the strategy
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +26,11 @@ from unicon_core.continual.plugins.base import (
     pooled,
     strategy_model,
 )
-from unicon_core.continual.runner import RunContext, Strategy
-from unicon_core.continual.stages import StagePlan
 from unicon_core.keys import BatchKey
+
+if TYPE_CHECKING:
+    from unicon_core.continual.runner import RunContext, Strategy
+    from unicon_core.continual.stages import StagePlan
 
 Level = Literal["features", "logits", "both"]
 #: ``(B, D)`` pooled teacher features -> bool ``(B,)``: which samples are distilled.

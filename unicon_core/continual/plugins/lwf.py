@@ -10,16 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from unicon_core.continual.plugins.base import ContinualPlugin, frozen_copy, strategy_model
 from unicon_core.continual.plugins.kd import per_sample_logit_distance
-from unicon_core.continual.runner import RunContext, Strategy
-from unicon_core.continual.stages import StagePlan
 from unicon_core.keys import BatchKey
+
+if TYPE_CHECKING:
+    from unicon_core.continual.runner import RunContext, Strategy
+    from unicon_core.continual.stages import StagePlan
 
 
 def lwf_loss(

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from unicon_core.continual.plugins.base import ContinualPlugin
-from unicon_core.continual.runner import RunContext, Strategy
-from unicon_core.continual.stages import StagePlan
+
+if TYPE_CHECKING:
+    from unicon_core.continual.runner import RunContext, Strategy
+    from unicon_core.continual.stages import StagePlan
 
 Metric = Literal["mahalanobis", "cosine"]
 
@@ -79,7 +81,7 @@ def mds_select(
 
 
 #: ``(strategy, plan, ctx) -> {site: (N, D) features of that site's training samples}``
-SiteFeatures = Callable[[Strategy, StagePlan, RunContext], dict[str, torch.Tensor]]
+SiteFeatures = Callable[["Strategy", "StagePlan", "RunContext"], dict[str, torch.Tensor]]
 
 
 class MDSPlugin(ContinualPlugin):

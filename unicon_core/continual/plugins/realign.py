@@ -11,16 +11,18 @@ Reports per stage land in :attr:`reports`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unicon_core.continual.plugins.base import ContinualPlugin, strategy_model
 from unicon_core.continual.realign import RealignReport, realign_skills
-from unicon_core.continual.runner import RunContext, Strategy
-from unicon_core.continual.stages import StagePlan
 from unicon_core.device import module_device
 from unicon_core.keys import BatchKey
+
+if TYPE_CHECKING:
+    from unicon_core.continual.runner import RunContext, Strategy
+    from unicon_core.continual.stages import StagePlan
 
 
 def _val_batches(task: str, plan: StagePlan, ctx: RunContext) -> list[dict[str, Any]]:
