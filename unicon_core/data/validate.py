@@ -318,22 +318,20 @@ def _check_files_across_splits(
                 use = _Use(number, column, row[column], split)
                 by_file.setdefault(path.resolve(), []).append(use)
     flagged: set[tuple[int, str]] = set()
+
+    def flag(use: _Use, first: _Use, what: str, kind: ProblemKind) -> None:
+        """Report ``use`` once when its split differs from ``first``'s."""
+        if use.split == first.split or (use.row, use.column) in flagged:
+            return
+        flagged.add((use.row, use.column))
+        problems.append(Problem(MANIFEST_NAME, use.row, use.column,
+                                f"{what}; this row is in {use.split!r}", use.cell, kind=kind))
+
     for uses in by_file.values():
         first = uses[0]
         for use in uses[1:]:
-            if use.split != first.split and (use.row, use.column) not in flagged:
-                flagged.add((use.row, use.column))
-                problems.append(
-                    Problem(
-                        MANIFEST_NAME,
-                        use.row,
-                        use.column,
-                        f"file also used by row {first.row} in split {first.split!r}; this row "
-                        f"is in {use.split!r}",
-                        use.cell,
-                        kind=ProblemKind.SAME_FILE_IN_SPLITS,
-                    )
-                )
+            flag(use, first, f"file also used by row {first.row} in split {first.split!r}",
+                 ProblemKind.SAME_FILE_IN_SPLITS)
     by_size: dict[int, list[Path]] = {}
     for path in by_file:
         with contextlib.suppress(OSError):
@@ -351,20 +349,9 @@ def _check_files_across_splits(
         first = by_file[paths[0]][0]
         for path in paths[1:]:
             for use in by_file[path]:
-                if use.split == first.split or (use.row, use.column) in flagged:
-                    continue
-                flagged.add((use.row, use.column))
-                problems.append(
-                    Problem(
-                        MANIFEST_NAME,
-                        use.row,
-                        use.column,
-                        f"same bytes as {first.cell!r} (row {first.row}, split {first.split!r}); "
-                        f"this row is in {use.split!r}",
-                        use.cell,
-                        kind=ProblemKind.SAME_CONTENT_IN_SPLITS,
-                    )
-                )
+                flag(use, first,
+                     f"same bytes as {first.cell!r} (row {first.row}, split {first.split!r})",
+                     ProblemKind.SAME_CONTENT_IN_SPLITS)
 
 
 #: Fix for pandas' index written as the first, unnamed column.

@@ -21,11 +21,12 @@ so one stale or missing site rebuilds its whole group.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from unicon_core.config import TaskSpec
+from unicon_core.data.manifest import SiteRole
 from unicon_core.demo_data.writer import build_site, site_is_complete
 
 
@@ -43,25 +44,17 @@ def _phantom_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]
         # the volume's edge is the task file's input size (configs/task), not a second copy
         cfg = ph.PhantomConfig(size=task.input_size[0], **scanner)
         what = "CT+PET" if with_pet else "CT"
-        _record(
-            report,
-            name,
-            *build_site(
-                out_dir,
-                name,
-                task,
-                True,
-                ph.SOURCE,
-                f"SYNTHETIC {what} lesion phantoms ({n} cases, {cfg.size}^3 voxels of "
-                f"{cfg.spacing_mm} mm): enhancing lesions on CT next to benign mimics "
-                "of the same CT density; only lesions take up PET tracer (PET blurred, "
-                f"{cfg.pet_fwhm_mm:g} mm FWHM); survival time falls with lesion burden. "
-                "time/event columns serve a later prognosis task.",
-                lambda d, cfg=cfg, with_pet=with_pet, n=n, name=name, k=k: ph.write_phantom_cases(
-                    d, name, n, cfg, with_pet, seed=seed * 1000 + k
-                ),
-                force or _stale(out_dir / name, ph.SOURCE, task),
+        _build(
+            report, out_dir, name, task, True, ph.SOURCE,
+            f"SYNTHETIC {what} lesion phantoms ({n} cases, {cfg.size}^3 voxels of "
+            f"{cfg.spacing_mm} mm): enhancing lesions on CT next to benign mimics "
+            "of the same CT density; only lesions take up PET tracer (PET blurred, "
+            f"{cfg.pet_fwhm_mm:g} mm FWHM); survival time falls with lesion burden. "
+            "time/event columns serve a later prognosis task.",
+            lambda d, cfg=cfg, with_pet=with_pet, n=n, name=name, k=k: ph.write_phantom_cases(
+                d, name, n, cfg, with_pet, seed=seed * 1000 + k
             ),
+            force or _stale(out_dir / name, ph.SOURCE, task),
         )
 
 
@@ -97,20 +90,12 @@ def _gbsg2_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
         return
     per_site = gbsg2.gbsg2_rows(seed=seed, n_sites=len(names))
     for name, rows in zip(names, per_site, strict=True):
-        _record(
-            report,
-            name,
-            *build_site(
-                out_dir,
-                name,
-                task,
-                False,
-                gbsg2.SOURCE,
-                f"Real GBSG2 breast-cancer patients ({len(rows)} of 686), recurrence-free "
-                "survival in days; patients dealt to sites by age (site a older).",
-                lambda d, rows=rows: rows,
-                force=True,
-            ),
+        _build(
+            report, out_dir, name, task, False, gbsg2.SOURCE,
+            f"Real GBSG2 breast-cancer patients ({len(rows)} of 686), recurrence-free "
+            "survival in days; patients dealt to sites by age (site a older).",
+            lambda d, rows=rows: rows,
+            True,
         )
 
 
@@ -121,27 +106,18 @@ def _brain_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
     size = task.input_size[-1]  # from the task file (configs/task/tissue_seg.yaml)
     for k, (name, axis) in enumerate(bt.PLANES.items()):
         plane = {0: "sagittal", 1: "coronal", 2: "axial"}[axis]
-        _record(
-            report,
-            name,
-            *build_site(
-                out_dir,
-                name,
-                task,
-                False,
-                bt.SOURCE,
-                f"Real MNI152 2009a T1 template, {plane} slices at {size}x{size} with GM/WM "
-                "labels (0 background, 1 GM, 2 WM). Both brain sites come from the same template.",
-                lambda d, name=name, axis=axis, k=k: bt.write_tissue_slices(
-                    d, name, axis, size=size, seed=seed + k
-                ),
-                force or _stale(out_dir / name, bt.SOURCE, task),
+        _build(
+            report, out_dir, name, task, False, bt.SOURCE,
+            f"Real MNI152 2009a T1 template, {plane} slices at {size}x{size} with GM/WM "
+            "labels (0 background, 1 GM, 2 WM). Both brain sites come from the same template.",
+            lambda d, name=name, axis=axis, k=k: bt.write_tissue_slices(
+                d, name, axis, size=size, seed=seed + k
             ),
+            force or _stale(out_dir / name, bt.SOURCE, task),
         )
 
 
 def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) -> None:
-    from unicon_core.data.manifest import SiteRole
     from unicon_core.demo_data import br35h
 
     names = [*br35h.SITE_TUMOUR_FRACTION, br35h.EXTERNAL_SITE]
@@ -161,27 +137,30 @@ def _br35h_sites(out_dir: Path, seed: int, force: bool, report: dict[str, Any]) 
             "test row, never trains" if external else
             "sources above 6 % of the site train, val/test are many smaller sources"
         )
-        _record(
-            report,
-            name,
-            *build_site(
-                out_dir,
-                name,
-                task,
-                False,
-                br35h.SOURCE,
-                f"Real Br35H brain MRI (web-collected JPEGs), {len(chosen[name])} images, "
-                f"~{share:.0%} tumour; grayscale 64x64, size shortcut removed, near-duplicate "
-                f"and same-source images grouped in one split; {what}.",
-                lambda d, name=name: br35h.write_br35h_site(d, images, chosen[name]),
-                force=True,
-                role=SiteRole.EVALUATION if external else SiteRole.TRAIN,
-            ),
+        _build(
+            report, out_dir, name, task, False, br35h.SOURCE,
+            f"Real Br35H brain MRI (web-collected JPEGs), {len(chosen[name])} images, "
+            f"~{share:.0%} tumour; grayscale 64x64, size shortcut removed, near-duplicate "
+            f"and same-source images grouped in one split; {what}.",
+            lambda d, name=name: br35h.write_br35h_site(d, images, chosen[name]),
+            True,
+            role=SiteRole.EVALUATION if external else SiteRole.TRAIN,
         )
 
 
 def _record(report: dict[str, Any], name: str, path: Path, built: bool) -> None:
     report[name] = {"path": str(path), "built": built}
+
+
+def _build(
+    report: dict[str, Any], out_dir: Path, name: str, task: TaskSpec, synthetic: bool,
+    source: str, description: str, fill: Callable[[Path], list[dict[str, Any]]],
+    force: bool, role: SiteRole | None = None,
+) -> None:
+    """Build (or reuse) one site with :func:`build_site` and record it in ``report``."""
+    extra = {} if role is None else {"role": role}
+    _record(report, name, *build_site(out_dir, name, task, synthetic, source, description,
+                                      fill, force=force, **extra))
 
 
 #: Builder groups ``prepare_demo(only=...)`` accepts, in build order.
