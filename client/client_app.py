@@ -9,7 +9,7 @@ tensors; the :class:`~client.mods.AnswerTimer` adds how long the site took to an
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message
@@ -17,6 +17,7 @@ from flwr.clientapp import ClientApp
 
 from client.mods.answer_timer import AnswerTimer
 from client.mods.egress_guard import EgressGuard
+from unicon_core import console
 
 if TYPE_CHECKING:
     from client.site_runner import SiteHooks
@@ -35,14 +36,7 @@ def make_client_app(
     # The guard is outermost: it checks everything that leaves, the timer's metrics included.
     client_app = ClientApp(mods=[EgressGuard(), *mods, AnswerTimer()])
 
-    @client_app.lifespan()
-    def console_level(context: Context) -> Iterator[None]:
-        """Warnings and logs at ``$UNICON_VERBOSITY`` in whatever process runs the app (default
-        1: Flower's INFO logs, no dependency warnings; :mod:`unicon_core.console`)."""
-        from unicon_core import console
-
-        console.configure(default=console.VERBOSE)
-        yield
+    client_app.lifespan()(console.app_lifespan)
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:

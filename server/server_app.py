@@ -7,10 +7,12 @@ libraries load inside ``main``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
+
+from unicon_core import console
 
 
 def make_server_app(overrides: Sequence[str] = ()) -> ServerApp:
@@ -18,14 +20,7 @@ def make_server_app(overrides: Sequence[str] = ()) -> ServerApp:
     extra = list(overrides)
     server_app = ServerApp()
 
-    @server_app.lifespan()
-    def console_level(context: Context) -> Iterator[None]:
-        """Warnings and logs at ``$UNICON_VERBOSITY`` in whatever process runs the app (default
-        1: Flower's INFO logs, no dependency warnings; :mod:`unicon_core.console`)."""
-        from unicon_core import console
-
-        console.configure(default=console.VERBOSE)
-        yield
+    server_app.lifespan()(console.app_lifespan)
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from simulations.report import insert_section
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
 from unicon_core.model import UniconModel
 from unicon_core.training import evaluate_task, make_loader, train_task
@@ -439,20 +440,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         insert_section(args.into, render(res))
     print(f"wrote {args.out} and {run_dir / 'results.json'}")
     return 0
-
-
-def insert_section(benchmarks: Path, section: str) -> None:
-    """Put ``section`` (starting ``## backbones``) into BENCHMARKS.md under "# Other
-    benchmarks", replacing a previous one (the other sections are left as they are)."""
-    text = benchmarks.read_text()
-    head = "## backbones\n"
-    if head in text:
-        start = text.index(head)
-        nxt = text.find("\n## ", start + len(head))
-        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    benchmarks.write_text(text)
 
 
 if __name__ == "__main__":

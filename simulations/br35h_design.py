@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from simulations.report import insert_section
+
 REPO = Path(__file__).resolve().parents[1]
 HEAD = "## Br35H evaluation design (tumour_cls)\n"
 
@@ -92,18 +94,6 @@ def render(frame: pd.DataFrame) -> str:
         "size: every image is cropped, padded square and resized to 64x64)",
     ]
     return "\n".join(lines) + "\n"
-
-
-def insert_section(benchmarks: Path, section: str) -> None:
-    """Put ``section`` into BENCHMARKS.md, replacing an older one (else appended)."""
-    text = benchmarks.read_text()
-    if HEAD in text:
-        start = text.index(HEAD)
-        nxt = text.find("\n## ", start + len(HEAD))
-        text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
-    else:
-        text = text.rstrip() + "\n\n" + section
-    benchmarks.write_text(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

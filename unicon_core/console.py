@@ -17,7 +17,8 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 #: Environment variable holding the level for child processes (Flower's, Ray's).
 VERBOSITY_ENV = "UNICON_VERBOSITY"
@@ -109,3 +110,11 @@ def child_env_warnings() -> str:
 def plain(line: str) -> str:
     """``line`` without terminal colour codes (for log files)."""
     return _ANSI.sub("", line)
+
+
+def app_lifespan(context: Any) -> Iterator[None]:
+    """A Flower app's lifespan (``app.lifespan()(app_lifespan)``): warnings and logs at
+    ``$UNICON_VERBOSITY`` in whatever process runs the app (default 1: Flower's INFO logs, no
+    dependency warnings). ``context`` is Flower's ``Context``, unused here."""
+    configure(default=VERBOSE)
+    yield
