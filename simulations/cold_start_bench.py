@@ -5,8 +5,8 @@ imports the app and its libraries before doing any work. Two measurements:
 
 1. **Import costs**, each in fresh interpreters (median of ``--repeats``), as the marginal
    cost of one more module given those before it, in the order a ClientApp needs them.
-2. **Per message, in a real loopback deployment** (``deploy.loopback``: SuperLink with TLS and
-   node auth, one SuperNode, ``flwr run``), once with Flower's own executor (a fresh
+2. **Per message, in a real loopback deployment** (``unicon_flower.loopback``: SuperLink with
+   TLS and node auth, one SuperNode, ``flwr run``), once with Flower's own executor (a fresh
    interpreter per message) and once with ``deploy/warm_executor.py`` (libraries preloaded
    once, a fork per message). From every train/evaluate reply (``client.mods.AnswerTimer``):
    ``process_s`` (age of the process answering: start-up + imports + work), ``handle_s`` (inside
@@ -81,8 +81,8 @@ def interpreter_start(repeats: int) -> float:
 
 def deployment_timings(work: Path, executor: str, rounds: int) -> dict[str, list[float]]:
     """Per-message timings from a loopback deployment with one site."""
-    from deploy.loopback import LoopbackFederation
     from simulations.robustness_bench import make_sites
+    from unicon_flower.loopback import LoopbackFederation
 
     site = make_sites(work / "data", seed=0, rows=40)[0]  # a tiny SYNTHETIC tabular site
     with LoopbackFederation(work / "deploy", {site.name: site}, executor=executor) as fed:

@@ -1,17 +1,26 @@
-"""Process trees by PID, through psutil: what a launcher needs to stop what it started.
+"""Process trees by PID (through psutil) and loopback ports: what a launcher needs to start,
+wait for and stop what it started.
 
-Used by the ``unicon federate`` launcher (the local SuperLink and what it spawned), the
-loopback deployment (``deploy/loopback.py``) and the answer timer (a process's age). A zombie
-(exited, not yet reaped by its parent) counts as gone everywhere; a process that vanishes while
-being read is skipped.
+One set of helpers for both launchers of :mod:`unicon_flower.launcher` (``flwr run`` with its
+local SuperLink, and the loopback deployment of every role) and the answer timer (a process's
+age). A zombie (exited, not yet reaped by its parent) counts as gone everywhere; a process that
+vanishes while being read is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import psutil
+
+#: The only host the launchers bind or contact.
+LOOPBACK = "127.0.0.1"
 
 
 def alive(pid: int) -> bool:
@@ -58,3 +67,67 @@ def find(matches: Callable[[list[str]], bool]) -> list[int]:
         if args and matches(list(args)) and alive(proc.pid):
             out.append(proc.pid)
     return sorted(out)
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port free on ``host`` right now (it may be taken again before it is bound)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
+               proc: subprocess.Popen | None = None, poll_s: float = 0.2) -> None:
+    """Poll ``check`` until it holds; ``TimeoutError`` naming ``what`` after ``timeout_s``.
+
+    With ``proc``, fail early (``RuntimeError``) if that process exits before ``check`` holds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process {proc.args!r} exited with {proc.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {timeout_s} s")
+        time.sleep(poll_s)
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None,
+                  host: str = LOOPBACK) -> None:
+    """Block until something accepts TCP connections on ``host:port`` (bounded)."""
+
+    def listening() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return True
+        return False
+
+    wait_until(listening, timeout_s, f"something to listen on {host}:{port}", proc, poll_s=0.3)
+
+
+def send_signal(pid: int, sig: int, group: bool = False) -> None:
+    """``sig`` to ``pid`` (or its process group), ignoring a process already gone."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        (os.killpg if group else os.kill)(pid, sig)
+
+
+def terminate(pids: Sequence[int], grace_s: float = 10.0, groups: Sequence[int] = (),
+              done: Callable[[], bool] | None = None) -> None:
+    """SIGTERM ``pids`` (and the process ``groups``), wait up to ``grace_s`` for them to go
+    (and ``done`` to hold), then SIGKILL whatever is left."""
+    for group in groups:
+        send_signal(group, signal.SIGTERM, group=True)
+    for pid in pids:
+        send_signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and (
+            any(map(alive, pids)) or (done is not None and not done())):
+        time.sleep(0.2)
+    kill(pids, groups)
+
+
+def kill(pids: Sequence[int], groups: Sequence[int] = ()) -> None:
+    """SIGKILL the process ``groups`` and every one of ``pids`` still alive (a crash)."""
+    for group in groups:
+        send_signal(group, signal.SIGKILL, group=True)
+    for pid in pids:
+        if alive(pid):
+            send_signal(pid, signal.SIGKILL)

@@ -3,13 +3,19 @@
 Both launch the Flower app of this repository with ``flwr run <repo> local --stream`` (Flower's
 local simulation) in a subprocess whose environment is set here, never at import:
 
-* ``FLWR_HOME`` inside the run folder, with a ``config.toml`` whose ``local`` federation has one
-  virtual SuperNode per configured site;
+* ``FLWR_HOME`` inside the run folder, with a ``config.toml`` naming Flower's managed local
+  SuperLink; ``--federation-config`` gives the run one virtual SuperNode per configured site;
 * runtime dependency installation and telemetry off;
 * the managed local SuperLink on two free ports of our own, so a SuperLink someone else started
-  is never reused; it is stopped by its PID afterwards, so nothing keeps running.
+  is never reused; it is stopped by its PID afterwards, so nothing keeps running
+  (:class:`KeptSuperLink` keeps one for several runs instead, and stops it at its end).
 
-Flower's run config only carries the hydra overrides (written to ``run_config.toml``).
+Flower's run config only carries the hydra overrides (written to ``run_config.toml``): the
+Flower run-config boundary, where settings become text (in process,
+:mod:`unicon_flower.runner` builds the same run config from typed ``RunSettings``).
+
+The second launcher, :mod:`unicon_flower.loopback`, starts a whole deployment on 127.0.0.1 with
+the same environment, run-config file and process helpers.
 
 The console stays quiet (:mod:`unicon_core.console`): Flower's whole output goes to
 ``<run folder>/flower.log`` and the console shows one progress bar over the rounds; with ``-v``
@@ -18,13 +24,11 @@ the output is shown as well as logged.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
+import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -43,7 +47,7 @@ from unicon_core.federation.outputs import (
     write_atomic,
 )
 from unicon_core.hydra_config import load_settings
-from unicon_core.processes import alive, cmdline, descendants, find
+from unicon_core.processes import cmdline, descendants, find, free_port, terminate
 
 FLWR_HOME_DIR = "flwr_home"
 RUN_CONFIG_FILE = "run_config.toml"
@@ -62,60 +66,72 @@ def project_root() -> Path:
     return root
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _toml_str(value: str) -> str:
     """A TOML basic string (JSON escaping is valid TOML for these characters)."""
     return json.dumps(value)
 
 
-def write_flower_home(
-    flwr_home: Path, num_supernodes: int, cpus_per_site: float = 1, gpus_per_site: float = 0.0
-) -> Path:
-    """``$FLWR_HOME/config.toml``: the ``local`` simulation federation with one node per site.
-
-    Each ClientApp gets ``gpus_per_site`` of a GPU (a fraction shares one) when CUDA is visible,
-    else none, so the same command runs on a CPU machine.
-    """
-    import torch
-
-    gpus = gpus_per_site if torch.cuda.is_available() else 0.0
+def write_flower_home(flwr_home: Path) -> Path:
+    """``$FLWR_HOME/config.toml``: the ``local`` federation, Flower's managed local SuperLink
+    (simulation mode). The simulation's size and resources go with each run
+    (:func:`federation_config_args`), not into this file (its ``options.`` fields are
+    deprecated in Flower 1.41)."""
     flwr_home.mkdir(parents=True, exist_ok=True)
     path = flwr_home / "config.toml"
     write_atomic(path, "\n".join([
-        "[superlink]",
-        'default = "local"',
-        "",
-        "[superlink.local]",
-        'address = ":local:"',
-        "",
-        "[superlink.local.options]",
-        f"num-supernodes = {int(num_supernodes)}",
-        "",
-        "[superlink.local.options.backend.client-resources]",
-        f"num-cpus = {cpus_per_site}",
-        f"num-gpus = {gpus}",
-        "",
+        "[superlink]", 'default = "local"', "", "[superlink.local]", 'address = ":local:"', "",
     ]))
     return path
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment of the ``flwr`` subprocess (a copy; ours is not changed)."""
+def federation_config_args(num_supernodes: int, cpus_per_site: int = 1,
+                           gpus_per_site: float = 0.0) -> list[str]:
+    """``flwr run --federation-config``: one virtual SuperNode per site, each with
+    ``cpus_per_site`` CPUs and ``gpus_per_site`` of a GPU (0 where torch sees no CUDA)."""
+    import torch
+
+    gpus = float(gpus_per_site) if torch.cuda.is_available() else 0.0
+    return ["--federation-config", f"num-supernodes={int(num_supernodes)} "
+            f"client-resources-num-cpus={int(cpus_per_site)} "
+            f"client-resources-num-gpus={gpus}"]
+
+
+def flower_tool_env(python: str = sys.executable, **extra: str) -> dict[str, str]:
+    """Environment of every Flower command either launcher starts (a copy; ours is unchanged):
+    ``python``'s tools first on ``PATH`` (Flower spawns ``flower-superlink``,
+    ``flwr-simulation``, ``flower-supernode`` by name), no telemetry, no runtime dependency
+    installation, no update check; ``extra`` on top."""
     env = dict(os.environ)
-    # flwr spawns `flower-superlink` and `flwr-simulation` by name: use this interpreter's.
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update(
+    env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
+    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+               FLWR_DISABLE_UPDATE_CHECK="1", **extra)
+    return env
+
+
+def flwr_executable(python: str = sys.executable) -> str:
+    """The ``flwr`` command beside ``python`` (else the one on ``PATH``)."""
+    return shutil.which("flwr", path=str(Path(python).parent)) or "flwr"
+
+
+def write_run_config(path: Path, overrides: Sequence[str], extra: dict[str, str] | None = None
+                     ) -> Path:
+    """The ``--run-config`` file of a ``flwr run`` (owner-only, atomic): the hydra
+    ``overrides`` as one shell-quoted string (the Flower run-config boundary) and ``extra``
+    string keys (e.g. ``fab-signature``)."""
+    lines = ['experiment = ""', f"overrides = {_toml_str(_join(overrides))}"]
+    lines += [f"{key} = {_toml_str(value)}" for key, value in (extra or {}).items()]
+    write_atomic(path, "\n".join(lines) + "\n")
+    return path
+
+
+def flower_env(flwr_home: Path, ports: tuple[int, int] | None = None) -> dict[str, str]:
+    """Environment of the ``flwr run`` subprocess of :func:`launch_flower_run`: its
+    ``FLWR_HOME`` and the local SuperLink's two ports (``ports``, else two free ones)."""
+    http_port, control_port = ports or (free_port(), free_port())
+    env = flower_tool_env(
         FLWR_HOME=str(flwr_home),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
-        FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
+        FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(http_port),
+        FLWR_LOCAL_CONTROL_API_PORT=str(control_port),
     )
     level = console.verbosity()
     if level == console.QUIET:
@@ -148,20 +164,34 @@ def stop_superlink(flwr_home: Path, settle_s: float = 30.0, grace_s: float = 10.
     ):
         time.sleep(0.5)
     victims = descendants(links) + links
-    for pid in victims:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(alive(p) for p in victims):
-        time.sleep(0.2)
-    for pid in victims:
-        if alive(pid):
-            _signal(pid, signal.SIGKILL)
+    terminate(victims, grace_s)
     return victims
 
 
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
+class KeptSuperLink:
+    """One managed local SuperLink kept for several ``flwr run``s (a benchmark suite, a
+    sweep), so that only the first run pays for starting it.
+
+    Flower starts its local SuperLink on the first ``flwr run`` and reuses one that answers on
+    the same ports; this object fixes the ports and ``FLWR_HOME`` for every run given it, and
+    :meth:`close` (or leaving the ``with`` block) stops the SuperLink and what it started, by
+    PID. Without it, each run gets its own SuperLink on fresh ports, stopped after the run.
+    """
+
+    def __init__(self, flwr_home: Path) -> None:
+        self.flwr_home = Path(flwr_home)
+        write_flower_home(self.flwr_home)
+        self.ports = (free_port(), free_port())
+
+    def close(self) -> list[int]:
+        """Stop the SuperLink (if one was started) and everything it started."""
+        return stop_superlink(self.flwr_home)
+
+    def __enter__(self) -> KeptSuperLink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def launch_flower_run(
@@ -171,29 +201,32 @@ def launch_flower_run(
     timeout_s: float | None = None,
     gpus_per_site: float = 0.0,
     rounds: int | None = None,
+    superlink: KeptSuperLink | None = None,
 ) -> int:
     """``flwr run <repo> local --stream`` for this run; returns its exit code.
 
     Its output goes to ``<run_dir>/flower.log`` (and to the console with ``-v``); quiet, the
-    console shows a bar over ``rounds``. The local SuperLink it starts is stopped before
-    returning, whatever happened.
+    console shows a bar over ``rounds``. Without ``superlink``, the local SuperLink the run
+    starts is stopped before returning, whatever happened; with it, the run uses (or starts)
+    that kept SuperLink and leaves it running for the next run.
     """
-    flwr_home = run_dir / FLWR_HOME_DIR
-    write_flower_home(flwr_home, num_sites, gpus_per_site=gpus_per_site)
-    run_config = run_dir / RUN_CONFIG_FILE
-    write_atomic(run_config, f'experiment = ""\noverrides = {_toml_str(_join(overrides))}\n')
-    flwr = shutil.which("flwr", path=str(Path(sys.executable).parent)) or "flwr"
-    cmd = [flwr, "run", str(project_root()), "local", "--stream", "--run-config", str(run_config)]
+    flwr_home = superlink.flwr_home if superlink else run_dir / FLWR_HOME_DIR
+    if superlink is None:
+        write_flower_home(flwr_home)
+    run_config = write_run_config(run_dir / RUN_CONFIG_FILE, overrides)
+    cmd = [flwr_executable(), "run", str(project_root()), "local", "--stream", "--run-config",
+           str(run_config), *federation_config_args(num_sites, gpus_per_site=gpus_per_site)]
     quiet = console.verbosity() == console.QUIET
     progress = RoundProgress(run_dir, rounds) if quiet and rounds else None
     try:
-        return run_logged(cmd, flower_env(flwr_home), run_dir, run_dir / FLOWER_LOG,
-                          echo=not quiet, timeout_s=timeout_s,
+        return run_logged(cmd, flower_env(flwr_home, superlink.ports if superlink else None),
+                          run_dir, run_dir / FLOWER_LOG, echo=not quiet, timeout_s=timeout_s,
                           poll=progress.poll if progress else None)
     finally:
         if progress:
             progress.close()
-        stop_superlink(flwr_home)
+        if superlink is None:
+            stop_superlink(flwr_home)
 
 
 def run_logged(
@@ -302,16 +335,16 @@ class RoundProgress:
 
 
 def _join(overrides: Sequence[str]) -> str:
-    import shlex
-
     return " ".join(shlex.quote(o) for o in overrides)
 
 
-def run_federated(overrides: Sequence[str], timeout_s: float | None = None) -> Path:
+def run_federated(overrides: Sequence[str], timeout_s: float | None = None,
+                  superlink: KeptSuperLink | None = None) -> Path:
     """Run (or with ``resume=true`` continue) a federated experiment; returns its run folder.
 
     ``overrides`` are hydra overrides, e.g. ``["experiment=demo", "federation.rounds=5"]``.
-    Outputs go to ``federation.runs_dir`` (default ``<repo>/runs``).
+    Outputs go to ``federation.runs_dir`` (default ``<repo>/runs``). With ``superlink``, the
+    run goes to that kept local SuperLink (see :class:`KeptSuperLink`).
     """
     from unicon_core.commands.errors import RunFailedError, UsageError, config_errors
 
@@ -332,7 +365,7 @@ def run_federated(overrides: Sequence[str], timeout_s: float | None = None) -> P
     full = [*overrides, f"federation.runs_dir='{runs_dir}'", f"federation.run_dir='{run_dir}'"]
     code = launch_flower_run(run_dir, full, len(settings.federation.sites), timeout_s,
                              gpus_per_site=settings.federation.gpus_per_site,
-                             rounds=settings.federation.rounds)
+                             rounds=settings.federation.rounds, superlink=superlink)
     if code != 0 or not (run_dir / RESULTS_FILE).is_file():
         raise RunFailedError(
             f"the federated run failed (flwr exit code {code}); its output is in "

@@ -1,11 +1,11 @@
 """Loopback deployment: SuperLink + 3 SuperNodes with TLS and node authentication, 2 rounds.
 
-Everything is started through the scripts of ``deploy/`` (via ``deploy.loopback``), exactly as
-a coordinator, three hospitals and a researcher would; an unregistered node and a plaintext
-client are refused. The sites run only apps the consortium signed (``--trusted-entities``):
-an unsigned FAB and an altered one are refused by every site, the signed one runs, every
-reply through the site's own egress check. Every process a test starts is stopped by PID in
-the fixture's ``finally``, also when the test fails.
+Everything is started through the scripts of ``deploy/`` (via ``unicon_flower.loopback``),
+exactly as a coordinator, three hospitals and a researcher would; an unregistered node and a
+plaintext client are refused. The sites run only apps the consortium signed
+(``--trusted-entities``): an unsigned FAB and an altered one are refused by every site, the
+signed one runs, every reply through the site's own egress check. Every process a test starts
+is stopped by PID in the fixture's ``finally``, also when the test fails.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.loopback import HOST, LoopbackFederation, alive, free_port
 from tests.server.fedtools import THREE_SITES, make_sites
+from unicon_flower.loopback import HOST, LoopbackFederation, alive, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.loopback import LoopbackFederation, alive, wait_until
 from tests.server.fedtools import CLS_TASK, THREE_SITES, make_sites
 from unicon_core.federation.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from unicon_core.federation.exclusions import MAX_REASON_CHARS
 from unicon_core.federation.outputs import read_jsonl
+from unicon_flower.loopback import LoopbackFederation, alive, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -79,7 +79,7 @@ def test_site_state_folder_is_owner_only(tmp_path: Path, touching_bin: Path) -> 
 
 @pytest.mark.redteam(surface=STATE, outcome="private")
 def test_loopback_logs_are_owner_only(tmp_path: Path) -> None:
-    from deploy.loopback import LoopbackFederation
+    from unicon_flower.loopback import LoopbackFederation
 
     loop = LoopbackFederation(tmp_path / "loop", sites={})
     proc = loop.start("echo", ["true"])

@@ -1,4 +1,6 @@
-"""A whole deployment on one machine's loopback, driven through the deploy scripts.
+"""A whole deployment on one machine's loopback, driven through the deploy scripts: the
+second launcher beside :mod:`unicon_flower.launcher` (sharing its Flower environment, run-config
+file and ``flwr`` lookup, and the port/process helpers of :mod:`unicon_core.processes`).
 
 Used by the integration test (``tests/deploy``) and ``simulations/cold_start_bench.py``: a test
 PKI, the SuperLink (TLS, SuperNode authentication, state database), one SuperNode per site with
@@ -21,61 +23,32 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from unicon_core.processes import alive, descendants
+from unicon_core.processes import (
+    LOOPBACK,
+    alive,
+    descendants,
+    free_port,
+    kill,
+    terminate,
+    wait_for_port,
+    wait_until,
+)
+from unicon_flower.launcher import flower_tool_env, flwr_executable, write_run_config
 
-DEPLOY = Path(__file__).resolve().parent
-REPO = DEPLOY.parent
-HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+HOST = LOOPBACK
 
-
-def free_port() -> int:
-    """A TCP port free on the loopback right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    """Block until something accepts TCP connections on ``port`` (bounded by ``timeout_s``)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"nothing listens on {HOST}:{port} after {timeout_s} s")
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str,
-               proc: subprocess.Popen | None = None, poll_s: float = 0.2) -> None:
-    """Poll ``check`` until it holds; ``TimeoutError`` naming ``what`` after ``timeout_s``.
-
-    With ``proc``, fail early (``RuntimeError``) if that process exits before ``check`` holds.
-    """
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process {proc.args!r} exited with {proc.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout_s} s")
-        time.sleep(poll_s)
-
-
-def _signal(pid: int, sig: int, group: bool = False) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        (os.killpg if group else os.kill)(pid, sig)
+__all__ = ["HOST", "LoopbackFederation", "alive", "free_port", "wait_until"]
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -113,11 +86,7 @@ class LoopbackFederation:
     # ---------------------------------------------------------------- processes
     def env(self, **extra: str) -> dict[str, str]:
         """Environment of every command: this interpreter's tools, one torch thread."""
-        env = dict(os.environ)
-        env["PATH"] = os.pathsep.join([str(Path(self.python).parent), env.get("PATH", "")])
-        env.update(PYTHON=self.python, OMP_NUM_THREADS="1", FLWR_TELEMETRY_ENABLED="0",
-                   FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", **extra)
-        return env
+        return flower_tool_env(self.python, PYTHON=self.python, OMP_NUM_THREADS="1", **extra)
 
     def run(self, args: Sequence[str], timeout_s: float, **extra: str
             ) -> subprocess.CompletedProcess[str]:
@@ -173,17 +142,8 @@ class LoopbackFederation:
                 self._stop_one(proc, grace_s)
 
     def _stop_one(self, proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-        pids = [proc.pid, *descendants([proc.pid])]
-        _signal(proc.pid, signal.SIGTERM, group=True)
-        for pid in pids:
-            _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and (proc.poll() is None or any(map(alive, pids))):
-            time.sleep(0.2)
-        _signal(proc.pid, signal.SIGKILL, group=True)
-        for pid in pids:
-            if alive(pid):
-                _signal(pid, signal.SIGKILL)
+        terminate([proc.pid, *descendants([proc.pid])], grace_s, groups=[proc.pid],
+                  done=lambda: proc.poll() is not None)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
 
@@ -194,9 +154,7 @@ class LoopbackFederation:
         """
         proc = self.procs.pop(label)
         pids = [proc.pid, *descendants([proc.pid])]
-        _signal(proc.pid, signal.SIGKILL, group=True)
-        for pid in pids:
-            _signal(pid, signal.SIGKILL)
+        kill(pids, groups=[proc.pid])
         proc.wait(timeout=10)
         wait_until(lambda: not any(map(alive, pids)), 10, f"SIGKILLed {label} to be gone")
         return pids
@@ -340,13 +298,10 @@ class LoopbackFederation:
             time.sleep(pause_s)
 
     def _flwr_run_args(self, overrides: Sequence[str], signature: str = "") -> list[str]:
-        run_config = self.root / "run_config.toml"
-        joined = " ".join(shlex.quote(o) for o in overrides)
-        _write_private(run_config, f'experiment = ""\noverrides = {json.dumps(joined)}\n'
-                       + (f"fab-signature = {json.dumps(signature)}\n" if signature else ""))
-        flwr = str(Path(self.python).parent / "flwr")
-        return [flwr, "run", str(self.app), self.name, "--run-config", str(run_config),
-                "--stream"]
+        run_config = write_run_config(self.root / "run_config.toml", overrides,
+                                      {"fab-signature": signature} if signature else {})
+        return [flwr_executable(self.python), "run", str(self.app), self.name, "--run-config",
+                str(run_config), "--stream"]
 
     def flwr_run(self, overrides: Sequence[str], timeout_s: float, signature: str = ""
                  ) -> subprocess.CompletedProcess[str]:
@@ -364,8 +319,8 @@ class LoopbackFederation:
 
     def online_nodes(self) -> int:
         """How many SuperNodes the SuperLink lists as online (``flwr supernode ls``)."""
-        flwr = str(Path(self.python).parent / "flwr")
-        res = self.run([flwr, "supernode", "ls", self.name, "--format", "json"], timeout_s=60,
+        res = self.run([flwr_executable(self.python), "supernode", "ls", self.name, "--format",
+                        "json"], timeout_s=60,
                        FLWR_HOME=str(self.home))
         try:
             data = json.loads(res.stdout[res.stdout.index("{"):])
