@@ -13,13 +13,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shown_path(path: str | Path) -> str:
-    """A path as committed reports show it: relative to the repository when inside it (no
-    machine's absolute paths in committed files), else as given."""
+    """A path as committed reports show it, never a machine's absolute path: relative to the
+    repository when inside it; outside it, only its last two parts after ``.../`` (a
+    relative path that does not lead into the repository is kept as given)."""
     p = Path(path)
     try:
         return str(p.resolve().relative_to(REPO))
     except ValueError:
-        return str(p)
+        if not p.is_absolute():
+            return str(p)
+        return "/".join(["...", *p.parts[-2:]])
+
+
+def shown_command(args: Sequence[str]) -> str:
+    """A command line as committed reports show it: every absolute path in it, alone or as
+    ``--opt=PATH`` / ``key=PATH``, through :func:`shown_path`."""
+    out = []
+    for arg in args:
+        head, sep, tail = arg.rpartition("=")
+        if sep and tail.startswith("/"):
+            out.append(f"{head}={shown_path(tail)}")
+        elif arg.startswith("/"):
+            out.append(shown_path(arg))
+        else:
+            out.append(arg)
+    return " ".join(out)
 
 #: Goals of issue 5 (ratios).
 GOAL_FED_VS_CENTRAL = 0.98

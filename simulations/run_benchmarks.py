@@ -233,15 +233,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     iso = continual["isolated"]
     import numpy as np
 
-    from simulations.report import mean_matrix, mean_std
+    from simulations.report import mean_matrix, mean_std, shown_command
 
     suite: dict[str, Any] = {
         "order": first["order"], "stages": first["stages"], "synthetic": synthetic,
         "continual": continual, "foundation": foundation, "modality": modality,
         "adaptation": adaptation, "bytes": comm, "overhead": overhead,
         "meta": {
-            "command": " ".join(["python -m simulations.run_benchmarks", *sys.argv[1:]])
-            if argv is None else " ".join(["python -m simulations.run_benchmarks", *argv]),
+            "command": shown_command(["python -m simulations.run_benchmarks",
+                                      *(sys.argv[1:] if argv is None else argv)]),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "seeds": cfg.seeds, "rounds": cfg.rounds,
             "local_steps": cfg.local_steps, "batch_size": cfg.batch_size, "lr": cfg.lr,

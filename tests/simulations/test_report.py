@@ -129,11 +129,20 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(tmp_path: Pat
         run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "none", False, jobs=0)
 
 
-def test_committed_reports_show_repository_relative_paths(tmp_path) -> None:
-    from simulations.report import REPO, shown_path
+def test_committed_reports_show_no_machine_paths(tmp_path) -> None:
+    from simulations.report import REPO, shown_command, shown_path
 
     assert shown_path(REPO / "runs" / "x") == "runs/x"  # no machine path in committed files
-    assert shown_path(tmp_path) == str(tmp_path)  # outside the repository: unchanged
+    outside = tmp_path / "suite" / "BENCHMARKS.md"
+    assert shown_path(outside) == ".../suite/BENCHMARKS.md"  # outside: no absolute path either
+    assert shown_path("demo_data_copy") == "demo_data_copy"  # relative: as given
+    command = shown_command(["python -m simulations.run_benchmarks", "--runs-dir",
+                             str(REPO / "runs"), f"--out={outside}",
+                             f"federation.data_root={tmp_path}", "--jobs", "2"])
+    assert command == ("python -m simulations.run_benchmarks --runs-dir runs "
+                       f"--out=.../suite/BENCHMARKS.md federation.data_root=.../"
+                       f"{tmp_path.parent.name}/{tmp_path.name} --jobs 2")
+    assert str(tmp_path) not in command and "/tmp" not in command
 
 
 def test_before_after_table_says_identical_within_noise_or_moved() -> None:
