@@ -62,8 +62,12 @@ if TYPE_CHECKING:
 LEDGER_STATE = "privacy-ledger"
 #: ``context.state`` key of the resolved experiment config (JSON in a ConfigRecord).
 SETTINGS_STATE = "settings"
-#: ``context.state`` key of the site's error-feedback residual (lossy delta codecs).
+#: ``context.state`` key of the site's error-feedback residual (lossy delta codecs). Like all
+#: of ``context.state`` it lives for one Flower run: a resumed run starts it at zero.
 RESIDUAL_STATE = "delta-residual"
+#: ``context.state`` key of the skill the site holds under downlink compression (the base of
+#: the server's next ``downlink`` delta; per run too: a resumed run sends the whole skill first).
+DOWNLINK_STATE = "downlink-held"
 
 
 class FoundationMismatchError(ValueError):
@@ -167,12 +171,53 @@ def build_model(settings: ExperimentSettings, site: Site, rank: int | None = Non
     return model
 
 
-def instruction_rank(msg: Message, site: Site) -> int | None:
-    """The LoRA rank of the skill the server sent, when it is below the task's (None: the
-    task's own). A site never trains a larger rank than its task declares."""
+def received_skill(msg: Message, context: Context) -> tuple[ArrayRecord | None,
+                                                              ArrayRecord | None]:
+    """``(the skill the instruction gives, the copy to keep once the reply is ready)``.
+
+    Without downlink compression: the ``skill`` record, nothing kept. With it: a whole
+    ``skill`` (first contact) is kept as is; a ``downlink`` delta is applied to the copy the
+    site holds, after checking that copy's digest is the one the server encoded against (the
+    same functions on the same bytes as the server's, so both copies stay equal bit for bit).
+    """
+    from unicon_core.federation.compression import Codec, apply_delta, decode_delta
+    from unicon_core.federation.replies import digest
+
+    config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
+    record = msg.content.array_records.get(RecordKey.SKILL.value)
+    encoded = msg.content.array_records.get(RecordKey.DOWNLINK.value)
+    kind = config.get(ConfigKey.DOWNLINK_CODEC.value)
+    if encoded is None:
+        return record, (record if kind is not None else None)
+    stored = context.state.array_records.get(DOWNLINK_STATE)
+    if stored is None:
+        raise ValueError("the server sent a downlink delta but this site holds no skill to "
+                         "apply it to (it restarted?); the server sends the whole skill next")
+    base = record_to_arrays(stored)
+    if digest(base) != config.get(ConfigKey.DOWNLINK_BASE.value):
+        raise ValueError("the server's downlink delta was encoded against another copy of the "
+                         "skill than this site holds; the server sends the whole skill next")
+    skill = apply_delta(base, decode_delta(record_to_arrays(encoded), base, Codec(str(kind))))
+    rebuilt = arrays_to_record(skill)
+    return rebuilt, rebuilt
+
+
+def keep_downlink(context: Context, keep: ArrayRecord | None) -> None:
+    """Keep the skill the site now holds (downlink compression), as the reply leaves."""
+    if keep is not None:
+        context.state[DOWNLINK_STATE] = keep
+
+
+def instruction_rank(
+    msg: Message, site: Site, record: ArrayRecord | None = None
+) -> int | None:
+    """The LoRA rank of the skill the server sent (``record``, default the message's
+    ``skill``), when it is below the task's (None: the task's own). A site never trains a
+    larger rank than its task declares."""
     from unicon_core.federation.lora_rules import lora_pairs
 
-    record = msg.content.array_records.get(RecordKey.SKILL.value)
+    if record is None:
+        record = msg.content.array_records.get(RecordKey.SKILL.value)
     pairs = lora_pairs(list(record.keys())) if record is not None else {}
     if not pairs:
         return None
@@ -234,12 +279,16 @@ def check_instruction(msg: Message, site: Site, model: UniconModel) -> None:
         )
 
 
-def load_global_skill(msg: Message, site: Site, model: UniconModel, plan: str = "skill") -> None:
-    """Load the task's global skill (or what ``plan`` exchanges) from the instruction (strict
-    keys and shapes)."""
+def load_global_skill(
+    msg: Message, site: Site, model: UniconModel, plan: str = "skill",
+    record: ArrayRecord | None = None,
+) -> None:
+    """Load the task's global skill (or what ``plan`` exchanges) from the instruction, or from
+    ``record`` when given (a downlink-reconstructed skill); strict keys and shapes."""
     from unicon_core.training.plans import load_plan_state
 
-    record = msg.content.array_records.get(RecordKey.SKILL.value)
+    if record is None:
+        record = msg.content.array_records.get(RecordKey.SKILL.value)
     if record is None:
         raise ValueError(f"instruction to site {site.name!r} carries no skill record")
     state = record.to_torch_state_dict()
@@ -255,17 +304,21 @@ def instruction_options(msg: Message) -> dict[str, Any]:
 
 
 def delta_record(
-    msg: Message, context: Context, model: UniconModel, task: str, options: dict[str, Any]
+    msg: Message, context: Context, model: UniconModel, task: str, options: dict[str, Any],
+    record: ArrayRecord | None = None,
 ) -> ArrayRecord:
-    """The trained skill as an encoded ``local - global`` against the skill the server sent;
-    a lossy codec's residual stays at the site (``context.state``) for the next round. Under
-    FFA-LoRA the frozen A factors are left out (the server keeps its own)."""
+    """The trained skill as an encoded ``local - global`` against the skill the server sent
+    (``record`` when given: the downlink-reconstructed one); a lossy codec's residual stays at
+    the site (``context.state``) for the next round. Under FFA-LoRA the frozen A factors are
+    left out (the server keeps its own)."""
     from unicon_core.federation.compression import Codec, encode_delta
 
     codec = Codec(str(options[ConfigKey.DELTA_CODEC.value]),
                   bool(options.get(ConfigKey.CODEC_PER_ROW.value, False)),
                   float(options.get(ConfigKey.TOPK_FRACTION.value, 0.1)))
-    sent = record_to_arrays(msg.content.array_records[RecordKey.SKILL.value])
+    if record is None:
+        record = msg.content.array_records[RecordKey.SKILL.value]
+    sent = record_to_arrays(record)
     sent = {k: v for k, v in sent.items() if k not in frozen_keys(sent, options)}
     local = {k: v.detach().cpu().numpy() for k, v in model.skill_state_dict(task).items()}
     stored = context.state.array_records.get(RESIDUAL_STATE)
@@ -385,7 +438,8 @@ def handle_train(
 
     plan = check_plan(context, settings, hooks)
     site = open_node_site(context, settings, hooks)
-    model = build_model(settings, site, instruction_rank(msg, site))
+    skill, keep = received_skill(msg, context)
+    model = build_model(settings, site, instruction_rank(msg, site, skill))
     check_instruction(msg, site, model)
     identity = model.foundation_hash  # a plan may train the backbone: say where it started
     if hooks is not None and hooks.model is not None:
@@ -396,7 +450,7 @@ def handle_train(
     if not site.split_rows("train"):  # an evaluation-only site never trains
         raise ValueError(f"site {site.name} is evaluation-only (no train rows): it does not "
                          "train; the server sends it evaluation instructions only")
-    load_global_skill(msg, site, model, plan)
+    load_global_skill(msg, site, model, plan, skill)
     task, rnd = site.task_spec.name, server_round(msg)
     options = instruction_options(msg)
     privacy, notes = site_privacy(settings.privacy, context.node_config)
@@ -443,6 +497,7 @@ def handle_train(
                     info_record(site, model, Status.BUDGET_EXHAUSTED, reason, identity), rnd),
                     notes),
             })
+            keep_downlink(context, keep)
             return Message(content, reply_to=msg)
         dp = DPSGD(privacy, seed=seed if reproducible else None)
     params, regulariser = local_objective(model, task, options, dp is not None)
@@ -477,7 +532,7 @@ def handle_train(
     for key, value in extra.items():
         metrics[key] = float(value)
     update = (
-        {RecordKey.DELTA.value: delta_record(msg, context, model, task, options)}
+        {RecordKey.DELTA.value: delta_record(msg, context, model, task, options, skill)}
         if ConfigKey.DELTA_CODEC.value in options
         else {RecordKey.SKILL.value: skill_record(
             model, task, frozen_keys(model.skill_keys(task), options), plan)}
@@ -489,6 +544,7 @@ def handle_train(
             answering(info_record(site, model, Status.TRAINED, foundation_hash=identity), rnd),
             notes),
     })
+    keep_downlink(context, keep)
     return Message(content, reply_to=msg)
 
 
@@ -551,12 +607,13 @@ def handle_evaluate(
 
     plan = check_plan(context, settings, hooks)
     site = open_node_site(context, settings, hooks)
-    model = build_model(settings, site, instruction_rank(msg, site))
+    skill, keep = received_skill(msg, context)
+    model = build_model(settings, site, instruction_rank(msg, site, skill))
     check_instruction(msg, site, model)
     identity = model.foundation_hash
     if hooks is not None and hooks.model is not None:
         model = hooks.model(site)
-    load_global_skill(msg, site, model, plan)
+    load_global_skill(msg, site, model, plan, skill)
     from unicon_core.device import resolve_device
 
     model.to(resolve_device(site_device(context, settings)))
@@ -569,6 +626,7 @@ def handle_evaluate(
             info_record(site, model, Status.EVALUATED, foundation_hash=identity),
             server_round(msg)),
     })
+    keep_downlink(context, keep)
     return Message(content, reply_to=msg)
 
 

@@ -17,7 +17,7 @@ import importlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -386,12 +386,14 @@ class RoundRecorder:
         foundation_hash: str,
         tracker: Tracker,
         stopped: dict[str, str],
+        state: Callable[[], dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.settings = settings
         self.foundation_hash = foundation_hash
         self.tracker = tracker
         self.stopped = stopped  # the strategy's dict, shared
+        self.state = state  # the strategy's server_state (optimiser moments, FedSA B)
 
     def __call__(self, record: dict[str, Any], arrays: ArrayRecord) -> None:
         """Persist one finished round."""
@@ -407,6 +409,7 @@ class RoundRecorder:
             foundation_hash=self.foundation_hash,
             config=self.settings.resolved,
             stopped=dict(self.stopped),
+            state=self.state() if self.state is not None else {},
         ))
         self.tracker.log(rnd, flatten("", {"tasks": record.get("tasks", {}),
                                            "sites": record.get("sites", {})}))
@@ -470,13 +473,14 @@ def run_federation(
     site_full = [full_bytes[t] for t in task_of_site.values()]
     full_model_bytes = round(sum(site_full) / len(site_full))
 
-    offset, stopped = 0, {}
+    offset, stopped, saved_state = 0, {}, {}
     rounds_path = run_dir / ROUNDS_FILE
     if settings.resume and (run_dir / CHECKPOINT_FILE).is_file():
         ckpt = load_checkpoint(run_dir)
         if ckpt.foundation_hash != foundation_hash:
             raise ValueError(f"{run_dir}: checkpoint was made on another foundation")
         arrays, offset, stopped = merge_resumed(arrays, ckpt.arrays), ckpt.round, ckpt.stopped
+        saved_state = ckpt.state
         truncate_rounds(rounds_path, offset)
         remove_stale_temp_files(run_dir)
         log(INFO, "resuming after round %d of %d", offset, settings.federation.rounds)
@@ -506,14 +510,22 @@ def run_federation(
         **settings.strategy.options(),
     )
     strategy.stopped.update(stopped)
-    stateful = sorted(t for t in specs if (o := settings.strategy.for_task(t)).server_opt
-                      != "fedavg" or o.lora_rule == "fedsa" or o.codec != "none")
-    if offset and stateful:
-        log(WARNING, "resume: tasks %s restart their server optimiser state, FedSA B factors "
-            "and site residuals empty (not checkpointed); skills, round and seeds are restored",
-            stateful)
+    server_state = getattr(strategy, "server_state", None)
+    if saved_state:
+        strategy.load_server_state(saved_state)
+    elif offset and (stateful := sorted(t for t in specs if (o := settings.strategy.for_task(
+            t)).server_opt != "fedavg" or o.lora_rule == "fedsa")):
+        log(WARNING, "resume: the checkpoint holds no server state; tasks %s restart their "
+            "server optimiser state and FedSA B factors empty", stateful)
+    restarted = sorted(t for t in specs if (o := settings.strategy.for_task(t)).codec
+                       in ("int8", "topk", "fp16") or o.downlink_codec != "none")
+    if offset and restarted:
+        log(WARNING, "resume: tasks %s restart the sites' error-feedback residuals at zero and "
+            "send each site the whole skill first (both live in the sites' per-run state); "
+            "skills, server optimiser state, FedSA B factors, round and seeds are restored",
+            restarted)
     strategy.on_round_end = RoundRecorder(run_dir, settings, foundation_hash, tracker,
-                                          strategy.stopped)
+                                          strategy.stopped, server_state)
     remaining = settings.federation.rounds - offset
     try:
         if remaining > 0:

@@ -94,7 +94,7 @@ class EgressGuard:
 
     def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Run the app, then let the reply out only if every record passes the checks."""
-        allowed = self.allowed_arrays(msg)
+        allowed = self.allowed_arrays(msg, context)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
@@ -107,11 +107,21 @@ class EgressGuard:
         log(ERROR, reason)
         return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
 
-    def allowed_arrays(self, msg: Message) -> dict[str, tuple[int, ...]]:
-        """Key -> shape of the skill tensors the instruction carried (empty for none)."""
-        if not msg.has_content() or self.skill_record not in msg.content.array_records:
+    def allowed_arrays(
+        self, msg: Message, context: Context | None = None
+    ) -> dict[str, tuple[int, ...]]:
+        """Key -> shape of the skill tensors the instruction carried (empty for none); for a
+        compressed downlink change, those of the skill the site holds (what it applies to)."""
+        if not msg.has_content():
             return {}
-        record = msg.content.array_records[self.skill_record]
+        record = msg.content.array_records.get(self.skill_record)
+        if (record is None and context is not None
+                and RecordKey.DOWNLINK.value in msg.content.array_records):
+            from client.site_runner import DOWNLINK_STATE
+
+            record = context.state.array_records.get(DOWNLINK_STATE)
+        if record is None:
+            return {}
         return {key: tuple(arr.shape) for key, arr in record.items()}
 
     def problems(

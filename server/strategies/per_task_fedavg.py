@@ -23,9 +23,12 @@ off by default, which is today's behaviour bit for bit): replies as encoded delt
 (:mod:`unicon_core.federation.compression`), the LoRA aggregation rule and mixed site ranks
 (:mod:`unicon_core.federation.lora_rules`), a server optimiser on the aggregated delta
 (:mod:`unicon_core.federation.server_opt`), per-round sampling of each task's sites
-(:mod:`unicon_core.federation.sampling`; sites not drawn get no message) and FedProx at the
-sites. The hooks are :meth:`PerTaskFedAvg.configure_train` (sampling, each site's skill and
-instructions) and :meth:`PerTaskFedAvg.aggregate_task` (rule, ranks, server optimiser).
+(:mod:`unicon_core.federation.sampling`; sites not drawn get no message, neither train nor
+evaluate, until the last round evaluates every site), downlink compression (each site is sent
+the change since the copy it holds, :meth:`PerTaskFedAvg.downlink`) and FedProx at the sites.
+The hooks are :meth:`PerTaskFedAvg.configure_train` (sampling, each site's skill and
+instructions) and :meth:`PerTaskFedAvg.aggregate_task` (rule, ranks, server optimiser); the
+state a resumed run needs is :meth:`PerTaskFedAvg.server_state`.
 
 Only ``configure_*``/``aggregate_*`` are overridden; the round loop is Flower's
 ``Strategy.start``. Subclasses change the aggregation rule by overriding one hook,
@@ -52,7 +55,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from unicon_core.federation.aggregation import (
@@ -61,7 +64,13 @@ from unicon_core.federation.aggregation import (
     weighted_average,
     weighted_metrics,
 )
-from unicon_core.federation.compression import INDEX, SCALE, apply_delta, decode_delta
+from unicon_core.federation.compression import (
+    INDEX,
+    SCALE,
+    apply_delta,
+    decode_delta,
+    encode_delta,
+)
 from unicon_core.federation.config import TaskFederation
 from unicon_core.federation.lora_rules import a_keys, aggregate_lora, pad_rank, project_rank
 from unicon_core.federation.protocol import (
@@ -87,6 +96,8 @@ from unicon_flower.accounting import CommLedger, content_bytes
 from unicon_flower.records import arrays_to_record, record_to_arrays
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
+#: Key prefixes of the strategy's own state in a checkpoint (:meth:`PerTaskFedAvg.server_state`)
+OPT_STATE, FEDSA_STATE = "opt", "fedsa"
 
 
 @dataclass(frozen=True)
@@ -211,6 +222,73 @@ class PerTaskFedAvg(FedAvg):
         self._sent: dict[str, dict[str, np.ndarray]] = {}
         #: site -> digest of the encoded delta it sent this round (replays are refused)
         self._delta_digests: dict[str, str] = {}
+        #: rounds of this ``start`` (the last one evaluates every site); None before ``start``
+        self._num_rounds: int | None = None
+        #: sites drawn this round (None: no task samples, everyone trains)
+        self._drawn: set[str] | None = None
+        #: downlink compression: site -> the skill it holds (as it reconstructed it, bit for
+        #: bit), and what it will hold once it answers the message in flight
+        self.held: dict[str, dict[str, np.ndarray]] = {}
+        self._pending: dict[str, dict[str, np.ndarray]] = {}
+        #: site -> the exact skill meant for it this round, when its copy differs (lossy
+        #: downlink): its update is moved onto it before aggregation
+        self._targets: dict[str, dict[str, np.ndarray]] = {}
+
+    def start(
+        self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
+        timeout: float = 3600, **kwargs: Any,
+    ) -> Result:
+        """Flower's round loop, knowing its last round (evaluated on every site)."""
+        self._num_rounds = num_rounds
+        return super().start(grid, initial_arrays, num_rounds, timeout, **kwargs)
+
+    def server_state(self) -> dict[str, np.ndarray]:
+        """What a resumed run needs beyond the skills, as named arrays: each task's server
+        optimiser state (``opt/<task>/m|v/<key>``, ``opt/<task>/steps``) and each site's FedSA
+        B factors (``fedsa/<site>/<key>``). Downlink copies are not kept: a resumed run is a
+        new Flower run, whose sites hold nothing yet (they get the whole skill first)."""
+        out: dict[str, np.ndarray] = {}
+        for task, opt in sorted(self.server_opts.items()):
+            out[f"{OPT_STATE}/{task}/steps"] = np.asarray([opt.steps], np.int64)
+            for part, arrays in (("m", opt.m), ("v", opt.v)):
+                out.update({f"{OPT_STATE}/{task}/{part}/{k}": np.asarray(v)
+                            for k, v in arrays.items()})
+        for site, arrays in sorted(self.personal.items()):
+            out.update({f"{FEDSA_STATE}/{site}/{k}": v for k, v in arrays.items()})
+        return out
+
+    def load_server_state(self, state: Mapping[str, np.ndarray]) -> None:
+        """Restore :meth:`server_state`'s arrays; state of a task that no longer uses a server
+        optimiser (or FedSA), or of a site no longer in the run, is left out with a warning."""
+        tasks = {n.task for n in self.nodes.values()}
+        task_of = {n.site: n.task for n in self.nodes.values()}
+        opts: dict[str, ServerOptimizer] = {}
+        personal: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+        dropped: set[str] = set()
+        for name, value in state.items():
+            kind, owner, rest = [*name.split("/", 2), "", ""][:3]
+            if kind == OPT_STATE and owner in tasks and self.options(owner).server_opt != (
+                    "fedavg"):
+                opt = opts.setdefault(owner, ServerOptimizer(
+                    self.options(owner).server_opt_config()))
+                if rest == "steps":
+                    opt.steps = int(np.asarray(value).reshape(-1)[0])
+                elif rest[:2] in ("m/", "v/"):
+                    getattr(opt, rest[0])[rest[2:]] = np.asarray(value)
+                else:
+                    raise ValueError(f"checkpoint state {name!r} is not optimiser state")
+            elif kind == FEDSA_STATE and self.options(task_of.get(owner, "")).lora_rule == (
+                    "fedsa") and owner in task_of:
+                personal[owner][rest] = np.asarray(value)
+            elif kind in (OPT_STATE, FEDSA_STATE):
+                dropped.add(f"{kind}/{owner}")
+            else:
+                raise ValueError(f"checkpoint state {name!r}: unknown kind {kind!r}")
+        if dropped:
+            log(WARNING, "resume: saved state %s left out (its task no longer uses it or its "
+                "site is not in this run)", sorted(dropped))
+        self.server_opts.update(opts)
+        self.personal.update(personal)
 
     def options(self, task: str) -> TaskFederation:
         """The task's issue-#14 options (today's defaults when not configured)."""
@@ -231,9 +309,9 @@ class PerTaskFedAvg(FedAvg):
             opts = self.options(task)
             if not opts.is_default:
                 log(INFO, "\t├──> %s: delta=%s codec=%s rule=%s ranks=%s server_opt=%s "
-                    "fraction=%s min_sites=%s prox_mu=%s", task, opts.delta, opts.codec,
-                    opts.lora_rule, dict(opts.site_ranks) or "-", opts.server_opt,
-                    opts.fraction, opts.min_sites, opts.prox_mu)
+                    "fraction=%s min_sites=%s prox_mu=%s downlink=%s", task, opts.delta,
+                    opts.codec, opts.lora_rule, dict(opts.site_ranks) or "-", opts.server_opt,
+                    opts.fraction, opts.min_sites, opts.prox_mu, opts.downlink_codec)
             unknown = sorted(set(opts.site_ranks) - set(tasks[task]))
             if unknown:
                 log(WARNING, "\t├──> %s: site_ranks name sites outside the task: %s", task,
@@ -248,7 +326,7 @@ class PerTaskFedAvg(FedAvg):
         rnd = server_round + self.round_offset
         self._record = {"round": rnd, "sites": {}, "tasks": {}}
         self._arrays = arrays
-        self._sent = {}
+        self._sent, self._targets = {}, {}
         nodes = [n for n in self.nodes.values()
                  if n.site not in self.stopped and not n.evaluation_only]
         for node in self.nodes.values():
@@ -274,12 +352,14 @@ class PerTaskFedAvg(FedAvg):
                 configs[task] = replace(opts.sampling(),
                                         min_sites=max(opts.min_sites, self.min_sites_per_task))
         if not configs:
+            self._drawn = None
             return list(nodes)
         drawn = {s for sites in sample_sites(by_task, configs, seed=self.seed,
                                              server_round=rnd).values() for s in sites}
         for node in nodes:
             if node.site not in drawn:
                 self._site_entry(node)["status"] = "not-sampled"
+        self._drawn = drawn
         return [n for n in nodes if n.site in drawn]
 
     def aggregate_train(
@@ -306,7 +386,8 @@ class PerTaskFedAvg(FedAvg):
             accepted.append((node, result))
         for node, result in self._screen_updates(rnd, accepted, current):
             assert result.state is not None
-            grouped[node.task].append((node.site, result.state, result.metrics, result.weight))
+            state = self._rebased(node.site, result.state)
+            grouped[node.task].append((node.site, state, result.metrics, result.weight))
         self._log_silent(rnd, replies, "train")
         summary = MetricRecord()
         for task in sorted({n.task for n in self.nodes.values()}):
@@ -392,12 +473,25 @@ class PerTaskFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send every site its task's aggregated skill for evaluation on its test split."""
+        """Send every site its task's aggregated skill for evaluation on its test split (a
+        task that samples: only the sites drawn this round, every site in the last round)."""
         if self.fraction_evaluate == 0.0:
             return []
         rnd = server_round + self.round_offset
-        return self._messages(rnd, arrays, config, list(self.nodes.values()),
-                              MessageType.EVALUATE)
+        nodes = self.evaluated(server_round)
+        if len(nodes) < len(self.nodes):
+            log(INFO, "configure_evaluate: round %d, %d of %d sites evaluate (the others were "
+                "not drawn)", rnd, len(nodes), len(self.nodes))
+        return self._messages(rnd, arrays, config, nodes, MessageType.EVALUATE)
+
+    def evaluated(self, server_round: int) -> list[SiteNode]:
+        """The sites evaluated this round: every site of a task that does not sample, the
+        drawn sites of one that does; every site in the last round, so results cover all."""
+        everyone = list(self.nodes.values())
+        if self._drawn is None or self._num_rounds is None or server_round >= self._num_rounds:
+            return everyone
+        return [n for n in everyone if n.site in self._drawn
+                or self.options(n.task).sampling().everyone]
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -442,14 +536,14 @@ class PerTaskFedAvg(FedAvg):
             instruction[ConfigKey.SERVER_ROUND.value] = rnd
             instruction[ConfigKey.TASK.value] = node.task
             instruction[ConfigKey.FOUNDATION_HASH.value] = self.foundation_hash
-            sent = self.site_skill(node, slice_task(union, node.task))
+            target = self.site_skill(node, slice_task(union, node.task))
+            record_key, record, sent = self.downlink(node, target, instruction)
             if message_type == MessageType.TRAIN:
                 self._sent[node.site] = sent
+                if sent is not target:
+                    self._targets[node.site] = target
                 instruction.update(self.instructions(node.task))
-            skill = arrays_to_record(sent)
-            content = RecordDict(
-                {self.arrayrecord_key: skill, self.configrecord_key: instruction}
-            )
+            content = RecordDict({record_key: record, self.configrecord_key: instruction})
             self.comm.add(rnd, node.site, down=content_bytes(content))
             messages.append(
                 Message(content=content, message_type=message_type, dst_node_id=node.node_id,
@@ -467,6 +561,54 @@ class PerTaskFedAvg(FedAvg):
         if site_rank is not None and rank and site_rank < rank:
             skill, _ = project_rank(skill, rank, 1.0, site_rank)
         return skill
+
+    def downlink(
+        self, node: SiteNode, target: dict[str, np.ndarray], instruction: ConfigRecord
+    ) -> tuple[str, ArrayRecord, dict[str, np.ndarray]]:
+        """``(record key, record, what the site will hold)`` for sending ``target`` to ``node``.
+
+        Downlink compression off (today): the whole skill, which the site holds exactly. On:
+        the whole skill on first contact (or when its layout changed), then the encoded change
+        from the copy the site holds, which both sides reconstruct with the same functions on
+        the same bytes, so their copies stay equal bit for bit (checked by its digest at the
+        site). The copy is committed when the site answers (:meth:`_delivered`); a site that
+        fails or stays silent gets the whole skill again next time.
+        """
+        opts = self.options(node.task)
+        if opts.downlink_codec == "none":
+            return self.arrayrecord_key, arrays_to_record(target), target
+        codec = opts.downlink_spec()
+        instruction[ConfigKey.DOWNLINK_CODEC.value] = codec.kind
+        held = self.held.get(node.site)
+        if held is None or set(held) != set(target) or any(
+                held[k].shape != target[k].shape or held[k].dtype != target[k].dtype
+                for k in target):
+            self._pending[node.site] = {k: np.array(v, copy=True) for k, v in target.items()}
+            return self.arrayrecord_key, arrays_to_record(target), target
+        payload, _ = encode_delta(target, held, codec)
+        rebuilt = apply_delta(held, decode_delta(payload, held, codec))
+        instruction[ConfigKey.DOWNLINK_BASE.value] = digest(held)
+        self._pending[node.site] = rebuilt
+        return RecordKey.DOWNLINK.value, arrays_to_record(payload), rebuilt
+
+    def _delivered(self, node: SiteNode, answered: bool) -> None:
+        """Commit (the site answered) or forget (it failed or stayed silent) the downlink copy
+        of the message in flight; without a copy the next message carries the whole skill."""
+        pending = self._pending.pop(node.site, None)
+        if answered and pending is not None:
+            self.held[node.site] = pending
+        elif not answered:
+            self.held.pop(node.site, None)
+
+    def _rebased(self, site: str, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A site's update moved from the copy it held onto the exact skill meant for it
+        (``state + target - held``; a lossy downlink's error does not enter the aggregate)."""
+        target, held = self._targets.get(site), self._sent.get(site)
+        if target is None or held is None:
+            return state
+        return {k: (v.astype(np.float64) + target[k].astype(np.float64)
+                    - held[k].astype(np.float64)).astype(v.dtype) if k in target else v
+                for k, v in state.items()}
 
     def instructions(self, task: str) -> dict[str, Any]:
         """The task's issue-#14 instruction keys (none with today's defaults)."""
@@ -498,6 +640,7 @@ class PerTaskFedAvg(FedAvg):
                     msg.metadata.src_node_id)
                 continue
             entry = self._site_entry(node)
+            self._delivered(node, answered=not msg.has_error())
             if msg.has_error():
                 entry.update(status="error", reason=str(msg.error.reason)[:2000])
                 log(ERROR, "%s: site %s failed (left out this round): %s", phase, node.site,
@@ -629,6 +772,7 @@ class PerTaskFedAvg(FedAvg):
         answered = {m.metadata.src_node_id for m in replies}
         for node in self._asked.get(phase, []):
             if node.node_id not in answered:
+                self._delivered(node, answered=False)
                 entry = self._site_entry(node)
                 entry.update(status="no-reply", reason=f"no {phase} reply before the timeout")
                 log(ERROR, "%s: site %s sent no reply in round %d (left out; asked again "

@@ -59,3 +59,50 @@ def test_fedprox_is_not_combined_with_dp() -> None:
     model.add_task(spec)
     with pytest.raises(ValueError, match="DP"):
         local_objective(model, "cls", {"prox-mu": 0.1}, private=True)
+
+
+class _Skill:
+    """Stands in for a model: the skill a site trained."""
+
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        self.state = state
+
+    def skill_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        return self.state
+
+
+def test_topk_residual_lives_in_the_runs_context_and_a_resumed_run_starts_at_zero() -> None:
+    """Error feedback is kept in ``context.state``, which Flower keeps per run: a resumed
+    run (a new Flower run, a fresh context) encodes its first delta without a residual."""
+    import numpy as np
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from client.site_runner import RESIDUAL_STATE, delta_record
+    from unicon_core.federation.compression import Codec, encode_delta
+    from unicon_flower.inprocess import act_as_server_app
+    from unicon_flower.records import arrays_to_record, record_to_arrays
+
+    # Prepare
+    act_as_server_app()
+    sent = {"head.w": np.zeros(8, np.float32)}
+    local = {"head.w": np.arange(1, 9, dtype=np.float32)}
+    msg = Message(RecordDict({"skill": arrays_to_record(sent), "config": ConfigRecord()}),
+                  message_type="train", dst_node_id=1)
+    options = {"delta-codec": "topk", "topk-fraction": 0.25}
+    model = _Skill({k: torch.from_numpy(v) for k, v in local.items()})
+
+    def context() -> Context:
+        return Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+    fresh = encode_delta(local, sent, Codec("topk", topk_fraction=0.25))[0]
+    # Execute
+    running = context()
+    first = record_to_arrays(delta_record(msg, running, model, "cls", options))
+    second = record_to_arrays(delta_record(msg, running, model, "cls", options))
+    resumed = record_to_arrays(delta_record(msg, context(), model, "cls", options))
+    # Assert
+    assert RESIDUAL_STATE in running.state.array_records
+    for key, value in fresh.items():
+        np.testing.assert_array_equal(first[key], value)
+        np.testing.assert_array_equal(resumed[key], value)  # no residual carried over
+    assert not np.array_equal(second["head.w#idx"], fresh["head.w#idx"])  # feedback at work

@@ -3,6 +3,7 @@ server optimisers, FedProx and sampling, each through the real ServerApp and Cli
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -109,10 +110,15 @@ def test_compressed_deltas_cut_the_serialized_bytes_of_a_realistic_skill() -> No
 
 
 def test_lossy_deltas_run_end_to_end(tmp_path: Path) -> None:
-    for name, option in [("int8", "{delta:true,codec:int8,per_row:true}"),
+    """Both directions compressed through the real apps (the egress guard included): no site
+    fails, every site's downlink copy equals the server's (the site checks its digest)."""
+    for name, option in [("int8", "{delta:true,codec:int8,per_row:true,downlink_codec:int8}"),
                          ("topk", "{delta:true,codec:topk,topk_fraction:0.05}")]:
-        final, _grid, rows = _run(tmp_path, name, f"++strategy.lora={option}")
+        final, grid, rows = _run(tmp_path, name, f"++strategy.lora={option}")
         assert all(e.get("bytes_up", 0) > 0 for r in rows for e in r["sites"].values())
+        downlinks = [ex for ex in grid.exchanges
+                     if RecordKey.DOWNLINK.value in ex.instruction.content.array_records]
+        assert bool(downlinks) == (name == "int8")  # after each site's first message
         start, trained = _initial(CLS_TASK), slice_task(final, CLS_TASK)
         assert any(not np.array_equal(trained[k], start[k]) for k in start)
 
@@ -185,6 +191,18 @@ def test_sampling_draws_a_fraction_never_below_the_minimum(tmp_path: Path) -> No
         assert all("train" not in row["sites"][s] for s in skipped)
     trains = [ex for ex in grid.exchanges if ex.instruction.metadata.message_type == "train"]
     assert len(trains) == 2 * (2 + 1)  # sites not drawn get no train message at all
+    asked: dict[tuple[int, str], set[str]] = {}
+    for ex in grid.exchanges:
+        if ex.instruction.metadata.message_type not in ("train", "evaluate"):
+            continue  # the query round
+        rnd = int(ex.instruction.content["config"][ConfigKey.SERVER_ROUND.value])
+        asked.setdefault((rnd, ex.instruction.metadata.message_type), set()).add(
+            str(ex.reply.content["info"]["site"]))
+    assert asked[1, "evaluate"] == asked[1, "train"]  # not drawn: no evaluate message either
+    assert asked[2, "evaluate"] == {name for name, *_ in FIVE_SITES}  # the last: everyone
+    results = json.loads((tmp_path / "sampled" / "results.json").read_text())
+    assert set(results["tasks"][CLS_TASK]["per_site"]) == {"site_a", "site_b", "site_d",
+                                                           "site_e"}
 
 
 def test_bad_lora_options_fail_clearly() -> None:
@@ -209,11 +227,22 @@ def test_ffa_with_whole_skills_leaves_a_out_too(tmp_path: Path) -> None:
         np.testing.assert_array_equal(trained[key], start[key], err_msg=key)
 
 
-def test_resume_warns_that_optimiser_state_restarts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    option = "++strategy.lora={server_opt:fedavgm}"
-    _run(tmp_path, "run", option, rounds=1)
-    caplog.clear()
-    _run(tmp_path, "run", option, "resume=true", rounds=2)
-    assert "restart their server optimiser state" in caplog.text
+def test_a_resumed_run_restores_fedadam_moments_and_fedsa_b_factors(tmp_path: Path) -> None:
+    """The real apps: two rounds straight against one round, a stop and a resume to two; the
+    checkpoint carries the server optimiser's moments and each site's B, so both end equal."""
+    options = ("++strategy.lora={server_opt:fedadam}",
+               f"++strategy.lora_tasks={{{CLS_TASK}:{{lora_rule:fedsa}}}}")
+    straight, _, _ = _run(tmp_path, "straight", *options, rounds=2)
+    _run(tmp_path, "resumed", *options, rounds=1)
+    assert load_checkpoint(tmp_path / "resumed").state  # round 1 saved the server's state
+    resumed, _, _ = _run(tmp_path, "resumed", *options, "resume=true", rounds=2)
+    assert resumed.keys() == straight.keys()
+    for key, value in straight.items():
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-6, atol=1e-6, err_msg=key)
+    saved = load_checkpoint(tmp_path / "straight").state
+    again = load_checkpoint(tmp_path / "resumed").state
+    assert saved.keys() == again.keys()
+    assert any(k.startswith("fedsa/site_a/") for k in saved)
+    assert any(k.startswith(f"opt/{SURV_TASK}/v/") for k in saved)
+    for key, value in saved.items():
+        np.testing.assert_allclose(again[key], value, rtol=1e-6, atol=1e-6, err_msg=key)

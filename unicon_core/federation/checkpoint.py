@@ -9,6 +9,10 @@ or the new one, never a torn file; it is owner-only (0600, see
 :func:`~unicon_core.files.write_atomic`). A damaged file still fails the resume
 with an error naming it. Metadata (strings) carry the round, the foundation hash, the
 resolved config and which sites stopped training.
+
+The server's own state across rounds (``state``: per-task server optimiser moments, FedSA's
+per-site B factors) travels in the same file under the key prefix ``server-state/``, which no
+skill key can have (task names are ``[a-z][a-z0-9_]*``); ``arrays`` holds the skills only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from unicon_core.files import write_atomic
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT_VERSION = "1"
+STATE_PREFIX = "server-state/"
 
 
 @dataclass
@@ -35,6 +40,8 @@ class Checkpoint:
     foundation_hash: str
     config: dict[str, Any]
     stopped: dict[str, str] = field(default_factory=dict)
+    #: the strategy's state (``PerTaskFedAvg.server_state``), empty when it keeps none
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
@@ -48,7 +55,11 @@ def save_checkpoint(run_dir: Path, ckpt: Checkpoint) -> Path:
         "config": json.dumps(ckpt.config, sort_keys=True, default=str),
         "stopped": json.dumps(ckpt.stopped, sort_keys=True),
     }
+    clash = sorted(k for k in ckpt.arrays if k.startswith(STATE_PREFIX))
+    if clash:
+        raise ValueError(f"skill keys {clash} use the reserved prefix {STATE_PREFIX!r}")
     arrays = {k: np.ascontiguousarray(v) for k, v in ckpt.arrays.items()}
+    arrays.update({STATE_PREFIX + k: np.ascontiguousarray(v) for k, v in ckpt.state.items()})
     path = run_dir / CHECKPOINT_FILE
     write_atomic(path, save(arrays, metadata=metadata))
     return path
@@ -98,10 +109,13 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
                 f"{path}: cannot resume: metadata field {name!r} is malformed ({exc}); {_ADVICE}"
             ) from exc
 
+    state = {k.removeprefix(STATE_PREFIX): v for k, v in arrays.items()
+             if k.startswith(STATE_PREFIX)}
     return Checkpoint(
         round=field_of("round", int),
-        arrays=arrays,
+        arrays={k: v for k, v in arrays.items() if not k.startswith(STATE_PREFIX)},
         foundation_hash=field_of("foundation_hash", str),
         config=field_of("config", json.loads),
         stopped=field_of("stopped", json.loads, "{}"),
+        state=state,
     )

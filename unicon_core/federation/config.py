@@ -220,14 +220,22 @@ class TaskFederation:
     fraction: float = 1.0  # share of the task's sites drawn per round
     min_sites: int = 1  # fewest of its sites a task draws per round
     prox_mu: float = 0.0  # FedProx at the sites (0: off)
+    #: server -> site: none (the whole skill, as before), fp16, int8, topk: the change since
+    #: what the site holds, per_row and topk_fraction as above
+    downlink_codec: str = "none"
 
     def __post_init__(self) -> None:
+        from unicon_core.federation.compression import CODECS
         from unicon_core.federation.lora_rules import RULES
 
+        if self.downlink_codec not in CODECS:
+            raise _fail("strategy.lora.downlink_codec",
+                        f"{self.downlink_codec!r} is not one of {CODECS}")
         try:
             self.codec_spec()
             self.server_opt_config()
             self.sampling()
+            self.downlink_spec()
         except ValueError as err:
             raise _fail("strategy.lora", str(err)) from None
         if self.codec != "none" and not self.delta:
@@ -246,6 +254,10 @@ class TaskFederation:
     def codec_spec(self) -> Codec:
         """The delta codec."""
         return Codec(self.codec, self.per_row, self.topk_fraction)
+
+    def downlink_spec(self) -> Codec:
+        """The downlink codec (``none``: the whole skill every time, today's bytes)."""
+        return Codec(self.downlink_codec, self.per_row, self.topk_fraction)
 
     def server_opt_config(self) -> ServerOptConfig:
         """The server optimiser's settings."""

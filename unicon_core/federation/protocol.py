@@ -17,6 +17,9 @@ class RecordKey(str, Enum):
     INFO = "info"  # ConfigRecord: who replies (site, task, foundation hash, status)
     SUMMARY = "summary"  # ArrayRecord: aggregate statistics for the router (query replies only)
     DELTA = "delta"  # ArrayRecord: a train reply's encoded local - global (instead of `skill`)
+    #: ArrayRecord: an instruction's encoded change since the skill the site holds (instead of
+    #: `skill`; issue #14 downlink compression)
+    DOWNLINK = "downlink"
 
 
 class SummaryKey(str, Enum):
@@ -39,6 +42,10 @@ class ConfigKey(str, Enum):
     TOPK_FRACTION = "topk-fraction"
     LORA_RULE = "lora-rule"
     PROX_MU = "prox-mu"
+    #: Downlink compression: the codec of the instruction's skill (present: the site keeps
+    #: what it reconstructs) and the digest of the copy a `downlink` delta applies to.
+    DOWNLINK_CODEC = "downlink-codec"
+    DOWNLINK_BASE = "downlink-base"
 
 
 class InfoKey(str, Enum):
