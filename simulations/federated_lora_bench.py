@@ -1,0 +1,839 @@
+"""Federated LoRA (#14): rules vs centralised, bytes per codec, mixed ranks, scaling.
+
+Four measurements, each written into the "Federated LoRA (#14)" section of BENCHMARKS.md:
+
+1. **Rules vs centralised.** Per LoRA aggregation rule (naive, FFA, FedSA, SVD) and per
+   multi-site task, the federated test metric after the last round (each site's held-out test
+   split, example-weighted over the task's sites, as ``results.json``; FedSA sites are
+   evaluated with their own B, which the server sends each site), against the centralised
+   upper bound of the continual baselines (:class:`~unicon_core.continual.baselines.
+   centralised.Centralised`'s recipe: the task's train splits pooled in one node, ``local_steps
+   x sites`` steps per round, same rounds, seed and start). The centralised skill is then
+   evaluated on the same per-site test splits through a one-round run with learning rate
+   1e-12 (the skill's largest change is reported), so both sides use one measure.
+2. **Bytes per site and round per codec**, on the product's serialized messages
+   (:func:`unicon_flower.accounting.content_bytes`, as :mod:`simulations.communication`): the
+   strategy's train and evaluate instructions down, a training reply (its skill or encoded
+   delta, metrics, info) and an evaluation reply up; the site's "trained" skill is the sent
+   one plus seeded noise (std 1e-3), which only matters for top-k and the int8 scales. Done
+   for the tiny demo backbone and the ViT-B-size ``base`` transformer (85M parameters,
+   freshly initialised: the shapes are real, the values are not, and bytes depend only on
+   shapes).
+3. **Mixed ranks vs uniform rank** (SVD rule) on one task: one site trains a lower rank.
+4. **Scaling**: 10, 100 and 1,000 simulated sites of a tabular survival task (rows of the
+   real GBSG2 demo sites dealt out, repeated across sites when there are more slots than
+   rows), 10 sites sampled per round; seconds per round and peak RSS of the run's process
+   tree (psutil), plus every message a non-sampled site got.
+
+Every federated run is the real ServerApp strategy and ClientApp over the in-process grid
+(:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
+folder, so a rerun resumes. Usage::
+
+    python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
+        [--out BENCHMARKS.md] [--work-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import multiprocessing
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simulations.report import insert_section, mean_std
+
+REPO = Path(__file__).resolve().parent.parent
+HEADING = "## Federated LoRA (#14)"
+RULES = ("naive", "ffa", "fedsa", "svd")
+GOAL_RATIO = 0.98  # federated / centralised, every multi-site task
+GOAL_INT8 = 1 / 200  # int8 deltas vs the full model, on a >= 80M-parameter backbone
+GOAL_LOSSLESS = 1.05  # lossless delta vs the raw skill bytes
+#: The multi-site demo tasks measured, and their training sites.
+TASKS: dict[str, tuple[str, ...]] = {
+    "tumour_cls": ("br35h_a", "br35h_b", "br35h_c"),
+    "gbsg2_surv": ("gbsg2_a", "gbsg2_b"),
+}
+#: Multi-site demo tasks not measured, and why.
+LEFT_OUT = {
+    "tissue_seg": "2 sites of 3D-from-2D segmentation: about 10x the CPU of a Br35H round; "
+                  "left out for the CPU budget (2 cores shared by 5 jobs)",
+    "ct_seg": "SYNTHETIC CT phantoms on the 117M-parameter CT foundation (seconds per forward "
+              "on this CPU): left out for the CPU budget",
+}
+MIXED_TASK = "gbsg2_surv"
+SCALE_TASK = "gbsg2_surv"
+SCALE_SIZES = (10, 100, 1000)
+SCALE_SAMPLED = 10  # sites drawn per round
+SCALE_ROWS = 10  # rows per simulated site: 6 train, 2 val, 2 test
+SCALE_SPLITS = ("train",) * 6 + ("val",) * 2 + ("test",) * 2
+SCALE_ROUNDS = 2
+QUICK_TASK = "synth_surv"  # --quick: one SYNTHETIC task of two tiny tabular sites
+#: Codec variants of the bytes table: label -> TaskFederation options.
+CODECS: dict[str, dict[str, Any]] = {
+    "full skill (today)": {},  # TODAY
+    "delta, lossless": {"delta": True},
+    "delta, lossless, FFA (A stays home)": {"delta": True, "lora_rule": "ffa"},
+    "delta, fp16": {"delta": True, "codec": "fp16"},
+    "delta, int8 per tensor": {"delta": True, "codec": "int8"},
+    "delta, int8 per row": {"delta": True, "codec": "int8", "per_row": True},
+    "delta, top-k 10%": {"delta": True, "codec": "topk", "topk_fraction": 0.1},
+    "delta int8 + downlink int8, per tensor": {"delta": True, "codec": "int8",
+                                               "downlink_codec": "int8"},
+    "delta int8 + downlink int8, per row": {"delta": True, "codec": "int8", "per_row": True,
+                                            "downlink_codec": "int8"},
+}
+LOSSLESS = "delta, lossless"
+TODAY = "full skill (today)"
+INT8 = ("delta, int8 per tensor", "delta, int8 per row", "delta int8 + downlink int8, per tensor",
+        "delta int8 + downlink int8, per row")
+#: Backbones of the bytes table: label -> (BackboneConfig keywords, task).
+BYTE_BACKBONES: dict[str, tuple[dict[str, Any], str]] = {
+    "tiny transformer (demo clinical)": ({}, "tumour_cls"),
+    "base transformer (ViT-B size)": (
+        {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "mlp_dim": 3072}, "tumour_cls"),
+    "i3resnet (the demo's CT foundation, shapes only)": (
+        {"name": "i3resnet", "options": {}}, "ct_seg"),
+}
+BIG_PARAMS = 80_000_000
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Training budget of every run (same for every rule and the centralised bound)."""
+
+    rounds: int = 5
+    local_steps: int = 12
+    batch_size: int = 8
+    lr: float = 0.002
+
+
+@dataclass(frozen=True)
+class Job:
+    """One measured run: ``kind`` fed (a rule), central (pooled) or mixed (SVD, lower rank)."""
+
+    kind: str
+    task: str
+    seed: int
+    rule: str = "naive"
+    site_ranks: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def key(self) -> str:
+        """File-safe name of the job."""
+        ranks = "".join(f"_{s}-r{r}" for s, r in self.site_ranks)
+        return f"{self.kind}_{self.task}_{self.rule}{ranks}_seed{self.seed}"
+
+
+@dataclass
+class Setup:
+    """What the runs read: site folders per task, the budget, the experiment's overrides."""
+
+    sites: dict[str, list[Path]]
+    budget: Budget
+    base: tuple[str, ...] = ("experiment=continual",)
+    synthetic: dict[str, bool] = field(default_factory=dict)
+    mixed_task: str = MIXED_TASK
+
+
+# ------------------------------------------------------------------------------ runs
+def lora_overrides(rule: str, site_ranks: Mapping[str, int] | None = None) -> list[str]:
+    """Hydra overrides of a run's LoRA options: lossless deltas, ``rule``, site ranks."""
+    out = ["+strategy.lora.delta=true", f"+strategy.lora.lora_rule={rule}"]
+    if site_ranks:
+        ranks = ",".join(f"{s}:{r}" for s, r in site_ranks.items())
+        out.append(f"+strategy.lora.site_ranks={{{ranks}}}")
+    return out
+
+
+def _settings(setup: Setup, seed: int, **kw: Any) -> Any:
+    from unicon_flower.runner import RunSettings
+
+    b = setup.budget
+    args: dict[str, Any] = {"base": setup.base, "seed": seed, "rounds": b.rounds,
+                            "local_steps": b.local_steps, "batch_size": b.batch_size,
+                            "lr": b.lr}
+    args.update(kw)
+    return RunSettings(**args)
+
+
+def task_outcome(results: Mapping[str, Any], task: str) -> dict[str, Any]:
+    """A task's final test metric in ``results.json``: value, per site, n."""
+    entry = results["tasks"][task]
+    return {"metric": entry["metric"], "value": _num(entry.get("value")),
+            "per_site": {s: _num(v) for s, v in entry.get("per_site", {}).items()},
+            "per_site_n": dict(entry.get("per_site_n", {})), "n": entry.get("n")}
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
+    """One federated run of ``job`` (its rule, ranks, seed): final metric, bytes, SVD error."""
+    from unicon_flower.runner import run_in_process
+
+    sites = setup.sites[job.task]
+    extra = tuple(lora_overrides(job.rule, dict(job.site_ranks)))
+    result = run_in_process(sites, run_dir, _settings(setup, job.seed, extra=extra))
+    comm = result.results["communication"]
+    trunc = [r["tasks"][job.task]["svd_truncation_error"] for r in result.rounds
+             if "svd_truncation_error" in r.get("tasks", {}).get(job.task, {})]
+    return {**task_outcome(result.results, job.task), "wall_s": result.wall_s,
+            "bytes_down": float(comm["bytes_down_per_site_round"]),
+            "bytes_up": float(comm["bytes_up_per_site_round"]),
+            "svd_truncation_error": float(np.mean(trunc)) if trunc else None}
+
+
+def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
+    """The centralised bound: pooled train splits in one node (``local_steps x sites`` steps a
+    round), then its skill evaluated on every site's test split (one round at lr 1e-12)."""
+    from client.site_runner import SiteHooks
+    from unicon_core.continual.sites import pooled_site
+    from unicon_core.data.site import open_site_cached
+    from unicon_flower.runner import run_in_process
+
+    sites = setup.sites[job.task]
+    members = [open_site_cached(p, seed=job.seed) for p in sites]
+    hooks = SiteHooks(site_view=lambda _site: pooled_site(members))
+    pooled = run_in_process(
+        [sites[0]], run_dir / "pooled",
+        _settings(setup, job.seed, local_steps=setup.budget.local_steps * len(sites)),
+        hooks=hooks)
+    state = pooled.states[job.task]
+    check = run_in_process(sites, run_dir / "evaluate",
+                           _settings(setup, job.seed, rounds=1, local_steps=1, lr=1e-12),
+                           initial={job.task: state})
+    after = check.states[job.task]
+    change = max(float(np.max(np.abs(after[k].astype(np.float64) - state[k])))
+                 for k in state if state[k].size)
+    return {**task_outcome(check.results, job.task), "wall_s": pooled.wall_s + check.wall_s,
+            "pooled_value": task_outcome(pooled.results, job.task)["value"],
+            "max_change": change}
+
+
+RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
+    "fed": run_fed, "mixed": run_fed, "central": run_central}
+
+
+def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
+    import torch
+
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    cpu = time.process_time()
+    out = RUNNERS[job.kind](setup, job, work / "runs" / job.key)
+    out["cpu_s"] = time.process_time() - cpu
+    return job, out
+
+
+def plan_jobs(setup: Setup, seeds: Sequence[int]) -> list[Job]:
+    """Every run of sections 1 and 3: rules and centralised per task, mixed ranks."""
+    jobs = [Job("central", t, s) for t in setup.sites for s in seeds]
+    jobs += [Job("fed", t, s, rule) for t in setup.sites for rule in RULES for s in seeds]
+    jobs += [Job("mixed", setup.mixed_task, s, "svd", mixed_ranks(setup)) for s in seeds
+             if setup.mixed_task in setup.sites]
+    return jobs
+
+
+def mixed_ranks(setup: Setup) -> tuple[tuple[str, int], ...]:
+    """The mixed-rank case: the last site of the mixed task at half the task's rank."""
+    rank = task_rank(setup.sites[setup.mixed_task][0])
+    return ((setup.sites[setup.mixed_task][-1].name, max(1, rank // 2)),)
+
+
+def task_rank(site_dir: Path) -> int:
+    """The LoRA rank a site folder's task declares."""
+    return int(json.loads((site_dir / "site.json").read_text())["task"]["lora"]["rank"])
+
+
+def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
+             ) -> dict[str, dict[str, Any]]:
+    """Run every job not cached in ``work/jobs`` (``n_jobs`` at a time); job key -> result."""
+    cache = work / "jobs"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = {j.key: json.loads((cache / f"{j.key}.json").read_text()) for j in jobs
+           if (cache / f"{j.key}.json").is_file()}
+    todo = [j for j in jobs if j.key not in out]
+
+    def keep(job: Job, res: dict[str, Any]) -> None:
+        out[job.key] = res
+        (cache / f"{job.key}.json").write_text(json.dumps(res, indent=1))
+        print(f"{job.key}: {res.get('value', math.nan):.3f} ({res['wall_s']:.0f} s)", flush=True)
+
+    if n_jobs <= 1:
+        for job in todo:
+            keep(*_run_job(setup, job, work))
+        return out
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+        pending: set[Future[Any]] = {pool.submit(_run_job, setup, j, work) for j in todo}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                keep(*fut.result())
+    return out
+
+
+# ------------------------------------------------------------------------------ bytes
+def codec_bytes(model: Any, task: str, options: Mapping[str, Any], seed: int = 0
+                ) -> dict[str, int]:
+    """Bytes one site receives and sends in one round with a task's codec ``options``.
+
+    Down: the strategy's train and evaluate instructions (with a downlink codec in its steady
+    state: the site holds an earlier copy, ``sent`` minus seeded noise, so the instructions
+    carry the encoded change, not the first contact's whole skill); up: a training reply (the
+    skill, or the encoded ``trained - sent`` delta, FFA leaving A out) and an evaluation
+    reply. ``payload`` is the training reply's tensors alone, serialized.
+    """
+    from flwr.app import RecordDict
+
+    from client.site_runner import answering, info_record, metric_record
+    from server.strategies.per_task_fedavg import PerTaskFedAvg, SiteNode
+    from unicon_core.federation.aggregation import prefix_task
+    from unicon_core.federation.compression import encode_delta
+    from unicon_core.federation.config import TaskFederation
+    from unicon_core.federation.lora_rules import a_keys
+    from unicon_core.federation.protocol import RecordKey, Status
+    from unicon_core.metrics import PRIMARY_METRIC
+    from unicon_core.training.plans import plan_state
+    from unicon_flower.accounting import content_bytes
+    from unicon_flower.inprocess import act_as_server_app
+    from unicon_flower.records import arrays_to_record
+
+    act_as_server_app()
+    opts = TaskFederation(**dict(options))
+    sent = {k: v.detach().numpy() for k, v in plan_state(model, task, "skill").items()}
+    rng = np.random.default_rng(seed)
+    trained = {k: (v + rng.normal(0.0, 1e-3, v.shape)).astype(v.dtype) for k, v in sent.items()}
+    strategy = PerTaskFedAvg([SiteNode(1, "site", task)], foundation_hash=model.foundation_hash,
+                             lora={task: opts})
+    if getattr(opts, "downlink_codec", "none") != "none":
+        strategy.held["site"] = {k: (v - rng.normal(0.0, 1e-3, v.shape)).astype(v.dtype)
+                                 for k, v in sent.items()}
+    arrays = arrays_to_record(prefix_task(task, sent))
+    down = sum(content_bytes(m.content) for m in [
+        *strategy.configure_train(1, arrays, _config(), None),  # type: ignore[arg-type]
+        *strategy.configure_evaluate(1, arrays, _config(), None)])  # type: ignore[arg-type]
+    if opts.delta:
+        omit = a_keys(list(sent)) if opts.lora_rule == "ffa" else set()
+        ref = {k: v for k, v in sent.items() if k not in omit}
+        payload, _ = encode_delta(trained, ref, opts.codec_spec(), None)
+    else:
+        payload = trained
+    record = arrays_to_record(payload)
+    site: Any = _Site(model.spec(task))
+    metric = PRIMARY_METRIC[model.spec(task).kind]
+    held_out = {metric: 0.5, "loss": 0.5}
+    train_metrics = metric_record(held_out, 100, prefix="val_")
+    train_metrics["train_loss"], train_metrics["steps"] = 0.5, 10
+    reply = RecordDict({RecordKey.SKILL.value: record,
+                        RecordKey.METRICS.value: train_metrics,
+                        RecordKey.INFO.value: answering(info_record(site, model, Status.TRAINED),
+                                                        1)})
+    evaluated = RecordDict({
+        RecordKey.METRICS.value: metric_record(held_out, 10),
+        RecordKey.INFO.value: answering(info_record(site, model, Status.EVALUATED), 1)})
+    return {"down": int(down), "up": int(content_bytes(reply) + content_bytes(evaluated)),
+            "payload": int(content_bytes(RecordDict({RecordKey.SKILL.value: record}))),
+            "raw_skill": int(sum(v.nbytes for v in sent.values()))}
+
+
+@dataclass
+class _Site:
+    """The little of a site :func:`client.site_runner.info_record` reads."""
+
+    task_spec: Any
+    name: str = "site"
+    synthetic: bool = False
+
+
+def _config() -> Any:
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord()
+
+
+def available_codecs() -> dict[str, dict[str, Any]]:
+    """The :data:`CODECS` whose options this tree's ``TaskFederation`` has."""
+    from dataclasses import fields
+
+    from unicon_core.federation.config import TaskFederation
+
+    known = {f.name for f in fields(TaskFederation)}
+    return {name: opts for name, opts in CODECS.items() if set(opts) <= known}
+
+
+def bytes_rows(backbones: Mapping[str, tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+    """Per backbone: every codec's bytes per site and round, and the full model's."""
+    from simulations.communication import round_bytes
+    from unicon_core.config import BackboneConfig
+    from unicon_core.hydra_config import task_file_spec
+    from unicon_core.model import UniconModel
+
+    rows = []
+    for label, (cfg, task) in backbones.items():
+        model = UniconModel(BackboneConfig(**cfg), seed=0)
+        model.add_task(task_file_spec(task))
+        full = round_bytes(model, task, "full")
+        params = sum(t.numel() for t in model.backbone_state_dict().values())
+        skill_params = sum(p.numel() for p in model.skill_parameters(task).values())
+        codecs = {name: codec_bytes(model, task, opts) for name, opts in available_codecs().items()}
+        rows.append({"backbone": label, "task": task, "backbone_params": int(params),
+                     "skill_params": int(skill_params),
+                     "full_round": int(full["bytes_down"] + full["bytes_up"]),
+                     "codecs": codecs})
+        del model
+    return rows
+
+
+# ------------------------------------------------------------------------------ scaling
+def read_rows(site_dirs: Sequence[Path]) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """The manifest rows of ``site_dirs`` (one task) and the first one's site.json."""
+    rows: list[dict[str, str]] = []
+    for d in site_dirs:
+        with (d / "manifest.csv").open(newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return rows, json.loads((site_dirs[0] / "site.json").read_text())
+
+
+def make_scale_sites(root: Path, n: int, rows: Sequence[Mapping[str, str]],
+                     site_json: Mapping[str, Any], seed: int = 0) -> list[Path]:
+    """``n`` site folders of :data:`SCALE_ROWS` rows each, dealt from ``rows`` in a seeded
+    order (cycling, so a row appears in several sites when ``n x SCALE_ROWS > len(rows)``);
+    splits 6 train / 2 val / 2 test per site."""
+    if not rows:
+        raise ValueError("no rows to deal to the scaling sites")
+    order = np.random.default_rng(seed).permutation(len(rows))
+    fields = [k for k in rows[0] if k not in ("split",)]
+    dirs = []
+    for s in range(n):
+        site = root / f"s{s:04d}"
+        site.mkdir(parents=True)
+        meta = dict(site_json)
+        meta.update(site=site.name, description=(
+            f"{SCALE_ROWS} rows of {meta.get('site', '?')}'s task dealt to simulated site "
+            f"{s} of {n} (rows repeat across sites; a scaling benchmark, not a cohort)"))
+        meta.pop("role", None)
+        (site / "site.json").write_text(json.dumps(meta, indent=1))
+        with (site / "manifest.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=[*fields, "split"])
+            w.writeheader()
+            for i, split in enumerate(SCALE_SPLITS):
+                row = dict(rows[int(order[(s * SCALE_ROWS + i) % len(rows)])])
+                row.update({k: f"{site.name}-{i}" for k in ("id", "patient_id") if k in row})
+                w.writerow({**{k: row[k] for k in fields}, "split": split})
+        dirs.append(site)
+    return dirs
+
+
+def scale_worker(sites_root: Path, run_dir: Path, setup_json: Path, out: Path) -> None:
+    """Inside its own process: the scaling run over every site folder of ``sites_root``."""
+    import resource
+
+    import torch
+
+    from unicon_flower.runner import run_in_process
+
+    torch.set_num_threads(1)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    cfg = json.loads(setup_json.read_text())
+    sites = sorted(p for p in sites_root.iterdir() if p.is_dir())
+    n = len(sites)
+    setup = Setup({}, Budget(**cfg["budget"]), tuple(cfg["base"]))
+    sampled = int(cfg["sampled"])
+    extra = (f"+strategy.lora.fraction={min(1.0, sampled / n)!r}",
+             f"+strategy.lora.min_sites={min(sampled, n)}")
+    start = time.perf_counter()
+    result = run_in_process(sites, run_dir, _settings(
+        setup, int(cfg["seed"]), rounds=SCALE_ROUNDS, evaluate=False, extra=extra))
+    wall = time.perf_counter() - start
+    kinds: dict[str, int] = {}
+    to_unsampled = 0
+    status = {r["round"]: {s: e.get("status") for s, e in r.get("sites", {}).items()}
+              for r in result.rounds}
+    names = {1000 + i: p.name for i, p in enumerate(sites)}
+    for ex in result.grid.exchanges:
+        kind = ex.instruction.metadata.message_type
+        kinds[kind] = kinds.get(kind, 0) + 1
+        cfgrec = ex.instruction.content.config_records.get("config")
+        rnd = int(cfgrec.get("server-round", 0)) if cfgrec is not None else 0
+        if status.get(rnd, {}).get(names.get(ex.node_id, "")) == "not-sampled":
+            to_unsampled += 1
+    trained = [sum(1 for st in r.values() if st == "trained") for r in status.values()]
+    timing = result.results.get("timing", {})
+    out.write_text(json.dumps({
+        "sites": n, "wall_s": wall, "query_s": timing.get("query_s"),
+        "round_s": timing["rounds_s"] / max(1, timing["rounds_run"]),
+        "rounds": timing["rounds_run"], "trained_per_round": trained, "messages": kinds,
+        "to_unsampled": to_unsampled,
+        "self_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_scale(n: int, rows: Sequence[Mapping[str, str]], site_json: Mapping[str, Any],
+              setup: Setup, seed: int, work: Path, sampled: int = SCALE_SAMPLED
+              ) -> dict[str, Any]:
+    """The scaling run with ``n`` sites in a child process; its peak RSS (process tree)."""
+    import psutil
+
+    root = work / f"scale{n}"
+    cached = root / "result.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    sites_root = root / "sites"
+    if sites_root.exists():
+        import shutil
+
+        shutil.rmtree(sites_root)
+    make_scale_sites(sites_root, n, rows, site_json, seed)
+    setup_json = root / "setup.json"
+    setup_json.write_text(json.dumps({"budget": asdict(setup.budget), "base": setup.base,
+                                      "seed": seed, "sampled": sampled}))
+    out = root / "worker.json"
+    cmd = [sys.executable, "-m", "simulations.federated_lora_bench", "--scale-worker",
+           str(sites_root), str(root / "run"), str(setup_json), str(out)]
+    peak = 0
+    with open(root / "worker.log", "w") as logf:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT)
+        ps = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                tree = [ps, *ps.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+    if proc.returncode != 0:
+        raise RuntimeError(f"scaling run with {n} sites failed (exit {proc.returncode}); "
+                           f"see {root / 'worker.log'}")
+    res = json.loads(out.read_text())
+    res["peak_rss_mib"] = peak / 2**20
+    cached.write_text(json.dumps(res))
+    return res
+
+
+# ------------------------------------------------------------------------------ report
+def _f(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "**MISSED**"
+
+
+def ratio_stats(fed: Sequence[float], central: Sequence[float]) -> tuple[list[float], float]:
+    """Per-seed fed / central and the ratio of the means (NaN where undefined)."""
+    per = [f / c if c and math.isfinite(f) and math.isfinite(c) else math.nan
+           for f, c in zip(fed, central, strict=True)]
+    mf, mc = mean_std(fed)[0], mean_std(central)[0]
+    return per, (mf / mc if mc and math.isfinite(mf) and math.isfinite(mc) else math.nan)
+
+
+def _ms(values: Sequence[float]) -> str:
+    m, s = mean_std(values)
+    return "n/a" if not math.isfinite(m) else f"{m:.3f} ± {s:.3f}"
+
+
+def render(res: Mapping[str, Any]) -> str:
+    """The BENCHMARKS.md section; every number comes from ``res`` (the runs' results)."""
+    seeds = list(res["seeds"])
+    b = res["budget"]
+    jobs = res["jobs"]
+    syn = res.get("synthetic", {})
+    lines = [HEADING, "",
+             f"Made by `{res['command']}` ({res['date']}, {res['wall_min']:.0f} min on a "
+             "2-core CPU shared with other jobs). Every run is the product's ServerApp "
+             "strategy and ClientApp over the in-process grid "
+             "(`unicon_flower.runner.run_in_process`), tiny random transformer backbone "
+             f"(`experiment=continual`), seeds {seeds}.", ""]
+    lines += ["### Federated / centralised per LoRA rule", "",
+              f"Budget (every rule and the centralised bound): {b['rounds']} rounds x "
+              f"{b['local_steps']} local steps of batch {b['batch_size']} per site, lr "
+              f"{b['lr']}, deltas on the wire (lossless). Federated: test metric after the "
+              "last round on each site's held-out test split, example-weighted over the "
+              "task's sites (FedSA: each site evaluated with its own B). Centralised: the "
+              "task's train splits pooled in one node, `local_steps x sites` steps a round "
+              "(as many examples as the federation), same rounds, seed and start; its final "
+              "skill evaluated on the same per-site test splits (one round at lr 1e-12; "
+              f"largest change of any skill value: {res.get('max_change') or 0:.1e}). "
+              f"Goal: fed / central >= {GOAL_RATIO} (ratio of the means).", "",
+              "| task (data) | n test | rule | federated | centralised | fed / central per "
+              "seed | fed / central of the means | goal |",
+              "|---|---|---|---|---|---|---|---|"]
+    for task in res["tasks"]:
+        central = [jobs.get(Job("central", task, s).key, {}).get("value", math.nan)
+                   for s in seeds]
+        n = next((jobs[k]["n"] for k in jobs if k.startswith(f"fed_{task}_")
+                  and jobs[k].get("n")), None)
+        metric = next((jobs[k]["metric"] for k in jobs if f"_{task}_" in k), "?")
+        data = "SYNTHETIC" if syn.get(task) else "real"
+        for rule in RULES:
+            fed = [jobs.get(Job("fed", task, s, rule).key, {}).get("value", math.nan)
+                   for s in seeds]
+            per, of_means = ratio_stats(fed, central)
+            lines.append(
+                f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed)} | {_ms(central)} | "
+                f"{', '.join(_f(p) for p in per)} | {_f(of_means)} | "
+                f"{_verdict(math.isfinite(of_means) and of_means >= GOAL_RATIO)} |")
+    pooled = {t: [jobs.get(Job("central", t, s).key, {}).get("pooled_value", math.nan)
+                  for s in seeds] for t in res["tasks"]}
+    lines += ["", "Centralised on its own pooled test split (all sites' test rows as one set, "
+              "as the continual suite reports it): " + "; ".join(
+                  f"{t} {_ms(v)}" for t, v in pooled.items()) + ".", ""]
+    svd = [jobs[k]["svd_truncation_error"] for k in jobs if k.startswith("fed_")
+           and "_svd_" in k and jobs[k].get("svd_truncation_error") is not None]
+    if svd:
+        lines.append(f"SVD rule: relative truncation error `||dW - s B A||_F / ||dW||_F`, "
+                     f"mean over rounds, {min(svd):.3f} to {max(svd):.3f} over tasks and "
+                     "seeds.")
+    if res.get("left_out"):
+        lines.append("Not measured: " + "; ".join(f"`{t}` ({why})"
+                                                  for t, why in res["left_out"].items()) + ".")
+    lines.append("")
+    lines += _bytes_lines(res["bytes"])
+    lines += _mixed_lines(res, seeds)
+    lines += _scale_lines(res)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _bytes_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    out = ["### Bytes per site and round per codec", "",
+           "Serialized messages of one round (`unicon_flower.accounting.content_bytes`): down "
+           "= the strategy's train and evaluate instructions (the task's skill in float32; "
+           "with a downlink codec its encoded change in the steady state, the site holding an "
+           "earlier copy), up = a training reply (skill or encoded delta, metrics, info) and "
+           "an evaluation reply. No training: the sent skill plus seeded noise stands for the "
+           "trained one; backbones freshly initialised (bytes depend on shapes only). Full "
+           "model = plan `full` (backbone + skill both ways). Raw skill = the skill tensors' "
+           "own bytes.", "",
+           "| backbone (params) | task | codec | payload up | payload / raw skill | up | "
+           "down | round (up + down) | round / full model | up / full model |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    goals = []
+    for row in rows:
+        full = row["full_round"]
+        for name, c in row["codecs"].items():
+            rnd = c["up"] + c["down"]
+            out.append(
+                f"| {row['backbone']} ({row['backbone_params'] / 1e6:.1f}M; skill "
+                f"{row['skill_params']:,}) | {row['task']} | {name} | {c['payload']:,} | "
+                f"{c['payload'] / c['raw_skill']:.3f} | {c['up']:,} | {c['down']:,} | "
+                f"{rnd:,} | 1/{full / rnd:.0f} | 1/{full / c['up']:.0f} |")
+        lossless = row["codecs"][LOSSLESS]
+        ratio = lossless["payload"] / lossless["raw_skill"]
+        today = lossless["up"] / row["codecs"][TODAY]["up"]
+        goals.append(f"{row['backbone']}: lossless delta payload = {ratio:.3f} x raw skill "
+                     f"bytes (goal <= {GOAL_LOSSLESS}: {_verdict(ratio <= GOAL_LOSSLESS)}; "
+                     "the excess is the serialization's per-tensor framing, which today's "
+                     f"full-skill reply pays alike: lossless delta up / full skill up = "
+                     f"{today:.4f})")
+        if row["backbone_params"] >= BIG_PARAMS:
+            for name in INT8:
+                c = row["codecs"][name]
+                rnd, up = (c["up"] + c["down"]) / full, c["up"] / full
+                goals.append(
+                    f"{row['backbone']}, {name}: a round is 1/{1 / rnd:.0f} of the full "
+                    f"model's (goal <= 1/{1 / GOAL_INT8:.0f}: {_verdict(rnd <= GOAL_INT8)}); "
+                    f"the upload alone 1/{1 / up:.0f} ({_verdict(up <= GOAL_INT8)})")
+    out += ["", *[f"- {g}" for g in goals], ""]
+    return out
+
+
+def _mixed_lines(res: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    jobs = res["jobs"]
+    ranks = res.get("mixed_ranks")
+    if not ranks:
+        return []
+    task = res["mixed_task"]
+    pairs = tuple((str(s), int(r)) for s, r in ranks)
+    uni = [jobs.get(Job("fed", task, s, "svd").key, {}) for s in seeds]
+    mix = [jobs.get(Job("mixed", task, s, "svd", pairs).key, {}) for s in seeds]
+    who = ", ".join(f"{s} at rank {r}" for s, r in ranks)
+
+    def row(label: str, runs: Sequence[Mapping[str, Any]]) -> str:
+        vals = [r.get("value", math.nan) for r in runs]
+        per = ", ".join(_f(v) for v in vals)
+        up = [r.get("bytes_up", math.nan) for r in runs]
+        down = [r.get("bytes_down", math.nan) for r in runs]
+        trunc = [r.get("svd_truncation_error") or math.nan for r in runs]
+        return (f"| {label} | {_ms(vals)} | {per} | {mean_std(up)[0]:,.0f} | "
+                f"{mean_std(down)[0]:,.0f} | {_f(mean_std(trunc)[0])} |")
+
+    n = next((r.get("n") for r in uni if r.get("n")), None)
+    return ["### Mixed ranks vs uniform rank (SVD rule)", "",
+            f"`{task}` ({'SYNTHETIC' if res.get('synthetic', {}).get(task) else 'real'}"
+            f", n test {n}), seeds {list(seeds)}, same budget as above; mixed: {who} (the "
+            "server pads its factors to the task's rank and sends it its rank back by "
+            "truncated SVD). Bytes: mean per site and round, measured by the run.", "",
+            "| ranks | test metric | per seed | bytes up | bytes down | SVD truncation error |",
+            "|---|---|---|---|---|---|",
+            row("uniform (task rank)", uni), row(f"mixed ({who})", mix), ""]
+
+
+def _scale_lines(res: Mapping[str, Any]) -> list[str]:
+    rows = res.get("scale")
+    if not rows:
+        return []
+    out = ["### Scaling: sampled sites per round", "",
+           f"`{res['scale_task']}` rows ({res['scale_data']}, {SCALE_ROWS} per simulated site: 6 "
+           "train / 2 val / 2 test, rows repeated across sites once the cohort is used up; "
+           f"the metric means nothing here) dealt to N site folders; {res['scale_sampled']} "
+           f"sites sampled per round (`strategy.lora.fraction` = {res['scale_sampled']} / N, "
+           f"`min_sites` = {res['scale_sampled']}), {SCALE_ROUNDS} rounds, per-round "
+           "evaluation off (on, it would ask every site every round), seed "
+           f"{res['scale_seed']}. One child process per size; peak RSS = the largest sum over "
+           "its process tree (psutil, every 0.1 s). The query round asks every site once "
+           "(validation, task, size).", "",
+           "| sites | query round s | seconds per round | sites trained per round | "
+           "messages (query / train / evaluate) | messages to non-sampled sites | peak RSS "
+           "MiB |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        m = r["messages"]
+        out.append(f"| {r['sites']:,} | {_f(r.get('query_s'), 1)} | {r['round_s']:.2f} | "
+                   f"{', '.join(map(str, r['trained_per_round']))} | {m.get('query', 0)} / "
+                   f"{m.get('train', 0)} / {m.get('evaluate', 0)} | {r['to_unsampled']} | "
+                   f"{r['peak_rss_mib']:,.0f} |")
+    out.append("")
+    return out
+
+
+# ------------------------------------------------------------------------------ quick data
+def make_quick_sites(root: Path, seed: int = 0, n_sites: int = 2) -> dict[str, list[Path]]:
+    """Tiny SYNTHETIC tabular survival sites for ``--quick`` (task ``synth_surv``)."""
+    from unicon_core.config import TaskSpec
+    from unicon_core.data.manifest import SiteMetadata, write_site_json
+
+    rng = np.random.default_rng(seed)
+    feats = [f"x{i}" for i in range(4)]
+    spec = TaskSpec.from_dict({
+        "name": QUICK_TASK, "kind": "survival", "modality": "clinical", "spatial_dims": 0,
+        "input_size": [len(feats)], "feature_names": feats,
+        "lora": {"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["default"]}})
+    splits = ["train"] * 24 + ["val"] * 8 + ["test"] * 16
+    dirs = []
+    for s in range(n_sites):
+        site = root / f"{QUICK_TASK}_{s}"
+        site.mkdir(parents=True)
+        write_site_json(site, SiteMetadata(
+            site=site.name, synthetic=True, source="simulations.federated_lora_bench",
+            description="SYNTHETIC tiny tabular survival site (--quick)", task=spec))
+        x = rng.normal(size=(len(splits), len(feats)))
+        risk = x @ np.array([1.0, -0.5, 0.5, 0.0])
+        with (site / "manifest.csv").open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["id", "split", *feats, "time", "event"])
+            w.writeheader()
+            for i, split in enumerate(splits):
+                w.writerow({"id": f"{site.name}-{i}", "split": split,
+                            **{f: f"{x[i, j]:.4f}" for j, f in enumerate(feats)},
+                            "time": f"{float(np.exp(-risk[i]) * 100 + 1):.1f}",
+                            "event": int(rng.random() < 0.7)})
+        dirs.append(site)
+    return {QUICK_TASK: dirs}
+
+
+# ------------------------------------------------------------------------------ main
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run (or resume) every measurement and write the section; returns the results."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny SYNTHETIC sites, 1 round, small scaling sizes, tiny backbone")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--data-root", type=Path, default=REPO / "demo_data")
+    p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    p.add_argument("--skip", nargs="*", default=[], choices=["rules", "bytes", "scale"])
+    p.add_argument("--scale-worker", nargs=4, type=Path, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.scale_worker is not None:
+        scale_worker(*args.scale_worker)
+        return {}
+    start = time.perf_counter()
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="federated_lora_"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        quick = work / "quick_sites"
+        sites = ({QUICK_TASK: sorted(quick.glob(f"{QUICK_TASK}_*"))} if quick.exists()
+                 else make_quick_sites(quick))
+        budget = Budget(rounds=args.rounds or 1, local_steps=2, batch_size=8)
+        mixed_task = scale_task = QUICK_TASK
+        sizes: Sequence[int] = (3, 6)
+        sampled = 2
+        backbones = dict(list(BYTE_BACKBONES.items())[:1])
+        synthetic = {t: True for t in sites}
+        left_out: dict[str, str] = {}
+    else:
+        missing = [s for t in TASKS.values() for s in t if not (args.data_root / s).is_dir()]
+        if missing:
+            raise SystemExit(f"site folder(s) {missing} missing under {args.data_root}: run "
+                             "`unicon prepare-demo` first")
+        sites = {t: [args.data_root / s for s in names] for t, names in TASKS.items()}
+        budget = Budget(rounds=args.rounds or Budget().rounds)
+        mixed_task, scale_task = MIXED_TASK, SCALE_TASK
+        sizes, sampled, backbones = SCALE_SIZES, SCALE_SAMPLED, BYTE_BACKBONES
+        synthetic = {t: bool(json.loads((d[0] / "site.json").read_text()).get("synthetic"))
+                     for t, d in sites.items()}
+        left_out = dict(LEFT_OUT)
+    setup = Setup({t: list(d) for t, d in sites.items()}, budget, synthetic=synthetic,
+                  mixed_task=mixed_task)
+    res: dict[str, Any] = {"seeds": list(args.seeds), "budget": asdict(budget),
+                           "tasks": list(sites), "synthetic": synthetic, "left_out": left_out,
+                           "jobs": {}, "bytes": [], "scale": [], "mixed_task": mixed_task,
+                           "scale_task": scale_task}
+    if "rules" not in args.skip:
+        jobs = plan_jobs(setup, args.seeds)
+        res["jobs"] = run_jobs(setup, jobs, work, args.jobs)
+        res["mixed_ranks"] = [list(r) for r in mixed_ranks(setup)]
+        changes = [r["max_change"] for k, r in res["jobs"].items() if k.startswith("central")]
+        res["max_change"] = max(changes) if changes else None
+    if "bytes" not in args.skip:
+        cached = work / "bytes.json"
+        if not cached.is_file():
+            cached.write_text(json.dumps(bytes_rows(backbones)))
+        res["bytes"] = json.loads(cached.read_text())
+    if "scale" not in args.skip:
+        rows, site_json = read_rows(setup.sites[scale_task])
+        res["scale"] = [run_scale(n, rows, site_json, setup, args.seeds[0], work, sampled)
+                        for n in sizes]
+        res["scale_data"] = ("SYNTHETIC" if synthetic.get(scale_task)
+                             else f"real rows of {', '.join(d.name for d in sites[scale_task])}")
+        res["scale_sampled"], res["scale_seed"] = sampled, args.seeds[0]
+    cmd = ["python -m simulations.federated_lora_bench", "--seeds",
+           *map(str, args.seeds)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += [f"--rounds {args.rounds}"] if args.rounds else []
+    cmd += [f"--jobs {args.jobs}"] if args.jobs > 1 else []
+    cmd += [f"--out {_rel(args.out)}"]
+    res.update(command=" ".join(cmd), date=time.strftime("%Y-%m-%d"),
+               wall_min=(time.perf_counter() - start) / 60)
+    (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    if "rules" not in args.skip and "bytes" not in args.skip and "scale" not in args.skip:
+        insert_section(args.out, render(res))
+        print(f"wrote the section {HEADING!r} into {args.out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()

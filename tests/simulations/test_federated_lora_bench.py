@@ -1,0 +1,174 @@
+"""simulations/federated_lora_bench.py: the section's numbers come from the runs, the pure
+helpers are right, and ``--quick`` runs the real federation end to end (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulations import federated_lora_bench as bench
+
+OTHER = "## Some other section\n\nkept as it is\n"
+
+
+def _fake_fed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+    """Known values: rule index / 10 + seed / 100 (+0.3 for the mixed run)."""
+    value = 0.5 + bench.RULES.index(job.rule) / 10 + job.seed / 100
+    value += 0.3 if job.kind == "mixed" else 0.0
+    return {"metric": "c_index", "value": value, "per_site": {}, "per_site_n": {}, "n": 32,
+            "wall_s": 1.0, "bytes_up": 1000.0 + job.seed, "bytes_down": 2000.0,
+            "svd_truncation_error": 0.25 if job.rule == "svd" else None}
+
+
+def _fake_central(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+    return {"metric": "c_index", "value": 0.8 + job.seed / 100, "per_site": {},
+            "per_site_n": {}, "n": 32, "wall_s": 1.0, "pooled_value": 0.77,
+            "max_change": 3e-12}
+
+
+def _fake_bytes(backbones: Any) -> list[dict[str, Any]]:
+    codecs = {name: {"down": 1_000, "up": 500, "payload": 400, "raw_skill": 400}
+              for name in bench.CODECS}
+    codecs[bench.LOSSLESS] = {"down": 1_000, "up": 500, "payload": 430, "raw_skill": 400}
+    codecs["delta, int8 per row"] = {"down": 1_000, "up": 100, "payload": 90,
+                                     "raw_skill": 400}
+    return [{"backbone": "big", "task": "t", "backbone_params": 90_000_000,
+             "skill_params": 100, "full_round": 1_000_000, "codecs": codecs}]
+
+
+def _fake_scale(n: int, *args: Any, **kw: Any) -> dict[str, Any]:
+    return {"sites": n, "query_s": 0.5, "round_s": 1.25 * n, "trained_per_round": [2, 2],
+            "messages": {"query": n, "train": 4}, "to_unsampled": 7, "peak_rss_mib": 100.0 + n}
+
+
+def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: every run returns known values; the output file has another section
+    monkeypatch.setitem(bench.RUNNERS, "fed", _fake_fed)
+    monkeypatch.setitem(bench.RUNNERS, "mixed", _fake_fed)
+    monkeypatch.setitem(bench.RUNNERS, "central", _fake_central)
+    monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
+    monkeypatch.setattr(bench, "run_scale", _fake_scale)
+    out = tmp_path / "BENCH.md"
+    out.write_text("# Benchmarks\n\n" + OTHER)
+
+    # Execute
+    res = bench.main(["--quick", "--seeds", "0", "1", "--work-dir", str(tmp_path / "w"),
+                      "--out", str(out)])
+
+    # Assert: the other section is kept, ours is appended with the runs' numbers
+    text = out.read_text()
+    assert OTHER.strip() in text and text.count(bench.HEADING) == 1
+    section = text[text.index(bench.HEADING):]
+    assert "--seeds 0 1 --quick --out BENCH.md" in section and "/tmp" not in section
+    # naive: fed 0.50/0.51, central 0.80/0.81 -> per seed 0.625, 0.630; svd 0.80/0.81 -> 1.0
+    assert "| synth_surv (SYNTHETIC, c_index) | 32 | naive | 0.505 ± 0.007 | 0.805 ± 0.007 " \
+           "| 0.625, 0.630 | 0.627 | **MISSED** |" in section
+    assert "| svd | 0.805 ± 0.007 | 0.805 ± 0.007 | 1.000, 1.000 | 1.000 | met |" in section
+    assert "0.250 to 0.250 over tasks and seeds" in section  # SVD truncation error
+    assert "synth_surv 0.770 ± 0.000" in section  # pooled-test value of the centralised runs
+    assert "3.0e-12" in section
+    # bytes: lossless 430 / 400 = 1.075 > 1.05; int8 per row round 1,100 / 1e6 = 1/909
+    assert "payload = 1.075 x raw skill bytes (goal <= 1.05: **MISSED**" in section
+    assert "delta, int8 per row: a round is 1/909 of the full model's (goal <= 1/200: met)" \
+        in section
+    assert "delta, int8 per tensor: a round is 1/667" in section
+    # mixed ranks: uniform = the svd runs, mixed = +0.3, with the run's bytes
+    assert "| uniform (task rank) | 0.805 ± 0.007 | 0.800, 0.810 | 1,000 | 2,000 | 0.250 |" \
+        in section
+    assert "| mixed (synth_surv_1 at rank 2) | 1.105 ± 0.007 |" in section
+    # scaling rows as the runs measured them
+    assert "| 3 | 0.5 | 3.75 | 2, 2 | 3 / 4 / 0 | 7 | 103 |" in section
+    assert "| 6 | 0.5 | 7.50 | 2, 2 | 6 / 4 / 0 | 7 | 106 |" in section
+    assert res["jobs"][bench.Job("central", "synth_surv", 1).key]["value"] == 0.81
+
+
+def test_ratio_stats_per_seed_and_of_means() -> None:
+    per, of_means = bench.ratio_stats([0.9, 0.6], [1.0, 0.8])
+    assert per == pytest.approx([0.9, 0.75])
+    assert of_means == pytest.approx(0.75 / 0.9)
+    per, of_means = bench.ratio_stats([math.nan], [0.5])
+    assert math.isnan(per[0]) and math.isnan(of_means)
+
+
+def test_lora_overrides_name_rule_and_ranks() -> None:
+    assert bench.lora_overrides("ffa") == ["+strategy.lora.delta=true",
+                                           "+strategy.lora.lora_rule=ffa"]
+    assert bench.lora_overrides("svd", {"a": 2})[-1] == "+strategy.lora.site_ranks={a:2}"
+
+
+def test_scale_sites_deal_rows_with_repeats(tmp_path: Path) -> None:
+    # Prepare: 13 rows for 3 sites of 10 rows (so rows repeat)
+    from unicon_core.data.site import open_site
+
+    sites = bench.make_quick_sites(tmp_path / "src", n_sites=1)[bench.QUICK_TASK]
+    rows, site_json = bench.read_rows(sites)
+    rows = rows[:13]
+
+    # Execute
+    dirs = bench.make_scale_sites(tmp_path / "scale", 3, rows, site_json, seed=1)
+
+    # Assert: 6/2/2 splits, ids unique per site, every source row used, sites open cleanly
+    assert [d.name for d in dirs] == ["s0000", "s0001", "s0002"]
+    seen = set()
+    for d in dirs:
+        with (d / "manifest.csv").open() as fh:
+            got = list(csv.DictReader(fh))
+        assert [r["split"] for r in got] == list(bench.SCALE_SPLITS)
+        assert len({r["id"] for r in got}) == bench.SCALE_ROWS
+        seen |= {r["x0"] for r in got}
+        assert json.loads((d / "site.json").read_text())["site"] == d.name
+        assert open_site(d).task_spec.name == bench.QUICK_TASK
+    assert seen == {r["x0"] for r in rows}
+
+
+def test_codec_bytes_on_real_messages() -> None:
+    # Prepare: the tiny backbone with a tabular task
+    from unicon_core.config import BackboneConfig, TaskSpec
+    from unicon_core.model import UniconModel
+
+    model = UniconModel(BackboneConfig(), seed=0)
+    spec = TaskSpec.from_dict({"name": "t", "kind": "survival", "modality": "clinical",
+                               "spatial_dims": 0, "input_size": [4],
+                               "feature_names": ["a", "b", "c", "d"]})
+    model.add_task(spec)
+
+    # Execute
+    got = {name: bench.codec_bytes(model, "t", opts) for name, opts in bench.CODECS.items()}
+
+    # Assert: a lossless delta costs what the skill costs; each codec shrinks the upload
+    today, lossless = got[bench.TODAY], got[bench.LOSSLESS]
+    assert lossless["payload"] == today["payload"] >= today["raw_skill"]
+    assert lossless["down"] >= today["down"]  # the codec instruction keys
+    assert got["delta, fp16"]["payload"] < lossless["payload"]
+    # int8 is not always below fp16 here: each tiny tensor adds a framed scale tensor
+    assert got["delta, int8 per tensor"]["payload"] < lossless["payload"]
+    assert got["delta, lossless, FFA (A stays home)"]["payload"] < lossless["payload"]
+    assert got["delta, top-k 10%"]["payload"] < lossless["payload"]
+    for name in set(got) & {"delta int8 + downlink int8, per row"}:  # the downlink's change
+        assert got[name]["down"] != lossless["down"] and got[name]["up"] == got[
+            "delta, int8 per row"]["up"]
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_the_real_federation(tmp_path: Path) -> None:
+    # Execute: --quick on its own SYNTHETIC sites, every run real
+    out = tmp_path / "BENCH.md"
+    out.write_text("# Benchmarks\n")
+    res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"),
+                      "--out", str(out)])
+
+    # Assert: every run finished with a finite metric, and the section shows them
+    section = out.read_text()
+    assert bench.HEADING in section and "SYNTHETIC" in section
+    for key, run in res["jobs"].items():
+        assert math.isfinite(run["value"]), key
+        assert f"{run['value']:.3f}" in section, key
+    assert [r["sites"] for r in res["scale"]] == [3, 6]
+    assert all(r["to_unsampled"] == 0 and r["trained_per_round"] == [2, 2]
+               for r in res["scale"])
+    assert res["bytes"][0]["codecs"][bench.LOSSLESS]["payload"] > 0
