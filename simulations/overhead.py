@@ -1,12 +1,21 @@
 """Wall time of the Flower simulation (``flwr run``) vs the same federation in process.
 
 Same tasks, sites, rounds, local steps and per-round evaluation, measured one after the other in
-one process: ``run_federated`` (the real ``flwr run`` local simulation, SuperLink start-up
-included) and :func:`unicon_flower.runner.run_in_process` (the same ServerApp strategy and
-ClientApp, messages serialised as on the wire, without Flower's runtime: since issue #16 there
-is no second, plain training loop to compare with). The flwr time is split with the server's
-own clock (``results.json`` ``timing``): Flower start-up until the ServerApp runs, the query
-round (the first ClientApp calls), the training rounds, and shut-down.
+one process:
+
+* **cold**: ``run_federated`` as one ``unicon federate`` runs it (Flower's local SuperLink started
+  for the run and stopped after it);
+* **kept SuperLink**: two runs on one :class:`unicon_flower.launcher.KeptSuperLink`, as a
+  benchmark suite or a sweep runs them (the first starts the SuperLink, the second, **warm**,
+  finds it running);
+* **in process**: :func:`unicon_flower.runner.run_in_process` (the same ServerApp strategy and
+  ClientApp, messages serialised as on the wire, without Flower's runtime: since issue #16 there
+  is no second, plain training loop to compare with).
+
+Each flwr time is split with the server's own clock (``results.json`` ``timing``): Flower
+start-up until the ServerApp runs, the query round (the first ClientApp calls), the training
+rounds, and shut-down. ``python -m simulations.overhead`` measures only this and rewrites its
+section of BENCHMARKS.md (``run_benchmarks --only-overhead``).
 """
 
 from __future__ import annotations
@@ -21,32 +30,60 @@ from unicon_core.federation.outputs import RESULTS_FILE
 from unicon_flower.runner import RunSettings, run_in_process
 
 
+def _timed_flwr_run(overrides: list[str], run_dir: Path, superlink: Any = None
+                    ) -> dict[str, float]:
+    """One ``flwr run`` into ``run_dir``: its seconds and their split by the server's clock."""
+    from unicon_flower.launcher import run_federated
+
+    launched, t0 = time.time(), time.perf_counter()
+    run_federated([*overrides, f"federation.run_dir='{run_dir}'"], superlink=superlink)
+    total = time.perf_counter() - t0
+    timing = json.loads((run_dir / RESULTS_FILE).read_text())["timing"]
+    startup = timing["started"] - launched
+    return {"total_s": total, "startup_s": startup, "query_s": timing["query_s"],
+            "rounds_s": timing["rounds_s"],
+            "shutdown_s": total - startup - timing["query_s"] - timing["rounds_s"]}
+
+
 def measure_overhead(
     sites: list[Any], site_dirs: list[Path], overrides: list[str], backbone: BackboneConfig,
     rounds: int, train: TrainConfig, run_dir: Path,
-) -> dict[str, float]:
-    """Seconds of both, and their ratio (flwr / plain)."""
-    from unicon_flower.launcher import run_federated
+) -> dict[str, Any]:
+    """Seconds of the cold flwr run, the two runs on a kept SuperLink and the in-process run,
+    and the flwr / in-process ratios."""
+    from unicon_flower.launcher import KeptSuperLink
 
     settings = RunSettings(base=tuple(overrides), seed=train.seed, rounds=rounds,
                            local_steps=int(train.max_steps or 1), batch_size=train.batch_size,
-                           lr=train.lr)  # both runs: the same typed settings
+                           lr=train.lr)  # every run: the same typed settings
     fed_overrides = [*settings.overrides(site_dirs, run_dir / "flwr_run"),
                      f"federation.runs_dir='{run_dir}'"]
-    launched, t0 = time.time(), time.perf_counter()
-    run_federated(fed_overrides)
-    flwr_s = time.perf_counter() - t0
-    timing = json.loads((run_dir / "flwr_run" / RESULTS_FILE).read_text())["timing"]
+    cold = _timed_flwr_run(fed_overrides, run_dir / "flwr_run")
+    with KeptSuperLink(run_dir / "kept_flwr_home") as link:
+        first = _timed_flwr_run(fed_overrides, run_dir / "flwr_kept_first", link)
+        warm = _timed_flwr_run(fed_overrides, run_dir / "flwr_kept_warm", link)
 
     t0 = time.perf_counter()
     in_process = run_in_process(site_dirs, run_dir / "in_process_run", settings)
     plain_s = time.perf_counter() - t0
     in_rounds_s = float(in_process.results["timing"]["rounds_s"])
-    startup_s = timing["started"] - launched
-    return {"flwr_s": flwr_s, "plain_s": plain_s, "ratio": flwr_s / plain_s,
-            "startup_s": startup_s, "query_s": timing["query_s"],
-            "rounds_s": timing["rounds_s"],
-            "shutdown_s": flwr_s - startup_s - timing["query_s"] - timing["rounds_s"],
-            "rounds_ratio": timing["rounds_s"] / in_rounds_s,
+    return {"flwr_s": cold["total_s"], "plain_s": plain_s, "ratio": cold["total_s"] / plain_s,
+            **{k: cold[k] for k in ("startup_s", "query_s", "rounds_s", "shutdown_s")},
+            "rounds_ratio": cold["rounds_s"] / in_rounds_s,
+            "kept_first": first, "warm": warm, "warm_ratio": warm["total_s"] / plain_s,
             "comparator": "in-process federation (unicon_flower.runner)",
             "sites": len(sites), "rounds": rounds, "local_steps": int(train.max_steps or 0)}
+
+
+def main() -> None:
+    """Measure only the wall times and rewrite their section of BENCHMARKS.md (the suite's
+    options apply: ``--data-root``, ``--runs-dir``, ``--out``, ``--override``)."""
+    import sys
+
+    from simulations.run_benchmarks import main as suite_main
+
+    suite_main([*sys.argv[1:], "--only-overhead"])
+
+
+if __name__ == "__main__":
+    main()

@@ -312,38 +312,7 @@ def write_markdown(suite: dict[str, Any], path: Path, plot_paths: Sequence[Path]
                   "(all by the last round); discriminative lr: full fine-tuning with lr × "
                   "(1/2.6)^(depth below the top).", ""]
 
-    ov = suite.get("overhead")
-    in_process = "comparator" in (ov or {})
-    lines += ["## Wall time: Flower simulation vs " + ("the in-process federation"
-                                                       if in_process else "plain loop"), ""]
-    if ov:
-        against = ("the same federation in process (the product's strategy and ClientApp "
-                   "without Flower's runtime; since #16 there is no plain loop, and this "
-                   "comparator does more work than the old one: a query round and each "
-                   "site's validation every round, so the ratio is not comparable with "
-                   "earlier plain-loop ratios)" if in_process else "the same training in a "
-                   "plain loop")
-        lines += [f"`flwr run` local simulation {ov['flwr_s']:.1f} s vs {against} "
-                  f"{ov['plain_s']:.1f} s ({ov['sites']} sites, {ov['rounds']} "
-                  f"rounds, {ov['local_steps']} local steps, evaluation every round; measured "
-                  f"side by side in this run): ratio **{ov['ratio']:.2f}×**, goal ≤ "
-                  f"{GOAL_WALL_RATIO}×: {goal(ov['ratio'] <= GOAL_WALL_RATIO)}. The flwr time "
-                  "includes starting the SuperLink, SuperExec and the simulation runtime.", ""]
-        if "rounds_s" in ov:
-            lines += _table(
-                ["part of the flwr run", "seconds", "share"],
-                [[name, f"{ov[key]:.1f}", f"{ov[key] / ov['flwr_s']:.0%}"]
-                 for name, key in [("Flower start-up until the ServerApp runs", "startup_s"),
-                                   ("query round (first ClientApp calls)", "query_s"),
-                                   ("training + evaluation rounds", "rounds_s"),
-                                   ("shut-down", "shutdown_s")]])
-            lines += ["", f"The rounds alone take {ov['rounds_ratio']:.2f}× "
-                      f"{'the in-process rounds' if in_process else 'the plain loop'} "
-                      "(a secondary figure: the goal above is judged on the whole run, as a "
-                      "user waits for it). The fixed start-up does not grow with the training "
-                      "budget, so the whole-run ratio falls as rounds get longer.", ""]
-    else:
-        lines += ["not measured in this run.", ""]
+    lines += overhead_section(suite.get("overhead"))
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.as_posix()})" for p in plot_paths] + [""]
     text = "\n".join(lines)
     path.write_text(text)
@@ -486,6 +455,63 @@ def study_rows(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return ["Studies (seeds both runs finished):", "",
             *_table(["study", "seeds", "before", "after", "identical per seed",
                      "bytes per site and round"], rows), ""]
+
+
+def overhead_section(ov: dict[str, Any] | None, meta: dict[str, Any] | None = None
+                     ) -> list[str]:
+    """The "Wall time" section: a cold ``flwr run`` and a warm one (on a kept SuperLink) vs
+    the same federation in process (:mod:`simulations.overhead`); ``meta`` (command, date,
+    machine) when the section is written on its own."""
+    in_process = "comparator" in (ov or {})
+    lines = ["## Wall time: Flower simulation vs " + ("the in-process federation"
+                                                      if in_process else "plain loop"), ""]
+    if not ov:
+        return [*lines, "not measured in this run.", ""]
+    if meta:
+        lines += [f"Written by `{meta['command']}` on {meta['date']} ({meta['machine']}).", ""]
+    against = ("the same federation in process (the product's strategy and ClientApp "
+               "without Flower's runtime; since #16 there is no plain loop, and this "
+               "comparator does more work than the old one: a query round and each "
+               "site's validation every round, so the ratio is not comparable with "
+               "earlier plain-loop ratios)" if in_process else "the same training in a "
+               "plain loop")
+    lines += [f"`flwr run` local simulation, cold (its own SuperLink started and stopped, as "
+              f"one `unicon federate`), {ov['flwr_s']:.1f} s vs {against} "
+              f"{ov['plain_s']:.1f} s ({ov['sites']} sites, {ov['rounds']} "
+              f"rounds, {ov['local_steps']} local steps, evaluation every round; measured "
+              f"side by side in this run): ratio **{ov['ratio']:.2f}×**, goal ≤ "
+              f"{GOAL_WALL_RATIO}×: {goal(ov['ratio'] <= GOAL_WALL_RATIO)}. The flwr time "
+              "includes starting the SuperLink, SuperExec and the simulation runtime.", ""]
+    warm = ov.get("warm")
+    if warm:
+        first = ov["kept_first"]
+        lines += [f"On a SuperLink kept for a whole suite (`unicon_flower.launcher."
+                  f"KeptSuperLink`: the first run starts it, {first['total_s']:.1f} s; the "
+                  f"next finds it running), the warm run takes {warm['total_s']:.1f} s: ratio "
+                  f"**{ov['warm_ratio']:.2f}×**, goal ≤ {GOAL_WALL_RATIO}×: "
+                  f"{goal(ov['warm_ratio'] <= GOAL_WALL_RATIO)}.", ""]
+    runs = [("cold", {k: ov[k] for _, k in _PARTS} | {"total_s": ov["flwr_s"]})]
+    if "rounds_s" in ov:
+        if warm:
+            runs += [("kept, first", ov["kept_first"]), ("kept, warm", warm)]
+        lines += _table(["part of the flwr run", *[f"{n} s" for n, _ in runs],
+                         *[f"{n} share" for n, _ in runs]],
+                        [[name, *[f"{r[key]:.1f}" for _, r in runs],
+                          *[f"{r[key] / r['total_s']:.0%}" for _, r in runs]]
+                         for name, key in _PARTS])
+        lines += ["", f"The cold run's rounds alone take {ov['rounds_ratio']:.2f}× "
+                  f"{'the in-process rounds' if in_process else 'the plain loop'} "
+                  "(a secondary figure: the goal above is judged on the whole run, as a "
+                  "user waits for it). The fixed start-up does not grow with the training "
+                  "budget, so the whole-run ratio falls as rounds get longer.", ""]
+    return lines
+
+
+#: Parts of a flwr run's wall time, as (label, key) (see :mod:`simulations.overhead`).
+_PARTS = [("Flower start-up until the ServerApp runs", "startup_s"),
+          ("query round (first ClientApp calls)", "query_s"),
+          ("training + evaluation rounds", "rounds_s"),
+          ("shut-down", "shutdown_s")]
 
 
 def insert_section(path: Path, section: str) -> None:

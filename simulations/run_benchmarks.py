@@ -49,6 +49,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="seeds run in this many worker processes at once (torch uses one thread "
                         "each; one per seed keeps both cores of a 2-core machine busy)")
     p.add_argument("--no-overhead", action="store_true", help="skip the flwr wall-time run")
+    p.add_argument("--only-overhead", action="store_true",
+                   help="only the flwr wall-time runs; rewrite their section of --out")
     p.add_argument("--no-foundation", action="store_true", help="skip the foundation stage")
     p.add_argument("--override", action="append", default=[], help="extra hydra override")
     p.add_argument("--report-only", type=Path, default=None, metavar="RESULTS_JSON",
@@ -163,20 +165,31 @@ def machine() -> str:
             f"torch {torch.__version__}")
 
 
+def _overhead(cfg: Any, backbone: Any, overrides: list[str], sites: dict[str, Any],
+              run_dir: Path) -> dict[str, Any]:
+    """The wall-time comparison (:mod:`simulations.overhead`) on :data:`OVERHEAD_SITES`."""
+    from simulations.overhead import measure_overhead
+    from unicon_flower.continual import make_context
+
+    ctx = make_context(cfg, cfg.seeds[0], backbone, run_dir / "overhead", overrides, sites)
+    members = [sites[s] for s in OVERHEAD_SITES if s in sites]
+    return measure_overhead(members, [cfg.site_dir(s.name) for s in members], overrides,
+                            backbone, cfg.rounds, ctx.train, run_dir / "overhead")
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the suite; returns the run folder."""
     import torch
     from omegaconf import OmegaConf
 
     from simulations.communication import bytes_table
-    from simulations.overhead import measure_overhead
+    from simulations.report import shown_command
     from unicon_core.config import TaskKind
     from unicon_core.continual.runner import open_sites
     from unicon_core.continual.stages import ContinualConfig
     from unicon_core.demo_data.prepare import prepare_demo
     from unicon_core.federation.outputs import new_run_dir, write_json
     from unicon_core.hydra_config import backbone_config, load_config
-    from unicon_flower.continual import make_context
 
     args = parse_args(argv)
     if args.compare_after is not None:
@@ -206,8 +219,21 @@ def main(argv: Sequence[str] | None = None) -> Path:
     cfg = ContinualConfig.from_dict(section)
     backbone = backbone_config(composed)
     run_dir = (args.resume.resolve() if args.resume is not None
-               else new_run_dir(args.runs_dir.resolve(), "benchmarks"))
+               else new_run_dir(args.runs_dir.resolve(),
+                                "overhead" if args.only_overhead else "benchmarks"))
     log.info("benchmark run folder: %s", run_dir)
+    if args.only_overhead:
+        from simulations.report import insert_section, overhead_section
+
+        sites = open_sites(cfg, cfg.seeds[0])
+        overhead = _overhead(cfg, backbone, overrides, sites, run_dir)
+        given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--only-overhead"]
+        meta = {"command": shown_command(["python -m simulations.overhead", *given]),
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "machine": machine()}
+        insert_section(args.out, "\n".join(overhead_section(overhead, meta)))
+        write_json(run_dir / "overhead.json", overhead)
+        return run_dir
 
     with_foundation = cfg.foundation_stage or not (args.quick or args.no_foundation)
     per_seed = run_seeds(cfg, backbone, overrides, run_dir, with_foundation, args.jobs)
@@ -221,19 +247,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     specs = {s.task_spec.name: s.task_spec for s in sites.values()}
     small = backbone_config(load_config([*overrides, "backbone=small"]))
     comm = bytes_table(specs, {"tiny": backbone, "small": small})
-    overhead = None
-    if not args.no_overhead:
-        ctx = make_context(cfg, cfg.seeds[0], backbone, run_dir / "overhead", overrides, sites)
-        members = [sites[s] for s in OVERHEAD_SITES if s in sites]
-        overhead = measure_overhead(members, [cfg.site_dir(s.name) for s in members], overrides,
-                                    backbone, cfg.rounds, ctx.train, run_dir / "overhead")
+    overhead = None if args.no_overhead else _overhead(cfg, backbone, overrides, sites, run_dir)
 
     first = continual["isolated"][0]
     synthetic = sorted({s.task_spec.name for s in sites.values() if s.synthetic})
     iso = continual["isolated"]
     import numpy as np
 
-    from simulations.report import mean_matrix, mean_std, shown_command
+    from simulations.report import mean_matrix, mean_std
 
     suite: dict[str, Any] = {
         "order": first["order"], "stages": first["stages"], "synthetic": synthetic,

@@ -213,3 +213,25 @@ def test_a_resumed_suite_runs_only_the_seeds_its_partial_json_lacks(tmp_path, mo
     assert [r["seed"] for r in out] == [0, 1, 2] and out[0]["x"] == 1
     assert math.isnan(out[0]["m"][0])  # JSON null is an undefined metric again
     assert len(json.loads((tmp_path / "partial.json").read_text())) == 3
+
+
+def test_wall_time_section_reports_cold_and_kept_superlink_runs() -> None:
+    """Both ratios come from the measured seconds, each judged against the 1.3x goal."""
+    from simulations.report import overhead_section
+
+    def run(total: float) -> dict[str, float]:
+        return {"total_s": total, "startup_s": total / 4, "query_s": total / 4,
+                "rounds_s": total / 4, "shutdown_s": total / 4}
+
+    ov = {"flwr_s": 40.0, "plain_s": 10.0, "ratio": 4.0, "sites": 5, "rounds": 3,
+          "local_steps": 12, "startup_s": 20.0, "query_s": 6.0, "rounds_s": 8.0,
+          "shutdown_s": 6.0, "rounds_ratio": 0.8, "comparator": "in-process",
+          "kept_first": run(36.0), "warm": run(12.0), "warm_ratio": 1.2}
+
+    text = "\n".join(overhead_section(ov, {"command": "c", "date": "d", "machine": "m"}))
+
+    assert "ratio **4.00×**, goal ≤ 1.3×: **MISSED**" in text
+    assert "warm run takes 12.0 s: ratio **1.20×**, goal ≤ 1.3×: met" in text
+    assert "| Flower start-up until the ServerApp runs | 20.0 | 9.0 | 3.0 | 50% | 25% | 25% |" \
+        in text
+    assert overhead_section(None)[-2] == "not measured in this run."
