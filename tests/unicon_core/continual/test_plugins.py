@@ -385,3 +385,57 @@ def test_kd_use_mds_distils_only_within_the_mds_threshold() -> None:
     with pytest.raises(ValueError, match="mds"):
         KDPlugin(use_mds=True).before_stage(SimpleNamespace(model=model), None,  # type: ignore[arg-type]
                                             SimpleNamespace(plugins=[]))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- reference data in the bench
+def test_feature_stats_merge_equals_stats_of_the_concatenated_features() -> None:
+    # Prepare: two sites' features, different sizes and means
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(7, 4, generator=g), torch.randn(11, 4, generator=g) + 2.0
+    # Execute
+    merged = FeatureStats.merge([FeatureStats.from_features(a), FeatureStats.from_features(b)])
+    whole = FeatureStats.from_features(torch.cat([a, b]))
+    # Assert
+    assert merged.count == 18
+    assert torch.allclose(merged.mean, whole.mean) and torch.allclose(merged.cov, whole.cov)
+
+
+def test_mds_takes_its_reference_from_the_first_stage_only() -> None:
+    # Prepare: the first stage's sites' features define the reference distribution
+    feats = {"a": torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]]),
+             "b": torch.tensor([[2.0, 2.0], [1.0, 1.0]])}
+    strategy = SimpleNamespace(site_features=lambda plan, ctx: feats)
+    plugin = MDSPlugin(k=1, metric="cosine", stats_from_first_stage=True)
+    # Execute
+    plugin.after_stage(strategy, SimpleNamespace(index=0), None)  # type: ignore[arg-type]
+    first = plugin.stats
+    plugin.after_stage(strategy, SimpleNamespace(index=1), None)  # type: ignore[arg-type]
+    # Assert
+    assert first is not None and first.count == 5
+    assert torch.allclose(first.mean, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert plugin.stats is first  # later stages do not replace it
+    assert MDSPlugin(k=1).stats is None
+
+
+def test_retrieval_remembers_stages_and_a_shared_memory_reaches_other_sites() -> None:
+    # Prepare: site "a" trained a past task; site "b" trains the current one
+    model = _model()
+    batch = _batch()
+    with torch.no_grad():
+        levels = pooled(model.encode(batch["input"], CLS_TASK))
+    strategy = SimpleNamespace(site_levels=lambda plan, ctx: {"a": levels})
+    plan = SimpleNamespace(index=0, site_tasks={"a": "past_task"})
+    own, shared = (RetrievalKDPlugin(remember=True, shared=s, per_task=2) for s in (False, True))
+    for plugin in (own, shared):
+        plugin.after_stage(strategy, plan, None)  # type: ignore[arg-type]
+        plugin.set_teacher(model)
+        plugin.at_site("b")
+    _nudge_backbone(model)
+    # Execute
+    out = model(batch["input"], CLS_TASK)
+    own_loss = own.loss(model, CLS_TASK, batch, out)
+    shared_loss = shared.loss(model, CLS_TASK, batch, out)
+    # Assert
+    assert sorted(own.memory.items) == ["a"] and len(own.memory.items["a"]["past_task"][0]) == 2
+    assert own_loss is not None and own_loss.item() == 0.0  # "b" itself remembers nothing
+    assert shared_loss is not None and shared_loss.item() > 0.0

@@ -113,3 +113,22 @@ def test_realign_refuses_changed_outputs_when_identity_is_guaranteed(tmp_path: P
     # Execute / Assert
     with pytest.raises(ValueError, match="tab_cls"):
         _run(tmp_path, [RealignPlugin(guarantee_identical=True)], "guarantee")
+
+
+def test_site_levels_give_every_train_row_per_level_and_site_features_the_last(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    cfg = _config(tmp_path / "sites")
+    ctx = make_context(cfg, 0, TINY, tmp_path / "run", TINY_OVERRIDES)
+    strategy = RefinedFoundation()
+    plan = ctx.plans[0]
+    # Execute
+    levels = strategy.site_levels(plan, ctx)
+    last = strategy.site_features(plan, ctx)
+    # Assert: what the retrieval memory and MDS read, one row per train example
+    assert sorted(levels) == sorted(plan.site_tasks) == sorted(last)
+    for site, feats in levels.items():
+        rows = len(ctx.sites[site].dataset("train", train=False))
+        assert all(f.shape == (rows, TINY.hidden_size) for f in feats)
+        assert last[site].equal(feats[-1])

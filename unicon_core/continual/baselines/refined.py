@@ -114,9 +114,9 @@ class RefinedFoundation(SkillStrategy):
                     lambda m, b, t=task, f=loss_fn: f(m(b[BatchKey.INPUT.value], t).float(), b)))
         return {n: torch.stack([f[n] for f in per_site]).mean(0) for n in names}
 
-    def site_features(self, plan: StagePlan, ctx: RunContext) -> dict[str, torch.Tensor]:
-        """Pooled last-level foundation features of each joining site's train split (what
-        :class:`~unicon_core.continual.plugins.mds.MDSPlugin` selects from, at the site)."""
+    def site_levels(self, plan: StagePlan, ctx: RunContext) -> dict[str, list[torch.Tensor]]:
+        """Per-level pooled foundation features of each joining site's train split, on the
+        current backbone (what the retrieval memory keeps prototypes of, at the site)."""
         from unicon_core.continual.plugins.base import pooled
         from unicon_core.training import make_loader
 
@@ -127,7 +127,12 @@ class RefinedFoundation(SkillStrategy):
                                  ctx.cfg.batch_size, shuffle=False)
             device = module_device(model)
             with torch.no_grad():
-                out[site] = torch.cat([
-                    pooled(model.encode(b[BatchKey.INPUT.value].to(device), task))[-1].cpu()
-                    for b in loader])
+                per_batch = [[f.cpu() for f in pooled(model.encode(
+                    b[BatchKey.INPUT.value].to(device), task))] for b in loader]
+            out[site] = [torch.cat(level) for level in zip(*per_batch, strict=True)]
         return out
+
+    def site_features(self, plan: StagePlan, ctx: RunContext) -> dict[str, torch.Tensor]:
+        """Pooled last-level foundation features of each joining site's train split (what
+        :class:`~unicon_core.continual.plugins.mds.MDSPlugin` selects from, at the site)."""
+        return {site: levels[-1] for site, levels in self.site_levels(plan, ctx).items()}

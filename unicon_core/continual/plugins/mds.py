@@ -41,6 +41,20 @@ class FeatureStats:
         f = features.detach().double()
         return cls(f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1]), len(f))
 
+    @classmethod
+    def merge(cls, parts: Sequence[FeatureStats]) -> FeatureStats:
+        """The statistics of the union of several sites' features, from their statistics
+        alone (pooled mean and unbiased covariance; equal to :meth:`from_features` of the
+        concatenated features)."""
+        if not parts:
+            raise ValueError("need at least one FeatureStats to merge")
+        n = sum(p.count for p in parts)
+        mean = sum(p.count * p.mean.double() for p in parts) / n
+        scatter = sum((p.count - 1) * p.cov.double()
+                      + p.count * torch.outer(p.mean.double() - mean, p.mean.double() - mean)
+                      for p in parts)
+        return cls(mean, scatter / (n - 1), n)
+
     def precision(self, shrinkage: float = 1e-3) -> torch.Tensor:
         """Inverse of the covariance shrunk towards its mean variance (always invertible)."""
         d = self.cov.shape[0]
@@ -89,16 +103,22 @@ class MDSPlugin(ContinualPlugin):
     site); later plugins (:class:`~unicon_core.continual.plugins.kd.KDPlugin`) distil on them.
 
     ``site_features`` computes a site's features with the current foundation (at the site).
+    ``stats_from_first_stage``: without given ``stats``, the reference distribution is the
+    first stage's sites' features after that stage (each site's :class:`FeatureStats`, merged:
+    summary statistics only), i.e. the data the shared foundation was first fitted to; the
+    shipped random tiny transformer has no pre-training data of its own.
     """
 
     name = "mds"
 
     def __init__(
         self, stats: FeatureStats | None = None, k: int = 16, metric: Metric = "mahalanobis",
-        site_features: SiteFeatures | None = None, enabled: bool = True,
+        site_features: SiteFeatures | None = None, stats_from_first_stage: bool = False,
+        enabled: bool = True,
     ) -> None:
         super().__init__(enabled)
         self.stats, self.k, self.metric = stats, k, metric
+        self.stats_from_first_stage = stats_from_first_stage
         self.site_features = site_features
         #: site -> selected sample indices (never leaves the site in a deployment)
         self.selected: dict[str, torch.Tensor] = {}
@@ -128,19 +148,32 @@ class MDSPlugin(ContinualPlugin):
         limit = max(self.threshold.values()) + 1e-9
         return distances(features, self.stats, self.metric).to(features.device) <= limit
 
+    def _features(self, strategy: Strategy, plan: StagePlan,
+                  ctx: RunContext) -> dict[str, torch.Tensor] | None:
+        """Each joining site's features (``site_features``, else the strategy's own)."""
+        if self.site_features is not None:
+            return self.site_features(strategy, plan, ctx)
+        if callable(getattr(strategy, "site_features", None)):
+            return strategy.site_features(plan, ctx)  # type: ignore[attr-defined,no-any-return]
+        return None
+
     def on_before_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
-        """Select at every joining site (``site_features``, else the strategy's
-        ``site_features(plan, ctx)``); nothing without pre-training statistics."""
+        """Select at every joining site; nothing without pre-training statistics."""
         if self.stats is None:
             return
-        if self.site_features is not None:
-            features = self.site_features(strategy, plan, ctx)
-        elif callable(getattr(strategy, "site_features", None)):
-            features = strategy.site_features(plan, ctx)  # type: ignore[attr-defined]
-        else:
-            return
-        for site, feats in features.items():
+        for site, feats in (self._features(strategy, plan, ctx) or {}).items():
             self.select(site, feats)
+
+    def on_after_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
+        """With ``stats_from_first_stage``: after stage 0, the merged statistics of its sites'
+        features become the reference distribution."""
+        if self.stats is not None or not self.stats_from_first_stage or plan.index != 0:
+            return
+        features = self._features(strategy, plan, ctx)
+        if not features:
+            raise ValueError("mds: stats_from_first_stage needs the strategy's site_features")
+        self.stats = FeatureStats.merge([FeatureStats.from_features(f)
+                                         for f in features.values()])
 
 
 def stats_of(batches: Sequence[torch.Tensor] | Any) -> FeatureStats:

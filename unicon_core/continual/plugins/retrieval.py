@@ -11,7 +11,7 @@ held closer to the teacher). Nothing relevant in memory (all similarities <= 0):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,10 @@ from torch import nn
 
 from unicon_core.continual.plugins.base import pooled
 from unicon_core.continual.plugins.kd import KDPlugin, Level
+
+if TYPE_CHECKING:
+    from unicon_core.continual.runner import RunContext, Strategy
+    from unicon_core.continual.stages import StagePlan
 
 
 def prototypes(features: torch.Tensor, n: int, iterations: int = 10) -> torch.Tensor:
@@ -48,9 +52,11 @@ class ReferenceMemory:
         """Store prototypes of a site's per-level pooled ``(N, D_l)`` features of ``task``."""
         self.items.setdefault(site, {})[task] = [prototypes(f, self.per_task) for f in features]
 
-    def levels(self, site: str, exclude: str | None = None) -> list[torch.Tensor] | None:
-        """All prototypes of a site's past tasks per level (``exclude``: the current task)."""
-        tasks = [v for t, v in self.items.get(site, {}).items() if t != exclude]
+    def levels(self, site: str | None, exclude: str | None = None) -> list[torch.Tensor] | None:
+        """All prototypes of a site's past tasks per level (``exclude``: the current task);
+        ``site=None``: every site's (a consortium memory of prototypes)."""
+        held = self.items.values() if site is None else [self.items.get(site, {})]
+        tasks = [v for items in held for t, v in items.items() if t != exclude]
         if not tasks:
             return None
         return [torch.cat([t[level] for t in tasks]) for level in range(len(tasks[0]))]
@@ -78,23 +84,45 @@ def retrieval_weights(
 
 class RetrievalKDPlugin(KDPlugin):
     """:class:`KDPlugin` whose per-sample and per-level weights come from retrieval in the
-    training site's memory of past tasks (the site comes from ``at_site``)."""
+    training site's memory of past tasks (the site comes from ``at_site``).
+
+    ``remember``: after each stage, each joining site stores prototypes of its task's
+    per-level features on the refined foundation (the strategy's ``site_levels(plan, ctx)``).
+    ``shared``: a site retrieves from every site's prototypes, not only its own (k-means
+    centroids, never samples, shared across the consortium like MDS's statistics): in the demo
+    every site folder serves one task, so a site alone never remembers a past task.
+    """
 
     name = "retrieval"
 
     def __init__(
         self, memory: ReferenceMemory | None = None, retention: float = 1.0,
-        level: Level = "features", temperature: float = 2.0, enabled: bool = True,
+        level: Level = "features", temperature: float = 2.0, remember: bool = False,
+        shared: bool = False, per_task: int = 8, enabled: bool = True,
     ) -> None:
         super().__init__(retention, level, temperature, sample_mask=None, enabled=enabled)
-        self.memory = memory or ReferenceMemory()
+        self.memory = memory or ReferenceMemory(per_task)
+        self.remember, self.shared = remember, shared
         self._levels: torch.Tensor | None = None
+
+    def on_after_stage(self, strategy: Strategy, plan: StagePlan, ctx: RunContext) -> None:
+        """With ``remember``: store the joining sites' prototypes of their task."""
+        if not self.remember:
+            return
+        levels = getattr(strategy, "site_levels", None)
+        if not callable(levels):
+            raise ValueError("retrieval: remember needs the strategy's site_levels(plan, ctx)")
+        for site, feats in levels(plan, ctx).items():
+            self.memory.add(site, plan.site_tasks[site], feats)
 
     def sample_weights(self, model: nn.Module, teacher: nn.Module, task: str,
                        teacher_features: Any) -> torch.Tensor | None:
         """``(B, L)`` retrieval weights; zeros when the site remembers no past task."""
         query = pooled(teacher_features)
-        memory = self.memory.levels(self.site, exclude=task) if self.site else None
+        if self.shared:
+            memory = self.memory.levels(None, exclude=task)
+        else:
+            memory = self.memory.levels(self.site, exclude=task) if self.site else None
         if memory is None:
             self._levels = torch.zeros(len(query))
             return torch.zeros(len(query[0]), len(query))
