@@ -246,3 +246,23 @@ def test_a_resumed_run_restores_fedadam_moments_and_fedsa_b_factors(tmp_path: Pa
     assert any(k.startswith(f"opt/{SURV_TASK}/v/") for k in saved)
     for key, value in saved.items():
         np.testing.assert_allclose(again[key], value, rtol=1e-6, atol=1e-6, err_msg=key)
+
+
+def test_downlink_composes_with_mixed_ranks_and_fedsa(tmp_path: Path) -> None:
+    """Each site's own skill (its rank, its FedSA B) travels as a change from what it holds;
+    no site fails (a wrong base would), and the lower-rank site holds its rank."""
+    _, grid, _ = _run(
+        tmp_path, "mixed",
+        f"++strategy.lora_tasks={{{CLS_TASK}:{{lora_rule:svd,site_ranks:{{site_a:1}},"
+        f"delta:true,downlink_codec:int8}},{SURV_TASK}:{{lora_rule:fedsa,downlink_codec:fp16}}}}")
+    kinds = {(ex.reply.content["info"]["site"], ex.instruction.metadata.message_type,
+              next(iter(ex.instruction.content.array_records))) for ex in grid.exchanges
+             if ex.instruction.metadata.message_type in ("train", "evaluate")}
+    for site in ("site_a", "site_b", "site_c"):
+        assert (site, "train", RecordKey.SKILL.value) in kinds  # first contact: whole
+        assert (site, "evaluate", RecordKey.DOWNLINK.value) in kinds
+    held = {ex.reply.content["info"]["site"]: ex.instruction.content.array_records[
+        RecordKey.DOWNLINK.value] for ex in grid.exchanges
+        if RecordKey.DOWNLINK.value in ex.instruction.content.array_records}
+    factors = [k for k in a_keys(list(held["site_a"].keys())) if "#" not in k]
+    assert factors and all(held["site_a"][k].shape[0] == 1 for k in factors)
