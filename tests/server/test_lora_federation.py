@@ -266,3 +266,20 @@ def test_downlink_composes_with_mixed_ranks_and_fedsa(tmp_path: Path) -> None:
         if RecordKey.DOWNLINK.value in ex.instruction.content.array_records}
     factors = [k for k in a_keys(list(held["site_a"].keys())) if "#" not in k]
     assert factors and all(held["site_a"][k].shape[0] == 1 for k in factors)
+
+
+def test_resume_says_site_residuals_and_downlink_copies_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What lives at the sites (per Flower run) is not resumed, and the server says so; the
+    resumed run still works: each site's first downlink message carries the whole skill."""
+    option = "++strategy.lora={delta:true,codec:topk,downlink_codec:int8}"
+    _run(tmp_path, "run", option, rounds=1)
+    caplog.clear()
+    _, grid, _ = _run(tmp_path, "run", option, "resume=true", rounds=2)
+    assert "restart the sites' error-feedback residuals at zero" in caplog.text
+    first = {}
+    for ex in grid.exchanges:
+        if ex.instruction.metadata.message_type in ("train", "evaluate"):
+            first.setdefault(ex.node_id, next(iter(ex.instruction.content.array_records)))
+    assert set(first.values()) == {RecordKey.SKILL.value}
