@@ -114,6 +114,7 @@ def test_the_section_is_built_from_the_runs(results: dict[str, Any]) -> None:
     assert "the best retention method by BWT" in text and "MedSeqFT" in text
     assert "| 1 | tumour_cls | 0/2 |" in text  # realign: outputs changed in both seeds
     assert "Synthetic tasks in this regime: none" in text
+    assert "**Claim (MedSeqFT vs naive sequential fine-tuning of the same backbone): met**" in text
 
 
 def test_a_regime_that_does_not_forget_says_missed(results: dict[str, Any]) -> None:
@@ -125,6 +126,7 @@ def test_a_regime_that_does_not_forget_says_missed(results: dict[str, Any]) -> N
     text = fb.render(results)
     # Assert
     assert "naive sequential: shared adapter: BWT +0.000: **MISSED**" in text
+    assert "Neither naive method forgets" not in text  # the backbone one still does
 
 
 def test_report_only_replaces_its_section(results: dict[str, Any], tmp_path: Path) -> None:
