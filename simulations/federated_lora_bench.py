@@ -61,6 +61,7 @@ RULES = ("naive", "ffa", "fedsa", "svd")
 GOAL_RATIO = 0.98  # federated / centralised, every multi-site task
 GOAL_INT8 = 1 / 200  # int8 deltas vs the full model, on a >= 80M-parameter backbone
 GOAL_LOSSLESS = 1.05  # lossless delta vs the raw skill bytes
+NEAR_CHANCE = 0.6  # a centralised AUC / C-index below this: the task is barely learnt
 #: The multi-site demo tasks measured, and their training sites.
 TASKS: dict[str, tuple[str, ...]] = {
     "tumour_cls": ("br35h_a", "br35h_b", "br35h_c"),
@@ -68,10 +69,10 @@ TASKS: dict[str, tuple[str, ...]] = {
 }
 #: Multi-site demo tasks not measured, and why.
 LEFT_OUT = {
-    "tissue_seg": "2 sites of 3D-from-2D segmentation: about 10x the CPU of a Br35H round; "
-                  "left out for the CPU budget (2 cores shared by 5 jobs)",
-    "ct_seg": "SYNTHETIC CT phantoms on the 117M-parameter CT foundation (seconds per forward "
-              "on this CPU): left out for the CPU budget",
+    "tissue_seg": "2 sites of MRI tissue segmentation, left out for the CPU budget (2 cores "
+                  "shared by 5 jobs)",
+    "ct_seg": "SYNTHETIC CT phantoms on the 117M-parameter CT foundation, left out for the "
+              "CPU budget",
 }
 MIXED_TASK = "gbsg2_surv"
 SCALE_TASK = "gbsg2_surv"
@@ -294,11 +295,13 @@ def codec_bytes(model: Any, task: str, options: Mapping[str, Any], seed: int = 0
                 ) -> dict[str, int]:
     """Bytes one site receives and sends in one round with a task's codec ``options``.
 
-    Down: the strategy's train and evaluate instructions (with a downlink codec in its steady
-    state: the site holds an earlier copy, ``sent`` minus seeded noise, so the instructions
-    carry the encoded change, not the first contact's whole skill); up: a training reply (the
-    skill, or the encoded ``trained - sent`` delta, FFA leaving A out) and an evaluation
-    reply. ``payload`` is the training reply's tensors alone, serialized.
+    Steady state, with seeded noise (std 1e-3) standing for training: the global skill is the
+    fresh one moved (no zero B factors left, which Flower's content-addressed serialization
+    would send once), the site's trained skill the global one moved again. Down: the
+    strategy's train and evaluate instructions (with a downlink codec the site holds last
+    round's copy, so they carry the encoded change, not a first contact's whole skill); up: a
+    training reply (the skill, or the encoded ``trained - sent`` delta, FFA leaving A out) and
+    an evaluation reply. ``payload`` is the training reply's tensors alone, serialized.
     """
     from flwr.app import RecordDict
 
@@ -317,14 +320,18 @@ def codec_bytes(model: Any, task: str, options: Mapping[str, Any], seed: int = 0
 
     act_as_server_app()
     opts = TaskFederation(**dict(options))
-    sent = {k: v.detach().numpy() for k, v in plan_state(model, task, "skill").items()}
     rng = np.random.default_rng(seed)
-    trained = {k: (v + rng.normal(0.0, 1e-3, v.shape)).astype(v.dtype) for k, v in sent.items()}
+
+    def moved(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: (v + rng.normal(0.0, 1e-3, v.shape)).astype(v.dtype) for k, v in state.items()}
+
+    fresh = {k: v.detach().numpy() for k, v in plan_state(model, task, "skill").items()}
+    sent = moved(fresh)  # a global skill after some rounds (B no longer zero)
+    trained = moved(sent)
     strategy = PerTaskFedAvg([SiteNode(1, "site", task)], foundation_hash=model.foundation_hash,
                              lora={task: opts})
     if getattr(opts, "downlink_codec", "none") != "none":
-        strategy.held["site"] = {k: (v - rng.normal(0.0, 1e-3, v.shape)).astype(v.dtype)
-                                 for k, v in sent.items()}
+        strategy.held["site"] = moved(sent)  # the copy the site kept from the last round
     arrays = arrays_to_record(prefix_task(task, sent))
     down = sum(content_bytes(m.content) for m in [
         *strategy.configure_train(1, arrays, _config(), None),  # type: ignore[arg-type]
@@ -555,8 +562,10 @@ def render(res: Mapping[str, Any]) -> str:
     jobs = res["jobs"]
     syn = res.get("synthetic", {})
     lines = [HEADING, "",
-             f"Made by `{res['command']}` ({res['date']}, {res['wall_min']:.0f} min on a "
-             "2-core CPU shared with other jobs). Every run is the product's ServerApp "
+             f"Made by `{res['command']}` ({res['date']}; the runs of the rule and mixed-rank "
+             f"tables took {sum(j.get('cpu_s', 0.0) for j in jobs.values()) / 60:.0f} "
+             "CPU-min, on a 2-core CPU shared with other jobs, so seconds below include "
+             "waiting for a core). Every run is the product's ServerApp "
              "strategy and ClientApp over the in-process grid "
              "(`unicon_flower.runner.run_in_process`), tiny random transformer backbone "
              f"(`experiment=continual`), seeds {seeds}.", ""]
@@ -589,6 +598,13 @@ def render(res: Mapping[str, Any]) -> str:
                 f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed)} | {_ms(central)} | "
                 f"{', '.join(_f(p) for p in per)} | {_f(of_means)} | "
                 f"{_verdict(math.isfinite(of_means) and of_means >= GOAL_RATIO)} |")
+    weak = [t for t in res["tasks"] if mean_std(
+        [jobs.get(Job("central", t, s).key, {}).get("value", math.nan) for s in seeds])[0]
+        < NEAR_CHANCE]
+    if weak:
+        lines += ["", f"Centralised itself stays below {NEAR_CHANCE} (0.5 = chance) on "
+                  f"{', '.join(weak)}: at this budget neither side learns much there, and "
+                  "its ratios compare two weak models."]
     pooled = {t: [jobs.get(Job("central", t, s).key, {}).get("pooled_value", math.nan)
                   for s in seeds] for t in res["tasks"]}
     lines += ["", "Centralised on its own pooled test split (all sites' test rows as one set, "
@@ -601,8 +617,8 @@ def render(res: Mapping[str, Any]) -> str:
                      f"mean over rounds, {min(svd):.3f} to {max(svd):.3f} over tasks and "
                      "seeds.")
     if res.get("left_out"):
-        lines.append("Not measured: " + "; ".join(f"`{t}` ({why})"
-                                                  for t, why in res["left_out"].items()) + ".")
+        lines += ["", "Not measured: " + "; ".join(f"`{t}`: {why}"
+                                                  for t, why in res["left_out"].items()) + "."]
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -616,8 +632,10 @@ def _bytes_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
            "= the strategy's train and evaluate instructions (the task's skill in float32; "
            "with a downlink codec its encoded change in the steady state, the site holding an "
            "earlier copy), up = a training reply (skill or encoded delta, metrics, info) and "
-           "an evaluation reply. No training: the sent skill plus seeded noise stands for the "
-           "trained one; backbones freshly initialised (bytes depend on shapes only). Full "
+           "an evaluation reply. No training: seeded noise (std 1e-3) moves the fresh skill to a "
+           "global one (no zero B factors, which the content-addressed serialization sends "
+           "once) and that to the trained one; backbones freshly initialised (bytes depend "
+           "on shapes only). Full "
            "model = plan `full` (backbone + skill both ways). Raw skill = the skill tensors' "
            "own bytes.", "",
            "| backbone (params) | task | codec | payload up | payload / raw skill | up | "
