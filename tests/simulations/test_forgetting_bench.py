@@ -138,9 +138,11 @@ def test_report_only_replaces_its_section(results: dict[str, Any], tmp_path: Pat
     # Execute: twice, the second replaces the first
     fb.main(["--report-only", str(path), "--out", str(out)])
     fb.main(["--report-only", str(path), "--out", str(out)])
+    fb.main(["--report-only", str(path), "--out", str(tmp_path / "new.md")])
     # Assert
     text = out.read_text()
     assert text.count(fb.HEADING) == 1 and "## Other\n\nkept" in text
+    assert (tmp_path / "new.md").read_text().lstrip().startswith(fb.HEADING)
 
 
 def test_seeds_run_apart_merge_into_the_same_runs(results: dict[str, Any]) -> None:
