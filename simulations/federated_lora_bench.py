@@ -712,16 +712,19 @@ def _scale_lines(res: Mapping[str, Any]) -> list[str]:
            f"the metric means nothing here) dealt to N site folders; {res['scale_sampled']} "
            f"sites sampled per round (`strategy.lora.fraction` = {res['scale_sampled']} / N, "
            f"`min_sites` = {res['scale_sampled']}), {SCALE_ROUNDS} rounds, per-round "
-           "evaluation off (on, it would ask every site every round), seed "
+           "evaluation off (the table measures training rounds), seed "
            f"{res['scale_seed']}. One child process per size; peak RSS = the largest sum over "
            "its process tree (psutil, every 0.1 s). The query round asks every site once "
-           "(validation, task, size).", "",
-           "| sites | query round s | seconds per round | sites trained per round | "
+           "(validation, task, size); each site then composes and validates the run's whole "
+           "config, which lists all N site folders, so its cost per site grows with N.", "",
+           "| sites | query round s (per site) | seconds per round | sites trained per round | "
            "messages (query / train / evaluate) | messages to non-sampled sites | peak RSS "
            "MiB |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["messages"]
-        out.append(f"| {r['sites']:,} | {_f(r.get('query_s'), 1)} | {r['round_s']:.2f} | "
+        per_site = (r.get("query_s") or math.nan) / r["sites"]
+        out.append(f"| {r['sites']:,} | {_f(r.get('query_s'), 1)} ({_f(per_site, 3)}) | "
+                   f"{r['round_s']:.2f} | "
                    f"{', '.join(map(str, r['trained_per_round']))} | {m.get('query', 0)} / "
                    f"{m.get('train', 0)} / {m.get('evaluate', 0)} | {r['to_unsampled']} | "
                    f"{r['peak_rss_mib']:,.0f} |")

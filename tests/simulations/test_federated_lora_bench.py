@@ -82,8 +82,8 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
         in section
     assert "| mixed (synth_surv_1 at rank 2) | 1.105 ± 0.007 |" in section
     # scaling rows as the runs measured them
-    assert "| 3 | 0.5 | 3.75 | 2, 2 | 3 / 4 / 0 | 7 | 103 |" in section
-    assert "| 6 | 0.5 | 7.50 | 2, 2 | 6 / 4 / 0 | 7 | 106 |" in section
+    assert "| 3 | 0.5 (0.167) | 3.75 | 2, 2 | 3 / 4 / 0 | 7 | 103 |" in section
+    assert "| 6 | 0.5 (0.083) | 7.50 | 2, 2 | 6 / 4 / 0 | 7 | 106 |" in section
     assert res["jobs"][bench.Job("central", "synth_surv", 1).key]["value"] == 0.81
 
 
