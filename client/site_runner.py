@@ -112,21 +112,36 @@ def check_plan(context: Context, settings: ExperimentSettings, hooks: SiteHooks 
     return plan
 
 
+#: Resolved configs composed in this process, by override list (JSON): in simulation one
+#: process serves many virtual sites of one run, which would otherwise compose the same config
+#: once each (at 1,000 sites most of the query round). Only the resolved plain values are kept;
+#: every call validates them into fresh settings.
+_COMPOSED: dict[str, str] = {}
+_COMPOSED_MAX = 8
+
+
 def settings_for(context: Context, extra_overrides: list[str]) -> ExperimentSettings:
     """The experiment settings named by the run config (plus test/CLI overrides).
 
     Composing hydra takes most of a second, so the resolved config is kept in
-    ``context.state`` (per node and run) and reused while the overrides stay the same.
+    ``context.state`` (per node and run) and, for other nodes in the same process, in
+    :data:`_COMPOSED`, and reused while the overrides stay the same.
     """
     overrides = overrides_from_run_config(context.run_config) + extra_overrides
     key = json.dumps(overrides)
     cached = context.state.config_records.get(SETTINGS_STATE)
     if cached is not None and cached["overrides"] == key:
         return settings_from_config(json.loads(str(cached["resolved"])))
-    settings = load_settings(overrides)
-    context.state[SETTINGS_STATE] = ConfigRecord(
-        {"overrides": key, "resolved": json.dumps(settings.resolved)}
-    )
+    resolved = _COMPOSED.get(key)
+    if resolved is not None:
+        settings = settings_from_config(json.loads(resolved))
+    else:
+        settings = load_settings(overrides)
+        resolved = json.dumps(settings.resolved)
+        if len(_COMPOSED) >= _COMPOSED_MAX:
+            _COMPOSED.pop(next(iter(_COMPOSED)))
+        _COMPOSED[key] = resolved
+    context.state[SETTINGS_STATE] = ConfigRecord({"overrides": key, "resolved": resolved})
     return settings
 
 

@@ -46,3 +46,39 @@ def test_train_instruction_is_refused(tmp_path: Path, config: dict, match: str) 
         app(_train(config), context)
     if "foundation-hash" in config:
         assert isinstance(info.value, FoundationMismatchError)
+
+
+def test_nodes_of_one_process_compose_the_run_config_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many virtual sites in one simulation process: one hydra compose per override list."""
+    from client import site_runner
+
+    # Prepare: count the composes; two nodes with the same run config, one with another
+    site = make_site(tmp_path / "sites", "site_a", CLS_TASK)
+    overrides = tiny_overrides([site], tmp_path / "run", 1)
+    composed: list[list[str]] = []
+    real = site_runner.load_settings
+
+    def counting(given: list[str]) -> object:
+        composed.append(list(given))
+        return real(given)
+
+    monkeypatch.setattr(site_runner, "load_settings", counting)
+    monkeypatch.setattr(site_runner, "_COMPOSED", {})
+
+    def context(node: int) -> Context:
+        return Context(run_id=1, node_id=node, node_config={}, state=RecordDict(),
+                       run_config={})
+
+    # Execute
+    first = site_runner.settings_for(context(1), overrides)
+    second = site_runner.settings_for(context(2), overrides)
+    other = site_runner.settings_for(context(3), [*overrides, "federation.rounds=2"])
+
+    # Assert: composed for the first node and for the other override list only; equal values,
+    # but fresh objects (one node cannot change another's settings)
+    assert len(composed) == 2 and composed[1][-1] == "federation.rounds=2"
+    assert first.resolved == second.resolved and first is not second
+    assert first.federation is not second.federation
+    assert other.federation.rounds == 2 and first.federation.rounds == 1
