@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.report import insert_section, mean_std
+from simulations.report import insert_section, mean_std, shown_path, write_synthetic_site
 
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Federated LoRA (#14)"
@@ -736,7 +736,6 @@ def _scale_lines(res: Mapping[str, Any]) -> list[str]:
 def make_quick_sites(root: Path, seed: int = 0, n_sites: int = 2) -> dict[str, list[Path]]:
     """Tiny SYNTHETIC tabular survival sites for ``--quick`` (task ``synth_surv``)."""
     from unicon_core.config import TaskSpec
-    from unicon_core.data.manifest import SiteMetadata, write_site_json
 
     rng = np.random.default_rng(seed)
     feats = [f"x{i}" for i in range(4)]
@@ -747,31 +746,21 @@ def make_quick_sites(root: Path, seed: int = 0, n_sites: int = 2) -> dict[str, l
     splits = ["train"] * 24 + ["val"] * 8 + ["test"] * 16
     dirs = []
     for s in range(n_sites):
-        site = root / f"{QUICK_TASK}_{s}"
-        site.mkdir(parents=True)
-        write_site_json(site, SiteMetadata(
-            site=site.name, synthetic=True, source="simulations.federated_lora_bench",
-            description="SYNTHETIC tiny tabular survival site (--quick)", task=spec))
+        name = f"{QUICK_TASK}_{s}"
         x = rng.normal(size=(len(splits), len(feats)))
         risk = x @ np.array([1.0, -0.5, 0.5, 0.0])
-        with (site / "manifest.csv").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["id", "split", *feats, "time", "event"])
-            w.writeheader()
-            for i, split in enumerate(splits):
-                w.writerow({"id": f"{site.name}-{i}", "split": split,
-                            **{f: f"{x[i, j]:.4f}" for j, f in enumerate(feats)},
-                            "time": f"{float(np.exp(-risk[i]) * 100 + 1):.1f}",
-                            "event": int(rng.random() < 0.7)})
-        dirs.append(site)
+        rows = [{"id": f"{name}-{i}", "split": split,
+                 **{f: f"{x[i, j]:.4f}" for j, f in enumerate(feats)},
+                 "time": f"{float(np.exp(-risk[i]) * 100 + 1):.1f}",
+                 "event": int(rng.random() < 0.7)} for i, split in enumerate(splits)]
+        dirs.append(write_synthetic_site(root / name, spec, "simulations.federated_lora_bench",
+                                         "SYNTHETIC tiny tabular survival site (--quick)", rows))
     return {QUICK_TASK: dirs}
 
 
 # ------------------------------------------------------------------------------ main
 def _rel(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(REPO))
-    except ValueError:
-        return path.name
+    return shown_path(path)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

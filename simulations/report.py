@@ -25,6 +25,24 @@ def shown_path(path: str | Path) -> str:
         return "/".join(["...", *p.parts[-2:]])
 
 
+def write_synthetic_site(folder: Path, spec: Any, source: str, description: str,
+                         rows: Sequence[dict[str, Any]]) -> Path:
+    """A SYNTHETIC benchmark site: ``site.json`` (``synthetic: true``, ``spec``'s task) and a
+    ``manifest.csv`` of ``rows`` (columns in the first row's order)."""
+    import csv
+
+    from unicon_core.data.manifest import SiteMetadata, write_site_json
+
+    folder.mkdir(parents=True)
+    write_site_json(folder, SiteMetadata(site=folder.name, synthetic=True, source=source,
+                                         description=description, task=spec))
+    with (folder / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
 def shown_command(args: Sequence[str]) -> str:
     """A command line as committed reports show it: every absolute path in it, alone or as
     ``--opt=PATH`` / ``key=PATH``, through :func:`shown_path`."""

@@ -36,7 +36,6 @@ Writes ``simulations/results/robustness.md`` (the BENCHMARKS section). Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -52,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.report import mean_std
+from simulations.report import mean_std, write_synthetic_site
 from unicon_core.federation.validation import update_norm
 from unicon_flower.inprocess import FIRST_NODE
 
@@ -146,7 +145,6 @@ def make_sites(root: Path, seed: int) -> list[Path]:
     split ``TRAIN_ROWS`` / ``VAL_ROWS`` / ``TEST_ROWS`` (test only ever read by evaluation).
     """
     from unicon_core.config import TaskSpec
-    from unicon_core.data.manifest import SiteMetadata, write_site_json
 
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=len(FEATURES))
@@ -155,20 +153,14 @@ def make_sites(root: Path, seed: int) -> list[Path]:
     splits = ["train"] * TRAIN_ROWS + ["val"] * VAL_ROWS + ["test"] * TEST_ROWS
     dirs = []
     for s in range(SITES):
-        site = root / f"site_{s}"
-        site.mkdir(parents=True)
-        write_site_json(site, SiteMetadata(
-            site=site.name, synthetic=True, source="simulations.robustness_bench",
-            description="SYNTHETIC linear-rule classification", task=spec))
+        name = f"site_{s}"
         x = rng.normal(loc=0.3 * (s - 2), size=(rows, len(FEATURES)))  # sites differ in mean
         y = (x @ weights + 0.5 * rng.normal(size=rows) > x.mean(0) @ weights).astype(int)
-        with (site / "manifest.csv").open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["id", "split", *FEATURES, "label"])
-            writer.writeheader()
-            for i in range(rows):
-                writer.writerow({"id": f"{site.name}-{i}", "split": splits[i], "label": y[i],
-                                 **{f: f"{x[i, j]:.5f}" for j, f in enumerate(FEATURES)}})
-        dirs.append(site)
+        table = [{"id": f"{name}-{i}", "split": splits[i],
+                  **{f: f"{x[i, j]:.5f}" for j, f in enumerate(FEATURES)}, "label": y[i]}
+                 for i in range(rows)]
+        dirs.append(write_synthetic_site(root / name, spec, "simulations.robustness_bench",
+                                         "SYNTHETIC linear-rule classification", table))
     return dirs
 
 
