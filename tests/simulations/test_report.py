@@ -232,6 +232,7 @@ def test_wall_time_section_reports_cold_and_kept_superlink_runs() -> None:
 
     assert "ratio **4.00×**, goal ≤ 1.3×: **MISSED**" in text
     assert "warm run takes 12.0 s: ratio **1.20×**, goal ≤ 1.3×: met" in text
+    assert "saves 17.0 s of start-up and 3.0 s of shut-down" in text
     assert "| Flower start-up until the ServerApp runs | 20.0 | 9.0 | 3.0 | 50% | 25% | 25% |" \
         in text
     assert overhead_section(None)[-2] == "not measured in this run."
