@@ -70,8 +70,10 @@ def test_the_regime_config_validates(tmp_path: Path) -> None:
     # Execute
     cfg, _, overrides = fb.regime(tmp_path)
     quick, _, _ = fb.regime(tmp_path, quick=True, seeds=[5])
-    # Assert: two 2D brain-MRI stages, a higher lr for the shared weights, three seeds
-    assert [s.name for s in cfg.stages] == ["segmentation", "classification"]
+    # Assert: clinical survival then 2D brain-MRI classification (the shared layers serve both),
+    # a higher lr for the shared weights, three seeds
+    assert [s.name for s in cfg.stages] == ["prognosis", "classification"]
+    assert cfg.stages[0].sites == ["gbsg2_a", "gbsg2_b"]
     assert cfg.seeds == [0, 1, 2] and cfg.plugins == []
     assert cfg.lr > 0.002
     assert f"experiment={fb.EXPERIMENT}" in overrides
