@@ -6,12 +6,13 @@ Usage::
         [--data-root DIR] [--runs-dir DIR] [--out BENCHMARKS.md] [--report-only RESULTS_JSON]
         [--merge RESULTS_JSON ...]
 
-Runs the stages of ``configs/experiment/continual_forgetting.yaml`` (fewer, related stages and a
-larger budget for the shared weights than the continual suite, so that naive sequential
-fine-tuning forgets) with every method of :data:`METHODS`, each seed, same data and budget, on
-the product's federation. Everything goes to ``<runs-dir>/<time>-forgetting/`` (stage runs,
-``results.json``); the "Forgetting regime (#15)" section of ``--out`` is the only file written
-outside it. ``--quick`` runs one round of two local steps per stage (a smoke test, not a result).
+Runs the stages of ``configs/experiment/continual_forgetting.yaml`` (two stages, clinical survival
+then tumour classification, and a higher lr for the shared weights than the continual suite, so
+that naive sequential fine-tuning forgets) with every method of :data:`METHODS`, each seed, same
+data and budget, on the product's federation. Everything goes to
+``<runs-dir>/<time>-forgetting/`` (stage runs, ``results.json``); the "Forgetting regime (#15)"
+section of ``--out`` is the only file written outside it. ``--quick`` runs one round of two local
+steps per stage (a smoke test, not a result).
 Seeds can run in separate processes (``--seeds 0 --out /tmp/s0.md``, ...) and be joined with
 ``--merge`` (their ``results.json`` files, seed order kept), which writes the section.
 """
