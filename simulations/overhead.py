@@ -14,8 +14,8 @@ one process:
 
 Each flwr time is split with the server's own clock (``results.json`` ``timing``): Flower
 start-up until the ServerApp runs, the query round (the first ClientApp calls), the training
-rounds, and shut-down. ``python -m simulations.overhead`` measures only this and rewrites its
-section of BENCHMARKS.md (``run_benchmarks --only-overhead``).
+rounds, and shut-down. ``python -m simulations.run_benchmarks --only-overhead`` measures only
+this and rewrites its section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -73,17 +73,3 @@ def measure_overhead(
             "kept_first": first, "warm": warm, "warm_ratio": warm["total_s"] / plain_s,
             "comparator": "in-process federation (unicon_flower.runner)",
             "sites": len(sites), "rounds": rounds, "local_steps": int(train.max_steps or 0)}
-
-
-def main() -> None:
-    """Measure only the wall times and rewrite their section of BENCHMARKS.md (the suite's
-    options apply: ``--data-root``, ``--runs-dir``, ``--out``, ``--override``)."""
-    import sys
-
-    from simulations.run_benchmarks import main as suite_main
-
-    suite_main([*sys.argv[1:], "--only-overhead"])
-
-
-if __name__ == "__main__":
-    main()

@@ -227,8 +227,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
         sites = open_sites(cfg, cfg.seeds[0])
         overhead = _overhead(cfg, backbone, overrides, sites, run_dir)
-        given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--only-overhead"]
-        meta = {"command": shown_command(["python -m simulations.overhead", *given]),
+        meta = {"command": shown_command(["python -m simulations.run_benchmarks",
+                                          *(sys.argv[1:] if argv is None else argv)]),
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "machine": machine()}
         insert_section(args.out, "\n".join(overhead_section(overhead, meta)))

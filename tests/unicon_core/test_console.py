@@ -24,6 +24,8 @@ def restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv(console.VERBOSITY_ENV, raising=False)
     monkeypatch.delenv("WANDB_SILENT", raising=False)
     levels = {name: logging.getLogger(name).level for name in console.DEPENDENCY_LOGGERS}
+    for name in levels:  # as in a fresh process, whatever an earlier test (e.g. a bench) set
+        logging.getLogger(name).setLevel(logging.NOTSET)
     with warnings.catch_warnings():
         yield
     for name, level in levels.items():
