@@ -715,8 +715,8 @@ def _scale_lines(res: Mapping[str, Any]) -> list[str]:
            "evaluation off (the table measures training rounds), seed "
            f"{res['scale_seed']}. One child process per size; peak RSS = the largest sum over "
            "its process tree (psutil, every 0.1 s). The query round asks every site once "
-           "(validation, task, size); each site then composes and validates the run's whole "
-           "config, which lists all N site folders, so its cost per site grows with N.", "",
+           "(validation, task, size); the simulation process composes the run's config "
+           "once and each site validates it (the config lists all N site folders).", "",
            "| sites | query round s (per site) | seconds per round | sites trained per round | "
            "messages (query / train / evaluate) | messages to non-sampled sites | peak RSS "
            "MiB |", "|---|---|---|---|---|---|---|"]
