@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from unicon_core.files import write_atomic
 from unicon_core.processes import (
     LOOPBACK,
     alive,
@@ -49,14 +50,6 @@ DEPLOY = REPO / "deploy"
 HOST = LOOPBACK
 
 __all__ = ["HOST", "LoopbackFederation", "alive", "free_port", "wait_until"]
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``, owner-only (0600) whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
 
 
 @dataclass
@@ -225,13 +218,13 @@ class LoopbackFederation:
         from cryptography.hazmat.primitives.asymmetric import ed25519
 
         key = ed25519.Ed25519PrivateKey.generate()
-        _write_private(self.pki / "consortium_key", key.private_bytes(
+        write_atomic(self.pki / "consortium_key", key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption()).decode())
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                serialization.PublicFormat.OpenSSH).decode()
         self.trusted_entities = self.pki / "trusted_entities.yaml"
-        _write_private(self.trusted_entities, f"consortium: '{public}'\n")
+        write_atomic(self.trusted_entities, f"consortium: '{public}'\n")
         return self.pki / "consortium_key"
 
     def snapshot_app(self) -> Path:
@@ -309,7 +302,7 @@ class LoopbackFederation:
         the consortium's ``signature`` of the FAB in the run config)."""
         result = self.run(self._flwr_run_args(overrides, signature), timeout_s=timeout_s,
                           FLWR_HOME=str(self.home))
-        _write_private(self.root / "flwr_run.log", result.stdout)
+        write_atomic(self.root / "flwr_run.log", result.stdout)
         return result
 
     def start_flwr_run(self, overrides: Sequence[str], label: str = "flwr-run"
