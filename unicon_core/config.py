@@ -132,6 +132,12 @@ class TaskSpec:
         metadata={"help": "The skill's file-to-tensor steps (data.transforms.PreprocessConfig "
                   "fields, e.g. crop_foreground, pad_square); empty: the run's defaults."},
     )
+    stem_rank: int | None = field(
+        default=None,
+        metadata={"help": "Low-rank patch stem: each patch goes through Conv(C->r) then "
+                  "Linear(r->hidden) instead of one Conv(C->hidden) (a much smaller skill on "
+                  "wide transformers); null: the full patch embedding. Token backbones only."},
+    )
 
     def __post_init__(self) -> None:
         owner = f"task {self.name!r}" if isinstance(self.name, str) else "task"
@@ -161,6 +167,8 @@ class TaskSpec:
             self._validate_image(owner)
         if self.decoder not in DECODERS:
             raise _fail(owner, "decoder", f"{self.decoder!r} is not one of {list(DECODERS)}")
+        if self.stem_rank is not None:
+            self._validate_stem_rank(owner)
         if self.preprocess:
             self._validate_preprocess(owner)
         else:
@@ -176,6 +184,26 @@ class TaskSpec:
                     "num_classes",
                     f"segmentation counts background: needs >= 2, got {self.num_classes}",
                 )
+
+    def _validate_stem_rank(self, owner: str) -> None:
+        """A low-rank stem needs an image task and a rank below the patch's input size
+        (``channels * patch_size**spatial_dims``); at or above it nothing is factorised away."""
+        rank = self.stem_rank
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise _fail(owner, "stem_rank", f"must be an integer >= 1 or null, got {rank!r}")
+        if self.modality is Modality.CLINICAL:
+            raise _fail(
+                owner, "stem_rank", f"{rank} is set but a clinical task has no patch stem"
+            )
+        limit = self.channels * self.patch_size**self.spatial_dims
+        if rank >= limit:
+            raise _fail(
+                owner,
+                "stem_rank",
+                f"{rank} must be < channels * patch_size**spatial_dims = {self.channels} * "
+                f"{self.patch_size}**{self.spatial_dims} = {limit} (a patch's input size), "
+                "otherwise the low-rank stem saves nothing",
+            )
 
     def _validate_preprocess(self, owner: str) -> None:
         """Validate the declared steps and keep them in canonical (JSON-ready) form."""
@@ -239,15 +267,19 @@ class TaskSpec:
 
     @property
     def stem_key(self) -> str:
-        """Key of the stem this task uses; tasks with equal keys share a stem."""
+        """Key of the stem this task uses; tasks with equal keys share a stem. A low-rank stem
+        ends in ``_r<stem_rank>``, so stems of different ranks (or full ones) are never shared."""
+        rank = "" if self.stem_rank is None else f"_r{self.stem_rank}"
         if self.own_stem:
-            return f"task_{self.name}"
+            return f"task_{self.name}{rank}"
         if self.modality is Modality.CLINICAL:
             digest = hashlib.sha1("\n".join(self.feature_names).encode()).hexdigest()[:10]
             return f"clinical_f{len(self.feature_names)}_{digest}"
         size = "x".join(str(s) for s in self.input_size)
         modality = self.modality.value.replace("+", "_")
-        return f"{modality}_{self.spatial_dims}d_c{self.channels}_{size}_p{self.patch_size}"
+        return (
+            f"{modality}_{self.spatial_dims}d_c{self.channels}_{size}_p{self.patch_size}{rank}"
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
@@ -262,8 +294,8 @@ class TaskSpec:
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping (enums as strings); ``preprocess`` only when declared, so
-        specs (and site.json files, bundles) of tasks declaring none are unchanged."""
+        """A JSON-ready mapping (enums as strings); ``preprocess`` and ``stem_rank`` only when
+        declared, so specs (and site.json files, bundles) of tasks declaring none are unchanged."""
         out = {
             "name": self.name,
             "kind": self.kind.value,
@@ -285,6 +317,8 @@ class TaskSpec:
         }
         if self.preprocess:
             out["preprocess"] = dict(self.preprocess)
+        if self.stem_rank is not None:
+            out["stem_rank"] = self.stem_rank
         return out
 
 

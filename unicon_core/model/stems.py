@@ -24,6 +24,8 @@ class StemSpec:
     input_size: tuple[int, ...]
     patch_size: int
     feature_names: tuple[str, ...] = field(default_factory=tuple)
+    #: rank of a low-rank patch projection (None: the full MONAI patch embedding)
+    stem_rank: int | None = None
 
     @classmethod
     def from_task(cls, spec: TaskSpec) -> StemSpec:
@@ -36,11 +38,13 @@ class StemSpec:
             input_size=tuple(spec.input_size),
             patch_size=spec.patch_size,
             feature_names=tuple(spec.feature_names),
+            stem_rank=spec.stem_rank,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (stored in checkpoints)."""
-        return {
+        """JSON-ready form (stored in checkpoints); ``stem_rank`` only when set, so foundation
+        files of full stems are unchanged."""
+        out: dict[str, Any] = {
             "key": self.key,
             "modality": self.modality,
             "spatial_dims": self.spatial_dims,
@@ -49,10 +53,14 @@ class StemSpec:
             "patch_size": self.patch_size,
             "feature_names": list(self.feature_names),
         }
+        if self.stem_rank is not None:
+            out["stem_rank"] = self.stem_rank
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StemSpec:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (older files without ``stem_rank``: a full stem)."""
+        rank = data.get("stem_rank")
         return cls(
             key=str(data["key"]),
             modality=str(data["modality"]),
@@ -61,6 +69,7 @@ class StemSpec:
             input_size=tuple(int(s) for s in data["input_size"]),
             patch_size=int(data["patch_size"]),
             feature_names=tuple(str(f) for f in data.get("feature_names", [])),
+            stem_rank=None if rank is None else int(rank),
         )
 
     @property
@@ -84,12 +93,70 @@ def check_image_input(spec: StemSpec, x: torch.Tensor) -> None:
         )
 
 
+class FactorisedPatchProjection(nn.Module):
+    """Patch → ``hidden`` features through rank ``r``: Conv(C→r, kernel=stride=patch), then a
+    Linear(r→hidden) on every patch. Output ``(B, hidden, *grid)`` like MONAI's patch conv."""
+
+    def __init__(
+        self, channels: int, rank: int, hidden_size: int, patch_size: int, spatial_dims: int
+    ) -> None:
+        super().__init__()
+        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        # no bias on the first factor: the Linear's bias already adds any constant
+        self.down = conv(channels, rank, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.up = nn.Linear(rank, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` → ``(B, hidden, *grid)``."""
+        return self.up(self.down(x).movedim(1, -1)).movedim(-1, 1)
+
+
+class LowRankPatchEmbedding(nn.Module):
+    """MONAI's ``PatchEmbeddingBlock`` (conv projection, learnable positional embedding) with
+    the projection factorised through rank ``r``.
+
+    The attribute names match MONAI's block (``patch_embeddings``, ``position_embeddings``,
+    ``dropout``), so masked-patch pretraining and modality expansion treat both alike. Parameters:
+    ``r * C * p**d`` + ``r * hidden + hidden`` + ``n_patches * hidden``, against
+    ``C * p**d * hidden + hidden + n_patches * hidden`` for the full block.
+    """
+
+    def __init__(self, spec: StemSpec, hidden_size: int) -> None:
+        super().__init__()
+        if spec.stem_rank is None:
+            raise ValueError(f"stem {spec.key!r} has no stem_rank; use the full patch embedding")
+        self.patch_embeddings = FactorisedPatchProjection(
+            spec.channels, spec.stem_rank, hidden_size, spec.patch_size, spec.spatial_dims
+        )
+        n_patches = math.prod(spec.grid)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, n_patches, hidden_size))
+        nn.init.trunc_normal_(self.position_embeddings, mean=0.0, std=0.02, a=-2.0, b=2.0)
+        self.dropout = nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` → ``(B, N, hidden)``, as ``PatchEmbeddingBlock.forward``."""
+        tokens = self.patch_embeddings(x).flatten(2).transpose(-1, -2)
+        return self.dropout(tokens + self.position_embeddings)
+
+
+def low_rank_stem_limit(channels: int, patch_size: int, spatial_dims: int, hidden: int) -> int:
+    """The largest ``stem_rank`` whose projection is smaller than the full one, i.e. the
+    largest r with ``r * (C * p**d + hidden) < C * p**d * hidden``."""
+    patch = channels * patch_size**spatial_dims
+    return (patch * hidden - 1) // (patch + hidden)
+
+
 class ImageStem(nn.Module):
-    """2D/3D image → patch tokens with a learnable positional embedding (MONAI patch embedding)."""
+    """2D/3D image → patch tokens with a learnable positional embedding (MONAI patch embedding,
+    or its low-rank form when the spec has a ``stem_rank``)."""
 
     def __init__(self, spec: StemSpec, hidden_size: int, num_heads: int) -> None:
         super().__init__()
         self.spec = spec
+        self.embed: nn.Module
+        if spec.stem_rank is not None:
+            self.embed = LowRankPatchEmbedding(spec, hidden_size)
+            return
         self.embed = PatchEmbeddingBlock(
             in_channels=spec.channels,
             img_size=spec.input_size,

@@ -28,7 +28,7 @@ from unicon_core.keys import SkillPart, key_set_problems
 from unicon_core.model.backbones import FoundationBackbone, create_backbone, resolve_lora_targets
 from unicon_core.model.foundation import load_foundation_into, tensor_hash
 from unicon_core.model.heads import build_feature_head, build_head
-from unicon_core.model.stems import ChannelStem, StemSpec, build_stem
+from unicon_core.model.stems import ChannelStem, StemSpec, build_stem, low_rank_stem_limit
 from unicon_core.seeds import derived_seed
 
 
@@ -161,6 +161,8 @@ class UniconModel(nn.Module):
         reason = core.supports(spec)
         if reason is None and spec.decoder == "unetr" and core.input_kind != "tokens":
             reason = "the unetr decoder reads tokens; use decoder fpn (or auto)"
+        if reason is None and spec.stem_rank is not None:
+            reason = self._stem_rank_problem(spec, slot)
         if reason is not None:
             raise ValueError(f"task {spec.name!r} cannot use backbone {core.family!r}: {reason}")
         stem_spec = StemSpec.from_task(spec)
@@ -188,6 +190,23 @@ class UniconModel(nn.Module):
         self.heads[spec.name] = head
         self.specs[spec.name] = spec
         self.freeze_all()
+
+    def _stem_rank_problem(self, spec: TaskSpec, slot: str) -> str | None:
+        """Why ``spec.stem_rank`` cannot apply on ``slot``'s backbone (None: it can)."""
+        if self.core(slot).input_kind != "tokens":
+            return (
+                f"stem_rank={spec.stem_rank} sets a low-rank patch stem, but this image "
+                "backbone reads the image through a channel stem, not patch tokens; remove "
+                "stem_rank"
+            )
+        hidden = self.slot_cfg[slot].hidden_size
+        limit = low_rank_stem_limit(spec.channels, spec.patch_size, spec.spatial_dims, hidden)
+        if spec.stem_rank is not None and spec.stem_rank > limit:
+            return (
+                f"stem_rank={spec.stem_rank} makes the patch projection no smaller than the full "
+                f"one at hidden_size {hidden}; use stem_rank <= {limit}"
+            )
+        return None
 
     def _add_adapter(self, spec: TaskSpec, slot: str) -> None:
         lora = LoraConfig(

@@ -42,6 +42,9 @@ SEG3 = TaskSpec(
     patch_size=4,
     num_classes=2,
 )
+# the same tasks with a low-rank patch stem (TaskSpec.stem_rank)
+CLS_LR = TaskSpec(**{**CLS.__dict__, "name": "cls_lr", "stem_rank": 4})
+SEG3_LR = TaskSpec(**{**SEG3.__dict__, "name": "seg3_lr", "stem_rank": 8})
 SURV = TaskSpec(
     name="surv",
     kind="survival",
@@ -56,6 +59,7 @@ INPUTS = {
     "seg3": torch.randn(2, 2, 8, 8, 8, generator=torch.Generator().manual_seed(3)),
     "surv": torch.randn(5, 3, generator=torch.Generator().manual_seed(4)),
 }
+INPUTS["cls_lr"], INPUTS["seg3_lr"] = INPUTS["cls"], INPUTS["seg3"]
 
 
 def _model(*specs: TaskSpec, seed: int = 0) -> UniconModel:
@@ -76,7 +80,7 @@ def _train_a_little(model: UniconModel, task: str, steps: int = 3) -> None:
     model.freeze_all()
 
 
-@pytest.mark.parametrize("new", [SEG2, SEG3, SURV])
+@pytest.mark.parametrize("new", [SEG2, SEG3, SURV, CLS_LR, SEG3_LR])
 def test_adding_and_training_task_b_leaves_backbone_and_task_a_bit_identical(new: TaskSpec) -> None:
     # Prepare
     model = _model(CLS)
@@ -132,7 +136,7 @@ def test_foundation_stem_is_shared_frozen_and_outside_every_skill(tmp_path) -> N
 
 
 def test_skill_state_dict_holds_exactly_the_tasks_trainable_tensors() -> None:
-    model = _model(CLS, SEG3, SURV)
+    model = _model(CLS, SEG3, SURV, SEG3_LR)
     for task in model.tasks:
         keys = model.skill_keys(task)
         trainable = model.train_skill(task)
@@ -160,17 +164,17 @@ def test_skill_state_dict_holds_exactly_the_tasks_trainable_tensors() -> None:
     )
 
 
-@pytest.mark.parametrize("task", ["cls", "seg2", "seg3", "surv"])
+@pytest.mark.parametrize("task", ["cls", "seg2", "seg3", "surv", "cls_lr", "seg3_lr"])
 def test_skill_round_trip_reproduces_outputs(task: str, tmp_path) -> None:
     from safetensors.torch import load_file, save_file
 
     # Prepare: a trained skill in one model
-    source = _model(CLS, SEG2, SEG3, SURV, seed=0)
+    source = _model(CLS, SEG2, SEG3, SURV, CLS_LR, SEG3_LR, seed=0)
     _train_a_little(source, task)
     expected = source(INPUTS[task], task).detach()
     save_file(source.skill_state_dict(task), str(tmp_path / "skill.safetensors"))
     # Execute: load into a fresh model built the same way (another process would do the same)
-    target = _model(CLS, SEG2, SEG3, SURV, seed=0)
+    target = _model(CLS, SEG2, SEG3, SURV, CLS_LR, SEG3_LR, seed=0)
     assert not torch.equal(target(INPUTS[task], task), expected)
     target.load_skill_state_dict(task, load_file(str(tmp_path / "skill.safetensors")))
     # Assert
