@@ -73,10 +73,20 @@ def as_plan(name: str | Plan) -> Plan:
         raise ValueError(f"unknown plan {name!r}; plans: {list(PLAN_NAMES)}") from None
 
 
-def backbone_names(model: UniconModel) -> list[str]:
-    """``named_parameters`` names of the backbone's own (non-LoRA) weights."""
+def backbone_prefix(model: UniconModel, task: str | None = None) -> str:
+    """Parameter-name prefix of the backbone serving ``task`` (the main backbone for ``None``
+    or a task on slot ""; ``modality_backbones.<slot>.`` for a modality's own network)."""
+    slot = "" if task is None else model.task_slot[model.spec(task).name]
+    return "backbone." if slot == "" else f"modality_backbones.{slot}."
+
+
+def backbone_names(model: UniconModel, task: str | None = None) -> list[str]:
+    """``named_parameters`` names of the own (non-LoRA) weights of the backbone that serves
+    ``task`` (the main backbone when ``None``): a plan that trains "the backbone" trains the
+    network the task runs on, also when its modality has a backbone of its own."""
+    prefix = backbone_prefix(model, task)
     return [n for n, _ in model.named_parameters()
-            if n.startswith("backbone.") and ".lora_" not in n]
+            if n.startswith(prefix) and ".lora_" not in n]
 
 
 def plain(name: str) -> str:
@@ -95,7 +105,7 @@ def plan_parameters(model: UniconModel, task: str, plan: str | Plan) -> dict[str
     stem_prefix = f"stems.{model.task_stem[task]}."
     own_stem = {k: p for k, p in skill.items() if k.startswith("stem.")}
     stem = own_stem or {n: p for n, p in named.items() if n.startswith(stem_prefix)}
-    backbone = {plain(n): named[n] for n in backbone_names(model)}
+    backbone = {plain(n): named[n] for n in backbone_names(model, task)}
     head = {k: p for k, p in skill.items() if k.startswith("head.")}
     if plan is Plan.HEAD:
         return head
@@ -159,23 +169,27 @@ def as_arrays(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- depth
-def num_layers(model: UniconModel) -> int:
-    """Backbone blocks."""
-    return len(model.core_backbone.block_names())
+def num_layers(model: UniconModel, task: str | None = None) -> int:
+    """Blocks of the backbone serving ``task`` (the main backbone when ``None``)."""
+    core = model.core_backbone if task is None else model.backbone_for(task)
+    return len(core.block_names())
 
 
-def depth(key: str, model: UniconModel) -> int:
+def depth(key: str, model: UniconModel, task: str | None = None) -> int:
     """Layer index of a plan key: 0 the stem (or a CNN's first convolution), 1..L the backbone's
-    blocks in order, L+1 the top (a transformer's final norm and the head)."""
+    blocks in order, L+1 the top (a transformer's final norm and the head); the backbone is
+    the one serving ``task`` (the main backbone when ``None``)."""
+    core = model.core_backbone if task is None else model.backbone_for(task)
+    top = len(core.block_names()) + 1
     if key.startswith(("stems.", "stem.")):
         return 0
-    if key.startswith(("backbone.", "adapter.")):
-        for index, block in enumerate(model.core_backbone.block_names()):
+    if key.startswith(("backbone.", "modality_backbones.", "adapter.")):
+        for index, block in enumerate(core.block_names()):
             if f".{block}." in key:
                 return index + 1
         # outside every block: a CNN's input convolution (bottom) or a transformer's final norm
-        return 0 if not model.reads_tokens else num_layers(model) + 1
-    return num_layers(model) + 1
+        return 0 if core.input_kind != "tokens" else top
+    return top
 
 
 def unfrozen_from(r: int, rounds: int, top: int) -> int:
@@ -192,12 +206,12 @@ def round_plan(model: UniconModel, task: str, plan: str | Plan, r: int, rounds: 
     factor per depth under discriminative learning rates (``lr * DECAY ** (top - depth)``)."""
     plan = as_plan(plan)
     keys = plan_keys(model, task, plan)
-    top = num_layers(model) + 1
+    top = num_layers(model, task) + 1
     if plan is Plan.GRADUAL_UNFREEZING:
         lowest = unfrozen_from(r, rounds, top)
-        return RoundPlan(tuple(k for k in keys if depth(k, model) >= lowest))
+        return RoundPlan(tuple(k for k in keys if depth(k, model, task) >= lowest))
     if plan is Plan.DISCRIMINATIVE_LR:
-        return RoundPlan(tuple(keys), {k: DECAY ** (top - depth(k, model)) for k in keys})
+        return RoundPlan(tuple(keys), {k: DECAY ** (top - depth(k, model, task)) for k in keys})
     return RoundPlan(tuple(keys))
 
 

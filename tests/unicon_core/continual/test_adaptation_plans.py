@@ -107,3 +107,48 @@ def test_discriminative_lr_decays_with_depth(model: UniconModel) -> None:
     assert sorted(g["lr"] for g in groups) == pytest.approx(
         sorted(0.1 * DECAY ** d for d in (3, 2, 1, 0)))
     assert sum(len(g["params"]) for g in groups) == len(plan.keys)
+
+
+def test_backbone_plans_train_the_network_the_task_runs_on() -> None:
+    """A task whose modality has a backbone of its own: every backbone plan exchanges and
+    trains that network (not the main backbone it never runs on), with its own depths."""
+    # Prepare: the transformer for MRI, a tiny I3ResNet for CT
+    cnn = {"name": "i3resnet", "options": {"blocks": [1, 1, 1, 1], "width": 8}}
+    model = UniconModel(BackboneConfig(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=64,
+                                       modalities={"ct": cnn}), seed=0)
+    model.add_task(TaskSpec(name=TASK, input_size=[16, 16], patch_size=8))
+    model.add_task(TaskSpec(name="ct_cls", modality="ct", spatial_dims=3,
+                            input_size=[16, 16, 16], patch_size=8))
+    main = set(backbone_names(model, TASK))
+    ct = set(backbone_names(model, "ct_cls"))
+    # Assert: disjoint networks; the default is the main backbone
+    assert main == set(backbone_names(model)) and all(n.startswith("backbone.") for n in main)
+    assert ct and all(n.startswith("modality_backbones.ct.") for n in ct) and not main & ct
+    for plan in (Plan.BACKBONE, Plan.FULL, Plan.FULL_FINETUNE):
+        keys = set(plan_keys(model, "ct_cls", plan))
+        assert {n.replace(".base_layer", "") for n in ct} <= keys
+        assert not any(k.startswith("backbone.") for k in keys)
+    # depths follow the CNN's blocks: gradual unfreezing opens its input conv last
+    top = len(model.backbone_for("ct_cls").block_names()) + 1
+    first = round_plan(model, "ct_cls", Plan.GRADUAL_UNFREEZING, 0, 3).keys
+    last = round_plan(model, "ct_cls", Plan.GRADUAL_UNFREEZING, 2, 3).keys
+    def stem_conv(k: str) -> bool:  # the CNN's input convolution (names may carry peft's wrap)
+        return k.startswith("modality_backbones.ct.") and ".conv1." in k and ".layer" not in k
+
+    assert not any(stem_conv(k) for k in first) and any(stem_conv(k) for k in last)
+    assert any(".layer4." in k for k in
+               round_plan(model, "ct_cls", Plan.GRADUAL_UNFREEZING, 1, 3).keys)
+    scales = round_plan(model, "ct_cls", Plan.DISCRIMINATIVE_LR, 0, 1).lr_scale
+    conv1 = next(k for k in scales if stem_conv(k))
+    assert scales[conv1] == pytest.approx(DECAY ** top)
+    # training the CT task's full plan moves the CNN and leaves the main backbone bit-identical
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    x = torch.randn(4, 1, 16, 16, 16)
+    params = trained_parameters(model, "ct_cls", Plan.FULL, 0, 1, 0.01)
+    opt = torch.optim.SGD(params, lr=0.1)
+    model.train_only("ct_cls", params)
+    model(x, "ct_cls").sum().backward()
+    opt.step()
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in main)
+    assert any(not torch.equal(before[n], after[n]) for n in ct)

@@ -93,15 +93,15 @@ class RefinedFoundation(SkillStrategy):
         self.ensure_task(task, ctx).load_skill_state_dict(task, self.skills[task])
 
     def fisher(self, plan: StagePlan, ctx: RunContext, batches: int = 2) -> dict[str, Any]:
-        """Diagonal Fisher of the backbone on the stage's train data (per site, averaged):
-        what :class:`~unicon_core.continual.plugins.ewc.EWCPlugin` consolidates."""
+        """Diagonal Fisher of each trained task's backbone on the stage's train data (per site,
+        averaged): what :class:`~unicon_core.continual.plugins.ewc.EWCPlugin` consolidates."""
         from unicon_core.continual.plugins.ewc import fisher_diagonal
         from unicon_core.training import make_loader
         from unicon_core.training.losses import loss_for
 
         model = self._model(ctx)
         device = module_device(model)
-        names = backbone_names(model)
+        names = {task: backbone_names(model, task) for task in plan.trained_tasks}
         per_site = []
         for task in plan.trained_tasks:
             loss_fn = loss_for(model.spec(task))
@@ -110,9 +110,11 @@ class RefinedFoundation(SkillStrategy):
                                      ctx.cfg.batch_size, shuffle=False)
                 chosen = [b for _, b in zip(range(batches), loader, strict=False)]
                 per_site.append(fisher_diagonal(
-                    model, names, [to_device(b, device) for b in chosen],
+                    model, names[task], [to_device(b, device) for b in chosen],
                     lambda m, b, t=task, f=loss_fn: f(m(b[BatchKey.INPUT.value], t).float(), b)))
-        return {n: torch.stack([f[n] for f in per_site]).mean(0) for n in names}
+        # each task's backbone (tasks of one stage may run on different modality backbones)
+        every = dict.fromkeys(n for task_names in names.values() for n in task_names)
+        return {n: torch.stack([f[n] for f in per_site if n in f]).mean(0) for n in every}
 
     def site_levels(self, plan: StagePlan, ctx: RunContext) -> dict[str, list[torch.Tensor]]:
         """Per-level pooled foundation features of each joining site's train split, on the
