@@ -287,6 +287,9 @@ def test_a_research_site_allows_the_runs_plan_and_nobody_else_does(tmp_path: Pat
     assert not any(k.startswith("backbone.") for k in plain.allowed) and plain.exact
     assert any(k.startswith("backbone.") for k in research.allowed) and not research.exact
     assert "backbone." in research.prefixes
+    # a modality's own backbone (e.g. the CT foundation serving CT tasks) is research data too
+    assert "modality_backbones." in research.prefixes
+    assert not {"backbone.", "modality_backbones."} & set(plain.prefixes)
 
 
 def test_the_executor_refuses_to_start_with_an_unusable_trust_file(tmp_path: Path) -> None:

@@ -47,8 +47,9 @@ class Plan(StrEnum):
 
 #: Every plan name (``federation.plan`` is checked against these).
 PLAN_NAMES: tuple[str, ...] = tuple(p.value for p in Plan)
-#: Key prefixes of research plans beyond a skill's (``adapter.``/``head.``/``stem.``).
-RESEARCH_PREFIXES = ("backbone.", "stems.")
+#: Key prefixes of research plans beyond a skill's (``adapter.``/``head.``/``stem.``): the
+#: main backbone, a modality's own backbone, shared stems.
+RESEARCH_PREFIXES = ("backbone.", "modality_backbones.", "stems.")
 #: Learning-rate factor per layer below the top in ``discriminative_lr`` (ULMFiT: 1/2.6).
 DECAY = 1 / 2.6
 
