@@ -604,7 +604,7 @@ def research_parameters(
         raise ValueError(f"plan {plan!r} trains more than a skill: delta codecs, LoRA rules, "
                          "FedProx and DP-SGD are only offered with plan 'skill'")
     return trained_parameters(model, task, plan, rnd - 1, settings.federation.rounds,
-                              settings.train.lr)
+                              settings.train.lr, settings.train.backbone_lr_scale)
 
 
 def combined(first: Any, second: Any) -> Any:

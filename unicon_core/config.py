@@ -398,6 +398,12 @@ class TrainConfig:
     batch_size: int = 8
     optimizer: str = "adamw"
     lr: float = 1e-3
+    backbone_lr_scale: float = field(
+        default=1.0,
+        metadata={"help": "lr factor for backbone weights when a research plan trains them "
+                          "(full, full_finetune, ...): a pretrained foundation wants a far "
+                          "lower lr than a fresh skill; skills never train backbone weights."},
+    )
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = field(default="constant", metadata={"help": "constant or cosine."})
@@ -423,6 +429,9 @@ class TrainConfig:
             raise _fail("train", "schedule", f"{self.schedule!r} is not constant or cosine")
         if self.lr <= 0:
             raise _fail("train", "lr", f"must be > 0, got {self.lr}")
+        if not 0 < self.backbone_lr_scale <= 1:
+            raise _fail("train", "backbone_lr_scale",
+                        f"must be in (0, 1], got {self.backbone_lr_scale}")
         if self.warmup_steps < 0:
             raise _fail("train", "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         check_device("train", self.device)

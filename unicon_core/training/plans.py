@@ -227,10 +227,18 @@ def lr_groups(
 
 
 def trained_parameters(
-    model: UniconModel, task: str, plan: str | Plan, r: int, rounds: int, lr: float
+    model: UniconModel, task: str, plan: str | Plan, r: int, rounds: int, lr: float,
+    backbone_lr_scale: float = 1.0,
 ) -> list[Any]:
-    """What ``train_task(params=...)`` takes for round ``r``: parameters, or lr groups."""
+    """What ``train_task(params=...)`` takes for round ``r``: parameters, or lr groups;
+    backbone weights (main or a modality's own) at ``lr x backbone_lr_scale`` on top of the
+    plan's own per-depth factors."""
     step = round_plan(model, task, plan, r, rounds)
     params = plan_parameters(model, task, plan)
     chosen = {k: params[k] for k in step.keys}
-    return lr_groups(chosen, step.lr_scale, lr) if step.lr_scale else list(chosen.values())
+    scales = dict(step.lr_scale)
+    if backbone_lr_scale != 1.0:
+        for key in chosen:
+            if key.startswith(("backbone.", "modality_backbones.")):
+                scales[key] = scales.get(key, 1.0) * backbone_lr_scale
+    return lr_groups(chosen, scales, lr) if scales else list(chosen.values())

@@ -152,3 +152,29 @@ def test_backbone_plans_train_the_network_the_task_runs_on() -> None:
     after = dict(model.named_parameters())
     assert all(torch.equal(before[n], after[n]) for n in main)
     assert any(not torch.equal(before[n], after[n]) for n in ct)
+
+
+def test_backbone_lr_scale_slows_backbone_weights_only(model: UniconModel) -> None:
+    from unicon_core.config import TrainConfig
+
+    # Execute
+    plain = trained_parameters(model, TASK, Plan.FULL, 0, 1, 0.01)
+    groups = trained_parameters(model, TASK, Plan.FULL, 0, 1, 0.01, backbone_lr_scale=0.1)
+    decayed = trained_parameters(model, TASK, Plan.DISCRIMINATIVE_LR, 0, 1, 0.01,
+                                 backbone_lr_scale=0.1)
+    # Assert: without a scale, one group of every plan parameter (today's behaviour)
+    assert not isinstance(plain[0], dict)
+    params = dict(model.named_parameters())
+    backbone = {id(params[n]) for n in backbone_names(model, TASK)}
+    by_id = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(by_id) == len(plain)
+    assert all(lr == pytest.approx(0.001 if pid in backbone else 0.01)
+               for pid, lr in by_id.items())
+    # discriminative lr: the depth factor and the backbone factor multiply
+    plain_decay = {id(p): g["lr"] for g in trained_parameters(
+        model, TASK, Plan.DISCRIMINATIVE_LR, 0, 1, 0.01) for p in g["params"]}
+    both = {id(p): g["lr"] for g in decayed for p in g["params"]}
+    assert all(both[i] == pytest.approx(plain_decay[i] * (0.1 if i in backbone else 1.0))
+               for i in both)
+    with pytest.raises(ValueError, match="backbone_lr_scale"):
+        TrainConfig(backbone_lr_scale=0)
