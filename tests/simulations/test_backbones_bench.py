@@ -28,3 +28,41 @@ def test_bootstrap_auc_brackets_the_point_estimate() -> None:
     auc, lo, hi = bootstrap_auc(y, score, reps=200)
     assert lo < auc < hi and 0.6 < auc < 0.9
     assert bootstrap_auc(y, y.astype(float), reps=50)[0] == 1.0
+
+
+def test_held_out_sources_are_whole_and_reach_their_share() -> None:
+    from simulations.backbones_bench import _hold_out_sources
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 5)
+    labels = (groups % 2).astype(int)
+    pool = groups >= 4  # sources 0-3 already elsewhere
+    held = _hold_out_sources(groups, labels, pool, 0.25, rng)
+    assert not held[~pool].any()
+    assert not set(groups[held]) & set(groups[pool & ~held])
+    for label in (0, 1):
+        share = held[pool & (labels == label)].mean()
+        assert 0.25 <= share < 0.25 + 5 / (pool & (labels == label)).sum() + 1e-9
+
+
+def test_train_select_keeps_the_best_validation_epoch() -> None:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from simulations.backbones_bench import TINY, Tensors, _scores, _task, train_select
+    from unicon_core.model.unicon import UniconModel
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(48) % 2
+    x = torch.rand(48, 1, 64, 64, generator=gen) * 0.5 + y[:, None, None, None] * 0.3
+    train = Tensors(x[:32], label=y[:32])
+    val = Tensors(x[32:], label=y[32:])
+    model = UniconModel(TINY, seed=0)
+    model.add_task(_task("tumour", "classification", "mri", 2, [64, 64]))
+    chosen = train_select(model, "tumour", train, val, epochs=3, lr=5e-3, seed=0, batch_size=8)
+    aucs = chosen["val_aucs"]
+    assert len(aucs) == 3 and chosen["val_auc"] == max(aucs)
+    assert chosen["epoch"] == aucs.index(max(aucs)) + 1
+    # the model holds the kept epoch's skill, whichever epoch that was
+    now = roc_auc_score(y[32:].numpy(), _scores(model, "tumour", val))
+    assert abs(now - chosen["val_auc"]) < 1e-6
