@@ -4,12 +4,13 @@ Usage::
 
     python -m simulations.forgetting_bench [--seeds 0 1 2] [--quick] [--methods NAME ...]
         [--data-root DIR] [--runs-dir DIR] [--out BENCHMARKS.md] [--report-only RESULTS_JSON]
-        [--merge RESULTS_JSON ...]
+        [--merge RESULTS_JSON ...] [--experiment NAME]
 
-Runs the stages of ``configs/experiment/continual_forgetting.yaml`` (two stages, clinical survival
-then tumour classification, and a higher lr for the shared weights than the continual suite, so
-that naive sequential fine-tuning forgets) with every method of :data:`METHODS`, each seed, same
-data and budget, on the product's federation. Everything goes to
+Runs the stages of ``configs/experiment/continual_forgetting_fm.yaml`` (``--experiment``: two
+stages on the pretrained MRI foundation, tissue segmentation then tumour classification, at a
+budget where naive sequential fine-tuning forgets; ``continual_forgetting`` is the earlier regime
+on the tiny random transformer, which did not) with every method of :data:`METHODS`, each seed,
+same data and budget, on the product's federation. Everything goes to
 ``<runs-dir>/<time>-forgetting/`` (stage runs, ``results.json``); the "Forgetting regime (#15)"
 section of ``--out`` is the only file written outside it. ``--quick`` runs one round of two local
 steps per stage (a smoke test, not a result).
@@ -34,7 +35,7 @@ from typing import Any
 from simulations.report import fmt, insert_section, mean_std
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT = "continual_forgetting"
+EXPERIMENT = "continual_forgetting_fm"
 HEADING = "## Forgetting regime (#15)"
 log = logging.getLogger(__name__)
 #: The seeds' claim for MedSeqFT: +3.0 % Dice over naive sequential fine-tuning, read as +0.03
@@ -102,18 +103,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
                    help="join finished runs of other seeds (same methods) and write the section")
     p.add_argument("--override", nargs="*", default=[], help="extra hydra overrides")
+    p.add_argument("--experiment", default=EXPERIMENT,
+                   help=f"the regime's experiment config (default {EXPERIMENT})")
     return p.parse_args(argv)
 
 
 def regime(data_root: Path, overrides: Sequence[str] = (), quick: bool = False,
-           seeds: Sequence[int] | None = None) -> tuple[Any, Any, list[str]]:
+           seeds: Sequence[int] | None = None,
+           experiment: str = EXPERIMENT) -> tuple[Any, Any, list[str]]:
     """The regime's validated ``ContinualConfig``, backbone and hydra overrides."""
     from omegaconf import OmegaConf
 
     from unicon_core.continual.stages import ContinualConfig
     from unicon_core.hydra_config import backbone_config, load_config
 
-    hydra = [f"experiment={EXPERIMENT}", f"federation.data_root='{data_root}'", *overrides]
+    hydra = [f"experiment={experiment}", f"federation.data_root='{data_root}'", *overrides]
     composed = load_config(hydra)
     section: dict[str, Any] = OmegaConf.to_container(composed.continual, resolve=True)  # type: ignore[assignment]
     section["data_root"] = str(data_root)
@@ -122,6 +126,22 @@ def regime(data_root: Path, overrides: Sequence[str] = (), quick: bool = False,
     if seeds:
         section["seeds"] = list(seeds)
     return ContinualConfig.from_dict(section), backbone_config(composed), hydra
+
+
+def backbone_label(backbone: Any) -> str:
+    """The backbone in words, per modality where the config gives a modality its own."""
+    def one(name: str, options: dict[str, Any], width: int, depth: int) -> str:
+        if name == "transformer":
+            return f"transformer {width}x{depth}"
+        extra = ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
+        return f"{name} ({extra})" if extra else name
+
+    base = one(backbone.name, dict(backbone.options), backbone.hidden_size, backbone.num_layers)
+    own = [f"{m}: " + one(str(v.get("name", "transformer")), dict(v.get("options", {})),
+                          int(v.get("hidden_size", backbone.hidden_size)),
+                          int(v.get("num_layers", backbone.num_layers)))
+           for m, v in sorted(backbone.modalities.items())]
+    return "; ".join([*own, f"other modalities: {base}"]) if own else base
 
 
 def run_method(method: Method, cfg: Any, backbone: Any, overrides: list[str], run_dir: Path,
@@ -139,10 +159,46 @@ def run_method(method: Method, cfg: Any, backbone: Any, overrides: list[str], ru
     log.info("forgetting regime: %s, seed %d", method.name, seed)
     result = run_continual(CONTINUAL_STRATEGIES[method.strategy](), ctx, plugins).to_dict()  # type: ignore[arg-type]
     result["method"] = method.name
+    result["side_bytes"] = side_bytes(plugins, mcfg)
     result["realign"] = [[asdict(r) for r in stage] for p in plugins
                          if isinstance(p, RealignPlugin) for stage in p.reports]
     (ctx.run_dir / "continual.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def side_bytes(plugins: Sequence[Any], cfg: Any) -> dict[str, int]:
+    """Bytes the plugins' site statistics would take as federated messages over the run (here
+    they are handed over in process, outside Flower): float64 FeatureStats of each first-stage
+    site up and the merged statistics down to every later joining site (MDS); each earlier
+    site's prototypes up and the memory of earlier stages down to every later joining site
+    (retrieval, shared); each site's diagonal Fisher up after every stage but the last, and the
+    consolidated Fisher down to every later joining site (EWC)."""
+    from unicon_core.continual.plugins.ewc import EWCPlugin
+    from unicon_core.continual.plugins.mds import MDSPlugin
+    from unicon_core.continual.plugins.retrieval import RetrievalKDPlugin
+
+    def nbytes(tensors: Any) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    stages = [list(stage.sites) for stage in cfg.stages]
+    later = [sum(len(s) for s in stages[j + 1:]) for j in range(len(stages))]
+    out: dict[str, int] = {}
+    for plugin in plugins:
+        if isinstance(plugin, MDSPlugin) and plugin.stats is not None:
+            one = nbytes([plugin.stats.mean, plugin.stats.cov]) + 8
+            out["mds"] = one * (len(stages[0]) + later[0])
+        elif isinstance(plugin, RetrievalKDPlugin) and plugin.memory.items:
+            up = down = 0
+            for j, sites in enumerate(stages[:-1]):
+                kept = nbytes(t for site in sites for levels in
+                              plugin.memory.items.get(site, {}).values() for t in levels)
+                up += kept
+                down += kept * later[j]
+            out["retrieval"] = up + down
+        elif isinstance(plugin, EWCPlugin) and plugin.fisher:
+            one = nbytes(plugin.fisher.values())
+            out["ewc"] = one * (sum(len(s) for s in stages[:-1]) + later[0])
+    return out
 
 
 def test_sizes(cfg: Any, sites: dict[str, Any]) -> dict[str, Any]:
@@ -335,6 +391,14 @@ def render(results: dict[str, Any]) -> str:
                      f"{mean_std([r['wall_s'] for r in rs])[0] / 60:.1f}"])
     lines += _table(["method", "avg final", "BWT", "forgetting", "FWT", "BWT per seed",
                      "FWT per seed", "min/run"], rows)
+    side = [f"{BY_NAME[name].label}: " + ", ".join(
+        f"{kind} {mean_std([r['side_bytes'][kind] for r in rs])[0] / 1e6:.2f} MB"
+        for kind in sorted(rs[0]["side_bytes"]))
+        for name, rs in runs.items() if rs and rs[0].get("side_bytes")]
+    if side:
+        lines += ["", "Site statistics the plugins need beyond the stage's federated messages "
+                  "(bytes they would take as messages over the run, mean over seeds; handed over "
+                  "in process here, see `side_bytes`): " + "; ".join(side) + "."]
     lines += ["", "Per task, final value (mean ± sd over seeds):", ""]
     order = some["order"]
     lines += _table(["method", *[_label(t, results) for t in order]],
@@ -444,7 +508,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     from unicon_core.demo_data.prepare import prepare_demo
 
     prepare_demo(data_root)
-    cfg, backbone, overrides = regime(data_root, args.override, args.quick, args.seeds)
+    cfg, backbone, overrides = regime(data_root, args.override, args.quick, args.seeds,
+                                      args.experiment)
     run_dir = new_run_dir(args.runs_dir.resolve(), "forgetting")
     results = run(cfg, backbone, overrides, run_dir, args.methods)
     from simulations.report import shown_command, shown_path
@@ -455,9 +520,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
         "run_dir": shown_path(run_dir), "minutes": (time.perf_counter() - start) / 60,
         "quick": args.quick, "rounds": cfg.rounds, "local_steps": cfg.local_steps,
-        "batch_size": cfg.batch_size, "lr": cfg.lr,
-        "backbone": f"transformer {backbone.hidden_size}x{backbone.num_layers}"
-        if backbone.name == "transformer" else backbone.name}
+        "batch_size": cfg.batch_size, "lr": cfg.lr, "backbone": backbone_label(backbone)}
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     write_section(args.out, render(results))
     log.info("forgetting regime: %s, section in %s", run_dir, args.out)

@@ -68,16 +68,31 @@ def results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
 
 def test_the_regime_config_validates(tmp_path: Path) -> None:
     # Execute
-    cfg, _, overrides = fb.regime(tmp_path)
+    cfg, backbone, overrides = fb.regime(tmp_path)
     quick, _, _ = fb.regime(tmp_path, quick=True, seeds=[5])
-    # Assert: clinical survival then 2D brain-MRI classification (the shared layers serve both),
-    # a higher lr for the shared weights, three seeds
-    assert [s.name for s in cfg.stages] == ["prognosis", "classification"]
-    assert cfg.stages[0].sites == ["gbsg2_a", "gbsg2_b"]
+    # Assert: tissue segmentation then tumour classification, both on the pretrained MRI
+    # foundation (a backbone of the MRI modality's own), three seeds
+    assert [s.name for s in cfg.stages] == ["segmentation", "classification"]
+    assert cfg.stages[0].sites == ["brain_axial", "brain_coronal"]
     assert cfg.seeds == [0, 1, 2] and cfg.plugins == []
-    assert cfg.lr > 0.002
+    assert backbone.modalities["mri"]["name"] == "i3resnet"
+    assert backbone.modalities["mri"]["options"]["weights"] == "astra"
     assert f"experiment={fb.EXPERIMENT}" in overrides
     assert (quick.rounds, quick.local_steps, quick.seeds) == (1, 2, [5])
+    # the earlier regime (tiny random transformer) stays selectable
+    old, _, old_overrides = fb.regime(tmp_path, experiment="continual_forgetting")
+    assert [s.name for s in old.stages] == ["prognosis", "classification"]
+    assert "experiment=continual_forgetting" in old_overrides
+
+
+def test_backbone_label_names_each_modality_network() -> None:
+    from unicon_core.config import BackboneConfig
+
+    assert fb.backbone_label(BackboneConfig()) == "transformer 64x4"
+    label = fb.backbone_label(BackboneConfig(modalities={"mri": {
+        "name": "i3resnet", "options": {"weights": "astra", "spatial_dims": 2}}}))
+    assert label == ("mri: i3resnet (spatial_dims 2, weights astra); "
+                     "other modalities: transformer 64x4")
 
 
 @pytest.mark.slow  # imports every strategy (the training stack): 10 s alone, minutes under load
@@ -161,3 +176,31 @@ def test_seeds_run_apart_merge_into_the_same_runs(results: dict[str, Any]) -> No
         fb.merge([parts[0], parts[0]])
     with pytest.raises(ValueError, match="local_steps"):
         fb.merge([parts[0], {**parts[1], "meta": {**parts[1]["meta"], "local_steps": 1}}])
+
+
+def test_side_bytes_count_what_the_plugins_would_send() -> None:
+    import torch
+
+    from unicon_core.continual.plugins.ewc import EWCPlugin
+    from unicon_core.continual.plugins.mds import FeatureStats, MDSPlugin
+    from unicon_core.continual.plugins.retrieval import ReferenceMemory, RetrievalKDPlugin
+
+    # Prepare: two sites in stage 0, one joins in stage 1
+    cfg = SimpleNamespace(stages=[SimpleNamespace(sites=["a", "b"]),
+                                  SimpleNamespace(sites=["c"])])
+    mds = MDSPlugin(stats=FeatureStats(torch.zeros(4, dtype=torch.float64),
+                                       torch.eye(4, dtype=torch.float64), 10))
+    memory = ReferenceMemory()
+    memory.items = {"a": {"t0": [torch.zeros(8, 4), torch.zeros(8, 4)]},
+                    "b": {"t0": [torch.zeros(8, 4), torch.zeros(8, 4)]},
+                    "c": {"t1": [torch.zeros(8, 4), torch.zeros(8, 4)]}}
+    retrieval = RetrievalKDPlugin(memory=memory)
+    ewc = EWCPlugin()
+    ewc.fisher = {"w": torch.zeros(10)}
+    # Execute
+    out = fb.side_bytes([mds, retrieval, ewc], cfg)
+    # Assert: float64 stats (4 + 16 values + count) from a and b up, merged down to c;
+    # stage-0 prototypes (2 levels x 8 x 4 float32 per site) up and down to c, stage 1's unused;
+    # a float32 Fisher from a and b up, the consolidated one down to c
+    assert out == {"mds": (20 * 8 + 8) * 3, "retrieval": 2 * 256 + 2 * 256, "ewc": 40 * 3}
+    assert fb.side_bytes([MDSPlugin(), EWCPlugin()], cfg) == {}
