@@ -202,10 +202,18 @@ def ssl_foundation(train: Tensors, groups: np.ndarray, spec: TaskSpec, seed: int
     return model
 
 
+#: The tumour table's deep models (the logistic regression on pixels is always fitted).
+TUMOUR_MODELS = {"transformer tiny, random": TINY, "transformer small, random": SMALL,
+                 "transformer small, federated SSL (3 sites)": SMALL,
+                 "I3ResNet-152 2D, random": RANDOM_2D,
+                 "I3ResNet-152 2D, CT FM weights": CT_FM_2D}
+
+
 def tumour_auc(split: dict[str, Any], seeds: Sequence[int], epochs: int,
-               ssl: tuple[int, int], max_steps: int | None = None) -> list[dict[str, Any]]:
+               ssl: tuple[int, int], max_steps: int | None = None,
+               only: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Same LoRA skill budget per backbone (the epoch with the best validation AUC kept);
-    AUC on the held-out sources."""
+    AUC on the held-out sources. ``only``: these deep models (default every one)."""
     from sklearn.linear_model import LogisticRegression
 
     x, y, test, val = split["x"], split["y"], split["test"], split["val"]
@@ -222,10 +230,9 @@ def tumour_auc(split: dict[str, Any], seeds: Sequence[int], epochs: int,
         return Tensors(torch.from_numpy(x[mask])[:, None], label=torch.from_numpy(y[mask]))
 
     train, held_val, held = part(fit), part(val), part(test)
-    models = {"transformer tiny, random": TINY, "transformer small, random": SMALL,
-              "transformer small, federated SSL (3 sites)": SMALL,
-              "I3ResNet-152 2D, random": RANDOM_2D, "I3ResNet-152 2D, CT FM weights": CT_FM_2D}
-    for name, cfg in models.items():
+    for name, cfg in TUMOUR_MODELS.items():
+        if only is not None and name not in only:
+            continue
         for seed in seeds:
             if "SSL" in name:
                 model = ssl_foundation(train, split["groups"][fit], spec, seed, *ssl)
@@ -242,6 +249,23 @@ def tumour_auc(split: dict[str, Any], seeds: Sequence[int], epochs: int,
                   f"(epoch {chosen['epoch']} of {epochs}, val AUC {chosen['val_auc']:.3f})",
                   flush=True)
     return rows
+
+
+def merge_tumour_rows(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
+                      only: Sequence[str] | None, steps: int | None) -> list[dict[str, Any]]:
+    """The tumour table after running ``only`` these models (``new``: the pixel baseline first,
+    then their rows): every deep-model row of the merged run trained for its fixed ``steps``
+    stays, renamed when this run has a row of the same model; nothing is kept for a full run."""
+    kept = [] if only is None else [dict(r) for r in old if "epoch" not in r
+                                    and r.get("base", r["model"]) in TUMOUR_MODELS]
+    for r in kept:
+        r.setdefault("steps", steps)
+        r["base"] = r.get("base", r["model"])
+        if r["base"] in only:  # type: ignore[operator]
+            r["model"] = f"{r['base']} ({r['steps']} steps, earlier protocol)"
+    order = list(TUMOUR_MODELS)
+    return [*new[:1], *sorted([*new[1:], *kept], key=lambda r: (
+        order.index(r.get("base", r["model"])), "epoch" in r))]
 
 
 def train_select(model: UniconModel, task: str, train: Dataset, val: Dataset, epochs: int,
@@ -388,7 +412,10 @@ def render(res: dict[str, Any]) -> str:
         "modelling with FedAvg of the full foundation over 3 sites holding whole training "
         f"sources ({res['ssl']['rounds']} rounds × {res['ssl']['steps']} local steps of 32; "
         "no validation or test image, no pooling), then frozen. 95 % bootstrap intervals over "
-        "test images.",
+        "test images."
+        + (" Rows marked *earlier protocol* were not rerun: they come from the merged run, "
+           "trained for a fixed number of steps of 16 images with no validation selection."
+           if any(r.get("steps") for r in res["tumour"]) else ""),
         "",
         "| model | seeds | test AUC (mean ± sd) | 95 % CI (first seed) | epoch kept (val AUC) "
         "per seed |",
@@ -399,6 +426,8 @@ def render(res: dict[str, Any]) -> str:
         by_model.setdefault(r["model"], []).append(r)
     for name, rs in by_model.items():
         kept = ", ".join(f"{r['epoch']} ({r['val_auc']:.3f})" for r in rs if "epoch" in r)
+        if not kept and rs[0].get("steps"):
+            kept = f"— ({rs[0]['steps']} steps, no selection: earlier protocol)"
         lines.append(f"| {name} | {len(rs)} | {_mean_std([r['auc'] for r in rs])} | "
                      f"[{rs[0]['lo']:.3f}, {rs[0]['hi']:.3f}] | {kept or '—'} |")
     best = max(np.mean([r["auc"] for r in rs]) for rs in by_model.values())
@@ -436,6 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="re-render the section from a finished run's results.json")
     p.add_argument("--parts", default="sizes,tumour,survey",
                    help="comma-separated parts to run now: sizes, tumour, survey")
+    p.add_argument("--tumour-models", nargs="+", default=None, choices=list(TUMOUR_MODELS),
+                   help="run only these rows of the tumour table; with --merge the other rows "
+                        "are kept from the merged run (each row says how it was trained)")
     p.add_argument("--merge", type=Path, default=None, metavar="RESULTS_JSON",
                    help="start from a run's results.json and replace only the parts run now")
     p.add_argument("--into", type=Path, default=None, metavar="BENCHMARKS_MD",
@@ -467,9 +499,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         split = tumour_split()
         res["tumour_epochs"] = 1 if q else 3
         res["ssl"] = {"rounds": 2 if q else 8, "steps": 5 if q else 40}
-        res["tumour"] = tumour_auc(split, seeds, res["tumour_epochs"],
-                                   (res["ssl"]["rounds"], res["ssl"]["steps"]),
-                                   max_steps=10 if q else None)
+        rows = tumour_auc(split, seeds, res["tumour_epochs"],
+                          (res["ssl"]["rounds"], res["ssl"]["steps"]),
+                          max_steps=10 if q else None, only=args.tumour_models)
+        res["tumour"] = merge_tumour_rows(res.get("tumour", []), rows, args.tumour_models,
+                                          res.get("tumour_steps"))
         n_fit = int((~split["test"] & ~split["val"]).sum())
         res["tumour_steps_per_epoch"] = 10 if q else -(-n_fit // 16)
         test = split["test"]

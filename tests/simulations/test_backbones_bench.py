@@ -66,3 +66,21 @@ def test_train_select_keeps_the_best_validation_epoch() -> None:
     # the model holds the kept epoch's skill, whichever epoch that was
     now = roc_auc_score(y[32:].numpy(), _scores(model, "tumour", val))
     assert abs(now - chosen["val_auc"]) < 1e-6
+
+
+def test_a_partial_tumour_run_keeps_the_other_rows_and_labels_the_protocols() -> None:
+    from simulations.backbones_bench import merge_tumour_rows
+
+    fm, rnd = "I3ResNet-152 2D, CT FM weights", "I3ResNet-152 2D, random"
+    old = [{"model": "logistic regression on 32×32 pixels", "auc": 0.6},
+           {"model": rnd, "auc": 0.75}, {"model": fm, "auc": 0.89}]
+    new = [{"model": "logistic regression on 32×32 pixels", "auc": 0.61},
+           {"model": fm, "auc": 0.91, "epoch": 2, "val_auc": 0.9}]
+    # Execute
+    rows = merge_tumour_rows(old, new, [fm], 80)
+    full = merge_tumour_rows(old, new, None, 80)
+    # Assert: the new pixel baseline; the random row kept; the old FM row beside the new one
+    assert [r["auc"] for r in rows] == [0.61, 0.75, 0.89, 0.91]
+    assert rows[1]["model"] == rnd and rows[1]["steps"] == 80
+    assert rows[2]["model"] == f"{fm} (80 steps, earlier protocol)" and rows[3]["model"] == fm
+    assert full == new
