@@ -355,6 +355,18 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{arr.mean():.3f} ± {arr.std():.3f}" if len(arr) > 1 else f"{arr.mean():.3f}"
 
 
+def _tumour_protocol(res: dict[str, Any]) -> str:
+    """How the tumour rows were trained (a run from before validation selection: fixed steps)."""
+    split = res["tumour_split"]
+    if "tumour_epochs" not in res:
+        return f"the same LoRA skill (r=8) + head for {res['tumour_steps']} steps of 16 images. "
+    return (f"the same LoRA skill (r=8) + head on {split['n_train'] - split['n_val']} images for "
+            f"up to {res['tumour_epochs']} epochs of {res['tumour_steps_per_epoch']} steps of 16 "
+            f"images; the epoch with the best AUC on **{split['n_val']} validation images** "
+            f"({split['val_pos']} tumour) from {split['sources_val']} training sources held out "
+            "of training is kept, and only then scored on test, once. ")
+
+
 def render(res: dict[str, Any]) -> str:
     """The markdown section (numbers from ``res`` only)."""
     split = res["tumour_split"]
@@ -403,12 +415,8 @@ def render(res: dict[str, Any]) -> str:
         f"({split['test_pos']} tumour). Images are grayscale, cropped to the foreground and "
         "padded square before resizing to 64×64, so original geometry cannot leak the label; "
         "near-duplicates share a source group and never cross the split. Every deep model trains "
-        f"the same LoRA skill (r=8) + head on {split['n_train'] - split['n_val']} images for up "
-        f"to {res['tumour_epochs']} epochs of {res['tumour_steps_per_epoch']} steps of 16 "
-        f"images; the epoch with the best AUC on **{split['n_val']} validation images** "
-        f"({split['val_pos']} tumour) from {split['sources_val']} training sources held out of "
-        "training is kept, and only then scored on test, once. "
-        "The federated SSL foundation is the small transformer pretrained by masked-image "
+        + _tumour_protocol(res)
+        + "The federated SSL foundation is the small transformer pretrained by masked-image "
         "modelling with FedAvg of the full foundation over 3 sites holding whole training "
         f"sources ({res['ssl']['rounds']} rounds × {res['ssl']['steps']} local steps of 32; "
         "no validation or test image, no pooling), then frozen. 95 % bootstrap intervals over "
