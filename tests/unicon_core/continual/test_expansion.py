@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -17,16 +19,13 @@ def _spec(name: str, modality: str, channels: int) -> TaskSpec:
                     spatial_dims=3, input_size=[16, 16, 16], patch_size=8, num_classes=2)
 
 
-def test_expanded_skill_reproduces_the_source_on_the_source_channel() -> None:
+def test_expanded_skill_reproduces_the_source_on_the_source_channel(
+        move_ct_skill: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     # Prepare: a CT skill that has moved away from its initialisation
     model = UniconModel(TINY, seed=0)
     model.add_task(_spec("ct", "ct", 1))
     model.add_task(_spec("ctpet", "ct+pet", 2))
-    gen = torch.Generator().manual_seed(1)
-    model.load_skill_state_dict("ct", {k: v + 0.05 * torch.randn(v.shape, generator=gen)
-                                       for k, v in model.skill_state_dict("ct").items()})
-    ct = torch.randn(2, 1, 16, 16, 16, generator=gen)
-    pet = torch.randn(2, 1, 16, 16, 16, generator=gen) * 10
+    ct, pet = move_ct_skill(model)
     # Execute
     grown = expand_into(model, "ct", "ctpet")
     # Assert

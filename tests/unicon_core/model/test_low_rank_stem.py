@@ -8,6 +8,7 @@ particular to the option. Tiny models only, CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -257,7 +258,8 @@ def test_stem_rank_is_a_task_file_option() -> None:
         task_specs(load_config(["tasks.ctpet_seg.stem_rank=1024"]))
 
 
-def test_modality_expansion_grows_the_low_rank_stem_on_its_channel_axis() -> None:
+def test_modality_expansion_grows_the_low_rank_stem_on_its_channel_axis(
+        move_ct_skill: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
     from unicon_core.continual.expansion import expand_into
 
     # Prepare: CT and CT+PET tasks with low-rank stems of the same rank, CT moved off its init
@@ -265,11 +267,7 @@ def test_modality_expansion_grows_the_low_rank_stem_on_its_channel_axis() -> Non
     model.add_task(_ctpet("ct", modality="ct", channels=1, input_size=[16, 16, 16], patch_size=8,
                           stem_rank=4))
     model.add_task(_ctpet("ctpet", input_size=[16, 16, 16], patch_size=8, stem_rank=4))
-    gen = torch.Generator().manual_seed(1)
-    model.load_skill_state_dict("ct", {k: v + 0.05 * torch.randn(v.shape, generator=gen)
-                                       for k, v in model.skill_state_dict("ct").items()})
-    ct = torch.randn(2, 1, 16, 16, 16, generator=gen)
-    pet = torch.randn(2, 1, 16, 16, 16, generator=gen) * 10
+    ct, pet = move_ct_skill(model)
     # Execute
     grown = expand_into(model, "ct", "ctpet")
     # Assert: only the first factor has a channel axis; CT+PET starts as the CT skill
