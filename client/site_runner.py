@@ -314,7 +314,7 @@ def instruction_options(msg: Message) -> dict[str, Any]:
     """The issue-#14 instruction keys the server sent (empty with today's defaults)."""
     config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
     keys = (ConfigKey.DELTA_CODEC, ConfigKey.CODEC_PER_ROW, ConfigKey.TOPK_FRACTION,
-            ConfigKey.LORA_RULE, ConfigKey.PROX_MU)
+            ConfigKey.DELTA_PACKED, ConfigKey.LORA_RULE, ConfigKey.PROX_MU)
     return {k.value: config[k.value] for k in keys if k.value in config}
 
 
@@ -326,11 +326,12 @@ def delta_record(
     (``record`` when given: the downlink-reconstructed one); a lossy codec's residual stays at
     the site (``context.state``) for the next round. Under FFA-LoRA the frozen A factors are
     left out (the server keeps its own)."""
-    from unicon_core.federation.compression import Codec, encode_delta
+    from unicon_core.federation.compression import Codec, encode_delta, to_wire
 
     codec = Codec(str(options[ConfigKey.DELTA_CODEC.value]),
                   bool(options.get(ConfigKey.CODEC_PER_ROW.value, False)),
-                  float(options.get(ConfigKey.TOPK_FRACTION.value, 0.1)))
+                  float(options.get(ConfigKey.TOPK_FRACTION.value, 0.1)),
+                  bool(options.get(ConfigKey.DELTA_PACKED.value, False)))
     if record is None:
         record = msg.content.array_records[RecordKey.SKILL.value]
     sent = record_to_arrays(record)
@@ -345,7 +346,7 @@ def delta_record(
     payload, new_residual = encode_delta(local, sent, codec, residual)
     if codec.kind != "none":
         context.state[RESIDUAL_STATE] = arrays_to_record(new_residual)
-    return arrays_to_record(payload)
+    return arrays_to_record(to_wire(payload, sent, codec))
 
 
 def frozen_keys(skill: Any, options: dict[str, Any]) -> set[str]:

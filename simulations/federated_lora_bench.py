@@ -53,7 +53,13 @@ from typing import Any
 
 import numpy as np
 
-from simulations.report import insert_section, mean_std, shown_path, write_synthetic_site
+from simulations.report import (
+    insert_section,
+    insert_subsection,
+    mean_std,
+    shown_path,
+    write_synthetic_site,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Federated LoRA (#14)"
@@ -86,10 +92,12 @@ QUICK_TASK = "synth_surv"  # --quick: one SYNTHETIC task of two tiny tabular sit
 CODECS: dict[str, dict[str, Any]] = {
     "full skill (today)": {},  # TODAY
     "delta, lossless": {"delta": True},
+    "delta, lossless, packed": {"delta": True, "pack": True},
     "delta, lossless, FFA (A stays home)": {"delta": True, "lora_rule": "ffa"},
     "delta, fp16": {"delta": True, "codec": "fp16"},
     "delta, int8 per tensor": {"delta": True, "codec": "int8"},
     "delta, int8 per row": {"delta": True, "codec": "int8", "per_row": True},
+    "delta, int8 per tensor, packed": {"delta": True, "codec": "int8", "pack": True},
     "delta, top-k 10%": {"delta": True, "codec": "topk", "topk_fraction": 0.1},
     "delta int8 + downlink int8, per tensor": {"delta": True, "codec": "int8",
                                                "downlink_codec": "int8"},
@@ -97,6 +105,7 @@ CODECS: dict[str, dict[str, Any]] = {
                                             "downlink_codec": "int8"},
 }
 LOSSLESS = "delta, lossless"
+LOSSLESS_PACKED = "delta, lossless, packed"
 TODAY = "full skill (today)"
 INT8 = ("delta, int8 per tensor", "delta, int8 per row", "delta int8 + downlink int8, per tensor",
         "delta int8 + downlink int8, per row")
@@ -308,7 +317,7 @@ def codec_bytes(model: Any, task: str, options: Mapping[str, Any], seed: int = 0
     from client.site_runner import answering, info_record, metric_record
     from server.strategies.per_task_fedavg import PerTaskFedAvg, SiteNode
     from unicon_core.federation.aggregation import prefix_task
-    from unicon_core.federation.compression import encode_delta
+    from unicon_core.federation.compression import encode_delta, to_wire
     from unicon_core.federation.config import TaskFederation
     from unicon_core.federation.lora_rules import a_keys
     from unicon_core.federation.protocol import RecordKey, Status
@@ -340,6 +349,7 @@ def codec_bytes(model: Any, task: str, options: Mapping[str, Any], seed: int = 0
         omit = a_keys(list(sent)) if opts.lora_rule == "ffa" else set()
         ref = {k: v for k, v in sent.items() if k not in omit}
         payload, _ = encode_delta(trained, ref, opts.codec_spec(), None)
+        payload = to_wire(payload, ref, opts.codec_spec())
     else:
         payload = trained
     record = arrays_to_record(payload)
@@ -626,8 +636,9 @@ def render(res: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _bytes_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+def _bytes_lines(rows: Sequence[Mapping[str, Any]], provenance: str = "") -> list[str]:
     out = ["### Bytes per site and round per codec", "",
+           *([provenance, ""] if provenance else []),
            "Serialized messages of one round (`unicon_flower.accounting.content_bytes`): down "
            "= the strategy's train and evaluate instructions (the task's skill in float32; "
            "with a downlink codec its encoded change in the steady state, the site holding an "
@@ -659,6 +670,12 @@ def _bytes_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                      "the excess is the serialization's per-tensor framing, which today's "
                      f"full-skill reply pays alike: lossless delta up / full skill up = "
                      f"{today:.4f})")
+        packed = row["codecs"].get(LOSSLESS_PACKED)
+        if packed is not None:
+            ratio = packed["payload"] / packed["raw_skill"]
+            goals.append(f"{row['backbone']}: packed lossless delta payload (`pack: true`, one "
+                         f"array per dtype) = {ratio:.3f} x raw skill bytes (goal <= "
+                         f"{GOAL_LOSSLESS}: {_verdict(ratio <= GOAL_LOSSLESS)})")
         if row["backbone_params"] >= BIG_PARAMS:
             for name in INT8:
                 c = row["codecs"][name]
@@ -842,6 +859,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "rules" not in args.skip and "bytes" not in args.skip and "scale" not in args.skip:
         insert_section(args.out, render(res))
         print(f"wrote the section {HEADING!r} into {args.out}")
+    elif set(args.skip) == {"rules", "scale"}:  # the bytes table alone: it needs no training
+        note = (f"This table alone was rerun by `{res['command']} --skip rules scale` on "
+                f"{res['date']}; the section's other tables are from the run named above.")
+        insert_subsection(args.out, "\n".join(_bytes_lines(res["bytes"], note)))
+        print(f"replaced the bytes table in {args.out}")
     return res
 
 

@@ -551,6 +551,19 @@ def insert_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def insert_subsection(path: Path, subsection: str) -> None:
+    """Replace the ``### `` subsection of ``path`` whose heading is ``subsection``'s first line
+    (up to the next ``### `` or ``## `` heading); raises when it is not there."""
+    text = path.read_text()
+    head = subsection.splitlines()[0] + "\n"
+    if head not in text:
+        raise ValueError(f"{path}: no subsection {head.strip()!r} to replace")
+    start = text.index(head)
+    ends = [i for h in ("\n### ", "\n## ") if (i := text.find(h, start + len(head))) >= 0]
+    rest = text[min(ends):] if ends else ""
+    path.write_text(text[:start] + subsection.rstrip() + "\n" + rest)
+
+
 def _matrix_table(results: Sequence[dict[str, Any]], order: Sequence[str],
                   stages: Sequence[str], suite: dict[str, Any]) -> list[str]:
     rows = []

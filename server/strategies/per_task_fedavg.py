@@ -70,6 +70,8 @@ from unicon_core.federation.compression import (
     apply_delta,
     decode_delta,
     encode_delta,
+    from_wire,
+    packed_sizes,
 )
 from unicon_core.federation.config import TaskFederation
 from unicon_core.federation.lora_rules import a_keys, aggregate_lora, pad_rank, project_rank
@@ -617,6 +619,8 @@ class PerTaskFedAvg(FedAvg):
             out[ConfigKey.DELTA_CODEC.value] = opts.codec
             out[ConfigKey.CODEC_PER_ROW.value] = bool(opts.per_row)
             out[ConfigKey.TOPK_FRACTION.value] = float(opts.topk_fraction)
+            if opts.pack:
+                out[ConfigKey.DELTA_PACKED.value] = True
         if opts.lora_rule != "naive":
             out[ConfigKey.LORA_RULE.value] = opts.lora_rule
         if opts.prox_mu > 0:
@@ -681,19 +685,23 @@ class PerTaskFedAvg(FedAvg):
                 return Rejected(f"task {node.task} takes deltas ({opts.codec}), the reply "
                                 "carries none")
             if encoded is not None:
+                frozen = a_keys(reference) if opts.lora_rule == "ffa" else set()
+                trained = {k: v for k, v in reference.items() if k not in frozen}
+                codec = opts.codec_spec()
+                sizes = packed_sizes(trained, codec) if codec.packed else {}
                 for key, arr in encoded.items():  # check the header before decoding any bytes
                     base = key.removesuffix(SCALE).removesuffix(INDEX)
                     size = int(np.prod(reference[base].shape)) if base in reference else -1
                     flat = base != key or opts.codec == "topk"  # 1-D: scales, indices, values
                     fits = (len(arr.shape) == 1 and arr.shape[0] <= size) if flat else (
                         base in reference and tuple(arr.shape) == reference[base].shape)
+                    if codec.packed:  # one flat array per dtype, of the layout's size
+                        fits = key in sizes and tuple(arr.shape) == (sizes[key],)
                     if not fits:
                         return Rejected(f"{key}: shape {tuple(arr.shape)} does not fit the skill")
-                payload = record_to_arrays(encoded)
+                payload = from_wire(record_to_arrays(encoded), trained, codec)
                 self._delta_digests[node.site] = "delta:" + digest(payload)
-                frozen = a_keys(reference) if opts.lora_rule == "ffa" else set()
-                trained = {k: v for k, v in reference.items() if k not in frozen}
-                deltas = decode_delta(payload, trained, opts.codec_spec())
+                deltas = decode_delta(payload, trained, codec)
                 state = {**apply_delta(trained, deltas), **{k: reference[k] for k in frozen}}
         elif phase == "train" and skill is not None and reference is not None:
             for key, arr in skill.items():  # check the header before decoding any bytes

@@ -146,3 +146,38 @@ def test_anything_else_in_a_delta_record_is_refused(arrays: dict, match: str) ->
     reply = EgressGuard()(_instruction(), _ctx(), _app({
         "delta": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
     assert reply.has_error() and match in reply.error.reason
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8", "topk"])
+def test_packed_deltas_of_the_skill_pass(codec: str) -> None:
+    from unicon_core.federation.compression import Codec, encode_delta, to_wire
+
+    spec = Codec(codec, per_row=True, topk_fraction=0.5, packed=True)
+    local = {k: v + 1 for k, v in SKILL.items()}
+    wire = to_wire(encode_delta(local, SKILL, spec)[0], SKILL, spec)
+    reply = EgressGuard()(_instruction(), _ctx(), _app({
+        "delta": ArrayRecord({k: Array(v) for k, v in wire.items()})}))
+    assert not reply.has_error(), reply.error.reason
+
+
+# The skill holds 12 values in 4 rows: a packed delta may carry 12 int8 values or indices and
+# 12 + 4 float values (values and per-row scales), nothing more, and only as flat groups.
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"#packed.float32": np.zeros(17, np.float32)}, "17 float values, more than"),
+        ({"#packed.float16": np.zeros(9, np.float16),
+          "#packed.float32": np.zeros(8, np.float32)}, "17 float values, more than"),
+        ({"#packed.int8": np.zeros(13, np.int8)}, "13 int8 values, more than"),
+        ({"#packed.int32": np.zeros(13, np.int32)}, "13 indices, more than"),
+        ({"#packed.float32": np.zeros((4, 3), np.float32)}, "not one packed group"),
+        ({"#packed.float32": np.zeros(4, np.float16)}, "not one packed group"),
+        ({"#packed.uint8": np.zeros(4, np.uint8)}, "not one packed group"),
+        ({"#packed.float32": np.zeros(4, np.float32),
+          "head.fc.weight": np.zeros((2, 2), np.float32)}, "not one packed group"),
+    ],
+)
+def test_packed_delta_beyond_the_skills_capacity_is_refused(arrays: dict, match: str) -> None:
+    reply = EgressGuard()(_instruction(), _ctx(), _app({
+        "delta": ArrayRecord({k: Array(v) for k, v in arrays.items()})}))
+    assert reply.has_error() and match in reply.error.reason

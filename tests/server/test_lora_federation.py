@@ -109,6 +109,29 @@ def test_compressed_deltas_cut_the_serialized_bytes_of_a_realistic_skill() -> No
     assert size(Codec("topk", topk_fraction=0.05)) < 0.15 * full
 
 
+def test_packed_deltas_equal_unpacked_ones_with_fewer_bytes(tmp_path: Path) -> None:
+    """Packing changes only the framing: through the real apps (the egress guard and the
+    server's checks included), the same skills bit for bit as unpacked deltas, every reply's
+    delta one flat array per dtype, and fewer bytes up; with int8 and FFA it runs too."""
+    unpacked, _, rows = _run(tmp_path, "unpacked", "++strategy.lora={delta:true}")
+    packed, grid, packed_rows = _run(tmp_path, "packed", "++strategy.lora={delta:true,pack:true}")
+    for key, value in unpacked.items():
+        np.testing.assert_array_equal(packed[key], value, err_msg=key)
+    deltas = [ex.reply.content.array_records[RecordKey.DELTA.value] for ex in grid.exchanges
+              if ex.instruction.metadata.message_type == "train"]
+    assert deltas and all(list(d.keys()) == ["#packed.float32"] for d in deltas)
+
+    def up(run_rows: list) -> int:
+        return sum(e.get("bytes_up", 0) for r in run_rows for e in r["sites"].values())
+
+    assert up(packed_rows) < up(rows)
+    final, grid, _ = _run(tmp_path, "int8", "++strategy.lora={delta:true,codec:int8,"
+                          "per_row:true,pack:true,lora_rule:ffa}")
+    start, trained = _initial(CLS_TASK), slice_task(final, CLS_TASK)
+    assert all(np.array_equal(trained[k], start[k]) for k in a_keys(start))
+    assert any(not np.array_equal(trained[k], start[k]) for k in start)
+
+
 def test_lossy_deltas_run_end_to_end(tmp_path: Path) -> None:
     """Both directions compressed through the real apps (the egress guard included): no site
     fails, every site's downlink copy equals the server's (the site checks its digest)."""
@@ -212,6 +235,8 @@ def test_bad_lora_options_fail_clearly() -> None:
         StrategyConfig(lora={"codec": "int8"})
     with pytest.raises(ValueError, match="unknown option"):
         StrategyConfig(lora={"codek": "int8"})
+    with pytest.raises(ValueError, match=r"strategy\.lora\.pack.*delta=true"):
+        StrategyConfig(lora={"pack": True})
     with pytest.raises(ValueError, match="svd"):
         StrategyConfig(lora_tasks={"t": {"lora_rule": "ffa", "site_ranks": {"s": 1}}})
 

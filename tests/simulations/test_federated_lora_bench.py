@@ -35,6 +35,7 @@ def _fake_bytes(backbones: Any) -> list[dict[str, Any]]:
     codecs = {name: {"down": 1_000, "up": 500, "payload": 400, "raw_skill": 400}
               for name in bench.CODECS}
     codecs[bench.LOSSLESS] = {"down": 1_000, "up": 500, "payload": 430, "raw_skill": 400}
+    codecs[bench.LOSSLESS_PACKED] = {"down": 1_000, "up": 500, "payload": 404, "raw_skill": 400}
     codecs["delta, int8 per row"] = {"down": 1_000, "up": 100, "payload": 90,
                                      "raw_skill": 400}
     return [{"backbone": "big", "task": "t", "backbone_params": 90_000_000,
@@ -75,6 +76,7 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "3.0e-12" in section
     # bytes: lossless 430 / 400 = 1.075 > 1.05; int8 per row round 1,100 / 1e6 = 1/909
     assert "payload = 1.075 x raw skill bytes (goal <= 1.05: **MISSED**" in section
+    assert "one array per dtype) = 1.010 x raw skill bytes (goal <= 1.05: met)" in section
     assert "delta, int8 per row: a round is 1/909 of the full model's (goal <= 1/200: met)" \
         in section
     assert "delta, int8 per tensor: a round is 1/667" in section
@@ -86,6 +88,25 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "| 3 | 0.5 (0.167) | 3.75 | 2, 2 | 3 / 4 / 0 | 7 | 103 |" in section
     assert "| 6 | 0.5 (0.083) | 7.50 | 2, 2 | 6 / 4 / 0 | 7 | 106 |" in section
     assert res["jobs"][bench.Job("central", "synth_surv", 1).key]["value"] == 0.81
+
+
+def test_bytes_alone_replace_only_the_bytes_table(monkeypatch: pytest.MonkeyPatch,
+                                                 tmp_path: Path) -> None:
+    # Prepare: a section with a bytes table between two other tables
+    monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
+    out = tmp_path / "BENCH.md"
+    before = (f"{bench.HEADING}\n\n### Rules\n\nrules table\n\n"
+              "### Bytes per site and round per codec\n\nold bytes\n\n### Scaling\n\nscale\n\n"
+              + OTHER)
+    out.write_text(before)
+    # Execute
+    bench.main(["--quick", "--skip", "rules", "scale", "--work-dir", str(tmp_path / "w"),
+                "--out", str(out)])
+    # Assert: only the bytes table changed, and it says it was rerun alone
+    text = out.read_text()
+    assert "old bytes" not in text and "rules table" in text and "### Scaling\n\nscale" in text
+    assert OTHER.strip() in text and text.count("### Bytes per site") == 1
+    assert "This table alone was rerun by" in text and "1.010 x raw skill bytes" in text
 
 
 def test_ratio_stats_per_seed_and_of_means() -> None:
@@ -150,6 +171,12 @@ def test_codec_bytes_on_real_messages() -> None:
     assert got["delta, int8 per tensor"]["payload"] < lossless["payload"]
     assert got["delta, lossless, FFA (A stays home)"]["payload"] < lossless["payload"]
     assert got["delta, top-k 10%"]["payload"] < lossless["payload"]
+    # packing: one framed array instead of one per tensor (and per int8 scale)
+    packed = got[bench.LOSSLESS_PACKED]
+    assert today["raw_skill"] < packed["payload"] < lossless["payload"]
+    assert packed["payload"] - today["raw_skill"] < (lossless["payload"] - today["raw_skill"]) / 2
+    assert got["delta, int8 per tensor, packed"]["payload"] < got["delta, int8 per tensor"][
+        "payload"]
     for name in set(got) & {"delta int8 + downlink int8, per row"}:  # the downlink's change
         assert got[name]["down"] != lossless["down"] and got[name]["up"] == got[
             "delta, int8 per row"]["up"]

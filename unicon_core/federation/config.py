@@ -208,6 +208,8 @@ class TaskFederation:
     codec: str = "none"  # none, fp16, int8, topk (deltas only)
     per_row: bool = False  # int8: a scale per row instead of per tensor
     topk_fraction: float = 0.1  # topk: share of each tensor's values sent
+    #: deltas travel as one flat array per dtype, without per-tensor framing (deltas only)
+    pack: bool = False
     lora_rule: str = "naive"  # naive, ffa, fedsa, svd
     site_ranks: Mapping[str, int] = field(default_factory=dict)  # site -> its (lower) rank
     server_opt: str = "fedavg"  # fedavg, fedavgm, fedadam, fedyogi
@@ -240,6 +242,8 @@ class TaskFederation:
             raise _fail("strategy.lora", str(err)) from None
         if self.codec != "none" and not self.delta:
             raise _fail("strategy.lora.codec", f"{self.codec!r} compresses deltas: set delta=true")
+        if self.pack and not self.delta:
+            raise _fail("strategy.lora.pack", "packing applies to deltas: set delta=true")
         if self.lora_rule not in RULES:
             raise _fail("strategy.lora.lora_rule", f"{self.lora_rule!r} is not one of {RULES}")
         for site, rank in dict(self.site_ranks).items():
@@ -253,7 +257,7 @@ class TaskFederation:
 
     def codec_spec(self) -> Codec:
         """The delta codec."""
-        return Codec(self.codec, self.per_row, self.topk_fraction)
+        return Codec(self.codec, self.per_row, self.topk_fraction, self.pack)
 
     def downlink_spec(self) -> Codec:
         """The downlink codec (``none``: the whole skill every time, today's bytes)."""

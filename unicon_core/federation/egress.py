@@ -13,7 +13,8 @@ Checks (each one a line of the returned list, naming the record and key):
 * schema (site rules): which records a reply to ``query``/``train``/``evaluate`` may hold;
 * skill arrays: only in ``skill``, keys inside the allowed layout, each with its shape (the LoRA
   rank may be lower where the rules allow mixed ranks) and a floating dtype;
-* deltas (issue #14): only in ``delta``, each an encoding of one allowed key's update;
+* deltas (issue #14): only in ``delta``, each an encoding of one allowed key's update; packed
+  (one flat array per dtype), no more values of each kind than the allowed layout's updates hold;
 * router summaries: only the known keys, 1-D float vectors of bounded length, over at least
   ``min_summary_count`` examples;
 * decoded content: the bytes decode to exactly the header's dtype and shape (an ``.npy`` of other
@@ -39,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from unicon_core.federation.compression import INDEX, SCALE
+from unicon_core.federation.compression import INDEX, PACKED, SCALE
 from unicon_core.federation.exclusions import MAX_REASON_CHARS
 from unicon_core.federation.protocol import (
     EVAL_EXAMPLES,
@@ -292,6 +293,8 @@ def skill_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[
 
 def delta_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[str]:
     """Encoded updates (issue #14): each array encodes one allowed key's update."""
+    if any(key.startswith(PACKED) for key in arrays):
+        return packed_problems(arrays, rules)
     out = _missing({k.removesuffix(SCALE).removesuffix(INDEX) for k in arrays}, rules)
     for key, arr in arrays.items():
         base = key.removesuffix(SCALE).removesuffix(INDEX)
@@ -314,6 +317,31 @@ def delta_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[
         if not ok:
             out.append(f"array {key!r} ({arr.dtype[:16]}, shape {shape}) does not encode an "
                        f"update of shape {want}")
+    return out
+
+
+def packed_problems(arrays: Mapping[str, ArrayView], rules: EgressRules) -> list[str]:
+    """A packed delta: flat ``#packed.<dtype>`` arrays holding, per kind of value, no more than
+    the unpacked encodings of the allowed keys could (values and top-k indices: one per skill
+    value; float scales: one per row on top). Keys and shapes do not travel, so this bounds what
+    can leave rather than matching each tensor; the receiver checks the exact layout."""
+    shapes = [tuple(w) for k, w in rules.allowed.items() if k.startswith(SKILL_PREFIXES)]
+    cap = sum(math.prod(w) for w in shapes)
+    rows = sum(w[0] if w else 1 for w in shapes)
+    kinds = {"int8": ("int8 values", cap), "int32": ("indices", cap), "int64": ("indices", cap),
+             **{f: ("float values", cap + rows) for f in FLOAT_DTYPES}}
+    out, used = [], dict.fromkeys((label for label, _ in kinds.values()), 0)
+    for key, arr in arrays.items():
+        kind = kinds.get(arr.dtype)
+        if key != PACKED + arr.dtype or kind is None or len(arr.shape) != 1:
+            out.append(f"array {key[:80]!r} ({arr.dtype[:16]}, shape {arr.shape}) is not one "
+                       f"packed group of an update (a flat '{PACKED}<dtype>' array)")
+            continue
+        used[kind[0]] += arr.shape[0]
+    for label, bound in {label: bound for label, bound in kinds.values()}.items():
+        if used[label] > bound:
+            out.append(f"the packed delta holds {used[label]} {label}, more than the task's "
+                       f"skill layout allows ({bound})")
     return out
 
 

@@ -42,6 +42,8 @@ class ConfigKey(str, Enum):
     TOPK_FRACTION = "topk-fraction"
     LORA_RULE = "lora-rule"
     PROX_MU = "prox-mu"
+    #: present (true): the reply's delta travels packed, one flat array per dtype
+    DELTA_PACKED = "delta-packed"
     #: Downlink compression: the codec of the instruction's skill (present: the site keeps
     #: what it reconstructs) and the digest of the copy a `downlink` delta applies to.
     DOWNLINK_CODEC = "downlink-codec"

@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from unicon_core.federation.aggregation import weighted_average
-from unicon_core.federation.compression import Codec, apply_delta, decode_delta, encode_delta
+from unicon_core.federation.compression import (
+    PACKED,
+    Codec,
+    apply_delta,
+    decode_delta,
+    encode_delta,
+    from_wire,
+    payload_layout,
+    to_wire,
+)
 from unicon_core.federation.lora_rules import (
     aggregate_lora,
     factorise,
@@ -109,6 +118,60 @@ def test_malformed_payload_is_refused() -> None:
 
 
 # ---------------------------------------------------------------------------- LoRA rules
+PACKED_CODECS = [Codec("none", packed=True), Codec("fp16", packed=True),
+                 Codec("int8", packed=True), Codec("int8", per_row=True, packed=True),
+                 Codec("topk", topk_fraction=0.3, packed=True),
+                 Codec("topk", topk_fraction=1.0, packed=True)]
+
+
+@pytest.mark.parametrize("codec", PACKED_CODECS)
+def test_packed_payload_round_trips_bit_for_bit(codec: Codec) -> None:
+    # Prepare: mappings in different key orders on the two sides; a 0-size tensor
+    rng = np.random.default_rng(4)
+    glob, local = skill(rng), skill(rng)
+    glob["stem.empty"], local["stem.empty"] = np.zeros((0, 3), np.float32), np.zeros((0, 3),
+                                                                                     np.float32)
+    payload, _ = encode_delta(local, glob, codec)
+    # Execute
+    wire = to_wire(payload, glob, codec)
+    back = from_wire(wire, dict(reversed(list(glob.items()))), codec)
+    # Assert: one flat array per dtype, and exactly the unpacked payload behind it
+    assert all(k.startswith(PACKED) and v.ndim == 1 for k, v in wire.items())
+    assert len(wire) == len({dtype for _, dtype, _ in payload_layout(glob, codec)})
+    assert sum(v.size for v in wire.values()) == sum(v.size for v in payload.values())
+    assert set(back) == set(payload)
+    for key, arr in payload.items():
+        assert back[key].dtype == arr.dtype
+        np.testing.assert_array_equal(back[key], arr)
+
+
+def test_unpacked_codec_leaves_the_payload_as_it_is() -> None:
+    rng = np.random.default_rng(5)
+    glob, local = skill(rng), skill(rng)
+    payload, _ = encode_delta(local, glob, Codec("int8"))
+    assert to_wire(payload, glob, Codec("int8")).keys() == payload.keys()
+
+
+def test_malformed_packed_payload_is_refused() -> None:
+    rng = np.random.default_rng(6)
+    glob, local = skill(rng), skill(rng)
+    codec = Codec("int8", packed=True)
+    wire = to_wire(encode_delta(local, glob, codec)[0], glob, codec)
+    ints, floats = PACKED + "int8", PACKED + "float32"
+    with pytest.raises(ValueError, match="needs 21 values"):
+        from_wire({**wire, ints: wire[ints][:-1]}, glob, codec)
+    with pytest.raises(ValueError, match="needs 21 values"):
+        from_wire({**wire, ints: np.concatenate([wire[ints], wire[ints]])}, glob, codec)
+    with pytest.raises(ValueError, match=r"missing \['#packed.float32'\]"):
+        from_wire({ints: wire[ints]}, glob, codec)
+    with pytest.raises(ValueError, match=r"unknown \['#packed.float64'\]"):
+        from_wire({**wire, PACKED + "float64": wire[floats].astype(np.float64)}, glob, codec)
+    with pytest.raises(ValueError, match="float64"):
+        from_wire({**wire, floats: wire[floats].astype(np.float64)}, glob, codec)
+    with pytest.raises(ValueError, match="shape"):
+        from_wire({**wire, ints: wire[ints].reshape(1, -1)}, glob, codec)
+
+
 def test_ffa_average_of_products_is_product_of_average() -> None:
     rng = np.random.default_rng(5)
     glob = skill(rng)
