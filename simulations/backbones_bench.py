@@ -496,11 +496,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.update({"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                 "machine": f"CPU, {torch.get_num_threads()} threads", "seeds": seeds})
     res.setdefault("part_minutes", {})
+    run_dir = args.runs_dir / f"backbones-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        """Write what is measured so far: a run stopped in a later part keeps the earlier
+        ones (``--merge`` it and run only the parts that are missing)."""
+        (run_dir / "results.json").write_text(json.dumps(res, indent=2))
+
     if "sizes" in parts:
         print("sizes and step times", flush=True)
         res["steps_timed"] = 2 if q else 4
         res["sizes"] = sizes_and_speed(res["steps_timed"])
         res["part_minutes"]["sizes"] = (time.time() - start) / 60
+        save()
     if "tumour" in parts:
         print("tumour classification on unseen sources", flush=True)
         begin = time.time()
@@ -523,6 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "sources_train": len(set(split["groups"][~test].tolist())),
                                "sources_test": len(set(split["groups"][test].tolist()))}
         res["part_minutes"]["tumour"] = (time.time() - begin) / 60
+        save()
     if "survey" in parts:
         print("adaptation survey on the real CT foundation", flush=True)
         begin = time.time()
@@ -533,9 +543,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res["survey"] = {**survey_cfg, "rows": rows}
         res["part_minutes"]["survey"] = (time.time() - begin) / 60
     missing = [k for k in ("sizes", "tumour", "survey") if k not in res]
-    run_dir = args.runs_dir / f"backbones-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").write_text(json.dumps(res, indent=2))
+    save()
     if missing:
         print(f"wrote {run_dir / 'results.json'}; run the parts {missing} (--merge it) "
               "before a report is written")

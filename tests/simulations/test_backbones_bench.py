@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from simulations.backbones_bench import bootstrap_auc, insert_section
 
@@ -84,3 +86,23 @@ def test_a_partial_tumour_run_keeps_the_other_rows_and_labels_the_protocols() ->
     assert rows[1]["model"] == rnd and rows[1]["steps"] == 80
     assert rows[2]["model"] == f"{fm} (80 steps, earlier protocol)" and rows[3]["model"] == fm
     assert full == new
+
+
+def test_a_run_stopped_in_a_later_part_keeps_the_finished_ones(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: the sizes part returns known rows; the survey fails
+    from simulations import backbones_bench as bench
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(bench, "sizes_and_speed", lambda steps: [{"row": "known"}])
+    monkeypatch.setattr(bench, "survey", fail)
+    # Execute
+    with pytest.raises(RuntimeError, match="stopped"):
+        bench.main(["--parts", "sizes,survey", "--runs-dir", str(tmp_path), "--out",
+                    str(tmp_path / "section.md")])
+    # Assert: the sizes part is on disk, ready for --merge
+    (saved,) = tmp_path.glob("backbones-*/results.json")
+    res = json.loads(saved.read_text())
+    assert res["sizes"] == [{"row": "known"}] and "survey" not in res
