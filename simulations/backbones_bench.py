@@ -255,10 +255,15 @@ def merge_tumour_rows(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any
                       only: Sequence[str] | None, steps: int | None) -> list[dict[str, Any]]:
     """The tumour table after running ``only`` these models (``new``: the pixel baseline first,
     then their rows): every deep-model row of the merged run trained for its fixed ``steps``
-    stays, renamed when this run has a row of the same model; nothing is kept for a full run."""
-    kept = [] if only is None else [dict(r) for r in old if "epoch" not in r
-                                    and r.get("base", r["model"]) in TUMOUR_MODELS]
+    stays, renamed when this run has a row of the same model; rows of this protocol (best
+    validation epoch; the caller checks the split is the same) stay for the models not rerun;
+    nothing is kept for a full run."""
+    kept = [] if only is None else [dict(r) for r in old
+                                    if r.get("base", r["model"]) in TUMOUR_MODELS
+                                    and ("epoch" not in r or r["model"] not in only)]
     for r in kept:
+        if "epoch" in r:
+            continue
         r.setdefault("steps", steps)
         r["base"] = r.get("base", r["model"])
         if r["base"] in only:  # type: ignore[operator]
@@ -266,6 +271,32 @@ def merge_tumour_rows(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any
     order = list(TUMOUR_MODELS)
     return [*new[:1], *sorted([*new[1:], *kept], key=lambda r: (
         order.index(r.get("base", r["model"])), "epoch" in r))]
+
+
+def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Finished runs as one, later parts winning (``--merge a.json b.json``): processes that
+    each ran some parts, or some tumour rows, joined. Tumour rows are unioned by (model, seed),
+    which needs the same split and protocol in every part that has tumour rows."""
+    res: dict[str, Any] = {}
+    for part in parts:
+        if "tumour" in part and "tumour" in res:
+            for field in ("tumour_split", "tumour_epochs", "tumour_steps"):
+                if part.get(field) != res.get(field):
+                    raise ValueError(f"cannot join tumour rows of runs whose {field} "
+                                     f"differs: {res.get(field)} vs {part.get(field)}")
+        for key, value in part.items():
+            if key == "tumour" and "tumour" in res:
+                new = {(r["model"], r.get("seed")) for r in value}
+                rows = [r for r in res["tumour"] if (r["model"], r.get("seed")) not in new]
+                order = ["logistic regression on 32×32 pixels", *TUMOUR_MODELS]
+                res["tumour"] = sorted([*rows, *value], key=lambda r: (
+                    order.index(r.get("base", r["model"])) if r.get("base", r["model"]) in order
+                    else len(order), "epoch" in r, r.get("seed", 0)))
+            elif key == "part_minutes":
+                res.setdefault(key, {}).update(value)
+            else:
+                res[key] = value
+    return res
 
 
 def train_select(model: UniconModel, task: str, train: Dataset, val: Dataset, epochs: int,
@@ -476,8 +507,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tumour-models", nargs="+", default=None, choices=list(TUMOUR_MODELS),
                    help="run only these rows of the tumour table; with --merge the other rows "
                         "are kept from the merged run (each row says how it was trained)")
-    p.add_argument("--merge", type=Path, default=None, metavar="RESULTS_JSON",
-                   help="start from a run's results.json and replace only the parts run now")
+    p.add_argument("--merge", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                   help="start from finished runs' results.json (joined, later ones winning; "
+                        "tumour rows unioned) and replace only the parts run now; with "
+                        "--parts '' only join them and write the section")
     p.add_argument("--into", type=Path, default=None, metavar="BENCHMARKS_MD",
                    help="also put the section into this BENCHMARKS.md (replacing its old one)")
     args = p.parse_args(argv)
@@ -491,8 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     start = time.time()
     q = args.quick
-    parts = set(args.parts.split(","))
-    res: dict[str, Any] = json.loads(args.merge.read_text()) if args.merge else {}
+    parts = {p for p in args.parts.split(",") if p}
+    res = merge_results([json.loads(p.read_text()) for p in args.merge or []])
     res.update({"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                 "machine": f"CPU, {torch.get_num_threads()} threads", "seeds": seeds})
     res.setdefault("part_minutes", {})
@@ -514,23 +547,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("tumour classification on unseen sources", flush=True)
         begin = time.time()
         split = tumour_split()
-        res["tumour_epochs"] = 1 if q else 3
+        test, val = split["test"], split["val"]
+        split_info = {"n_train": int((~test).sum()), "n_test": int(test.sum()),
+                      "n_val": int(val.sum()), "val_pos": int(split["y"][val].sum()),
+                      "sources_val": len(set(split["groups"][val].tolist())),
+                      "test_pos": int(split["y"][test].sum()),
+                      "sources_train": len(set(split["groups"][~test].tolist())),
+                      "sources_test": len(set(split["groups"][test].tolist()))}
+        epochs = 1 if q else 3
+        if "tumour_epochs" in res and (res["tumour_epochs"], res.get("tumour_split")) != (
+                epochs, split_info):  # kept rows of this protocol must share the test set
+            raise SystemExit(f"the merged run's tumour rows used another split or budget "
+                             f"({res.get('tumour_split')}, {res['tumour_epochs']} epochs) than "
+                             f"this one ({split_info}, {epochs} epochs): rerun every row")
+        res["tumour_epochs"] = epochs
         res["ssl"] = {"rounds": 2 if q else 8, "steps": 5 if q else 40}
         rows = tumour_auc(split, seeds, res["tumour_epochs"],
                           (res["ssl"]["rounds"], res["ssl"]["steps"]),
                           max_steps=10 if q else None, only=args.tumour_models)
         res["tumour"] = merge_tumour_rows(res.get("tumour", []), rows, args.tumour_models,
                                           res.get("tumour_steps"))
-        n_fit = int((~split["test"] & ~split["val"]).sum())
+        n_fit = int((~test & ~val).sum())
         res["tumour_steps_per_epoch"] = 10 if q else -(-n_fit // 16)
-        test = split["test"]
-        val = split["val"]
-        res["tumour_split"] = {"n_train": int((~test).sum()), "n_test": int(test.sum()),
-                               "n_val": int(val.sum()), "val_pos": int(split["y"][val].sum()),
-                               "sources_val": len(set(split["groups"][val].tolist())),
-                               "test_pos": int(split["y"][test].sum()),
-                               "sources_train": len(set(split["groups"][~test].tolist())),
-                               "sources_test": len(set(split["groups"][test].tolist()))}
+        res["tumour_split"] = split_info
         res["part_minutes"]["tumour"] = (time.time() - begin) / 60
         save()
     if "survey" in parts:

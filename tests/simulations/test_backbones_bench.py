@@ -106,3 +106,43 @@ def test_a_run_stopped_in_a_later_part_keeps_the_finished_ones(
     (saved,) = tmp_path.glob("backbones-*/results.json")
     res = json.loads(saved.read_text())
     assert res["sizes"] == [{"row": "known"}] and "survey" not in res
+
+
+def test_rows_of_this_protocol_stay_for_the_models_not_rerun() -> None:
+    from simulations.backbones_bench import merge_tumour_rows
+
+    fm, rnd = "I3ResNet-152 2D, CT FM weights", "I3ResNet-152 2D, random"
+    old = [{"model": "logistic regression on 32×32 pixels", "auc": 0.6},
+           {"model": rnd, "auc": 0.84, "epoch": 1}, {"model": fm, "auc": 0.9, "epoch": 3}]
+    new = [{"model": "logistic regression on 32×32 pixels", "auc": 0.6},
+           {"model": fm, "auc": 0.95, "epoch": 2}]
+    rows = merge_tumour_rows(old, new, [fm], None)
+    assert [(r["model"], r["auc"]) for r in rows] == [
+        ("logistic regression on 32×32 pixels", 0.6), (rnd, 0.84), (fm, 0.95)]
+
+
+def test_runs_of_different_tumour_rows_join_only_on_the_same_split() -> None:
+    # Prepare: two processes, each with some rows (per seed) of the same split and budget
+    from simulations.backbones_bench import merge_results
+
+    fm, rnd = "I3ResNet-152 2D, CT FM weights", "I3ResNet-152 2D, random"
+    split = {"n_test": 987}
+    a = {"sizes": [1], "tumour_split": split, "tumour_epochs": 3, "part_minutes": {"sizes": 2},
+         "tumour": [{"model": "logistic regression on 32×32 pixels", "seed": 0, "auc": 0.6},
+                    {"model": fm, "seed": 0, "auc": 0.9, "epoch": 3}]}
+    b = {"survey": {"rows": []}, "tumour_split": split, "tumour_epochs": 3,
+         "part_minutes": {"tumour": 9},
+         "tumour": [{"model": "logistic regression on 32×32 pixels", "seed": 0, "auc": 0.6},
+                    {"model": fm, "seed": 1, "auc": 0.95, "epoch": 2},
+                    {"model": rnd, "seed": 0, "auc": 0.8, "epoch": 1}]}
+    # Execute
+    res = merge_results([a, b])
+    # Assert: every part and every (model, seed) row once, in the table's order
+    assert res["sizes"] == [1] and res["survey"] == {"rows": []}
+    assert res["part_minutes"] == {"sizes": 2, "tumour": 9}
+    assert [(r["model"], r["seed"]) for r in res["tumour"]] == [
+        ("logistic regression on 32×32 pixels", 0), (rnd, 0), (fm, 0), (fm, 1)]
+    with pytest.raises(ValueError, match="tumour_split differs"):
+        merge_results([a, {**b, "tumour_split": {"n_test": 1029}}])
+    with pytest.raises(ValueError, match="tumour_epochs differs"):
+        merge_results([a, {**b, "tumour_epochs": None}])
