@@ -439,27 +439,44 @@ def render(results: dict[str, Any]) -> str:
 
 
 def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Results of the same regime run for different seeds (one process each), as one: runs
-    in seed order, the wall time of the slowest part, every part's run folder."""
+    """Results of the same regime run apart (one process per seed, or per group of methods of
+    a seed), as one: runs in seed order, the wall time of the slowest part, every part's run
+    folder. A part without ``meta`` is a stopped process's ``partial.json``: its finished
+    methods join, its budget being that of the other parts (checked equal among them). Every
+    method must end with one run per seed; a (method, seed) run given twice is refused."""
     if not parts:
         raise ValueError("nothing to merge")
-    metas = [p["meta"] for p in parts]
+    metas = [p["meta"] for p in parts if "meta" in p]
+    if not metas:
+        raise ValueError("no finished run among the merged parts (every one is a partial.json)")
     keys = ("quick", "rounds", "local_steps", "batch_size", "lr", "backbone")
     for meta in metas[1:]:
         differ = [k for k in keys if meta[k] != metas[0][k]]
         if differ:
             raise ValueError(f"cannot merge runs of different budgets: {differ} differ")
-    seeds = [s for p in parts for s in p["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds repeat across the merged runs: {seeds}")
-    out = {**parts[0], "seeds": sorted(seeds), "runs": {}}
-    for name in parts[0]["methods"]:
-        runs = [r for p in parts for r in p["runs"].get(name, [])]
-        out["runs"][name] = sorted(runs, key=lambda r: r["seed"])
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for part in parts:
+        for name, rs in part["runs"].items():
+            runs.setdefault(name, []).extend(rs)
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    for name, rs in runs.items():
+        got = [r["seed"] for r in rs]
+        if len(set(got)) != len(got):
+            raise ValueError(f"seeds repeat across the merged runs: {name} has {sorted(got)}")
+        if sorted(got) != seeds:
+            raise ValueError(f"{name} ran for seeds {sorted(got)}, the merged runs hold {seeds}")
+    order = [m.name for m in METHODS]
+    methods = sorted(runs, key=lambda n: order.index(n) if n in order else len(order))
+    base = next(p for p in parts if "meta" in p)
+    out = {**base, "seeds": seeds, "methods": methods,
+           "runs": {n: sorted(runs[n], key=lambda r: r["seed"]) for n in methods}}
+    stopped = sum("meta" not in p for p in parts)
     out["meta"] = {**metas[0], "minutes": max(m["minutes"] for m in metas),
                    "run_dir": ", ".join(f"`{m['run_dir']}`" for m in metas).strip("`"),
                    "command": " + ".join(_shown(m["command"]) for m in metas)
-                   + " (one process per seed, joined by --merge)"}
+                   + (f" + the finished methods of {stopped} stopped process(es) "
+                      "(their partial.json)" if stopped else "")
+                   + " (one process per seed or group of methods, joined by --merge)"}
     return out
 
 

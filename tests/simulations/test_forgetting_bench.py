@@ -178,6 +178,33 @@ def test_seeds_run_apart_merge_into_the_same_runs(results: dict[str, Any]) -> No
         fb.merge([parts[0], {**parts[1], "meta": {**parts[1]["meta"], "local_steps": 1}}])
 
 
+def test_groups_of_methods_and_a_stopped_process_merge_into_the_same_runs(
+        results: dict[str, Any]) -> None:
+    # Prepare: seed 0 whole; seed 1 split: its first method from a stopped process's
+    # partial.json (no meta), the others from a finished process run with --methods
+    first, *others = results["methods"]
+
+    def seed(s: int, names: list[str]) -> dict[str, list]:
+        return {n: [r for r in results["runs"][n] if r["seed"] == s] for n in names}
+
+    whole = {**results, "seeds": [0], "runs": seed(0, results["methods"])}
+    stopped = {k: v for k, v in results.items() if k != "meta"} | {
+        "seeds": [1], "runs": seed(1, [first])}
+    rest = {**results, "seeds": [1], "methods": others, "runs": seed(1, others)}
+    # Execute
+    merged = fb.merge([whole, stopped, rest])
+    # Assert: the same runs as one process; the stopped part named in the command
+    assert merged["seeds"] == [0, 1] and merged["runs"] == results["runs"]
+    assert merged["methods"] == results["methods"]
+    assert "1 stopped process(es)" in merged["meta"]["command"]
+    with pytest.raises(ValueError, match=f"{first} ran for seeds \\[0\\], the merged"):
+        fb.merge([whole, rest])  # seed 1 lacks the stopped process's method
+    with pytest.raises(ValueError, match="no finished run"):
+        fb.merge([stopped])
+    with pytest.raises(ValueError, match="seeds repeat"):
+        fb.merge([whole, stopped, rest, stopped])
+
+
 def test_side_bytes_count_what_the_plugins_would_send() -> None:
     import torch
 
