@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -222,7 +222,7 @@ def tumour_auc(split: dict[str, Any], seeds: Sequence[int], epochs: int,
     small = torch.nn.functional.avg_pool2d(torch.from_numpy(x)[:, None], 2).flatten(1).numpy()
     clf = LogisticRegression(max_iter=2000, C=0.1).fit(small[fit], y[fit])
     auc, lo, hi = bootstrap_auc(y[test], clf.predict_proba(small[test])[:, 1])
-    rows.append({"model": "logistic regression on 32×32 pixels", "seed": 0, "auc": auc,
+    rows.append({"model": PIXEL_BASELINE, "seed": 0, "auc": auc,
                  "lo": lo, "hi": hi})
     spec = _task("tumour", "classification", "mri", 2, [64, 64])
 
@@ -251,6 +251,18 @@ def tumour_auc(split: dict[str, Any], seeds: Sequence[int], epochs: int,
     return rows
 
 
+PIXEL_BASELINE = "logistic regression on 32×32 pixels"
+
+
+def tumour_row_order(row: Mapping[str, Any]) -> tuple[int, bool, int]:
+    """Where a row goes in the tumour table: the pixel baseline, then the models in
+    ``TUMOUR_MODELS`` order (an earlier protocol's row before this one's), then by seed."""
+    order = [PIXEL_BASELINE, *TUMOUR_MODELS]
+    base = row.get("base", row["model"])
+    return (order.index(base) if base in order else len(order), "epoch" in row,
+            int(row.get("seed") or 0))
+
+
 def merge_tumour_rows(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any]],
                       only: Sequence[str] | None, steps: int | None) -> list[dict[str, Any]]:
     """The tumour table after running ``only`` these models (``new``: the pixel baseline first,
@@ -268,9 +280,7 @@ def merge_tumour_rows(old: Sequence[dict[str, Any]], new: Sequence[dict[str, Any
         r["base"] = r.get("base", r["model"])
         if r["base"] in only:  # type: ignore[operator]
             r["model"] = f"{r['base']} ({r['steps']} steps, earlier protocol)"
-    order = list(TUMOUR_MODELS)
-    return [*new[:1], *sorted([*new[1:], *kept], key=lambda r: (
-        order.index(r.get("base", r["model"])), "epoch" in r))]
+    return [*new[:1], *sorted([*new[1:], *kept], key=tumour_row_order)]
 
 
 def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -288,10 +298,7 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
             if key == "tumour" and "tumour" in res:
                 new = {(r["model"], r.get("seed")) for r in value}
                 rows = [r for r in res["tumour"] if (r["model"], r.get("seed")) not in new]
-                order = ["logistic regression on 32×32 pixels", *TUMOUR_MODELS]
-                res["tumour"] = sorted([*rows, *value], key=lambda r: (
-                    order.index(r.get("base", r["model"])) if r.get("base", r["model"]) in order
-                    else len(order), "epoch" in r, r.get("seed", 0)))
+                res["tumour"] = sorted([*rows, *value], key=tumour_row_order)
             elif key == "part_minutes":
                 res.setdefault(key, {}).update(value)
             else:

@@ -690,13 +690,14 @@ class PerTaskFedAvg(FedAvg):
                 codec = opts.codec_spec()
                 sizes = packed_sizes(trained, codec) if codec.packed else {}
                 for key, arr in encoded.items():  # check the header before decoding any bytes
-                    base = key.removesuffix(SCALE).removesuffix(INDEX)
-                    size = int(np.prod(reference[base].shape)) if base in reference else -1
-                    flat = base != key or opts.codec == "topk"  # 1-D: scales, indices, values
-                    fits = (len(arr.shape) == 1 and arr.shape[0] <= size) if flat else (
-                        base in reference and tuple(arr.shape) == reference[base].shape)
                     if codec.packed:  # one flat array per dtype, of the layout's size
                         fits = key in sizes and tuple(arr.shape) == (sizes[key],)
+                    else:
+                        base = key.removesuffix(SCALE).removesuffix(INDEX)
+                        size = int(np.prod(reference[base].shape)) if base in reference else -1
+                        flat = base != key or opts.codec == "topk"  # 1-D: scales, indices, values
+                        fits = (len(arr.shape) == 1 and arr.shape[0] <= size) if flat else (
+                            base in reference and tuple(arr.shape) == reference[base].shape)
                     if not fits:
                         return Rejected(f"{key}: shape {tuple(arr.shape)} does not fit the skill")
                 payload = from_wire(record_to_arrays(encoded), trained, codec)

@@ -167,9 +167,14 @@ def _int8(d: np.ndarray, per_row: bool) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
+def topk_count(size: int, fraction: float) -> int:
+    """How many of a tensor's ``size`` values top-k sends: at least one, at most all."""
+    return min(max(1, ceil(fraction * size)), size) if size else 0
+
+
 def _topk(d: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     flat = d.reshape(-1)
-    k = max(1, int(np.ceil(fraction * flat.size))) if flat.size else 0
+    k = topk_count(flat.size, fraction)
     if k >= flat.size:
         index = np.arange(flat.size)
     else:
@@ -195,7 +200,7 @@ def payload_layout(
             out += [(key, np.dtype(np.int8), ref.shape),
                     (key + SCALE, np.dtype(np.float32), (rows,))]
         else:
-            k = min(max(1, ceil(codec.topk_fraction * ref.size)), ref.size) if ref.size else 0
+            k = topk_count(ref.size, codec.topk_fraction)
             out += [(key + INDEX, np.dtype(np.int32), (k,)), (key, np.dtype(np.float32), (k,))]
     return out
 
