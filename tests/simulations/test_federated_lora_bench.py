@@ -17,9 +17,12 @@ OTHER = "## Some other section\n\nkept as it is\n"
 
 
 def _fake_fed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
-    """Known values: rule index / 10 + seed / 100 (+0.3 for the mixed run)."""
+    """Known values: rule index / 10 + seed / 100 (+0.3 for the mixed run, +0.02 with a server
+    optimiser or FedProx, +0.004 on the pretrained foundation)."""
     value = 0.5 + bench.RULES.index(job.rule) / 10 + job.seed / 100
     value += 0.3 if job.kind == "mixed" else 0.0
+    value += 0.02 if job.options else 0.0
+    value += 0.004 if "backbone=demo" in setup.base else 0.0
     return {"metric": "c_index", "value": value, "per_site": {}, "per_site_n": {}, "n": 32,
             "wall_s": 1.0, "bytes_up": 1000.0 + job.seed, "bytes_down": 2000.0,
             "svd_truncation_error": 0.25 if job.rule == "svd" else None}
@@ -59,13 +62,13 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
 
     # Execute
     res = bench.main(["--quick", "--seeds", "0", "1", "--work-dir", str(tmp_path / "w"),
-                      "--out", str(out)])
+                      "--out", str(out), "--foundation"])
 
     # Assert: the other section is kept, ours is appended with the runs' numbers
     text = out.read_text()
     assert OTHER.strip() in text and text.count(bench.HEADING) == 1
     section = text[text.index(bench.HEADING):]
-    assert f"--seeds 0 1 --quick --out .../{tmp_path.name}/BENCH.md" in section
+    assert f"--seeds 0 1 --quick --foundation --out .../{tmp_path.name}/BENCH.md" in section
     assert "/tmp" not in section
     # naive: fed 0.50/0.51, central 0.80/0.81 -> per seed 0.625, 0.630; svd 0.80/0.81 -> 1.0
     assert "| synth_surv (SYNTHETIC, c_index) | 32 | naive | 0.505 ± 0.007 | 0.805 ± 0.007 " \
@@ -88,6 +91,39 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "| 3 | 0.5 (0.167) | 3.75 | 2, 2 | 3 / 4 / 0 | 7 | 103 |" in section
     assert "| 6 | 0.5 (0.083) | 7.50 | 2, 2 | 6 / 4 / 0 | 7 | 106 |" in section
     assert res["jobs"][bench.Job("central", "synth_surv", 1).key]["value"] == 0.81
+    # server optimisers and FedProx: one row each, against plain FedAvg (the naive row)
+    variants = section[section.index("### Server optimisers"):]
+    assert "| synth_surv | FedAvg (the naive row above) | 0.505 ± 0.007 | 0.500, 0.510 | " \
+           "0.627 | **MISSED** |" in variants
+    for label in bench.VARIANTS:
+        assert f"| synth_surv | {label} | 0.525 ± 0.007 | 0.520, 0.530 | 0.652 |" in variants
+    # the rules again on the pretrained foundation, its runs told apart by their overrides
+    fm = section[section.index("on the pretrained foundation"):]
+    assert "`experiment=continual backbone=demo`" in fm
+    assert "| naive | 0.509 ± 0.007 | 0.805 ± 0.007 | 0.630, 0.635 | 0.632 |" in fm
+    assert not any(j.options for j in map(_job_of, res["foundation"]["jobs"]))
+
+
+def _job_of(key: str) -> bench.Job:
+    """The planned job behind a result key (keys are unique per job)."""
+    return next(j for j in _all_jobs() if j.key == key)
+
+
+def _all_jobs() -> list[bench.Job]:
+    setup = bench.Setup({"synth_surv": [Path("synth_surv_0"), Path("synth_surv_1")]},
+                        bench.Budget())
+    return bench.plan_jobs(setup, [0, 1], variants=True)
+
+
+def test_plan_adds_each_variant_per_task_and_seed() -> None:
+    setup = bench.Setup({"a": [Path("a1")], "b": [Path("b1")]}, bench.Budget(), mixed_task="")
+    plain = bench.plan_jobs(setup, [0, 1, 2], variants=False)
+    full = bench.plan_jobs(setup, [0, 1, 2])
+    extra = [j for j in full if j not in plain]
+    assert len(extra) == 2 * len(bench.VARIANTS) * 3
+    assert {j.options for j in extra} == set(bench.VARIANTS.values())
+    assert len({j.key for j in full}) == len(full)  # every run has its own cache file
+    assert all(j.rule == bench.VARIANT_RULE for j in extra)
 
 
 def test_bytes_alone_replace_only_the_bytes_table(monkeypatch: pytest.MonkeyPatch,
@@ -121,6 +157,8 @@ def test_lora_overrides_name_rule_and_ranks() -> None:
     assert bench.lora_overrides("ffa") == ["+strategy.lora.delta=true",
                                            "+strategy.lora.lora_rule=ffa"]
     assert bench.lora_overrides("svd", {"a": 2})[-1] == "+strategy.lora.site_ranks={a:2}"
+    assert bench.lora_overrides("naive", None, (("server_opt", "fedadam"), ("prox_mu", 0.01))) \
+        [-2:] == ["+strategy.lora.server_opt=fedadam", "+strategy.lora.prox_mu=0.01"]
 
 
 def test_scale_sites_deal_rows_with_repeats(tmp_path: Path) -> None:
