@@ -288,6 +288,7 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     each ran some parts, or some tumour rows, joined. Tumour rows are unioned by (model, seed),
     which needs the same split and protocol in every part that has tumour rows."""
     res: dict[str, Any] = {}
+    runs = [run for part in parts for run in part_runs(part)]
     for part in parts:
         if "tumour" in part and "tumour" in res:
             for field in ("tumour_split", "tumour_epochs", "tumour_steps"):
@@ -301,9 +302,25 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 res["tumour"] = sorted([*rows, *value], key=tumour_row_order)
             elif key == "part_minutes":
                 res.setdefault(key, {}).update(value)
-            else:
+            elif key != "runs":
                 res[key] = value
+    if runs:
+        res["runs"] = runs
     return res
+
+
+def part_runs(res: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The processes behind a results.json: its own ``runs`` list, or (a run saved before runs
+    were listed) one entry from its machine, minutes per part and tumour models."""
+    if "runs" in res:
+        return [dict(r) for r in res["runs"]]
+    if not res.get("part_minutes"):
+        return []
+    models = sorted({r.get("base", r["model"]) for r in res.get("tumour", [])
+                     if r.get("base", r["model"]) in TUMOUR_MODELS}, key=list(TUMOUR_MODELS).index)
+    return [{"parts": list(res["part_minutes"]), "machine": res.get("machine", "?"),
+             "minutes": dict(res["part_minutes"]), "date": res.get("date"),
+             "tumour_models": models if "tumour" in res["part_minutes"] else []}]
 
 
 def train_select(model: UniconModel, task: str, train: Dataset, val: Dataset, epochs: int,
@@ -408,14 +425,24 @@ def _tumour_protocol(res: dict[str, Any]) -> str:
 def render(res: dict[str, Any]) -> str:
     """The markdown section (numbers from ``res`` only)."""
     split = res["tumour_split"]
+    runs = res.get("runs", [])
+    if len(runs) > 1:
+        made = (f"Written by `python -m simulations.backbones_bench --merge` on {res['date']}, "
+                f"joining {len(runs)} runs made side by side on this machine: " + "; ".join(
+                    f"{', '.join(r['parts'])}"
+                    + (f" ({', '.join(r['tumour_models'])})" if r.get("tumour_models") else "")
+                    + f" ({r['machine']}; "
+                    + ", ".join(f"{k} {v:.1f} min" for k, v in r["minutes"].items()) + ")"
+                    for r in runs) + ".")
+    else:
+        made = (f"Written by `python -m simulations.backbones_bench` on {res['date']} "
+                f"({res['machine']}; minutes per part: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in res["part_minutes"].items()) + ").")
     lines = [
         "## backbones",
         "",
-        f"Written by `python -m simulations.backbones_bench` on {res['date']} "
-        f"({res['machine']}; minutes per part: "
-        + ", ".join(f"{k} {v:.1f}" for k, v in res["part_minutes"].items())
-        + f"). Seeds: {res['seeds']}. Step times are wall-clock on a 2-core machine and move "
-        "with whatever else runs on it; metrics do not.",
+        made + f" Seeds: {res['seeds']}. Step times are wall-clock on a 2-core machine and "
+        "move with whatever else runs on it; metrics do not.",
         "",
         "### Skill size and local step time per backbone and task kind",
         "",
@@ -534,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts = {p for p in args.parts.split(",") if p}
     res = merge_results([json.loads(p.read_text()) for p in args.merge or []])
     res.update({"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                "machine": f"CPU, {torch.get_num_threads()} threads", "seeds": seeds})
+                "machine": f"CPU, torch threads {torch.get_num_threads()}", "seeds": seeds})
     res.setdefault("part_minutes", {})
     run_dir = args.runs_dir / f"backbones-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -588,6 +615,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                       survey_cfg["n_train"], survey_cfg["n_test"])
         res["survey"] = {**survey_cfg, "rows": rows}
         res["part_minutes"]["survey"] = (time.time() - begin) / 60
+    if parts:  # this process's own entry, beside those of the runs it joins
+        res["runs"] = [*res.get("runs", []), {
+            "parts": [k for k in ("sizes", "tumour", "survey") if k in parts],
+            "machine": res["machine"], "date": res["date"],
+            "minutes": {k: res["part_minutes"][k] for k in parts if k in res["part_minutes"]},
+            "tumour_models": list(args.tumour_models or TUMOUR_MODELS) if "tumour" in parts
+            else []}]
     missing = [k for k in ("sizes", "tumour", "survey") if k not in res]
     save()
     if missing:

@@ -142,6 +142,10 @@ def test_runs_of_different_tumour_rows_join_only_on_the_same_split() -> None:
     assert res["part_minutes"] == {"sizes": 2, "tumour": 9}
     assert [(r["model"], r["seed"]) for r in res["tumour"]] == [
         ("logistic regression on 32×32 pixels", 0), (rnd, 0), (fm, 0), (fm, 1)]
+    # each process is listed with what it ran, so the section can say how it was made
+    assert [(r["parts"], r["tumour_models"], r["minutes"]) for r in res["runs"]] == [
+        (["sizes"], [], {"sizes": 2}), (["tumour"], [rnd, fm], {"tumour": 9})]
+    assert merge_results([res])["runs"] == res["runs"]  # a joined run joins again unchanged
     with pytest.raises(ValueError, match="tumour_split differs"):
         merge_results([a, {**b, "tumour_split": {"n_test": 1029}}])
     with pytest.raises(ValueError, match="tumour_epochs differs"):
