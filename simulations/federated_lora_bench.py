@@ -634,7 +634,7 @@ def render(res: Mapping[str, Any]) -> str:
             b, f"The rules again on a backbone that learns: `{' '.join(fm['base'])}` (the "
             "demo's MRI foundation: the CT foundation's I3ResNet-152 with the astra weights, "
             "kernels summed over depth, frozen; LoRA on its bottleneck convolutions). Same "
-            "budget and measures as above.")
+            "budget and measures as above." + (f" {fm['note']}" if fm.get("note") else ""))
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -672,8 +672,7 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
             per, of_means = ratio_stats(fed, central)
             lines.append(
                 f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed)} | {_ms(central)} | "
-                f"{', '.join(_f(p) for p in per)} | {_f(of_means)} | "
-                f"{_verdict(math.isfinite(of_means) and of_means >= GOAL_RATIO)} |")
+                f"{', '.join(_f(p) for p in per)} | {_f(of_means)} | {_goal(fed, of_means)} |")
     weak = [t for t in part["tasks"]
             if mean_std(_values(jobs, [Job("central", t, s) for s in seeds]))[0] < NEAR_CHANCE
             and _higher_is_better_chance(jobs, t)]
@@ -696,6 +695,13 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
         lines += ["", "Not measured: " + "; ".join(f"`{t}`: {why}"
                                                   for t, why in part["left_out"].items()) + "."]
     return [*lines, ""]
+
+
+def _goal(fed: Sequence[float], of_means: float) -> str:
+    """The fed / central verdict; "not run" where no seed of the row ran (not a miss)."""
+    if not any(math.isfinite(v) for v in fed):
+        return "not run"
+    return _verdict(math.isfinite(of_means) and of_means >= GOAL_RATIO)
 
 
 def _values(jobs: Mapping[str, Any], wanted: Sequence[Job], key: str = "value") -> list[float]:
@@ -729,8 +735,7 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
                                  for s in seeds])
             of_means = ratio_stats(fed, central)[1]
             out.append(f"| {task} | {label} | {_ms(fed)} | {', '.join(_f(v) for v in fed)} | "
-                       f"{_f(of_means)} | "
-                       f"{_verdict(math.isfinite(of_means) and of_means >= GOAL_RATIO)} |")
+                       f"{_f(of_means)} | {_goal(fed, of_means)} |")
     return [*out, ""]
 
 

@@ -145,6 +145,12 @@ def test_bytes_alone_replace_only_the_bytes_table(monkeypatch: pytest.MonkeyPatc
     assert "This table alone was rerun by" in text and "1.010 x raw skill bytes" in text
 
 
+def test_a_row_that_did_not_run_is_not_called_a_miss() -> None:
+    assert bench._goal([math.nan, math.nan], math.nan) == "not run"
+    assert bench._goal([0.5, math.nan], 0.5) == "**MISSED**"
+    assert bench._goal([0.99], 0.99) == "met"
+
+
 def test_ratio_stats_per_seed_and_of_means() -> None:
     per, of_means = bench.ratio_stats([0.9, 0.6], [1.0, 0.8])
     assert per == pytest.approx([0.9, 0.75])
