@@ -147,7 +147,8 @@ def test_bytes_alone_replace_only_the_bytes_table(monkeypatch: pytest.MonkeyPatc
 
 def test_a_row_that_did_not_run_is_not_called_a_miss() -> None:
     assert bench._goal([math.nan, math.nan], math.nan) == "not run"
-    assert bench._goal([0.5, math.nan], 0.5) == "**MISSED**"
+    assert bench._goal([0.99, math.nan], 0.99) == "incomplete (1 of 2 seeds)"
+    assert bench._goal([0.5, 0.5], 0.5) == "**MISSED**"
     assert bench._goal([0.99], 0.99) == "met"
 
 
