@@ -109,17 +109,25 @@ def aggregate_lora(
     num = den = 0.0
     for a_key, b_key in pairs.values():
         dw = sum(
-            w * (alpha / r) * (np.asarray(s[b_key], np.float64) @ np.asarray(s[a_key],
-                                                                            np.float64))
+            w * (alpha / r) * (_matrix(s[b_key]) @ _matrix(s[a_key]))
             for s, w, r in zip(states, share, ranks, strict=True)
         )
         b, a, err = factorise(dw, rank, alpha / rank)
-        out[a_key] = a.astype(np.asarray(reference[a_key]).dtype)
-        out[b_key] = b.astype(np.asarray(reference[b_key]).dtype)
+        ref_a, ref_b = np.asarray(reference[a_key]), np.asarray(reference[b_key])
+        # convolutional factors (A: r x C x k.., B: out x r x 1..) go back to their own shapes
+        out[a_key] = a.reshape((rank, *ref_a.shape[1:])).astype(ref_a.dtype)
+        out[b_key] = b.reshape((ref_b.shape[0], rank, *ref_b.shape[2:])).astype(ref_b.dtype)
         num += err**2
         den += float(np.sum(dw * dw))
     rel = float(np.sqrt(num / den)) if den > 0 else 0.0
     return LoraAggregate(out, report={"svd_truncation_error": rel})
+
+
+def _matrix(factor: np.ndarray) -> np.ndarray:
+    """A LoRA factor as a matrix: a Linear's as it is, a convolution's flattened after its first
+    axis (peft's convolutional dW = B.flatten(1) @ A.flatten(1), reshaped to the kernel)."""
+    arr = np.asarray(factor, np.float64)
+    return arr.reshape(arr.shape[0], -1)
 
 
 def factorise(dw: np.ndarray, rank: int, scale: float) -> tuple[np.ndarray, np.ndarray, float]:

@@ -217,6 +217,29 @@ def test_svd_rule_exact_when_average_product_has_the_rank() -> None:
     assert res.skill[A].dtype == np.float32
 
 
+def test_svd_rule_on_convolutional_factors_averages_the_kernels_update() -> None:
+    # Prepare: peft's Conv LoRA factors: A (r x C x k x k), B (out x r x 1 x 1), rank 2
+    rng = np.random.default_rng(12)
+    a_key, b_key = "m.conv.lora_A.weight", "m.conv.lora_B.weight"
+    glob = {a_key: rng.normal(size=(2, 3, 3, 3)).astype(np.float32),
+            b_key: rng.normal(size=(4, 2, 1, 1)).astype(np.float32)}
+    a = rng.normal(size=(2, 3, 3, 3))
+    states = [{a_key: a, b_key: rng.normal(size=(4, 2, 1, 1))} for _ in range(2)]
+    # Execute
+    res = aggregate_lora(states, [1, 3], "svd", reference=glob, alpha=4.0, rank=2)
+
+    # Assert: the factors keep their shapes, and B.flatten(1) @ A.flatten(1) is the weighted
+    # average of the sites' kernel updates (exact: all share A, so the average has rank 2)
+    def dw(s: dict[str, np.ndarray]) -> np.ndarray:
+        return 2.0 * np.asarray(s[b_key], np.float64).reshape(4, 2) @ np.asarray(
+            s[a_key], np.float64).reshape(2, 27)
+
+    assert res.skill[a_key].shape == (2, 3, 3, 3) and res.skill[b_key].shape == (4, 2, 1, 1)
+    np.testing.assert_allclose(dw(res.skill), 0.25 * dw(states[0]) + 0.75 * dw(states[1]),
+                               rtol=1e-5, atol=1e-5)
+    assert res.report["svd_truncation_error"] < 1e-6
+
+
 def test_svd_rule_reports_truncation_error() -> None:
     rng = np.random.default_rng(9)
     glob = skill(rng)
