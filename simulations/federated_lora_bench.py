@@ -93,11 +93,13 @@ VARIANTS: dict[str, tuple[tuple[str, str | float], ...]] = {
 #: The rules again on the pretrained foundation (``backbone=demo``: the CT foundation's
 #: I3ResNet-152 collapsed to 2D for MRI), on a task it learns within the budget.
 FOUNDATION_BASE = ("experiment=continual", "backbone=demo")
-FOUNDATION_TASKS: dict[str, tuple[str, ...]] = {"tissue_seg": ("brain_axial", "brain_coronal")}
+FOUNDATION_TASKS: dict[str, tuple[str, ...]] = {
+    "tissue_seg": ("brain_axial", "brain_coronal"),
+    "tumour_cls": ("br35h_a", "br35h_b", "br35h_c"),
+}
+#: Mixed ranks on the foundation's convolutional LoRA factors (its last site at half rank).
+FOUNDATION_MIXED_TASK = "tissue_seg"
 FOUNDATION_LEFT_OUT = {
-    "tumour_cls": "on this foundation it needs far more steps than this budget gives (its row in "
-                  "the backbones section trains up to 3 epochs of 107 steps of 16); 15 such "
-                  "runs do not fit on this CPU",
     "ct_seg": "SYNTHETIC CT phantoms on the 3D foundation, left out for the CPU budget",
 }
 MIXED_TASK = "gbsg2_surv"
@@ -183,6 +185,20 @@ class Setup:
     mixed_task: str = MIXED_TASK
 
 
+def site_setup(sites: Mapping[str, Sequence[Path]], budget: Budget,
+               base: tuple[str, ...] = ("experiment=continual",), mixed_task: str = MIXED_TASK
+               ) -> Setup:
+    """The :class:`Setup` of prepared site folders: each must exist; a task is SYNTHETIC
+    when its first site's ``site.json`` says so."""
+    missing = [str(d) for ds in sites.values() for d in ds if not Path(d).is_dir()]
+    if missing:
+        raise SystemExit(f"site folder(s) {missing} missing: run `unicon prepare-demo` first")
+    synthetic = {t: bool(json.loads((Path(d[0]) / "site.json").read_text()).get("synthetic"))
+                 for t, d in sites.items()}
+    return Setup({t: [Path(d) for d in ds] for t, ds in sites.items()}, budget, base=base,
+                 synthetic=synthetic, mixed_task=mixed_task)
+
+
 # ------------------------------------------------------------------------------ runs
 def lora_overrides(rule: str, site_ranks: Mapping[str, int] | None = None,
                    options: Sequence[tuple[str, str | float]] = ()) -> list[str]:
@@ -226,6 +242,7 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     sites = setup.sites[job.task]
     extra = tuple(lora_overrides(job.rule, dict(job.site_ranks), job.options))
     result = run_in_process(sites, run_dir, _settings(setup, job.seed, extra=extra))
+    check_aggregated(result.rounds, job.task, job.key)
     comm = result.results["communication"]
     trunc = [r["tasks"][job.task]["svd_truncation_error"] for r in result.rounds
              if "svd_truncation_error" in r.get("tasks", {}).get(job.task, {})]
@@ -233,6 +250,17 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
             "bytes_down": float(comm["bytes_down_per_site_round"]),
             "bytes_up": float(comm["bytes_up_per_site_round"]),
             "svd_truncation_error": float(np.mean(trunc)) if trunc else None}
+
+
+def check_aggregated(rounds: Sequence[Mapping[str, Any]], task: str, label: str) -> None:
+    """Fail where the server threw a round's replies away (``aggregation_error`` in its
+    record): the run would otherwise "succeed" with the skill it started from."""
+    errors = [f"round {r.get('round', i)}: {r['tasks'][task]['aggregation_error']}"
+              for i, r in enumerate(rounds, 1)
+              if "aggregation_error" in r.get("tasks", {}).get(task, {})]
+    if errors:
+        raise RuntimeError(f"{label}: the server could not aggregate task {task}'s replies "
+                           f"({'; '.join(errors)}); its skill did not move")
 
 
 def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
@@ -250,6 +278,7 @@ def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
         [sites[0]], run_dir / "pooled",
         _settings(setup, job.seed, local_steps=setup.budget.local_steps * len(sites)),
         hooks=hooks)
+    check_aggregated(pooled.rounds, job.task, job.key)
     state = pooled.states[job.task]
     check = run_in_process(sites, run_dir / "evaluate",
                            _settings(setup, job.seed, rounds=1, local_steps=1, lr=1e-12),
@@ -274,6 +303,7 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     cpu = time.process_time()
     out = RUNNERS[job.kind](setup, job, work / "runs" / job.key)
     out["cpu_s"] = time.process_time() - cpu
+    out["made"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return job, out
 
 
@@ -330,19 +360,18 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
 
 
 def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: Sequence[int],
-                   work: Path, n_jobs: int) -> dict[str, Any]:
-    """The rules and the centralised bound on the pretrained foundation (``FOUNDATION_BASE``)."""
-    missing = [str(d) for ds in sites.values() for d in ds if not Path(d).is_dir()]
-    if missing:
-        raise SystemExit(f"site folder(s) {missing} missing: run `unicon prepare-demo` first")
-    synthetic = {t: bool(json.loads((Path(d[0]) / "site.json").read_text()).get("synthetic"))
-                 for t, d in sites.items()}
-    setup = Setup({t: [Path(d) for d in ds] for t, ds in sites.items()}, budget,
-                  base=FOUNDATION_BASE, synthetic=synthetic, mixed_task="")
+                   work: Path, n_jobs: int, mixed_task: str = FOUNDATION_MIXED_TASK
+                   ) -> dict[str, Any]:
+    """The rules, the centralised bound and mixed ranks (on ``mixed_task``) on the pretrained
+    foundation (``FOUNDATION_BASE``)."""
+    setup = site_setup(sites, budget, base=FOUNDATION_BASE,
+                       mixed_task=mixed_task if mixed_task in sites else "")
     jobs = run_jobs(setup, plan_jobs(setup, seeds, variants=False), work, n_jobs)
     changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
-    return {"base": list(FOUNDATION_BASE), "tasks": list(sites), "synthetic": synthetic,
+    return {"base": list(FOUNDATION_BASE), "tasks": list(sites), "synthetic": setup.synthetic,
             "jobs": jobs, "max_change": max(changes) if changes else None,
+            "mixed_task": setup.mixed_task,
+            "mixed_ranks": [list(r) for r in mixed_ranks(setup)] if setup.mixed_task else [],
             "left_out": {t: why for t, why in FOUNDATION_LEFT_OUT.items() if t not in sites}}
 
 
@@ -624,7 +653,8 @@ def render(res: Mapping[str, Any]) -> str:
              "waiting for a core). Every run is the product's ServerApp "
              "strategy and ClientApp over the in-process grid "
              "(`unicon_flower.runner.run_in_process`), tiny random transformer backbone "
-             f"(`experiment=continual`) unless a table names another, seeds {seeds}.", ""]
+             f"(`experiment=continual`) unless a table names another, seeds {seeds}."
+             f"{_made_line(runs)}", ""]
     lines += _rules_lines("### Federated / centralised per LoRA rule", res, seeds, b)
     lines += _variant_lines(res, seeds)
     if res.get("foundation"):
@@ -635,11 +665,24 @@ def render(res: Mapping[str, Any]) -> str:
             "demo's MRI foundation: the CT foundation's I3ResNet-152 with the astra weights, "
             "kernels summed over depth, frozen; LoRA on its bottleneck convolutions). Same "
             "budget and measures as above." + (f" {fm['note']}" if fm.get("note") else ""))
+        lines += _mixed_lines(fm, seeds, " on the pretrained foundation")
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
     lines += _scale_lines(res)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _made_line(runs: Sequence[Mapping[str, Any]]) -> str:
+    """When the runs were made: the script reuses a run already in its work folder's cache
+    (``jobs/<key>.json``), so one section can join runs of several invocations."""
+    dates = sorted({r["made"][:10] for r in runs if "made" in r})
+    undated = sum("made" not in r for r in runs)
+    if not dates:
+        return ""
+    return (f" Runs reused from the work folder's cache are not rerun: these runs were made "
+            f"on {', '.join(dates)}" + (f" ({undated} earlier, undated)" if undated else "")
+            + ".")
 
 
 def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
@@ -675,7 +718,7 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
                 f"{', '.join(_f(p) for p in per)} | {_f(of_means)} | {_goal(fed, of_means)} |")
     weak = [t for t in part["tasks"]
             if mean_std(_values(jobs, [Job("central", t, s) for s in seeds]))[0] < NEAR_CHANCE
-            and _higher_is_better_chance(jobs, t)]
+            and _chance_is_half(jobs, t)]
     if weak:
         lines += ["", f"Centralised itself stays below {NEAR_CHANCE} (0.5 = chance) on "
                   f"{', '.join(weak)}: at this budget neither side learns much there, and "
@@ -713,7 +756,7 @@ def _values(jobs: Mapping[str, Any], wanted: Sequence[Job], key: str = "value") 
     return [jobs.get(j.key, {}).get(key, math.nan) for j in wanted]
 
 
-def _higher_is_better_chance(jobs: Mapping[str, Any], task: str) -> bool:
+def _chance_is_half(jobs: Mapping[str, Any], task: str) -> bool:
     """Whether the task's metric has chance at 0.5 (AUC, C-index), so "near chance" applies."""
     metric = next((jobs[k]["metric"] for k in jobs if f"_{task}_" in k), "")
     return metric in ("auc", "c_index")
@@ -722,7 +765,9 @@ def _higher_is_better_chance(jobs: Mapping[str, Any], task: str) -> bool:
 def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     """Server optimisers and FedProx against plain FedAvg (the naive rule's row)."""
     jobs = res["jobs"]
-    if not any(f"_{k}-" in key for key in jobs for opts in VARIANTS.values() for k, _ in opts):
+    planned = [Job("fed", t, s, VARIANT_RULE, options=opts) for t in res["tasks"]
+               for opts in VARIANTS.values() for s in seeds]
+    if not any(j.key in jobs for j in planned):
         return []
     out = ["### Server optimisers and FedProx", "",
            f"Each on the `{VARIANT_RULE}` rule, same budget and measures as the rules table "
@@ -795,7 +840,8 @@ def _bytes_lines(rows: Sequence[Mapping[str, Any]], provenance: str = "") -> lis
     return out
 
 
-def _mixed_lines(res: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+def _mixed_lines(res: Mapping[str, Any], seeds: Sequence[int], where: str = "") -> list[str]:
+    """Mixed ranks vs the uniform rank, both on the SVD rule (``where``: the heading's end)."""
     jobs = res["jobs"]
     ranks = res.get("mixed_ranks")
     if not ranks:
@@ -816,7 +862,7 @@ def _mixed_lines(res: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
                 f"{mean_std(down)[0]:,.0f} | {_f(mean_std(trunc)[0])} |")
 
     n = next((r.get("n") for r in uni if r.get("n")), None)
-    return ["### Mixed ranks vs uniform rank (SVD rule)", "",
+    return [f"### Mixed ranks vs uniform rank (SVD rule){where}", "",
             f"`{task}` ({'SYNTHETIC' if res.get('synthetic', {}).get(task) else 'real'}"
             f", n test {n}), seeds {list(seeds)}, same budget as above; mixed: {who} (the "
             "server pads its factors to the task's rank and sends it its rank back by "
@@ -920,20 +966,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         backbones = dict(list(BYTE_BACKBONES.items())[:1])
         synthetic = {t: True for t in sites}
         left_out: dict[str, str] = {}
+        setup = Setup({t: list(d) for t, d in sites.items()}, budget, synthetic=synthetic,
+                      mixed_task=mixed_task)
     else:
-        missing = [s for t in TASKS.values() for s in t if not (args.data_root / s).is_dir()]
-        if missing:
-            raise SystemExit(f"site folder(s) {missing} missing under {args.data_root}: run "
-                             "`unicon prepare-demo` first")
-        sites = {t: [args.data_root / s for s in names] for t, names in TASKS.items()}
         budget = Budget(rounds=args.rounds or Budget().rounds)
+        setup = site_setup({t: [args.data_root / s for s in names]
+                            for t, names in TASKS.items()}, budget)
+        sites, synthetic = setup.sites, setup.synthetic
         mixed_task, scale_task = MIXED_TASK, SCALE_TASK
         sizes, sampled, backbones = SCALE_SIZES, SCALE_SAMPLED, BYTE_BACKBONES
-        synthetic = {t: bool(json.loads((d[0] / "site.json").read_text()).get("synthetic"))
-                     for t, d in sites.items()}
         left_out = dict(LEFT_OUT)
-    setup = Setup({t: list(d) for t, d in sites.items()}, budget, synthetic=synthetic,
-                  mixed_task=mixed_task)
     res: dict[str, Any] = {"seeds": list(args.seeds), "budget": asdict(budget),
                            "tasks": list(sites), "synthetic": synthetic, "left_out": left_out,
                            "jobs": {}, "bytes": [], "scale": [], "mixed_task": mixed_task,
@@ -948,8 +990,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             fm_sites = (sites if args.quick else
                         {t: [args.data_root / n for n in names]
                          for t, names in FOUNDATION_TASKS.items()})
-            res["foundation"] = run_foundation(fm_sites, budget, args.seeds,
-                                               work / "foundation", args.jobs)
+            res["foundation"] = run_foundation(
+                fm_sites, budget, args.seeds, work / "foundation", args.jobs,
+                mixed_task=QUICK_TASK if args.quick else FOUNDATION_MIXED_TASK)
     if "bytes" not in args.skip:
         cached = work / "bytes.json"
         if not cached.is_file():

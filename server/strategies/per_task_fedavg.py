@@ -411,6 +411,10 @@ class PerTaskFedAvg(FedAvg):
             except ValueError as err:
                 log(ERROR, "task %s: replies do not fit its skill (%s); skill unchanged",
                     task, err)
+                # in the round's record too, so a caller (a benchmark) can tell a round that
+                # trained from one whose replies were all thrown away
+                self._record["tasks"].setdefault(task, {}).update(
+                    sites_aggregated=0, aggregation_error=str(err))
                 continue
             task_metrics = weighted_metrics([m for _, _, m, _ in items], weights)
             task_metrics[self.weighted_by_key] = sum(weights)

@@ -156,3 +156,17 @@ def test_a_replayed_delta_is_refused() -> None:
     assert record["sites"]["a"]["status"] == "rejected"
     assert "replay" in record["sites"]["a"]["reason"]
     assert record["tasks"]["cls"]["sites_aggregated"] == 2
+
+
+def test_an_aggregation_error_keeps_the_skill_and_is_in_the_rounds_record() -> None:
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH, lora={"cls": TaskFederation(delta=True)})
+
+    def fails(*_args: object) -> None:
+        raise ValueError("factors of an unexpected shape")
+
+    strategy.aggregate_task = fails  # type: ignore[method-assign]
+    after, record = _round(strategy, _locals(), Codec("none"))
+    for key, value in _global().items():
+        np.testing.assert_array_equal(after[key], value)
+    assert record["tasks"]["cls"]["sites_aggregated"] == 0
+    assert "unexpected shape" in record["tasks"]["cls"]["aggregation_error"]

@@ -70,6 +70,7 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     section = text[text.index(bench.HEADING):]
     assert f"--seeds 0 1 --quick --foundation --out .../{tmp_path.name}/BENCH.md" in section
     assert "/tmp" not in section
+    assert "these runs were made on 20" in section and "undated" not in section
     # naive: fed 0.50/0.51, central 0.80/0.81 -> per seed 0.625, 0.630; svd 0.80/0.81 -> 1.0
     assert "| synth_surv (SYNTHETIC, c_index) | 32 | naive | 0.505 ± 0.007 | 0.805 ± 0.007 " \
            "| 0.625, 0.630 | 0.627 | **MISSED** |" in section
@@ -102,6 +103,10 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "`experiment=continual backbone=demo`" in fm
     assert "| naive | 0.509 ± 0.007 | 0.805 ± 0.007 | 0.630, 0.635 | 0.632 |" in fm
     assert not any(j.options for j in map(_job_of, res["foundation"]["jobs"]))
+    # mixed ranks on the foundation: its own table, svd + 0.004 and mixed + 0.3 + 0.004
+    fm_mixed = fm[fm.index("### Mixed ranks vs uniform rank (SVD rule) on the pretrained"):]
+    assert "| uniform (task rank) | 0.809 ± 0.007 | 0.804, 0.814 |" in fm_mixed
+    assert "| mixed (synth_surv_1 at rank 2) | 1.109 ± 0.007 |" in fm_mixed
 
 
 def _job_of(key: str) -> bench.Job:
@@ -245,3 +250,12 @@ def test_quick_mode_runs_the_real_federation(tmp_path: Path) -> None:
     assert all(r["to_unsampled"] == 0 and r["trained_per_round"] == [2, 2]
                for r in res["scale"])
     assert res["bytes"][0]["codecs"][bench.LOSSLESS]["payload"] > 0
+
+
+def test_a_round_whose_replies_the_server_threw_away_fails_the_job() -> None:
+    trained = {"round": 1, "tasks": {"t": {"sites_aggregated": 2}}}
+    thrown = {"round": 2, "tasks": {"t": {"sites_aggregated": 0,
+                                          "aggregation_error": "bad factor shape"}}}
+    bench.check_aggregated([trained, {"round": 2, "tasks": {}}], "t", "job")  # no error
+    with pytest.raises(RuntimeError, match=r"job: .*task t.*round 2: bad factor shape"):
+        bench.check_aggregated([trained, thrown], "t", "job")

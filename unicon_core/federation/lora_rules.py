@@ -2,7 +2,9 @@
 
 A skill's adapter holds one pair per adapted module, ``adapter.<m>.lora_A.weight`` (r x in)
 and ``adapter.<m>.lora_B.weight`` (out x r); the module's update is ``s * B @ A`` with peft's
-scaling ``s = alpha / r``. Heads and stems are plain tensors and are always averaged.
+scaling ``s = alpha / r``. A convolution's factors (A: r x C x k.., B: out x r x 1..) are
+flattened after their first axis for every product and reshaped back (:func:`_matrix`).
+Heads and stems are plain tensors and are always averaged.
 
 Rules (:data:`RULES`):
 
@@ -113,10 +115,8 @@ def aggregate_lora(
             for s, w, r in zip(states, share, ranks, strict=True)
         )
         b, a, err = factorise(dw, rank, alpha / rank)
-        ref_a, ref_b = np.asarray(reference[a_key]), np.asarray(reference[b_key])
-        # convolutional factors (A: r x C x k.., B: out x r x 1..) go back to their own shapes
-        out[a_key] = a.reshape((rank, *ref_a.shape[1:])).astype(ref_a.dtype)
-        out[b_key] = b.reshape((ref_b.shape[0], rank, *ref_b.shape[2:])).astype(ref_b.dtype)
+        out[a_key] = _a_shaped(a, reference[a_key])
+        out[b_key] = _b_shaped(b, reference[b_key])
         num += err**2
         den += float(np.sum(dw * dw))
     rel = float(np.sqrt(num / den)) if den > 0 else 0.0
@@ -128,6 +128,20 @@ def _matrix(factor: np.ndarray) -> np.ndarray:
     axis (peft's convolutional dW = B.flatten(1) @ A.flatten(1), reshaped to the kernel)."""
     arr = np.asarray(factor, np.float64)
     return arr.reshape(arr.shape[0], -1)
+
+
+def _a_shaped(a: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """An A matrix (r x in) back to the shape and dtype of the factor ``like`` (a convolution's
+    A is r x C x k..); ``r`` may differ from ``like``'s rank (mixed ranks)."""
+    like = np.asarray(like)
+    return a.reshape((a.shape[0], *like.shape[1:])).astype(like.dtype)
+
+
+def _b_shaped(b: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """A B matrix (out x r) back to the shape and dtype of ``like`` (a convolution's B is
+    out x r x 1..); ``r`` may differ from ``like``'s rank."""
+    like = np.asarray(like)
+    return b.reshape((like.shape[0], b.shape[1], *like.shape[2:])).astype(like.dtype)
 
 
 def factorise(dw: np.ndarray, rank: int, scale: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -148,15 +162,16 @@ def pad_rank(state: Arrays, rank: int, alpha: float) -> dict[str, np.ndarray]:
     (B rescaled by ``r_site / rank``'s inverse: ``alpha/r_i B_i A_i = alpha/rank B' A'``)."""
     out = dict(state)
     for a_key, b_key in lora_pairs(state).values():
-        a, b = np.asarray(state[a_key]), np.asarray(state[b_key])
+        a, b = _matrix(state[a_key]), _matrix(state[b_key])
         r = a.shape[0]
         if r > rank:
             raise ValueError(f"{a_key}: site rank {r} above the task's rank {rank}")
-        a_pad = np.zeros((rank, a.shape[1]), a.dtype)
+        a_pad = np.zeros((rank, a.shape[1]))
         a_pad[:r] = a
-        b_pad = np.zeros((b.shape[0], rank), np.float64)
-        b_pad[:, :r] = np.asarray(b, np.float64) * (rank / r)
-        out[a_key], out[b_key] = a_pad, b_pad.astype(b.dtype)
+        b_pad = np.zeros((b.shape[0], rank))
+        b_pad[:, :r] = b * (rank / r)
+        out[a_key] = _a_shaped(a_pad, state[a_key])
+        out[b_key] = _b_shaped(b_pad, state[b_key])
     return out
 
 
@@ -171,7 +186,7 @@ def project_rank(
         a, b = np.asarray(state[a_key]), np.asarray(state[b_key])
         if a.shape[0] != rank:
             raise ValueError(f"{a_key}: rank {a.shape[0]} != the task's rank {rank}")
-        dw = (alpha / rank) * (np.asarray(b, np.float64) @ np.asarray(a, np.float64))
+        dw = (alpha / rank) * (_matrix(b) @ _matrix(a))
         if site_rank == rank:
             continue
         if site_rank > rank:
@@ -180,7 +195,7 @@ def project_rank(
             out[a_key], out[b_key] = a[:site_rank].copy(), b[:, :site_rank].copy()
             continue
         nb, na, err = factorise(dw, site_rank, alpha / site_rank)
-        out[a_key], out[b_key] = na.astype(a.dtype), nb.astype(b.dtype)
+        out[a_key], out[b_key] = _a_shaped(na, a), _b_shaped(nb, b)
         num += err**2
         den += float(np.sum(dw * dw))
     return out, float(np.sqrt(num / den)) if den > 0 else 0.0

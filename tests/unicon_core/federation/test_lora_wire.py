@@ -281,6 +281,28 @@ def test_mixed_ranks_round_trip() -> None:
     assert back[A].shape == (1, 5)
 
 
+def test_mixed_ranks_round_trip_on_convolutional_factors() -> None:
+    # Prepare: a rank-1 site's Conv LoRA pair, A (r x C x k x k) and B (out x r x 1 x 1)
+    rng = np.random.default_rng(15)
+    a_key, b_key = "m.conv.lora_A.weight", "m.conv.lora_B.weight"
+    low = {a_key: rng.normal(size=(1, 3, 3, 3)), b_key: rng.normal(size=(4, 1, 1, 1))}
+
+    def dw(s: dict[str, np.ndarray], scale: float) -> np.ndarray:
+        r = s[a_key].shape[0]
+        return scale * s[b_key].reshape(4, r) @ s[a_key].reshape(r, 27)
+
+    # Execute: padded to the task's rank 4, then cut back to the site's rank 1
+    padded = pad_rank(low, 4, alpha=4.0)
+    back, err = project_rank(padded, 4, alpha=4.0, site_rank=1)
+
+    # Assert: every step keeps the kernel update and the factors' convolutional shapes
+    assert padded[a_key].shape == (4, 3, 3, 3) and padded[b_key].shape == (4, 4, 1, 1)
+    np.testing.assert_allclose(dw(padded, 4.0 / 4), dw(low, 4.0 / 1))
+    assert back[a_key].shape == (1, 3, 3, 3) and back[b_key].shape == (4, 1, 1, 1)
+    assert err < 1e-12
+    np.testing.assert_allclose(dw(back, 4.0), dw(low, 4.0), atol=1e-12)
+
+
 def test_mixed_ranks_aggregate_in_product_space() -> None:
     rng = np.random.default_rng(13)
     glob = {k: v.astype(np.float64) for k, v in skill(rng, rank=2).items()}
