@@ -21,6 +21,9 @@ this and rewrites its section of BENCHMARKS.md.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,31 @@ def _timed_flwr_run(overrides: list[str], run_dir: Path, superlink: Any = None
             "shutdown_s": total - startup - timing["query_s"] - timing["rounds_s"]}
 
 
+#: What every flwr run pays outside unicon's code, each timed in a fresh interpreter: a bare
+#: start, Ray started and stopped as Flower's simulation runtime does it, and the model stack
+#: that the ServerApp's process and each ClientApp actor import once.
+FLOOR_SNIPPETS = {
+    "python_s": "pass",
+    "ray_s": "import ray; ray.init(include_dashboard=False); ray.shutdown()",
+    "stack_s": "import torch, monai, peft",
+}
+
+
+def runtime_floor(python: str = sys.executable, snippets: dict[str, str] | None = None
+                  ) -> dict[str, float]:
+    """Wall seconds of each snippet (``python -c``) in its own fresh process, one after the
+    other; a failing snippet raises with its output."""
+    out = {}
+    for key, code in (snippets or FLOOR_SNIPPETS).items():
+        t0 = time.perf_counter()
+        done = subprocess.run([python, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"timing {key} ({code!r}) failed: {done.stderr[-2000:]}")
+        out[key] = time.perf_counter() - t0
+    return out
+
+
 def measure_overhead(
     sites: list[Any], site_dirs: list[Path], overrides: list[str], backbone: BackboneConfig,
     rounds: int, train: TrainConfig, run_dir: Path,
@@ -67,9 +95,11 @@ def measure_overhead(
     in_process = run_in_process(site_dirs, run_dir / "in_process_run", settings)
     plain_s = time.perf_counter() - t0
     in_rounds_s = float(in_process.results["timing"]["rounds_s"])
+    floor = runtime_floor()
     return {"flwr_s": cold["total_s"], "plain_s": plain_s, "ratio": cold["total_s"] / plain_s,
             **{k: cold[k] for k in ("startup_s", "query_s", "rounds_s", "shutdown_s")},
             "rounds_ratio": cold["rounds_s"] / in_rounds_s,
             "kept_first": first, "warm": warm, "warm_ratio": warm["total_s"] / plain_s,
-            "comparator": "in-process federation (unicon_flower.runner)",
+            "comparator": "in-process federation (unicon_flower.runner)", "floor": floor,
+            "cpus": os.cpu_count(),
             "sites": len(sites), "rounds": rounds, "local_steps": int(train.max_steps or 0)}

@@ -236,3 +236,20 @@ def test_wall_time_section_reports_cold_and_kept_superlink_runs() -> None:
     assert "| Flower start-up until the ServerApp runs | 20.0 | 9.0 | 3.0 | 50% | 25% | 25% |" \
         in text
     assert overhead_section(None)[-2] == "not measured in this run."
+    # the floor outside unicon's code against the 0.3 x 10 s the goal leaves
+    ov["floor"], ov["cpus"] = {"python_s": 0.1, "ray_s": 2.0, "stack_s": 2.5}, 2
+    text = "\n".join(overhead_section(ov))
+    assert "that is 4.5 s, against the 3.0 s of overhead that ≤ 1.3× leaves" in text
+    assert "out of reach at this run length" in text
+    ov["floor"]["ray_s"] = 0.2
+    assert "that is 2.7 s" in "\n".join(overhead_section(ov))
+    assert "within reach." in "\n".join(overhead_section(ov))
+
+
+def test_runtime_floor_times_each_snippet_in_a_fresh_process() -> None:
+    from simulations.overhead import runtime_floor
+
+    out = runtime_floor(snippets={"a": "pass", "b": "import time; time.sleep(0.3)"})
+    assert set(out) == {"a", "b"} and out["b"] >= 0.3 and out["a"] > 0
+    with pytest.raises(RuntimeError, match="timing bad"):
+        runtime_floor(snippets={"bad": "raise SystemExit(3)"})
