@@ -538,14 +538,16 @@ def _floor_lines(ov: dict[str, Any]) -> list[str]:
     allowed = (GOAL_WALL_RATIO - 1) * ov["plain_s"]
     floor = f["ray_s"] + f["stack_s"]
     return [f"What no change in unicon removes, each timed in a fresh process after the runs "
-            f"above (a bare Python start: {f['python_s']:.1f} s): Flower 1.41's simulation "
+            f"above (a bare Python start: {f['python_s']:.2f} s): Flower 1.41's simulation "
             f"runtime is Ray only, and starting and stopping Ray takes {f['ray_s']:.1f} s; "
             f"importing torch, MONAI and peft takes {f['stack_s']:.1f} s, paid by the "
             f"ServerApp's process and again by each ClientApp actor (one per CPU, "
             f"{ov.get('cpus', '?')} here). Even with those imports overlapping perfectly, "
             f"that is {floor:.1f} s, against the {allowed:.1f} s of overhead that ≤ "
             f"{GOAL_WALL_RATIO}× leaves a federation that takes {ov['plain_s']:.1f} s in "
-            "process: " + ("out of reach at this run length on this machine, whatever the "
+            "process (timed in a process that had the stack imported already; as a fresh "
+            "command it would pay the imports once too, never Ray or the actors' second "
+            "copy): " + ("out of reach at this run length on this machine, whatever the "
                            "launch does; the ratio falls as runs get longer."
                            if floor > allowed else "within reach."), ""]
 
