@@ -722,7 +722,7 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
                 f"{', '.join(_f(p) for p in per)} | {_f(of_means)} | {_goal(fed, of_means)} |")
     weak = [t for t in part["tasks"]
             if mean_std(_values(jobs, [Job("central", t, s) for s in seeds]))[0] < NEAR_CHANCE
-            and _chance_is_half(jobs, t)]
+            and _chance_is_half(jobs, t, seeds)]
     if weak:
         lines += ["", f"Centralised itself stays below {NEAR_CHANCE} (0.5 = chance) on "
                   f"{', '.join(weak)}: at this budget neither side learns much there, and "
@@ -760,9 +760,11 @@ def _values(jobs: Mapping[str, Any], wanted: Sequence[Job], key: str = "value") 
     return [jobs.get(j.key, {}).get(key, math.nan) for j in wanted]
 
 
-def _chance_is_half(jobs: Mapping[str, Any], task: str) -> bool:
-    """Whether the task's metric has chance at 0.5 (AUC, C-index), so "near chance" applies."""
-    metric = next((jobs[k]["metric"] for k in jobs if f"_{task}_" in k), "")
+def _chance_is_half(jobs: Mapping[str, Any], task: str, seeds: Sequence[int]) -> bool:
+    """Whether the task's metric has chance at 0.5 (AUC, C-index), so "near chance" applies
+    (read from the task's centralised runs)."""
+    central = [Job("central", task, s).key for s in seeds]
+    metric = next((jobs[k]["metric"] for k in central if k in jobs), "")
     return metric in ("auc", "c_index")
 
 
