@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +68,9 @@ RESIDUAL_STATE = "delta-residual"
 #: ``context.state`` key of the skill the site holds under downlink compression (the base of
 #: the server's next ``downlink`` delta; per run too: a resumed run sends the whole skill first).
 DOWNLINK_STATE = "downlink-held"
+#: ``context.state`` key of the site's optimiser moments (``train.keep_optimizer_state``): per
+#: run, never sent.
+OPTIMIZER_STATE = "optimizer-state"
 
 
 class FoundationMismatchError(ValueError):
@@ -463,9 +466,6 @@ def handle_train(
     if not site.split_rows("train"):  # an evaluation-only site never trains
         raise ValueError(f"site {site.name} is evaluation-only (no train rows): it does not "
                          "train; the server sends it evaluation instructions only")
-    if not site.split_rows("train"):  # an evaluation-only site never trains
-        raise ValueError(f"site {site.name} is evaluation-only (no train rows): it does not "
-                         "train; the server sends it evaluation instructions only")
     load_global_skill(msg, site, model, plan, skill)
     task, rnd = site.task_spec.name, server_round(msg)
     options = instruction_options(msg)
@@ -530,7 +530,7 @@ def handle_train(
                          num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu")
     try:
         result = train_task(model, task, loader, cfg, make_private=dp, params=params,
-                            regulariser=regulariser)
+                            regulariser=regulariser, optimizer_state=kept_optimizer(context, cfg))
     finally:
         if dp is not None:
             dp.close()
@@ -541,6 +541,7 @@ def handle_train(
         save_ledger(context, settings, site.name, ledger)
         extra = {"epsilon": ledger.epsilon, "delta": privacy.delta}
 
+    keep_optimizer(context, cfg, result, site.name)
     held_out = evaluate_task(model, task, _eval_loader(site, settings.federation.val_split, cfg))
     metrics = metric_record(held_out, result.num_examples, prefix="val_")
     metrics["train_loss"] = float(result.loss)
@@ -562,6 +563,28 @@ def handle_train(
     })
     keep_downlink(context, keep)
     return Message(content, reply_to=msg)
+
+
+def kept_optimizer(context: Context, cfg: Any) -> dict[str, Any] | None:
+    """The optimiser state this site kept from its last round (``train.keep_optimizer_state``)."""
+    stored = context.state.array_records.get(OPTIMIZER_STATE)
+    if not cfg.keep_optimizer_state or stored is None:
+        return None
+    return record_to_arrays(stored)
+
+
+def keep_optimizer(context: Context, cfg: Any, result: Any, site: str) -> bool:
+    """Store the round's optimiser state in the node's state (it never leaves the site);
+    returns whether this round resumed a kept one. A state that no longer fits (another rank)
+    is logged and replaced."""
+    if not cfg.keep_optimizer_state:
+        return False
+    had = OPTIMIZER_STATE in context.state.array_records
+    if result.state_refused:
+        log(INFO, "site %s: kept optimiser state not resumed (%s); it starts afresh",
+            site, result.state_refused)
+    context.state[OPTIMIZER_STATE] = arrays_to_record(result.optimizer_state)
+    return had and not result.state_refused
 
 
 def local_objective(

@@ -105,6 +105,10 @@ FOUNDATION_LEFT_OUT = {
               "other runs on the 2 cores), with Dice 0.00 after it: its 15 runs of 5 rounds "
               "do not fit on this CPU",
 }
+#: The foundation's tasks rerun with every site (and the pooled node) keeping its optimiser's
+#: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
+FOUNDATION_KEPT = ("train.keep_optimizer_state=true",)
+FOUNDATION_KEPT_TASKS = ("tumour_cls",)
 MIXED_TASK = "gbsg2_surv"
 SCALE_TASK = "gbsg2_surv"
 SCALE_SIZES = (10, 100, 1000)
@@ -310,6 +314,22 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     return job, out
 
 
+def setup_key(setup: Setup) -> dict[str, Any]:
+    """What a cached run depends on beyond its job key: the overrides and the budget."""
+    return {"base": list(setup.base), "budget": asdict(setup.budget)}
+
+
+def cached_job(path: Path, made_with: Mapping[str, Any]) -> dict[str, Any]:
+    """A cached run's result; fails when it was made under another setup (or before runs
+    recorded theirs), rather than report it as this setup's."""
+    result = json.loads(path.read_text())
+    if result.get("setup") != made_with:
+        raise SystemExit(f"{path}: made with {result.get('setup', 'an unrecorded setup')}, "
+                         f"not this run's {dict(made_with)}: use another --work-dir or delete "
+                         "the file")
+    return result
+
+
 def plan_jobs(setup: Setup, seeds: Sequence[int], variants: bool = True) -> list[Job]:
     """Every run of sections 1 and 3: rules and centralised per task, server optimisers and
     FedProx (``variants``), mixed ranks."""
@@ -339,11 +359,13 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
     """Run every job not cached in ``work/jobs`` (``n_jobs`` at a time); job key -> result."""
     cache = work / "jobs"
     cache.mkdir(parents=True, exist_ok=True)
-    out = {j.key: json.loads((cache / f"{j.key}.json").read_text()) for j in jobs
+    made_with = setup_key(setup)
+    out = {j.key: cached_job(cache / f"{j.key}.json", made_with) for j in jobs
            if (cache / f"{j.key}.json").is_file()}
     todo = [j for j in jobs if j.key not in out]
 
     def keep(job: Job, res: dict[str, Any]) -> None:
+        res["setup"] = made_with
         out[job.key] = res
         (cache / f"{job.key}.json").write_text(json.dumps(res, indent=1))
         print(f"{job.key}: {res.get('value', math.nan):.3f} ({res['wall_s']:.0f} s)", flush=True)
@@ -376,6 +398,18 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
             "mixed_task": setup.mixed_task,
             "mixed_ranks": [list(r) for r in mixed_ranks(setup)] if setup.mixed_task else [],
             "left_out": {t: why for t, why in FOUNDATION_LEFT_OUT.items() if t not in sites}}
+
+
+def run_foundation_kept(sites: Mapping[str, Sequence[Path]], budget: Budget,
+                        seeds: Sequence[int], work: Path, n_jobs: int) -> dict[str, Any]:
+    """The rules and the centralised bound on the foundation again, with every site and the
+    pooled node keeping its optimiser state between rounds (``FOUNDATION_KEPT``)."""
+    base = FOUNDATION_BASE + FOUNDATION_KEPT
+    setup = site_setup(sites, budget, base=base, mixed_task="")
+    jobs = run_jobs(setup, plan_jobs(setup, seeds, variants=False), work, n_jobs)
+    changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
+    return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
+            "jobs": jobs, "max_change": max(changes) if changes else None}
 
 
 # ------------------------------------------------------------------------------ bytes
@@ -648,7 +682,8 @@ def render(res: Mapping[str, Any]) -> str:
     """The BENCHMARKS.md section; every number comes from ``res`` (the runs' results)."""
     seeds = list(res["seeds"])
     b = res["budget"]
-    runs = [*res["jobs"].values(), *res.get("foundation", {}).get("jobs", {}).values()]
+    runs = [*res["jobs"].values(), *res.get("foundation", {}).get("jobs", {}).values(),
+            *res.get("foundation_kept", {}).get("jobs", {}).values()]
     lines = [HEADING, "",
              f"Made by `{res['command']}` ({res['date']}; the runs of the rule, optimiser and "
              f"mixed-rank tables took {sum(j.get('cpu_s', 0.0) for j in runs) / 60:.0f} "
@@ -670,6 +705,14 @@ def render(res: Mapping[str, Any]) -> str:
             "bottleneck convolutions). Same budget and measures as above."
             + (f" {fm['note']}" if fm.get("note") else ""))
         lines += _mixed_lines(fm, seeds, " on the pretrained foundation")
+    if res.get("foundation_kept"):
+        kept = res["foundation_kept"]
+        lines += _rules_lines(
+            "### The same on the foundation, sites keeping their optimiser state", kept, seeds,
+            b, "As the table above, with `train.keep_optimizer_state=true`: each site (and the "
+            "centralised bound's pooled node) keeps its AdamW moments between rounds in its "
+            "node state (never sent) instead of restarting them every round. Same budget, "
+            f"seeds and start (`{' '.join(kept['base'])}`).")
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -999,6 +1042,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             res["foundation"] = run_foundation(
                 fm_sites, budget, args.seeds, work / "foundation", args.jobs,
                 mixed_task=QUICK_TASK if args.quick else FOUNDATION_MIXED_TASK)
+            res["foundation_kept"] = run_foundation_kept(
+                {t: d for t, d in fm_sites.items() if args.quick or t in FOUNDATION_KEPT_TASKS},
+                budget, args.seeds, work / "foundation_kept", args.jobs)
     if "bytes" not in args.skip:
         cached = work / "bytes.json"
         if not cached.is_file():

@@ -408,6 +408,11 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = field(default="constant", metadata={"help": "constant or cosine."})
     warmup_steps: int = 0
+    keep_optimizer_state: bool = field(
+        default=False,
+        metadata={"help": "Federated: each site keeps its optimiser's moments between rounds "
+                          "(in its node state, never sent) instead of restarting them."},
+    )
     seed: int = 0
     progress: bool = True
     device: str = field(

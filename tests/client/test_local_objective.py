@@ -3,6 +3,7 @@ FedProx pulls the skill towards the global one (the training loop's ``regularise
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,7 +75,6 @@ class _Skill:
 def test_topk_residual_lives_in_the_runs_context_and_a_resumed_run_starts_at_zero() -> None:
     """Error feedback is kept in ``context.state``, which Flower keeps per run: a resumed
     run (a new Flower run, a fresh context) encodes its first delta without a residual."""
-    import numpy as np
     from flwr.app import ConfigRecord, Context, Message, RecordDict
 
     from client.site_runner import RESIDUAL_STATE, delta_record
@@ -106,3 +106,33 @@ def test_topk_residual_lives_in_the_runs_context_and_a_resumed_run_starts_at_zer
         np.testing.assert_array_equal(first[key], value)
         np.testing.assert_array_equal(resumed[key], value)  # no residual carried over
     assert not np.array_equal(second["head.w#idx"], fresh["head.w#idx"])  # feedback at work
+
+
+def test_optimizer_state_is_kept_in_the_node_state_only_when_configured() -> None:
+    """``train.keep_optimizer_state``: the round's moments go to ``context.state`` (never into
+    a reply) and come back next round; a state that no longer fits is replaced."""
+    from flwr.app import Context, RecordDict
+
+    from client.site_runner import OPTIMIZER_STATE, keep_optimizer, kept_optimizer
+    from unicon_core.training import TrainResult
+
+    def context() -> Context:
+        return Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+
+    moments = {"0/exp_avg": np.ones(3, np.float32), "0/step": np.array(2.0, np.float32)}
+    result = TrainResult(num_examples=8, steps=1, loss=0.5, optimizer_state=moments)
+    off, on = TrainConfig(), TrainConfig(keep_optimizer_state=True)
+
+    ctx = context()
+    assert not keep_optimizer(ctx, off, result, "a") and OPTIMIZER_STATE not in ctx.state
+    assert kept_optimizer(ctx, on) is None
+
+    assert not keep_optimizer(ctx, on, result, "a")  # first round: nothing was resumed
+    kept = kept_optimizer(ctx, on)
+    assert kept is not None and set(kept) == set(moments)
+    np.testing.assert_array_equal(kept["0/exp_avg"], moments["0/exp_avg"])
+    assert kept_optimizer(ctx, off) is None
+    assert keep_optimizer(ctx, on, result, "a")  # second round resumed it
+    refused = TrainResult(num_examples=8, steps=1, loss=0.5, optimizer_state=moments,
+                          state_refused="another rank")
+    assert not keep_optimizer(ctx, on, refused, "a")

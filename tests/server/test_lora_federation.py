@@ -308,3 +308,27 @@ def test_resume_says_site_residuals_and_downlink_copies_restart(
         if ex.instruction.metadata.message_type in ("train", "evaluate"):
             first.setdefault(ex.node_id, next(iter(ex.instruction.content.array_records)))
     assert set(first.values()) == {RecordKey.SKILL.value}
+
+
+def test_sites_keep_their_optimiser_state_between_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train.keep_optimizer_state=true``: from round 2 every site resumes its own moments
+    (never in a reply: the egress guard would refuse an unknown record); off, none resume."""
+    import unicon_core.training as training
+
+    given: list[bool] = []
+    real = training.train_task
+
+    def spy(*args: object, **kw: object) -> object:
+        given.append(bool(kw.get("optimizer_state")))
+        result = real(*args, **kw)
+        assert result.state_refused == ""
+        return result
+
+    monkeypatch.setattr(training, "train_task", spy)
+    _run(tmp_path, "kept", "train.keep_optimizer_state=true")
+    assert given == [False] * 3 + [True] * 3  # 3 sites, 2 rounds
+    given.clear()
+    _run(tmp_path, "fresh")
+    assert given == [False] * 6

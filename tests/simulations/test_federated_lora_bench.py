@@ -18,11 +18,13 @@ OTHER = "## Some other section\n\nkept as it is\n"
 
 def _fake_fed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
     """Known values: rule index / 10 + seed / 100 (+0.3 for the mixed run, +0.02 with a server
-    optimiser or FedProx, +0.004 on the pretrained foundation)."""
+    optimiser or FedProx, +0.004 on the pretrained foundation, +0.05 with kept optimiser
+    state)."""
     value = 0.5 + bench.RULES.index(job.rule) / 10 + job.seed / 100
     value += 0.3 if job.kind == "mixed" else 0.0
     value += 0.02 if job.options else 0.0
     value += 0.004 if "backbone=demo" in setup.base else 0.0
+    value += 0.05 if "train.keep_optimizer_state=true" in setup.base else 0.0
     return {"metric": "c_index", "value": value, "per_site": {}, "per_site_n": {}, "n": 32,
             "wall_s": 1.0, "bytes_up": 1000.0 + job.seed, "bytes_down": 2000.0,
             "svd_truncation_error": 0.25 if job.rule == "svd" else None}
@@ -107,6 +109,29 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     fm_mixed = fm[fm.index("### Mixed ranks vs uniform rank (SVD rule) on the pretrained"):]
     assert "| uniform (task rank) | 0.809 ± 0.007 | 0.804, 0.814 |" in fm_mixed
     assert "| mixed (synth_surv_1 at rank 2) | 1.109 ± 0.007 |" in fm_mixed
+    # and once more with kept optimiser state: its own setup, its own table (+0.05)
+    kept = section[section.index("### The same on the foundation, sites keeping"):]
+    assert "`experiment=continual backbone=demo train.keep_optimizer_state=true`" in kept
+    assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 | 0.693, 0.696 | 0.694 |" in kept
+    assert not any(k.startswith("mixed") for k in res["foundation_kept"]["jobs"])
+
+
+def test_a_cached_run_of_another_setup_is_refused(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    monkeypatch.setitem(bench.RUNNERS, "fed", _fake_fed)
+    monkeypatch.setitem(bench.RUNNERS, "central", _fake_central)
+    setup = bench.Setup({"t": [Path("t0")]}, bench.Budget(), mixed_task="")
+    job = bench.Job("fed", "t", 0)
+    first = bench.run_jobs(setup, [job], tmp_path, 1)
+    assert bench.run_jobs(setup, [job], tmp_path, 1) == first  # same setup: reused
+    other = bench.Setup({"t": [Path("t0")]}, bench.Budget(rounds=9), mixed_task="")
+    with pytest.raises(SystemExit, match=rf"{job.key}\.json: made with .*'rounds': 5.*"
+                                         r"not this run's .*'rounds': 9"):
+        bench.run_jobs(other, [job], tmp_path, 1)
+    cached = tmp_path / "jobs" / f"{job.key}.json"
+    cached.write_text(json.dumps({k: v for k, v in first[job.key].items() if k != "setup"}))
+    with pytest.raises(SystemExit, match="an unrecorded setup"):
+        bench.run_jobs(setup, [job], tmp_path, 1)
 
 
 def _job_of(key: str) -> bench.Job:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -17,6 +18,7 @@ from unicon_core.keys import BatchKey
 from unicon_core.metrics import metric_for
 from unicon_core.model import UniconModel
 from unicon_core.training.losses import loss_for
+from unicon_core.training.optimizer_state import export_state, import_state
 
 #: Optional hook applied after the optimiser is built, e.g. opacus ``make_private``.
 MakePrivate = Callable[
@@ -32,6 +34,10 @@ class TrainResult:
     num_examples: int
     steps: int
     loss: float
+    #: The optimiser's per-parameter state after the run (:mod:`optimizer_state` arrays).
+    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Why a given ``optimizer_state`` was not resumed ("" when resumed or none was given).
+    state_refused: str = ""
 
 
 def make_loader(
@@ -96,6 +102,7 @@ def train_task(
     make_private: MakePrivate | None = None,
     params: list[nn.Parameter] | list[dict[str, Any]] | None = None,
     regulariser: Callable[[], torch.Tensor] | None = None,
+    optimizer_state: Mapping[str, np.ndarray] | None = None,
 ) -> TrainResult:
     """Train ``task``'s skill on ``loader``; everything outside the skill stays frozen.
 
@@ -105,6 +112,8 @@ def train_task(
     stays), with bf16 autocast on CUDA when ``cfg.amp``. Deterministic on the CPU under
     ``cfg.seed`` (global RNG state is restored). ``regulariser`` (e.g. FedProx's proximal
     term) is added to every step's loss; the reported loss is the task's loss alone.
+    ``optimizer_state`` (a previous run's ``TrainResult.optimizer_state``, same parameters)
+    resumes the optimiser's moments instead of starting them at zero.
     """
     from tqdm.auto import tqdm
 
@@ -117,6 +126,7 @@ def train_task(
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
         model.train_only(task, [p for g in groups for p in g["params"]])  # type: ignore[index]
         optimizer = build_optimizer(groups, cfg)  # type: ignore[arg-type]
+    refused = import_state(optimizer, optimizer_state) if optimizer_state else ""
     module: nn.Module = model
     if make_private is not None:
         module, optimizer, loader = make_private(model, optimizer, loader)
@@ -162,7 +172,8 @@ def train_task(
         bar.close()
     model.eval()
     model.freeze_all()
-    return TrainResult(num_examples=examples, steps=steps, loss=loss_sum / max(examples, 1))
+    return TrainResult(num_examples=examples, steps=steps, loss=loss_sum / max(examples, 1),
+                       optimizer_state=export_state(optimizer), state_refused=refused)
 
 
 @torch.no_grad()

@@ -47,3 +47,24 @@ def test_every_poisson_batch_is_a_counted_step_even_when_empty() -> None:
     assert sum(s for _, _, s in dp.history) == 20
     after = model.skill_state_dict("surv")
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_dp_training_keeps_and_resumes_its_optimiser_state() -> None:
+    """Under DP the kept moments are the wrapped optimiser's (derived from noised gradients
+    only), and a second DP run resumes them."""
+    g = torch.Generator().manual_seed(0)
+    data = DictDataset(input=torch.randn(8, 2, generator=g), time=torch.rand(8, generator=g) + 0.1,
+                       event=torch.ones(8))
+    model = UniconModel(TINY, seed=0)
+    model.add_task(SURV)
+    cfg = TrainConfig(epochs=1, batch_size=4, progress=False)
+    states = []
+    for _ in range(2):
+        dp = DPSGD(PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), seed=0)
+        result = train_task(model, "surv", make_loader(data, 4, shuffle=True, seed=0), cfg,
+                            make_private=dp, optimizer_state=states[-1] if states else None)
+        dp.close()
+        assert result.state_refused == ""
+        states.append(result.optimizer_state)
+    steps = [float(s[k]) for s in states for k in s if k.endswith("/step")]
+    assert steps and max(steps) == 2 * min(steps)  # the second run counted on from the first
