@@ -18,7 +18,7 @@ from unicon_core.keys import BatchKey
 from unicon_core.metrics import metric_for
 from unicon_core.model import UniconModel
 from unicon_core.training.losses import loss_for
-from unicon_core.training.optimizer_state import export_state, import_state
+from unicon_core.training.optimizer_state import export_state, import_state, parameter_names
 
 #: Optional hook applied after the optimiser is built, e.g. opacus ``make_private``.
 MakePrivate = Callable[
@@ -126,7 +126,8 @@ def train_task(
         groups = params if params and isinstance(params[0], dict) else [{"params": params}]
         model.train_only(task, [p for g in groups for p in g["params"]])  # type: ignore[index]
         optimizer = build_optimizer(groups, cfg)  # type: ignore[arg-type]
-    refused = import_state(optimizer, optimizer_state) if optimizer_state else ""
+    names = parameter_names(model)
+    refused = import_state(optimizer, optimizer_state, names) if optimizer_state else ""
     module: nn.Module = model
     if make_private is not None:
         module, optimizer, loader = make_private(model, optimizer, loader)
@@ -173,7 +174,7 @@ def train_task(
     model.eval()
     model.freeze_all()
     return TrainResult(num_examples=examples, steps=steps, loss=loss_sum / max(examples, 1),
-                       optimizer_state=export_state(optimizer), state_refused=refused)
+                       optimizer_state=export_state(optimizer, names), state_refused=refused)
 
 
 @torch.no_grad()
