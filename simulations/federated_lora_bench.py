@@ -383,31 +383,21 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
 
 
 def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: Sequence[int],
-                   work: Path, n_jobs: int, mixed_task: str = FOUNDATION_MIXED_TASK
-                   ) -> dict[str, Any]:
-    """The rules, the centralised bound and mixed ranks (on ``mixed_task``) on the pretrained
-    foundation (``FOUNDATION_BASE``)."""
-    setup = site_setup(sites, budget, base=FOUNDATION_BASE,
+                   work: Path, n_jobs: int, mixed_task: str = FOUNDATION_MIXED_TASK,
+                   base: tuple[str, ...] = FOUNDATION_BASE) -> dict[str, Any]:
+    """The rules, the centralised bound and mixed ranks (on ``mixed_task``, "" for none) on
+    the pretrained foundation (``base``: ``FOUNDATION_BASE``, or it plus ``FOUNDATION_KEPT``);
+    ``left_out``: the foundation's tasks not among ``sites`` (said only for the full set)."""
+    setup = site_setup(sites, budget, base=base,
                        mixed_task=mixed_task if mixed_task in sites else "")
     jobs = run_jobs(setup, plan_jobs(setup, seeds, variants=False), work, n_jobs)
     changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
-    return {"base": list(FOUNDATION_BASE), "tasks": list(sites), "synthetic": setup.synthetic,
+    return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
             "jobs": jobs, "max_change": max(changes) if changes else None,
             "mixed_task": setup.mixed_task,
             "mixed_ranks": [list(r) for r in mixed_ranks(setup)] if setup.mixed_task else [],
-            "left_out": {t: why for t, why in FOUNDATION_LEFT_OUT.items() if t not in sites}}
-
-
-def run_foundation_kept(sites: Mapping[str, Sequence[Path]], budget: Budget,
-                        seeds: Sequence[int], work: Path, n_jobs: int) -> dict[str, Any]:
-    """The rules and the centralised bound on the foundation again, with every site and the
-    pooled node keeping its optimiser state between rounds (``FOUNDATION_KEPT``)."""
-    base = FOUNDATION_BASE + FOUNDATION_KEPT
-    setup = site_setup(sites, budget, base=base, mixed_task="")
-    jobs = run_jobs(setup, plan_jobs(setup, seeds, variants=False), work, n_jobs)
-    changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
-    return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
-            "jobs": jobs, "max_change": max(changes) if changes else None}
+            "left_out": {t: why for t, why in FOUNDATION_LEFT_OUT.items() if t not in sites}
+            if base == FOUNDATION_BASE else {}}
 
 
 # ------------------------------------------------------------------------------ bytes
@@ -1042,9 +1032,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             res["foundation"] = run_foundation(
                 fm_sites, budget, args.seeds, work / "foundation", args.jobs,
                 mixed_task=QUICK_TASK if args.quick else FOUNDATION_MIXED_TASK)
-            res["foundation_kept"] = run_foundation_kept(
+            res["foundation_kept"] = run_foundation(
                 {t: d for t, d in fm_sites.items() if args.quick or t in FOUNDATION_KEPT_TASKS},
-                budget, args.seeds, work / "foundation_kept", args.jobs)
+                budget, args.seeds, work / "foundation_kept", args.jobs, mixed_task="",
+                base=FOUNDATION_BASE + FOUNDATION_KEPT)
     if "bytes" not in args.skip:
         cached = work / "bytes.json"
         if not cached.is_file():

@@ -34,7 +34,8 @@ class TrainResult:
     num_examples: int
     steps: int
     loss: float
-    #: The optimiser's per-parameter state after the run (:mod:`optimizer_state` arrays).
+    #: The optimiser's per-parameter state after the run (:mod:`optimizer_state` arrays;
+    #: only with ``cfg.keep_optimizer_state``: a full fine-tune's moments are large).
     optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
     #: Why a given ``optimizer_state`` was not resumed ("" when resumed or none was given).
     state_refused: str = ""
@@ -174,7 +175,8 @@ def train_task(
     model.eval()
     model.freeze_all()
     return TrainResult(num_examples=examples, steps=steps, loss=loss_sum / max(examples, 1),
-                       optimizer_state=export_state(optimizer, names), state_refused=refused)
+                       optimizer_state=export_state(optimizer, names) if cfg.keep_optimizer_state
+                       else {}, state_refused=refused)
 
 
 @torch.no_grad()

@@ -57,7 +57,7 @@ def test_dp_training_keeps_and_resumes_its_optimiser_state() -> None:
                        event=torch.ones(8))
     model = UniconModel(TINY, seed=0)
     model.add_task(SURV)
-    cfg = TrainConfig(epochs=1, batch_size=4, progress=False)
+    cfg = TrainConfig(epochs=1, batch_size=4, progress=False, keep_optimizer_state=True)
     states = []
     for _ in range(2):
         dp = DPSGD(PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), seed=0)

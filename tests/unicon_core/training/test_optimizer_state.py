@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -29,7 +31,8 @@ def _loader(lo: int, hi: int) -> torch.utils.data.DataLoader:
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_two_resumed_runs_equal_one_continuous_run(optimizer: str) -> None:
-    cfg = TrainConfig(max_steps=4, lr=0.01, optimizer=optimizer, progress=False, device="cpu")
+    cfg = TrainConfig(max_steps=4, lr=0.01, optimizer=optimizer, progress=False, device="cpu",
+                      keep_optimizer_state=True)
     whole = _model()
     train_task(whole, "cls", _loader(0, 32), cfg)  # 4 batches of 8, one optimiser
 
@@ -46,6 +49,8 @@ def test_two_resumed_runs_equal_one_continuous_run(optimizer: str) -> None:
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
     assert any(not torch.allclose(restarted[k], want[k], atol=1e-6) for k in want)
+    off = train_task(_model(), "cls", _loader(0, 16), replace(cfg, keep_optimizer_state=False))
+    assert off.optimizer_state == {}  # nothing copied when nobody keeps it
 
 
 def _one(shape: tuple[int, ...], lr: float = 1e-3, step: bool = True
