@@ -7,6 +7,7 @@ split with the final global state, the curve is the federation's own per-round e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from unicon_core.config import BackboneConfig
@@ -20,16 +21,24 @@ from unicon_core.training.plans import load_plan_state
 
 
 def run_adaptation(
-    ctx: RunContext, task: str, backbone: BackboneConfig
+    ctx: RunContext, task: str, backbone: BackboneConfig,
+    names: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per strategy: final held-out value, per-round curve, bytes per site and round."""
+    """Per named strategy (all unless fewer are named): final held-out value, per-round curve,
+    bytes per site and round."""
+    names = list(ADAPTATION_STRATEGIES) if names is None else list(names)
+    unknown = sorted(set(names) - set(ADAPTATION_STRATEGIES))
+    if unknown:
+        raise ValueError(f"unknown adaptation strategies {unknown}; "
+                         f"known: {sorted(ADAPTATION_STRATEGIES)}")
     sites = [s for s in ctx.sites.values() if s.task_spec.name == task]
     if not sites:
         raise ValueError(f"no site serves the adaptation task {task!r}")
     metric = PRIMARY_METRIC[sites[0].task_spec.kind]
     evals = [EvalSite(s.name, s.dataset("test")) for s in sites]
     out = {}
-    for name, plan in ADAPTATION_STRATEGIES.items():
+    for name in names:
+        plan = ADAPTATION_STRATEGIES[name]
         result = ctx.federate(FederatedJob([s.name for s in sites],
                                            ctx.run_dir / f"adaptation_{name}", plan=plan.value))
         model = UniconModel(backbone, seed=ctx.seed)

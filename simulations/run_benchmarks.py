@@ -323,30 +323,37 @@ def _undefined_as_nan(obj: Any) -> Any:
 
 
 def run_seed(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path, seed: int,
-             with_foundation: bool) -> dict[str, Any]:
-    """Everything the suite measures with one seed: the continual strategies, the modality and
-    adaptation studies and (optionally) the foundation stage."""
+             with_foundation: bool, strategies: Sequence[str] = tuple(STRATEGIES),
+             adaptation: Sequence[str] | None = None) -> dict[str, Any]:
+    """Everything the suite measures with one seed: the continual ``strategies``, the modality
+    study, the ``adaptation`` strategies (both all of them unless a caller, e.g. a test, names
+    fewer) and (optionally) the foundation stage."""
     from simulations.adaptation import run_adaptation
     from simulations.continual_suite import run_on_foundation, run_strategies
     from simulations.modality import run_modality
     from unicon_flower.continual import make_context
 
-    results, skills = run_strategies(cfg, backbone, overrides, run_dir, seed, STRATEGIES)
-    ctx = make_context(cfg, seed, backbone, run_dir / f"studies_seed{seed}", overrides)
     ct_task, ctpet_task = _expansion(cfg)
+    if ct_task and ctpet_task and "isolated" not in strategies:
+        raise ValueError("the modality study builds on the isolated strategy's CT skill: "
+                         f"strategies {list(strategies)} must include 'isolated'")
+    results, skills = run_strategies(cfg, backbone, overrides, run_dir, seed, list(strategies))
+    ctx = make_context(cfg, seed, backbone, run_dir / f"studies_seed{seed}", overrides)
     return {
         "seed": seed,
         "continual": results,
         "modality": run_modality(ctx, ct_task, ctpet_task, skills[ct_task], backbone)
         if ct_task and ctpet_task else None,
-        "adaptation": run_adaptation(ctx, cfg.adaptation_task, backbone),
+        "adaptation": run_adaptation(ctx, cfg.adaptation_task, backbone, adaptation),
         "foundation": run_on_foundation(cfg, backbone, overrides, run_dir, seed)
         if with_foundation else None,
     }
 
 
 def run_seeds(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path,
-              with_foundation: bool, jobs: int) -> list[dict[str, Any]]:
+              with_foundation: bool, jobs: int,
+              strategies: Sequence[str] = tuple(STRATEGIES),
+              adaptation: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """:func:`run_seed` for every seed, in seed order; ``jobs > 1`` runs seeds in that many
     spawned worker processes at once (each seed's work is independent and seeded, so the
     numbers do not depend on ``jobs``). Finished seeds are saved to ``partial.json``."""
@@ -367,7 +374,8 @@ def run_seeds(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path,
 
     if jobs == 1 or len(todo) <= 1:
         for seed in todo:
-            keep(run_seed(cfg, backbone, overrides, run_dir, seed, with_foundation))
+            keep(run_seed(cfg, backbone, overrides, run_dir, seed, with_foundation, strategies,
+                          adaptation))
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -376,7 +384,8 @@ def run_seeds(cfg: Any, backbone: Any, overrides: list[str], run_dir: Path,
                                  mp_context=multiprocessing.get_context("spawn"),
                                  initializer=_worker_init) as pool:
             futures = [pool.submit(run_seed, cfg, backbone, overrides, run_dir, seed,
-                                   with_foundation) for seed in todo]
+                                   with_foundation, strategies, adaptation)
+                       for seed in todo]
             for future in as_completed(futures):
                 keep(future.result())
     return [done[s] for s in cfg.seeds]

@@ -113,14 +113,23 @@ def test_seeds_in_worker_processes_give_the_numbers_of_one_process(tmp_path: Pat
     torch.set_num_threads(1)  # as each worker
     try:
         # Execute
-        serial = run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "one", False, jobs=1)
-        parallel = run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "two", False, jobs=2)
+        # a few strategies (one local, one federated; one adaptation plan) keep this test
+        # short: every strategy is run by the same code path
+        names, plans = ("naive_sequential", "full_fedavg"), ("gradual_unfreezing",)
+        serial = run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "one", False, 1, names, plans)
+        parallel = run_seeds(cfg, TINY, TINY_OVERRIDES, tmp_path / "two", False, 2, names,
+                             plans)
     finally:
         torch.set_num_threads(threads)
 
     # Assert: seed order kept and every strategy's matrix identical
     assert [r["seed"] for r in serial] == [r["seed"] for r in parallel] == [0, 1]
     for one, two in zip(serial, parallel, strict=True):
+        assert sorted(one["continual"]) == sorted(two["continual"]) == sorted(names)
+        assert list(one["adaptation"]) == list(two["adaptation"]) == list(plans)
+        for plan in plans:  # the same numbers; only the wall time may differ
+            assert ({k: v for k, v in one["adaptation"][plan].items() if k != "wall_s"}
+                    == {k: v for k, v in two["adaptation"][plan].items() if k != "wall_s"})
         for name, result in one["continual"].items():
             assert json.dumps(result["matrix"]) == json.dumps(two["continual"][name]["matrix"])
         assert one["foundation"] is None and one["modality"] is None
@@ -200,7 +209,7 @@ def test_a_resumed_suite_runs_only_the_seeds_its_partial_json_lacks(tmp_path, mo
                                                        {"seed": 1}]))
     ran: list[int] = []
 
-    def fake_seed(cfg, backbone, overrides, run_dir, seed, with_foundation):
+    def fake_seed(cfg, backbone, overrides, run_dir, seed, with_foundation, *subset):
         ran.append(seed)
         return {"seed": seed, "x": 2}
 
