@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from unicon_core.data import Site
     from unicon_core.model import UniconModel
     from unicon_core.privacy import PrivacyLedger
+    from unicon_core.training.scaffold import ControlVariates
 
 #: ``context.state`` key of the site's privacy ledger (JSON in a ConfigRecord).
 LEDGER_STATE = "privacy-ledger"
@@ -71,6 +72,9 @@ DOWNLINK_STATE = "downlink-held"
 #: ``context.state`` key of the site's optimiser moments (``train.keep_optimizer_state``): per
 #: run, never sent.
 OPTIMIZER_STATE = "optimizer-state"
+#: ``context.state`` key of the site's SCAFFOLD control variate ``c_i``: per run, only its
+#: change since the last round is sent.
+CONTROL_STATE = "control-variate"
 
 
 class FoundationMismatchError(ValueError):
@@ -317,7 +321,7 @@ def instruction_options(msg: Message) -> dict[str, Any]:
     """The issue-#14 instruction keys the server sent (empty with today's defaults)."""
     config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
     keys = (ConfigKey.DELTA_CODEC, ConfigKey.CODEC_PER_ROW, ConfigKey.TOPK_FRACTION,
-            ConfigKey.DELTA_PACKED, ConfigKey.LORA_RULE, ConfigKey.PROX_MU)
+            ConfigKey.DELTA_PACKED, ConfigKey.LORA_RULE, ConfigKey.PROX_MU, ConfigKey.SCAFFOLD)
     return {k.value: config[k.value] for k in keys if k.value in config}
 
 
@@ -526,11 +530,13 @@ def handle_train(
         extra_loss = hooks.local_loss(site.name, model, task)
         regulariser = combined(regulariser, extra_loss)
 
+    control = site_control(msg, context, model, task, options, params, dp is not None)
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed,
                          num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu")
     try:
         result = train_task(model, task, loader, cfg, make_private=dp, params=params,
-                            regulariser=regulariser, optimizer_state=kept_optimizer(context, cfg))
+                            regulariser=regulariser, optimizer_state=kept_optimizer(context, cfg),
+                            control=control)
     finally:
         if dp is not None:
             dp.close()
@@ -554,6 +560,8 @@ def handle_train(
         else {RecordKey.SKILL.value: skill_record(
             model, task, frozen_keys(model.skill_keys(task), options), plan)}
     )
+    if control is not None:
+        update[RecordKey.CONTROL.value] = keep_control(context, control)
     content = RecordDict({
         **update,
         RecordKey.METRICS.value: metrics,
@@ -585,6 +593,43 @@ def keep_optimizer(context: Context, cfg: Any, result: Any, site: str) -> bool:
             site, result.state_refused)
     context.state[OPTIMIZER_STATE] = arrays_to_record(result.optimizer_state)
     return had and not result.state_refused
+
+
+def site_control(
+    msg: Message, context: Context, model: UniconModel, task: str, options: dict[str, Any],
+    params: list[Any] | None, private: bool,
+) -> ControlVariates | None:
+    """SCAFFOLD's correction for this round when the instruction asks for it: the server's
+    ``c`` (its ``control`` record) and the site's own ``c_i`` (``context.state``; zeros in its
+    first round, or when the trained layout changed), over the parameters the site trains."""
+    from unicon_core.training.scaffold import ControlVariates
+
+    if not options.get(ConfigKey.SCAFFOLD.value):
+        return None
+    if private:
+        raise ValueError("SCAFFOLD is not combined with DP-SGD: the mean of unclipped, "
+                         "un-noised gradients would leave the site")
+    record = msg.content.array_records.get(RecordKey.CONTROL.value)
+    if record is None:
+        raise ValueError("the instruction asks for SCAFFOLD but carries no control variate")
+    skill = model.skill_parameters(task)
+    trained = {id(p) for p in params} if params is not None else None
+    chosen = {k: p for k, p in skill.items() if trained is None or id(p) in trained}
+    stored = context.state.array_records.get(CONTROL_STATE)
+    kept = record_to_arrays(stored) if stored is not None else None
+    if kept is not None and (set(kept) != set(chosen) or any(
+            tuple(kept[k].shape) != tuple(chosen[k].shape) for k in chosen)):
+        log(INFO, "SCAFFOLD: the kept control variate no longer fits the trained parameters; "
+            "it starts at zero")
+        kept = None
+    return ControlVariates(chosen, record_to_arrays(record), kept)
+
+
+def keep_control(context: Context, control: ControlVariates) -> ArrayRecord:
+    """Keep the site's new ``c_i`` (``context.state``) and return its change for the reply."""
+    new, change = control.site_update()
+    context.state[CONTROL_STATE] = arrays_to_record(new)
+    return arrays_to_record(change)
 
 
 def local_objective(

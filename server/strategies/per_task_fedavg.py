@@ -92,6 +92,7 @@ from unicon_core.federation.replies import (
     norm_outliers,
 )
 from unicon_core.federation.sampling import sample_sites
+from unicon_core.federation.scaffold import control_problem, server_update, zero_control
 from unicon_core.federation.server_opt import ServerOptimizer
 from unicon_core.federation.validation import ValidationPolicy, update_norm
 from unicon_flower.accounting import CommLedger, content_bytes
@@ -99,7 +100,7 @@ from unicon_flower.records import arrays_to_record, record_to_arrays
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
 #: Key prefixes of the strategy's own state in a checkpoint (:meth:`PerTaskFedAvg.server_state`)
-OPT_STATE, FEDSA_STATE = "opt", "fedsa"
+OPT_STATE, FEDSA_STATE, CONTROL_STATE = "opt", "fedsa", "scaffold"
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,10 @@ class PerTaskFedAvg(FedAvg):
         self.seed = int(seed)
         #: task -> its server optimiser state (only for tasks with a server optimiser)
         self.server_opts: dict[str, ServerOptimizer] = {}
+        #: task -> its SCAFFOLD control variate c (tasks with ``scaffold`` only)
+        self.controls: dict[str, dict[str, np.ndarray]] = {}
+        #: site -> its checked control-variate change this round (SCAFFOLD)
+        self._control_changes: dict[str, dict[str, np.ndarray]] = {}
         #: site -> its own B factors (FedSA-LoRA), sent back to it instead of the shared ones
         self.personal: dict[str, dict[str, np.ndarray]] = {}
         #: site -> the skill it was sent for training this round (reference of its update)
@@ -246,9 +251,12 @@ class PerTaskFedAvg(FedAvg):
 
     def server_state(self) -> dict[str, np.ndarray]:
         """What a resumed run needs beyond the skills, as named arrays: each task's server
-        optimiser state (``opt/<task>/m|v/<key>``, ``opt/<task>/steps``) and each site's FedSA
-        B factors (``fedsa/<site>/<key>``). Downlink copies are not kept: a resumed run is a
-        new Flower run, whose sites hold nothing yet (they get the whole skill first)."""
+        optimiser state (``opt/<task>/m|v/<key>``, ``opt/<task>/steps``), each site's FedSA
+        B factors (``fedsa/<site>/<key>``) and each task's SCAFFOLD ``c``
+        (``scaffold/<task>/<key>``; the sites' own ``c_i`` live at the sites for one Flower
+        run, so a resumed run's sites start theirs at zero). Downlink copies are not kept: a
+        resumed run is a new Flower run, whose sites hold nothing yet (they get the whole skill
+        first)."""
         out: dict[str, np.ndarray] = {}
         for task, opt in sorted(self.server_opts.items()):
             out[f"{OPT_STATE}/{task}/steps"] = np.asarray([opt.steps], np.int64)
@@ -257,6 +265,8 @@ class PerTaskFedAvg(FedAvg):
                             for k, v in arrays.items()})
         for site, arrays in sorted(self.personal.items()):
             out.update({f"{FEDSA_STATE}/{site}/{k}": v for k, v in arrays.items()})
+        for task, control in sorted(self.controls.items()):
+            out.update({f"{CONTROL_STATE}/{task}/{k}": v for k, v in control.items()})
         return out
 
     def load_server_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -266,6 +276,7 @@ class PerTaskFedAvg(FedAvg):
         task_of = {n.site: n.task for n in self.nodes.values()}
         opts: dict[str, ServerOptimizer] = {}
         personal: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
+        controls: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
         dropped: set[str] = set()
         for name, value in state.items():
             kind, owner, rest = [*name.split("/", 2), "", ""][:3]
@@ -282,7 +293,9 @@ class PerTaskFedAvg(FedAvg):
             elif kind == FEDSA_STATE and self.options(task_of.get(owner, "")).lora_rule == (
                     "fedsa") and owner in task_of:
                 personal[owner][rest] = np.asarray(value)
-            elif kind in (OPT_STATE, FEDSA_STATE):
+            elif kind == CONTROL_STATE and owner in tasks and self.options(owner).scaffold:
+                controls[owner][rest] = np.asarray(value, np.float32)
+            elif kind in (OPT_STATE, FEDSA_STATE, CONTROL_STATE):
                 dropped.add(f"{kind}/{owner}")
             else:
                 raise ValueError(f"checkpoint state {name!r}: unknown kind {kind!r}")
@@ -291,6 +304,7 @@ class PerTaskFedAvg(FedAvg):
                 "site is not in this run)", sorted(dropped))
         self.server_opts.update(opts)
         self.personal.update(personal)
+        self.controls.update(controls)
 
     def options(self, task: str) -> TaskFederation:
         """The task's issue-#14 options (today's defaults when not configured)."""
@@ -375,7 +389,7 @@ class PerTaskFedAvg(FedAvg):
             defaultdict(list)
         )
         replies = list(replies)
-        self._delta_digests = {}
+        self._delta_digests, self._control_changes = {}, {}
         accepted: list[tuple[SiteNode, Accepted]] = []
         for node, result in self._checked_replies(rnd, replies, "train", current):
             entry = self._site_entry(node)
@@ -464,7 +478,19 @@ class PerTaskFedAvg(FedAvg):
         if opts.server_opt != "fedavg":
             opt = self.server_opts.setdefault(task, ServerOptimizer(opts.server_opt_config()))
             aggregate = opt.step(reference, aggregate)
+        if opts.scaffold:
+            report["control_norm"] = self.update_control(task, sites, reference)
         return aggregate, report
+
+    def update_control(self, task: str, sites: Sequence[str],
+                       reference: dict[str, np.ndarray]) -> float:
+        """Add the aggregated sites' control changes to the task's ``c``; its new norm."""
+        training = [n for n in self.nodes.values() if n.task == task and not n.evaluation_only]
+        changes = [self._control_changes[s] for s in sites if s in self._control_changes]
+        control = self.controls[task] = server_update(self.control(task, reference), changes,
+                                                      len(training))
+        return float(np.sqrt(sum(float((v.astype(np.float64) ** 2).sum())
+                                 for v in control.values())))
 
     def aggregate_skills(
         self, task: str, states: Sequence[dict[str, np.ndarray]], weights: Sequence[float]
@@ -544,18 +570,37 @@ class PerTaskFedAvg(FedAvg):
             instruction[ConfigKey.FOUNDATION_HASH.value] = self.foundation_hash
             target = self.site_skill(node, slice_task(union, node.task))
             record_key, record, sent = self.downlink(node, target, instruction)
+            extra = {}
             if message_type == MessageType.TRAIN:
                 self._sent[node.site] = sent
                 if sent is not target:
                     self._targets[node.site] = target
                 instruction.update(self.instructions(node.task))
-            content = RecordDict({record_key: record, self.configrecord_key: instruction})
+                if self.options(node.task).scaffold:
+                    extra[RecordKey.CONTROL.value] = arrays_to_record(
+                        self.control(node.task, target))
+            content = RecordDict({record_key: record, self.configrecord_key: instruction,
+                                  **extra})
             self.comm.add(rnd, node.site, down=content_bytes(content))
             messages.append(
                 Message(content=content, message_type=message_type, dst_node_id=node.node_id,
                         ttl=self.message_ttl_s)
             )
         return messages
+
+    def control(self, task: str, skill: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The task's SCAFFOLD ``c`` (zeros over the trained part of ``skill`` at first, or
+        when the layout it covers changed)."""
+        trained = self.trained(task, skill)
+        control = self.controls.get(task)
+        if control is None or control_problem(control, trained):
+            control = self.controls[task] = zero_control(trained)
+        return control
+
+    def trained(self, task: str, skill: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The part of ``skill`` a site trains (all but the A factors under FFA-LoRA)."""
+        frozen = a_keys(skill) if self.options(task).lora_rule == "ffa" else set()
+        return {k: v for k, v in skill.items() if k not in frozen}
 
     def site_skill(self, node: SiteNode, skill: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """What ``node`` is sent: the task's skill with its own B (FedSA) at its own rank."""
@@ -629,6 +674,8 @@ class PerTaskFedAvg(FedAvg):
             out[ConfigKey.LORA_RULE.value] = opts.lora_rule
         if opts.prox_mu > 0:
             out[ConfigKey.PROX_MU.value] = float(opts.prox_mu)
+        if opts.scaffold:
+            out[ConfigKey.SCAFFOLD.value] = True
         return out
 
     def _checked_replies(
@@ -716,11 +763,37 @@ class PerTaskFedAvg(FedAvg):
             state = record_to_arrays(skill)
             if opts.lora_rule == "ffa":  # A is frozen: a site need not send it back
                 state.update({k: reference[k] for k in a_keys(reference) if k not in state})
-        return check_reply(
+        result = check_reply(
             phase, info=dict(info_record), metrics=metrics, state=state, reference=reference,
             claim=node.claim, server_round=rnd, policy=self.policy,
             weighted_by=self.weighted_by_key,
         )
+        if phase == "train" and isinstance(result, Accepted):
+            problem = self._check_control(node, content, reference, result.state is not None)
+            if problem:
+                return Rejected(problem)
+        return result
+
+    def _check_control(self, node: SiteNode, content: RecordDict,
+                       reference: dict[str, np.ndarray] | None, trained: bool) -> str:
+        """A train reply's SCAFFOLD ``control`` record: required with an update when the task
+        uses SCAFFOLD, refused otherwise; checked against the trained layout and kept for
+        aggregation. Returns why it is refused ('' when fine)."""
+        record = content.array_records.get(RecordKey.CONTROL.value)
+        if not self.options(node.task).scaffold or not trained or reference is None:
+            return "" if record is None else (
+                f"the reply carries control variates task {node.task} did not ask for")
+        if record is None:
+            return f"task {node.task} uses SCAFFOLD: the reply carries no control variate change"
+        layout = self.trained(node.task, reference)
+        for key, arr in record.items():  # the header before any bytes are decoded
+            if key not in layout or tuple(arr.shape) != layout[key].shape:
+                return f"control {key[:80]}: not a trained parameter of this shape"
+        change = record_to_arrays(record)
+        problem = control_problem(change, layout)
+        if not problem:
+            self._control_changes[node.site] = change
+        return problem
 
     def _screen_updates(
         self, rnd: int, accepted: Sequence[tuple[SiteNode, Accepted]],

@@ -136,3 +136,46 @@ def test_optimizer_state_is_kept_in_the_node_state_only_when_configured() -> Non
     refused = TrainResult(num_examples=8, steps=1, loss=0.5, optimizer_state=moments,
                           state_refused="another rank")
     assert not keep_optimizer(ctx, on, refused, "a")
+
+
+def test_scaffold_at_the_site_covers_what_it_trains_and_keeps_c_i() -> None:
+    """``site_control``: c from the instruction, c_i from ``context.state`` (zeros at first or
+    when it no longer fits); under FFA the A factors are left out; refused under DP."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from client.site_runner import CONTROL_STATE, keep_control, site_control
+    from unicon_flower.records import arrays_to_record, record_to_arrays
+
+    spec = TaskSpec(name="cls", kind="classification", modality="mri", channels=1,
+                    spatial_dims=2, input_size=[16, 16], patch_size=4, num_classes=2)
+    model = UniconModel(TINY, seed=0)
+    model.add_task(spec)
+    options = {"lora-rule": "ffa", "scaffold": True}
+    params, _ = local_objective(model, "cls", options, private=False)
+    trained = {k: p for k, p in model.skill_parameters("cls").items() if k not in a_keys(
+        list(model.skill_parameters("cls")))}
+    c = {k: np.full(tuple(p.shape), 0.5, np.float32) for k, p in trained.items()}
+
+    def message(control: dict | None) -> Message:
+        content = RecordDict({"config": ConfigRecord({"scaffold": True})})
+        if control is not None:
+            content["control"] = arrays_to_record(control)
+        return Message(content, dst_node_id=1, message_type="train")
+
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    first = site_control(message(c), ctx, model, "cls", options, params, private=False)
+    assert first is not None and set(first.params) == set(trained)
+    assert all(not v.any() for v in first.site.values())
+    change = record_to_arrays(keep_control(ctx, first))  # no step: c_i stays 0
+    assert set(change) == set(trained) and CONTROL_STATE in ctx.state.array_records
+    ctx.state[CONTROL_STATE] = arrays_to_record({k: v + 1 for k, v in c.items()})
+    kept = site_control(message(c), ctx, model, "cls", options, params, private=False)
+    assert kept is not None and all((v == 1.5).all() for v in kept.site.values())
+    ctx.state[CONTROL_STATE] = ArrayRecord()  # no longer fits: starts at zero
+    fresh = site_control(message(c), ctx, model, "cls", options, params, private=False)
+    assert fresh is not None and all(not v.any() for v in fresh.site.values())
+    assert site_control(message(c), ctx, model, "cls", {}, params, private=False) is None
+    with pytest.raises(ValueError, match="DP-SGD"):
+        site_control(message(c), ctx, model, "cls", options, params, private=True)
+    with pytest.raises(ValueError, match="no control variate"):
+        site_control(message(None), ctx, model, "cls", options, params, private=False)

@@ -329,3 +329,32 @@ def test_under_ffa_the_a_factors_may_stay_home_and_nothing_else(site: dict[str, 
     b_key = next(k for k in layout if ".lora_B." in k)
     reply, log = _run(reply_without(a_keys | {b_key}), instruction, site["rules"])
     assert reply.has_error() and "missing keys" in log
+
+
+def test_scaffold_changes_leave_in_a_train_reply_only_in_the_skill_layout(
+    site: dict[str, Any],
+) -> None:
+    # Prepare: an honest SCAFFOLD train reply carries its c_i change next to the skill
+    layout = site["layout"]
+    instruction = _instruction("train", layout, scaffold=True)
+
+    def with_control(control: ArrayRecord) -> Callable[..., Message]:
+        return _hostile(lambda: {"skill": _skill(layout), "metrics": _metrics(),
+                                 "info": _info(), "control": control})
+
+    # Execute / Assert: the layout's keys leave; a key outside it, a wrong shape, or a
+    # control record in an evaluate reply do not
+    reply, log = _run(with_control(_skill(layout)), instruction, site["rules"])
+    assert not reply.has_error(), log
+    assert set(reply.content["control"].keys()) == set(layout)
+    extra = _skill(layout, **{"backbone.patch_embed.weight": Array(np.zeros(4, np.float32))})
+    reply, log = _run(with_control(extra), instruction, site["rules"])
+    assert reply.has_error() and "not a skill tensor" in log
+    key = next(iter(layout))
+    reply, log = _run(with_control(_skill(layout, **{key: Array(np.zeros(3, np.float32))})),
+                      instruction, site["rules"])
+    assert reply.has_error() and "has shape (3,)" in log
+    evaluate = _hostile(lambda: {"metrics": _metrics(), "info": _info(status="evaluated"),
+                                 "control": _skill(layout)})
+    reply, log = _run(evaluate, _instruction("evaluate", layout), site["rules"])
+    assert reply.has_error() and "'control' may not be in a evaluate reply" in log

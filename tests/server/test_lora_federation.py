@@ -239,6 +239,14 @@ def test_bad_lora_options_fail_clearly() -> None:
         StrategyConfig(lora={"pack": True})
     with pytest.raises(ValueError, match="svd"):
         StrategyConfig(lora_tasks={"t": {"lora_rule": "ffa", "site_ranks": {"s": 1}}})
+    with pytest.raises(ValueError, match=r"strategy\.lora\.scaffold.*naive or ffa"):
+        StrategyConfig(lora_tasks={"t": {"lora_rule": "fedsa", "scaffold": True}})
+    with pytest.raises(ValueError, match="without site_ranks"):
+        StrategyConfig(lora={"scaffold": True, "site_ranks": {"s": 1}})
+    with pytest.raises(ValueError, match="per_task_median is robust"):
+        StrategyConfig(name="per_task_median", lora_tasks={"t": {"scaffold": True}})
+    with pytest.raises(ValueError, match="true or false"):
+        StrategyConfig(lora={"scaffold": "yes"})
 
 
 def test_ffa_with_whole_skills_leaves_a_out_too(tmp_path: Path) -> None:
@@ -332,3 +340,39 @@ def test_sites_keep_their_optimiser_state_between_rounds(
     given.clear()
     _run(tmp_path, "fresh")
     assert given == [False] * 6
+
+
+def test_scaffold_end_to_end_sites_send_changes_and_get_the_mean_back(tmp_path: Path) -> None:
+    """SCAFFOLD through the real apps: round 1's instructions carry c = 0 over the skill, every
+    train reply carries the site's c_i change (through the egress guard), round 2 sends each
+    task c = the mean of its sites' changes; the corrected round 2 differs from plain FedAvg's
+    (round 1, with c = c_i = 0, does not)."""
+    base, _, _ = _run(tmp_path, "plain")
+    final, grid, rows = _run(tmp_path, "scaffold", "++strategy.lora={scaffold:true}")
+    trains = [ex for ex in grid.exchanges if ex.instruction.metadata.message_type == "train"]
+    by_round: dict[int, list] = {}
+    for ex in trains:
+        rnd = int(ex.instruction.content[RecordKey.CONFIG.value][ConfigKey.SERVER_ROUND.value])
+        by_round.setdefault(rnd, []).append(ex)
+    changes: dict[str, list[dict[str, np.ndarray]]] = {}
+    for ex in by_round[1]:
+        sent = record_arrays(ex.instruction.content[RecordKey.CONTROL.value])
+        skill = record_arrays(ex.instruction.content[RecordKey.SKILL.value])
+        assert set(sent) == set(skill) and not any(v.any() for v in sent.values())
+        change = record_arrays(ex.reply.content[RecordKey.CONTROL.value])
+        assert set(change) == set(skill) and any(v.any() for v in change.values())
+        task = str(ex.reply.content[RecordKey.INFO.value]["task"])
+        changes.setdefault(task, []).append(change)
+    for ex in by_round[2]:
+        task = str(ex.reply.content[RecordKey.INFO.value]["task"])
+        sent = record_arrays(ex.instruction.content[RecordKey.CONTROL.value])
+        for key, value in sent.items():
+            want = sum(c[key].astype(np.float64) for c in changes[task]) / len(changes[task])
+            np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-7, err_msg=key)
+    assert all("control_norm" in row["tasks"][CLS_TASK] for row in rows)
+    cls_base, cls_final = slice_task(base, CLS_TASK), slice_task(final, CLS_TASK)
+    assert any(not np.allclose(cls_final[k], cls_base[k], atol=1e-7) for k in cls_base)
+
+
+def record_arrays(record: object) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}  # type: ignore[attr-defined]

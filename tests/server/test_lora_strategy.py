@@ -5,6 +5,7 @@ aborting the round, FFA keeps A exactly, a server optimiser steps per task."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -12,7 +13,7 @@ from server.strategies.per_task_fedavg import PerTaskFedAvg, SiteNode
 from unicon_core.federation.aggregation import prefix_task, slice_task
 from unicon_core.federation.compression import Codec, encode_delta
 from unicon_core.federation.config import TaskFederation
-from unicon_core.federation.protocol import InfoKey, RecordKey, Status
+from unicon_core.federation.protocol import ConfigKey, InfoKey, RecordKey, Status
 
 HASH = "f" * 64
 A, B = "adapter.m.lora_A.weight", "adapter.m.lora_B.weight"
@@ -31,7 +32,8 @@ def _global() -> dict[str, np.ndarray]:
 
 def _round(strategy: PerTaskFedAvg, locals_: dict[int, dict], codec: Codec | None,
            tamper: dict[int, dict] | None = None, rnd: int = 1,
-           glob: dict | None = None) -> tuple[dict, dict]:
+           glob: dict | None = None, controls: dict[int, dict] | None = None
+           ) -> tuple[dict, dict]:
     union = prefix_task("cls", _global() if glob is None else glob)
     msgs = {m.metadata.dst_node_id: m for m in strategy.configure_train(
         rnd, ArrayRecord({k: Array(v) for k, v in union.items()}), ConfigRecord(), None)}
@@ -50,6 +52,9 @@ def _round(strategy: PerTaskFedAvg, locals_: dict[int, dict], codec: Codec | Non
             payload.update((tamper or {}).get(node.node_id, {}))
             record = {RecordKey.DELTA.value: ArrayRecord(
                 {k: Array(v) for k, v in payload.items()})}
+        if controls is not None and node.node_id in controls:  # SCAFFOLD's c_i change
+            record[RecordKey.CONTROL.value] = ArrayRecord(
+                {k: Array(v) for k, v in controls[node.node_id].items()})
         content = RecordDict({**record,
             RecordKey.METRICS.value: MetricRecord({"num-examples": 10}),
             RecordKey.INFO.value: ConfigRecord({
@@ -170,3 +175,63 @@ def test_an_aggregation_error_keeps_the_skill_and_is_in_the_rounds_record() -> N
         np.testing.assert_array_equal(after[key], value)
     assert record["tasks"]["cls"]["sites_aggregated"] == 0
     assert "unexpected shape" in record["tasks"]["cls"]["aggregation_error"]
+
+
+def _sent_controls(strategy: PerTaskFedAvg, rnd: int, glob: dict) -> dict[int, dict]:
+    union = prefix_task("cls", glob)
+    msgs = strategy.configure_train(rnd, ArrayRecord({k: Array(v) for k, v in union.items()}),
+                                    ConfigRecord(), None)
+    out = {}
+    for msg in msgs:
+        assert msg.content[RecordKey.CONFIG.value][ConfigKey.SCAFFOLD.value] is True
+        out[msg.metadata.dst_node_id] = {
+            k: a.numpy() for k, a in msg.content[RecordKey.CONTROL.value].items()}
+    return out
+
+
+def test_scaffold_sends_c_and_moves_it_by_the_sites_checked_changes() -> None:
+    # Prepare: FFA (A is not trained, so c leaves it out); each site's change is its id
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(lora_rule="ffa", scaffold=True)})
+    trained = {k: v for k, v in _global().items() if k != A}
+    changes = {i: {k: np.full_like(v, float(i)) for k, v in trained.items()} for i in (1, 2, 3)}
+    locals_ = _locals()
+    for state in locals_.values():
+        state[A] = _global()[A]
+    # Execute / Assert: round 1 sends zeros over the trained keys
+    first = _sent_controls(strategy, 1, _global())
+    assert set(first) == {1, 2, 3}
+    assert all(set(c) == set(trained) and not any(v.any() for v in c.values())
+               for c in first.values())
+    after, record = _round(strategy, locals_, None, controls=changes)
+    assert record["tasks"]["cls"]["sites_aggregated"] == 3
+    for value in strategy.controls["cls"].values():
+        np.testing.assert_allclose(value, (1 + 2 + 3) / 3)
+    want_norm = np.sqrt(sum(4.0 * v.size for v in trained.values()))
+    assert record["tasks"]["cls"]["control_norm"] == pytest.approx(want_norm)
+    # round 2 sends the new c; site b's reply lacks its change, site c's has a wrong shape:
+    # both are rejected and c moves by a's change over all three sites
+    second = _sent_controls(strategy, 2, after)
+    np.testing.assert_allclose(second[2]["head.w"], 2.0)
+    bad = {1: changes[1], 3: {**changes[3], "head.w": np.zeros(5, np.float32)}}
+    _, record = _round(strategy, _locals(0.5), None, rnd=2, glob=after, controls=bad)
+    assert record["sites"]["b"]["status"] == record["sites"]["c"]["status"] == "rejected"
+    assert "no control variate" in record["sites"]["b"]["reason"]
+    assert "head.w" in record["sites"]["c"]["reason"]
+    for value in strategy.controls["cls"].values():
+        np.testing.assert_allclose(value, 2.0 + 1 / 3, rtol=1e-6)
+    # the state a resumed run restores
+    restored = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(lora_rule="ffa", scaffold=True)})
+    restored.load_server_state(strategy.server_state())
+    for key, value in strategy.controls["cls"].items():
+        np.testing.assert_array_equal(restored.controls["cls"][key], value)
+
+
+def test_a_control_record_the_task_did_not_ask_for_is_refused() -> None:
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH)
+    extra = {1: {k: np.zeros_like(v) for k, v in _global().items()}}
+    _, record = _round(strategy, _locals(), None, controls=extra)
+    assert record["sites"]["a"]["status"] == "rejected"
+    assert "did not ask for" in record["sites"]["a"]["reason"]
+    assert record["tasks"]["cls"]["sites_aggregated"] == 2

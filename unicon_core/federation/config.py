@@ -222,6 +222,8 @@ class TaskFederation:
     fraction: float = 1.0  # share of the task's sites drawn per round
     min_sites: int = 1  # fewest of its sites a task draws per round
     prox_mu: float = 0.0  # FedProx at the sites (0: off)
+    #: SCAFFOLD control variates: the server's c per task, each site's c_i kept at the site
+    scaffold: bool = False
     #: server -> site: none (the whole skill, as before), fp16, int8, topk: the change since
     #: what the site holds, per_row and topk_fraction as above
     downlink_codec: str = "none"
@@ -254,6 +256,12 @@ class TaskFederation:
                         "use lora_rule svd")
         if not self.prox_mu >= 0:
             raise _fail("strategy.lora.prox_mu", f"must be >= 0, got {self.prox_mu}")
+        if not isinstance(self.scaffold, bool):
+            raise _fail("strategy.lora.scaffold", f"must be true or false, got {self.scaffold!r}")
+        if self.scaffold and (self.lora_rule not in ("naive", "ffa") or self.site_ranks):
+            raise _fail("strategy.lora.scaffold", "control variates live in the trained "
+                        "parameters' space, shared by every site: use lora_rule naive or ffa, "
+                        "without site_ranks")
 
     def codec_spec(self) -> Codec:
         """The delta codec."""
@@ -299,7 +307,8 @@ class StrategyConfig:
     lora: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Federation options of every task (issue #14: delta, codec, "
-                  "lora_rule, site_ranks, server_opt, fraction, min_sites, prox_mu, ...)."},
+                  "lora_rule, site_ranks, server_opt, fraction, min_sites, prox_mu, "
+                  "scaffold, ...)."},
     )
     lora_tasks: dict[str, Any] = field(
         default_factory=dict,
@@ -327,7 +336,10 @@ class StrategyConfig:
                 raise _fail("strategy.lora", f"unknown option(s) {unknown}; known: "
                             f"{sorted(known)}")
         for task in ["", *self.lora_tasks]:
-            self.for_task(task)  # validates every combination
+            if self.for_task(task).scaffold and self.name != "per_task_fedavg":
+                raise _fail("strategy.lora.scaffold", f"{self.name} is robust to a lying site; "
+                            "SCAFFOLD's control variate is a plain mean a lying site could move "
+                            "(use per_task_fedavg)")
 
     def for_task(self, task: str) -> TaskFederation:
         """``task``'s options: ``lora`` overridden by ``lora_tasks[task]``."""

@@ -15,6 +15,8 @@ Checks (each one a line of the returned list, naming the record and key):
   rank may be lower where the rules allow mixed ranks) and a floating dtype;
 * deltas (issue #14): only in ``delta``, each an encoding of one allowed key's update; packed
   (one flat array per dtype), no more values of each kind than the allowed layout's updates hold;
+* SCAFFOLD control-variate changes: only in a train reply's ``control``, checked as skill arrays
+  (each an allowed key with its shape; as derived from the site's gradients as a delta is);
 * router summaries: only the known keys, 1-D float vectors of bounded length, over at least
   ``min_summary_count`` examples;
 * decoded content: the bytes decode to exactly the header's dtype and shape (an ``.npy`` of other
@@ -89,7 +91,7 @@ HASH_KEYS = frozenset({InfoKey.FOUNDATION_HASH.value})
 REPLY_SCHEMA: dict[str, frozenset[str]] = {
     "query": frozenset({RecordKey.INFO.value, RecordKey.METRICS.value, RecordKey.SUMMARY.value}),
     "train": frozenset({RecordKey.INFO.value, RecordKey.METRICS.value, RecordKey.SKILL.value,
-                        RecordKey.DELTA.value}),
+                        RecordKey.DELTA.value, RecordKey.CONTROL.value}),
     "evaluate": frozenset({RecordKey.INFO.value, RecordKey.METRICS.value}),
 }
 
@@ -237,6 +239,8 @@ def reply_problems(message_type: str, reply: ReplyView, rules: EgressRules) -> l
             out += delta_problems(arrays, rules)
         elif name == RecordKey.SKILL.value:
             out += skill_problems(arrays, rules)
+        elif name == RecordKey.CONTROL.value and message_type == "train":
+            out += skill_problems(arrays, rules)  # SCAFFOLD: one array per trained tensor
         else:
             out.append(f"arrays may only leave in the {RecordKey.SKILL.value!r} record, "
                        f"not {name[:64]!r}")

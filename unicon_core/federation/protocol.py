@@ -20,6 +20,9 @@ class RecordKey(str, Enum):
     #: ArrayRecord: an instruction's encoded change since the skill the site holds (instead of
     #: `skill`; issue #14 downlink compression)
     DOWNLINK = "downlink"
+    #: ArrayRecord, SCAFFOLD (issue #14): the server's control variate ``c`` of the task in a
+    #: train instruction; ``c_i_new - c_i`` of the trained parameters in the site's reply
+    CONTROL = "control"
 
 
 class SummaryKey(str, Enum):
@@ -42,6 +45,8 @@ class ConfigKey(str, Enum):
     TOPK_FRACTION = "topk-fraction"
     LORA_RULE = "lora-rule"
     PROX_MU = "prox-mu"
+    #: present (true): SCAFFOLD, the instruction carries ``control`` and so must the reply
+    SCAFFOLD = "scaffold"
     #: present (true): the reply's delta travels packed, one flat array per dtype
     DELTA_PACKED = "delta-packed"
     #: Downlink compression: the codec of the instruction's skill (present: the site keeps

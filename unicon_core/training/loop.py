@@ -19,6 +19,7 @@ from unicon_core.metrics import metric_for
 from unicon_core.model import UniconModel
 from unicon_core.training.losses import loss_for
 from unicon_core.training.optimizer_state import export_state, import_state, parameter_names
+from unicon_core.training.scaffold import ControlVariates
 
 #: Optional hook applied after the optimiser is built, e.g. opacus ``make_private``.
 MakePrivate = Callable[
@@ -104,6 +105,7 @@ def train_task(
     params: list[nn.Parameter] | list[dict[str, Any]] | None = None,
     regulariser: Callable[[], torch.Tensor] | None = None,
     optimizer_state: Mapping[str, np.ndarray] | None = None,
+    control: ControlVariates | None = None,
 ) -> TrainResult:
     """Train ``task``'s skill on ``loader``; everything outside the skill stays frozen.
 
@@ -114,7 +116,8 @@ def train_task(
     ``cfg.seed`` (global RNG state is restored). ``regulariser`` (e.g. FedProx's proximal
     term) is added to every step's loss; the reported loss is the task's loss alone.
     ``optimizer_state`` (a previous run's ``TrainResult.optimizer_state``, same parameters)
-    resumes the optimiser's moments instead of starting them at zero.
+    resumes the optimiser's moments instead of starting them at zero. ``control`` (SCAFFOLD)
+    corrects every step's gradients and records them (not with ``make_private``).
     """
     from tqdm.auto import tqdm
 
@@ -130,6 +133,9 @@ def train_task(
     names = parameter_names(model)
     refused = import_state(optimizer, optimizer_state, names) if optimizer_state else ""
     module: nn.Module = model
+    if make_private is not None and control is not None:
+        raise ValueError("SCAFFOLD control variates are not combined with DP-SGD: the mean of "
+                         "unclipped, un-noised gradients would leave the site")
     if make_private is not None:
         module, optimizer, loader = make_private(model, optimizer, loader)
     per_epoch = len(loader)
@@ -161,6 +167,8 @@ def train_task(
                 loss = loss_fn(out.float(), batch) if len(x) else out.sum() * 0.0
                 optimizer.zero_grad(set_to_none=True)
                 (loss if regulariser is None else loss + regulariser()).backward()
+                if control is not None:
+                    control.correct()
                 optimizer.step()
                 schedule.step()
                 steps += 1
