@@ -107,6 +107,10 @@ FOUNDATION_LEFT_OUT = {
 #: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
 FOUNDATION_KEPT = ("train.keep_optimizer_state=true",)
 FOUNDATION_KEPT_TASKS = ("tumour_cls",)
+#: Against client drift, on top of the kept moments (the naive rule): label -> options.
+FOUNDATION_KEPT_VARIANTS: dict[str, tuple[tuple[str, str | float], ...]] = {
+    "SCAFFOLD (server c per task, c_i kept at each site)": (("scaffold", "true"),),
+}
 MIXED_TASK = "gbsg2_surv"
 SCALE_TASK = "gbsg2_surv"
 SCALE_SIZES = (10, 100, 1000)
@@ -328,14 +332,15 @@ def cached_job(path: Path, made_with: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-def plan_jobs(setup: Setup, seeds: Sequence[int], variants: bool = True) -> list[Job]:
-    """Every run of sections 1 and 3: rules and centralised per task, server optimisers and
-    FedProx (``variants``), mixed ranks."""
+def plan_jobs(setup: Setup, seeds: Sequence[int],
+              variants: Mapping[str, tuple[tuple[str, str | float], ...]] = VARIANTS
+              ) -> list[Job]:
+    """Every run of sections 1 and 3: rules and centralised per task, the ``variants`` of the
+    naive rule (server optimisers and FedProx), mixed ranks."""
     jobs = [Job("central", t, s) for t in setup.sites for s in seeds]
     jobs += [Job("fed", t, s, rule) for t in setup.sites for rule in RULES for s in seeds]
-    if variants:
-        jobs += [Job("fed", t, s, VARIANT_RULE, options=opts) for t in setup.sites
-                 for opts in VARIANTS.values() for s in seeds]
+    jobs += [Job("fed", t, s, VARIANT_RULE, options=opts) for t in setup.sites
+             for opts in variants.values() for s in seeds]
     jobs += [Job("mixed", setup.mixed_task, s, "svd", mixed_ranks(setup)) for s in seeds
              if setup.mixed_task in setup.sites]
     return jobs
@@ -384,17 +389,22 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
 
 def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: Sequence[int],
                    work: Path, n_jobs: int, mixed_task: str = FOUNDATION_MIXED_TASK,
-                   base: tuple[str, ...] = FOUNDATION_BASE) -> dict[str, Any]:
-    """The rules, the centralised bound and mixed ranks (on ``mixed_task``, "" for none) on
-    the pretrained foundation (``base``: ``FOUNDATION_BASE``, or it plus ``FOUNDATION_KEPT``);
-    ``left_out``: the foundation's tasks not among ``sites`` (said only for the full set)."""
+                   base: tuple[str, ...] = FOUNDATION_BASE,
+                   variants: Mapping[str, tuple[tuple[str, str | float], ...]] | None = None,
+                   ) -> dict[str, Any]:
+    """The rules, the centralised bound, ``variants`` of the naive rule and mixed ranks (on
+    ``mixed_task``, "" for none) on the pretrained foundation (``base``: ``FOUNDATION_BASE``,
+    or it plus ``FOUNDATION_KEPT``); ``left_out``: the foundation's tasks not among ``sites``
+    (said only for the full set)."""
     setup = site_setup(sites, budget, base=base,
                        mixed_task=mixed_task if mixed_task in sites else "")
-    jobs = run_jobs(setup, plan_jobs(setup, seeds, variants=False), work, n_jobs)
+    variants = dict(variants or {})
+    jobs = run_jobs(setup, plan_jobs(setup, seeds, variants), work, n_jobs)
     changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
     return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
             "jobs": jobs, "max_change": max(changes) if changes else None,
             "mixed_task": setup.mixed_task,
+            "variants": {label: [list(o) for o in opts] for label, opts in variants.items()},
             "mixed_ranks": [list(r) for r in mixed_ranks(setup)] if setup.mixed_task else [],
             "left_out": {t: why for t, why in FOUNDATION_LEFT_OUT.items() if t not in sites}
             if base == FOUNDATION_BASE else {}}
@@ -702,6 +712,16 @@ def render(res: Mapping[str, Any]) -> str:
             "centralised bound's pooled node) keeps its AdamW moments between rounds in its "
             "node state (never sent) instead of restarting them every round. Same budget, "
             f"seeds and start (`{' '.join(kept['base'])}`).")
+        lines += _variant_lines(
+            kept, seeds, {label: tuple(tuple(o) for o in opts)
+                          for label, opts in kept.get("variants", {}).items()},
+            "### Against client drift on the foundation, moments kept",
+            "On the naive rule with kept moments (the naive row above), same budget and "
+            "measures. SCAFFOLD (`strategy.lora.scaffold=true`): each local gradient is "
+            "corrected by `c - c_i`, the server's control variate of the task minus the "
+            "site's own (kept at the site); a site's new `c_i` is the mean of its raw "
+            "minibatch gradients of the round, and it sends `c_i_new - c_i`, checked like an "
+            "update, so it sends and receives twice the skill's bytes.")
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -800,23 +820,30 @@ def _chance_is_half(jobs: Mapping[str, Any], task: str, seeds: Sequence[int]) ->
     return metric in ("auc", "c_index")
 
 
-def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
-    """Server optimisers and FedProx against plain FedAvg (the naive rule's row)."""
+VARIANTS_INTRO = (
+    f"Each on the `{VARIANT_RULE}` rule, same budget and measures as the rules table (whose "
+    "naive row is plain FedAvg); the server optimiser steps on the aggregated delta of the "
+    "task's skill. Flower's default step sizes and FedProx's mu = 0.01 were fixed before any "
+    "run, not tuned.")
+
+
+def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
+                   variants: Mapping[str, tuple[tuple[str, str | float], ...]] = VARIANTS,
+                   heading: str = "### Server optimisers and FedProx",
+                   intro: str = VARIANTS_INTRO) -> list[str]:
+    """``variants`` of the naive rule (server optimisers, FedProx, SCAFFOLD) against plain
+    FedAvg (the naive rule's row of ``res``'s rules table)."""
     jobs = res["jobs"]
     planned = [Job("fed", t, s, VARIANT_RULE, options=opts) for t in res["tasks"]
-               for opts in VARIANTS.values() for s in seeds]
+               for opts in variants.values() for s in seeds]
     if not any(j.key in jobs for j in planned):
         return []
-    out = ["### Server optimisers and FedProx", "",
-           f"Each on the `{VARIANT_RULE}` rule, same budget and measures as the rules table "
-           "(whose naive row is plain FedAvg); the server optimiser steps on the aggregated "
-           "delta of the task's skill. Flower's default step sizes and FedProx's mu = 0.01 "
-           "were fixed before any run, not tuned.", "",
+    out = [heading, "", intro, "",
            "| task | server / site update | federated | per seed | fed / central of the "
            "means | goal |", "|---|---|---|---|---|---|"]
     for task in res["tasks"]:
         central = _values(jobs, [Job("central", task, s) for s in seeds])
-        rows = {"FedAvg (the naive row above)": ()} | VARIANTS
+        rows = {"FedAvg (the naive row above)": ()} | dict(variants)
         for label, opts in rows.items():
             fed = _values(jobs, [Job("fed", task, s, VARIANT_RULE, options=opts)
                                  for s in seeds])
@@ -1035,7 +1062,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             res["foundation_kept"] = run_foundation(
                 {t: d for t, d in fm_sites.items() if args.quick or t in FOUNDATION_KEPT_TASKS},
                 budget, args.seeds, work / "foundation_kept", args.jobs, mixed_task="",
-                base=FOUNDATION_BASE + FOUNDATION_KEPT)
+                base=FOUNDATION_BASE + FOUNDATION_KEPT, variants=FOUNDATION_KEPT_VARIANTS)
     if "bytes" not in args.skip:
         cached = work / "bytes.json"
         if not cached.is_file():

@@ -114,6 +114,13 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "`experiment=continual backbone=demo train.keep_optimizer_state=true`" in kept
     assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 | 0.693, 0.696 | 0.694 |" in kept
     assert not any(k.startswith("mixed") for k in res["foundation_kept"]["jobs"])
+    # SCAFFOLD on top of the kept moments: its own rows under the kept table (+0.02)
+    drift = kept[kept.index("### Against client drift on the foundation"):]
+    assert "| synth_surv | FedAvg (the naive row above) | 0.559 ± 0.007 |" in drift
+    for label in bench.FOUNDATION_KEPT_VARIANTS:
+        assert f"| synth_surv | {label} | 0.579 ± 0.007 | 0.574, 0.584 |" in drift
+    assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
+                   for k in res["foundation"]["jobs"])
 
 
 def test_a_cached_run_of_another_setup_is_refused(monkeypatch: pytest.MonkeyPatch,
@@ -142,12 +149,12 @@ def _job_of(key: str) -> bench.Job:
 def _all_jobs() -> list[bench.Job]:
     setup = bench.Setup({"synth_surv": [Path("synth_surv_0"), Path("synth_surv_1")]},
                         bench.Budget())
-    return bench.plan_jobs(setup, [0, 1], variants=True)
+    return bench.plan_jobs(setup, [0, 1])
 
 
 def test_plan_adds_each_variant_per_task_and_seed() -> None:
     setup = bench.Setup({"a": [Path("a1")], "b": [Path("b1")]}, bench.Budget(), mixed_task="")
-    plain = bench.plan_jobs(setup, [0, 1, 2], variants=False)
+    plain = bench.plan_jobs(setup, [0, 1, 2], variants={})
     full = bench.plan_jobs(setup, [0, 1, 2])
     extra = [j for j in full if j not in plain]
     assert len(extra) == 2 * len(bench.VARIANTS) * 3
