@@ -721,7 +721,8 @@ def render(res: Mapping[str, Any]) -> str:
             "corrected by `c - c_i`, the server's control variate of the task minus the "
             "site's own (kept at the site); a site's new `c_i` is the mean of its raw "
             "minibatch gradients of the round, and it sends `c_i_new - c_i`, checked like an "
-            "update, so it sends and receives twice the skill's bytes.")
+            "update: a train message and its reply each carry a second skill-sized record "
+            "(down also counts the evaluate instructions, which carry none).")
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -840,7 +841,7 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
         return []
     out = [heading, "", intro, "",
            "| task | server / site update | federated | per seed | fed / central of the "
-           "means | goal |", "|---|---|---|---|---|---|"]
+           "means | goal | bytes up / down per site and round |", "|---|---|---|---|---|---|---|"]
     for task in res["tasks"]:
         central = _values(jobs, [Job("central", task, s) for s in seeds])
         rows = {"FedAvg (the naive row above)": ()} | dict(variants)
@@ -848,8 +849,13 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
             fed = _values(jobs, [Job("fed", task, s, VARIANT_RULE, options=opts)
                                  for s in seeds])
             of_means = ratio_stats(fed, central)[1]
+            runs = [jobs.get(Job("fed", task, s, VARIANT_RULE, options=opts).key, {})
+                    for s in seeds]
+            up = mean_std([r.get("bytes_up", math.nan) for r in runs])[0]
+            down = mean_std([r.get("bytes_down", math.nan) for r in runs])[0]
+            traffic = f"{up:,.0f} / {down:,.0f}" if math.isfinite(up + down) else "n/a"
             out.append(f"| {task} | {label} | {_ms(fed)} | {', '.join(_f(v) for v in fed)} | "
-                       f"{_f(of_means)} | {_goal(fed, of_means)} |")
+                       f"{_f(of_means)} | {_goal(fed, of_means)} | {traffic} |")
     return [*out, ""]
 
 

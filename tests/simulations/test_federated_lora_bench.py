@@ -118,7 +118,8 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     drift = kept[kept.index("### Against client drift on the foundation"):]
     assert "| synth_surv | FedAvg (the naive row above) | 0.559 ± 0.007 |" in drift
     for label in bench.FOUNDATION_KEPT_VARIANTS:
-        assert f"| synth_surv | {label} | 0.579 ± 0.007 | 0.574, 0.584 |" in drift
+        assert f"| synth_surv | {label} | 0.579 ± 0.007 | 0.574, 0.584 | 0.719 | **MISSED** " \
+            "| 1,000 / 2,000 |" in drift  # the runs' own bytes per site and round
     assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
                    for k in res["foundation"]["jobs"])
 
