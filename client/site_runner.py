@@ -321,7 +321,8 @@ def instruction_options(msg: Message) -> dict[str, Any]:
     """The issue-#14 instruction keys the server sent (empty with today's defaults)."""
     config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
     keys = (ConfigKey.DELTA_CODEC, ConfigKey.CODEC_PER_ROW, ConfigKey.TOPK_FRACTION,
-            ConfigKey.DELTA_PACKED, ConfigKey.LORA_RULE, ConfigKey.PROX_MU, ConfigKey.SCAFFOLD)
+            ConfigKey.DELTA_PACKED, ConfigKey.LORA_RULE, ConfigKey.PROX_MU, ConfigKey.SCAFFOLD,
+            ConfigKey.LOGIT_ADJUST)
     return {k.value: config[k.value] for k in keys if k.value in config}
 
 
@@ -536,7 +537,7 @@ def handle_train(
     try:
         result = train_task(model, task, loader, cfg, make_private=dp, params=params,
                             regulariser=regulariser, optimizer_state=kept_optimizer(context, cfg),
-                            control=control)
+                            control=control, logit_shift=site_logit_shift(site, options))
     finally:
         if dp is not None:
             dp.close()
@@ -623,6 +624,16 @@ def site_control(
             "it starts at zero")
         kept = None
     return ControlVariates(chosen, record_to_arrays(record), kept)
+
+
+def site_logit_shift(site: Site, options: dict[str, Any]) -> Any:
+    """The log class prior of the site's own train split when the instruction asks for logit
+    adjustment (``None`` otherwise); a site whose task is not a classification refuses."""
+    from unicon_core.training.losses import logit_prior_shift
+
+    if not options.get(ConfigKey.LOGIT_ADJUST.value):
+        return None
+    return logit_prior_shift(site.class_counts("train"))
 
 
 def keep_control(context: Context, control: ControlVariates) -> ArrayRecord:

@@ -676,6 +676,8 @@ class PerTaskFedAvg(FedAvg):
             out[ConfigKey.PROX_MU.value] = float(opts.prox_mu)
         if opts.scaffold:
             out[ConfigKey.SCAFFOLD.value] = True
+        if opts.logit_adjust:
+            out[ConfigKey.LOGIT_ADJUST.value] = True
         return out
 
     def _checked_replies(

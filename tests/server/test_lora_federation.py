@@ -376,3 +376,55 @@ def test_scaffold_end_to_end_sites_send_changes_and_get_the_mean_back(tmp_path: 
 
 def record_arrays(record: object) -> dict[str, np.ndarray]:
     return {k: a.numpy() for k, a in record.items()}  # type: ignore[attr-defined]
+
+
+def test_logit_adjustment_reaches_each_classification_site_with_its_own_prior(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``logit_adjust`` for the classification task: its sites train with their own train
+    split's log prior (computed at the site), the survival site without; a survival site asked
+    for it would refuse with a clear error."""
+    import unicon_core.training as training
+    from unicon_core.data import open_site
+    from unicon_core.training.losses import logit_prior_shift
+
+    shifts: list[object] = []
+    real = training.train_task
+
+    def spy(*args: object, **kw: object) -> object:
+        shift = kw.get("logit_shift")
+        shifts.append(None if shift is None else tuple(shift.tolist()))  # type: ignore[union-attr]
+        return real(*args, **kw)
+
+    monkeypatch.setattr(training, "train_task", spy)
+    make_sites(tmp_path / "sites", THREE_SITES)
+    skew_train_labels(tmp_path / "sites" / "site_a")  # two priors, so each is the site's own
+    _, grid, _ = _run(tmp_path, "adjusted", f"++strategy.lora_tasks={{{CLS_TASK}:"
+                      "{logit_adjust:true}}", rounds=1)
+    sites = {name: open_site(tmp_path / "sites" / name) for name, *_ in THREE_SITES}
+    want = {tuple(logit_prior_shift(s.class_counts("train")).tolist())
+            for s in sites.values() if s.task_spec.name == CLS_TASK}
+    assert len(want) == 2 and set(shifts) == want | {None} and len(shifts) == 3
+    for ex in grid.exchanges:
+        if ex.instruction.metadata.message_type == "train":
+            config = ex.instruction.content[RecordKey.CONFIG.value]
+            is_cls = config[ConfigKey.TASK.value] == CLS_TASK
+            assert (ConfigKey.LOGIT_ADJUST.value in config) is is_cls
+    with pytest.raises(ValueError, match="class counts need a classification task"):
+        next(s for s in sites.values() if s.task_spec.name == SURV_TASK).class_counts("train")
+
+
+def skew_train_labels(site: Path) -> None:
+    """Label every train row of a classification site 1 but its first (a skewed prior)."""
+    import csv
+
+    path = site / "manifest.csv"
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [r for r in rows if r["split"] == "train"]
+    for i, row in enumerate(train):
+        row["label"] = "0" if i == 0 else "1"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

@@ -56,6 +56,17 @@ class Site:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         return [i for i, s in enumerate(self.splits) if s == split]
 
+    def class_counts(self, split: str) -> list[int]:
+        """Rows of each class in ``split`` (classification tasks; labels are validated)."""
+        spec = self.task_spec
+        if spec.kind.value != "classification":
+            raise ValueError(f"site {self.name}: task {spec.name!r} is {spec.kind.value}, "
+                             "class counts need a classification task")
+        counts = [0] * spec.num_classes
+        for i in self.split_rows(split):
+            counts[int(self.rows[i]["label"])] += 1
+        return counts
+
     def split_sizes(self) -> dict[str, int]:
         """Number of samples per split."""
         return {s: len(self.split_rows(s)) for s in SPLITS}

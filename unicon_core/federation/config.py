@@ -224,6 +224,9 @@ class TaskFederation:
     prox_mu: float = 0.0  # FedProx at the sites (0: off)
     #: SCAFFOLD control variates: the server's c per task, each site's c_i kept at the site
     scaffold: bool = False
+    #: logit adjustment at the sites (classification): each site trains on logits + its own
+    #: train split's log class prior, against label skew between sites
+    logit_adjust: bool = False
     #: server -> site: none (the whole skill, as before), fp16, int8, topk: the change since
     #: what the site holds, per_row and topk_fraction as above
     downlink_codec: str = "none"
@@ -256,8 +259,10 @@ class TaskFederation:
                         "use lora_rule svd")
         if not self.prox_mu >= 0:
             raise _fail("strategy.lora.prox_mu", f"must be >= 0, got {self.prox_mu}")
-        if not isinstance(self.scaffold, bool):
-            raise _fail("strategy.lora.scaffold", f"must be true or false, got {self.scaffold!r}")
+        for name in ("scaffold", "logit_adjust"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(f"strategy.lora.{name}",
+                            f"must be true or false, got {getattr(self, name)!r}")
         if self.scaffold and (self.lora_rule not in ("naive", "ffa") or self.site_ranks):
             raise _fail("strategy.lora.scaffold", "control variates live in the trained "
                         "parameters' space, shared by every site: use lora_rule naive or ffa, "
@@ -308,7 +313,7 @@ class StrategyConfig:
         default_factory=dict,
         metadata={"help": "Federation options of every task (issue #14: delta, codec, "
                   "lora_rule, site_ranks, server_opt, fraction, min_sites, prox_mu, "
-                  "scaffold, ...)."},
+                  "scaffold, logit_adjust, ...)."},
     )
     lora_tasks: dict[str, Any] = field(
         default_factory=dict,

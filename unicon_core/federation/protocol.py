@@ -47,6 +47,9 @@ class ConfigKey(str, Enum):
     PROX_MU = "prox-mu"
     #: present (true): SCAFFOLD, the instruction carries ``control`` and so must the reply
     SCAFFOLD = "scaffold"
+    #: present (true): the site adds its own train split's log class prior to the logits in
+    #: its training loss (logit adjustment against label skew); nothing about it is sent back
+    LOGIT_ADJUST = "logit-adjust"
     #: present (true): the reply's delta travels packed, one flat array per dtype
     DELTA_PACKED = "delta-packed"
     #: Downlink compression: the codec of the instruction's skill (present: the site keeps

@@ -106,6 +106,7 @@ def train_task(
     regulariser: Callable[[], torch.Tensor] | None = None,
     optimizer_state: Mapping[str, np.ndarray] | None = None,
     control: ControlVariates | None = None,
+    logit_shift: torch.Tensor | None = None,
 ) -> TrainResult:
     """Train ``task``'s skill on ``loader``; everything outside the skill stays frozen.
 
@@ -118,6 +119,8 @@ def train_task(
     ``optimizer_state`` (a previous run's ``TrainResult.optimizer_state``, same parameters)
     resumes the optimiser's moments instead of starting them at zero. ``control`` (SCAFFOLD)
     corrects every step's gradients and records them (not with ``make_private``).
+    ``logit_shift`` (one value per class, :func:`~unicon_core.training.losses.logit_prior_shift`)
+    is added to a classification task's logits in its training loss only.
     """
     from tqdm.auto import tqdm
 
@@ -146,6 +149,15 @@ def train_task(
     )
     schedule = build_schedule(optimizer, cfg, total)
     loss_fn = loss_for(spec)
+    if logit_shift is not None:
+        if spec.kind.value != "classification" or tuple(logit_shift.shape) != (
+                spec.num_classes,):
+            raise ValueError(f"logit_shift of shape {tuple(logit_shift.shape)} does not fit "
+                             f"task {task!r} ({spec.kind.value}, {spec.num_classes} classes)")
+        base_loss, shift = loss_fn, logit_shift.to(device)
+
+        def loss_fn(out: torch.Tensor, batch: dict) -> torch.Tensor:
+            return base_loss(out + shift, batch)
     steps, examples, loss_sum = 0, 0, 0.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +25,22 @@ def loss_for(spec: TaskSpec) -> LossFn:
         dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
         return lambda out, batch: dice_ce(out, batch[BatchKey.MASK.value].long())
     return cox_loss
+
+
+def logit_prior_shift(counts: Sequence[int]) -> torch.Tensor:
+    """``log`` of a site's class prior (add-one smoothed), to add to the logits in training.
+
+    Logit adjustment (Menon et al. 2021; in federated learning FedLC, Zhang et al. 2022):
+    cross-entropy on ``logits + log prior`` is minimised by logits that estimate the
+    prior-free (balanced) posterior, so sites with different label mixes aim for the same
+    logits instead of each pulling the shared skill towards its own prior. Evaluation uses
+    the logits as they are; AUC does not depend on a per-class offset anyway.
+    """
+    values = np.asarray(list(counts), dtype=np.float64)
+    if values.ndim != 1 or values.size < 2 or (values < 0).any():
+        raise ValueError(f"class counts must be >= 0 for >= 2 classes, got {list(counts)}")
+    return torch.as_tensor(np.log((values + 1) / (values.sum() + values.size)),
+                           dtype=torch.float32)
 
 
 def cox_loss(risk: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
