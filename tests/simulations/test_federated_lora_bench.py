@@ -19,12 +19,13 @@ OTHER = "## Some other section\n\nkept as it is\n"
 def _fake_fed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
     """Known values: rule index / 10 + seed / 100 (+0.3 for the mixed run, +0.02 with a server
     optimiser or FedProx, +0.004 on the pretrained foundation, +0.05 with kept optimiser
-    state)."""
+    state, +0.1 in 15 rounds)."""
     value = 0.5 + bench.RULES.index(job.rule) / 10 + job.seed / 100
     value += 0.3 if job.kind == "mixed" else 0.0
     value += 0.02 if job.options else 0.0
     value += 0.004 if "backbone=demo" in setup.base else 0.0
     value += 0.05 if "train.keep_optimizer_state=true" in setup.base else 0.0
+    value += 0.1 if setup.budget.rounds == 15 else 0.0
     return {"metric": "c_index", "value": value, "per_site": {}, "per_site_n": {}, "n": 32,
             "wall_s": 1.0, "bytes_up": 1000.0 + job.seed, "bytes_down": 2000.0,
             "svd_truncation_error": 0.25 if job.rule == "svd" else None}
@@ -122,6 +123,13 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
             "| 1,000 / 2,000 |" in drift  # the runs' own bytes per site and round
     assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
                    for k in res["foundation"]["jobs"])
+    # the kept-moments runs cut into 15 x 4: naive and SCAFFOLD only, with their own budget
+    short = section[section.index("### Shorter rounds on the foundation, moments kept (15 x 4)"):]
+    assert "Budget (every rule and the centralised bound): 15 rounds x 4 local steps" in short
+    assert "| naive | 0.659 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
+    scaffold = next(iter(bench.FOUNDATION_SHORT_VARIANTS))
+    assert f"| synth_surv | {scaffold} | 0.679 ± 0.007 |" in short
+    assert res["foundation_short"]["budget"]["rounds"] == 15
 
 
 def test_a_cached_run_of_another_setup_is_refused(monkeypatch: pytest.MonkeyPatch,
