@@ -325,9 +325,11 @@ class PerTaskFedAvg(FedAvg):
             opts = self.options(task)
             if not opts.is_default:
                 log(INFO, "\t├──> %s: delta=%s codec=%s rule=%s ranks=%s server_opt=%s "
-                    "fraction=%s min_sites=%s prox_mu=%s downlink=%s", task, opts.delta,
-                    opts.codec, opts.lora_rule, dict(opts.site_ranks) or "-", opts.server_opt,
-                    opts.fraction, opts.min_sites, opts.prox_mu, opts.downlink_codec)
+                    "fraction=%s min_sites=%s prox_mu=%s scaffold=%s logit_adjust=%s "
+                    "downlink=%s", task, opts.delta, opts.codec, opts.lora_rule,
+                    dict(opts.site_ranks) or "-", opts.server_opt, opts.fraction,
+                    opts.min_sites, opts.prox_mu, opts.scaffold, opts.logit_adjust,
+                    opts.downlink_codec)
             unknown = sorted(set(opts.site_ranks) - set(tasks[task]))
             if unknown:
                 log(WARNING, "\t├──> %s: site_ranks name sites outside the task: %s", task,
