@@ -689,7 +689,8 @@ def render(res: Mapping[str, Any]) -> str:
     seeds = list(res["seeds"])
     b = res["budget"]
     runs = [*res["jobs"].values(), *res.get("foundation", {}).get("jobs", {}).values(),
-            *res.get("foundation_kept", {}).get("jobs", {}).values()]
+            *res.get("foundation_kept", {}).get("jobs", {}).values(),
+            *res.get("foundation_short", {}).get("jobs", {}).values()]
     lines = [HEADING, "",
              f"Made by `{res['command']}` ({res['date']}; the runs of the rule, optimiser and "
              f"mixed-rank tables took {sum(j.get('cpu_s', 0.0) for j in runs) / 60:.0f} "
