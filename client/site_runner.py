@@ -603,6 +603,7 @@ def site_control(
     """SCAFFOLD's correction for this round when the instruction asks for it: the server's
     ``c`` (its ``control`` record) and the site's own ``c_i`` (``context.state``; zeros in its
     first round, or when the trained layout changed), over the parameters the site trains."""
+    from unicon_core.federation.scaffold import control_problem
     from unicon_core.training.scaffold import ControlVariates
 
     if not options.get(ConfigKey.SCAFFOLD.value):
@@ -618,8 +619,7 @@ def site_control(
     chosen = {k: p for k, p in skill.items() if trained is None or id(p) in trained}
     stored = context.state.array_records.get(CONTROL_STATE)
     kept = record_to_arrays(stored) if stored is not None else None
-    if kept is not None and (set(kept) != set(chosen) or any(
-            tuple(kept[k].shape) != tuple(chosen[k].shape) for k in chosen)):
+    if kept is not None and control_problem(kept, chosen):
         log(INFO, "SCAFFOLD: the kept control variate no longer fits the trained parameters; "
             "it starts at zero")
         kept = None

@@ -722,8 +722,7 @@ def render(res: Mapping[str, Any]) -> str:
             "node state (never sent) instead of restarting them every round. Same budget, "
             f"seeds and start (`{' '.join(kept['base'])}`).")
         lines += _variant_lines(
-            kept, seeds, {label: tuple(tuple(o) for o in opts)
-                          for label, opts in kept.get("variants", {}).items()},
+            kept, seeds, _stored_variants(kept),
             "### Against client drift on the foundation, moments kept",
             "On the naive rule with kept moments (the naive row above), same budget and "
             "measures; the centralised bound is the plain one. Logit adjustment "
@@ -747,8 +746,7 @@ def render(res: Mapping[str, Any]) -> str:
             "of the local steps: less drift within a round, 3x the messages); centralised "
             "cut alike. Naive rule, then SCAFFOLD below.")
         lines += _variant_lines(
-            short, seeds, {label: tuple(tuple(o) for o in opts)
-                           for label, opts in short.get("variants", {}).items()},
+            short, seeds, _stored_variants(short),
             f"#### SCAFFOLD with {sb['rounds']} x {sb['local_steps']}",
             "As the SCAFFOLD row under the kept-moments table, on these shorter rounds.")
     lines.append("")
@@ -756,6 +754,13 @@ def render(res: Mapping[str, Any]) -> str:
     lines += _mixed_lines(res, seeds)
     lines += _scale_lines(res)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _stored_variants(part: Mapping[str, Any]
+                     ) -> dict[str, tuple[tuple[str, str | float], ...]]:
+    """The variants a foundation part ran (stored as JSON lists), as :class:`Job` options."""
+    return {label: tuple(tuple(o) for o in opts)
+            for label, opts in part.get("variants", {}).items()}
 
 
 def _made_line(runs: Sequence[Mapping[str, Any]]) -> str:
@@ -874,11 +879,10 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
         central = _values(jobs, [Job("central", task, s) for s in seeds])
         rows = {"FedAvg (the naive row above)": ()} | dict(variants)
         for label, opts in rows.items():
-            fed = _values(jobs, [Job("fed", task, s, VARIANT_RULE, options=opts)
-                                 for s in seeds])
-            of_means = ratio_stats(fed, central)[1]
             runs = [jobs.get(Job("fed", task, s, VARIANT_RULE, options=opts).key, {})
                     for s in seeds]
+            fed = [r.get("value", math.nan) for r in runs]
+            of_means = ratio_stats(fed, central)[1]
             up = mean_std([r.get("bytes_up", math.nan) for r in runs])[0]
             down = mean_std([r.get("bytes_down", math.nan) for r in runs])[0]
             traffic = f"{up:,.0f} / {down:,.0f}" if math.isfinite(up + down) else "n/a"
@@ -1093,15 +1097,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             res["foundation"] = run_foundation(
                 fm_sites, budget, args.seeds, work / "foundation", args.jobs,
                 mixed_task=QUICK_TASK if args.quick else FOUNDATION_MIXED_TASK)
+            kept_sites = {t: d for t, d in fm_sites.items()
+                          if args.quick or t in FOUNDATION_KEPT_TASKS}
             res["foundation_kept"] = run_foundation(
-                {t: d for t, d in fm_sites.items() if args.quick or t in FOUNDATION_KEPT_TASKS},
-                budget, args.seeds, work / "foundation_kept", args.jobs, mixed_task="",
+                kept_sites, budget, args.seeds, work / "foundation_kept", args.jobs, mixed_task="",
                 base=FOUNDATION_BASE + FOUNDATION_KEPT, variants=FOUNDATION_KEPT_VARIANTS)
             res["foundation_short"] = run_foundation(
-                {t: d for t, d in fm_sites.items() if args.quick or t in FOUNDATION_KEPT_TASKS},
-                replace(budget, **FOUNDATION_SHORT), args.seeds, work / "foundation_short",
-                args.jobs, mixed_task="", base=FOUNDATION_BASE + FOUNDATION_KEPT,
-                variants=FOUNDATION_SHORT_VARIANTS, rules=FOUNDATION_SHORT_RULES)
+                kept_sites, replace(budget, **FOUNDATION_SHORT), args.seeds,
+                work / "foundation_short", args.jobs, mixed_task="",
+                base=FOUNDATION_BASE + FOUNDATION_KEPT, variants=FOUNDATION_SHORT_VARIANTS,
+                rules=FOUNDATION_SHORT_RULES)
     if "bytes" not in args.skip:
         cached = work / "bytes.json"
         if not cached.is_file():

@@ -11,6 +11,7 @@ like an update: the trained keys exactly, their shapes, floating point, finite.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +23,9 @@ def zero_control(trained: Arrays) -> dict[str, np.ndarray]:
     return {k: np.zeros(np.shape(v), np.float32) for k, v in trained.items()}
 
 
-def control_problem(change: Arrays, trained: Arrays) -> str:
-    """Why ``change`` (a site's ``c_i_new - c_i``) does not fit ``trained`` ('' if it does)."""
+def control_problem(change: Arrays, trained: Mapping[str, Any]) -> str:
+    """Why ``change`` (a control variate or a site's ``c_i_new - c_i``) does not fit
+    ``trained`` (arrays or parameters, by key and shape) ('' if it does)."""
     missing, extra = sorted(set(trained) - set(change)), sorted(set(change) - set(trained))
     if missing or extra:
         return (f"control variate change does not cover the trained parameters (missing "

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from unicon_core.federation.scaffold import control_problem
+
 
 class ControlVariates:
     """One site's SCAFFOLD correction for one local run over ``params``.
@@ -40,20 +42,8 @@ class ControlVariates:
                  site: Mapping[str, np.ndarray] | None = None) -> None:
         self.params = dict(params)
         for name, given in (("server", server), ("site", site)):
-            if given is None:
-                continue
-            if set(given) != set(self.params):
-                missing = sorted(set(self.params) - set(given))[:4]
-                extra = sorted(set(given) - set(self.params))[:4]
-                raise ValueError(f"{name} control variate does not cover the trained "
-                                 f"parameters (missing {missing}, extra {extra})")
-            for key, value in given.items():
-                if tuple(np.shape(value)) != tuple(self.params[key].shape):
-                    raise ValueError(f"{name} control variate {key!r} has shape "
-                                     f"{tuple(np.shape(value))}, the parameter "
-                                     f"{tuple(self.params[key].shape)}")
-                if not np.isfinite(np.asarray(value, np.float64)).all():
-                    raise ValueError(f"{name} control variate {key!r} holds non-finite values")
+            if given is not None and (problem := control_problem(given, self.params)):
+                raise ValueError(f"{name} {problem}")
         self.site = {k: np.asarray(site[k], np.float32) if site is not None
                      else np.zeros(tuple(p.shape), np.float32) for k, p in self.params.items()}
         self._shift = {k: torch.as_tensor(np.asarray(server[k], np.float32) - self.site[k])
@@ -64,18 +54,24 @@ class ControlVariates:
 
     def correct(self) -> None:
         """Record this step's raw gradients, then add ``c - c_i`` to them (after ``backward``,
-        before the optimiser's step). A parameter without a gradient counts as zero."""
+        before the optimiser's step). A parameter without a gradient counts as zero. The sums
+        and shifts move to the gradient's device once, not every step."""
         self.steps += 1
         for key, param in self.params.items():
-            if param.grad is None:
+            grad = param.grad
+            if grad is None:
                 continue
-            self._sums[key] += param.grad.detach().to("cpu", torch.float64)
-            param.grad.add_(self._shift[key].to(param.grad.device, param.grad.dtype))
+            if self._sums[key].device != grad.device:
+                self._sums[key] = self._sums[key].to(grad.device)
+                self._shift[key] = self._shift[key].to(grad.device)
+            self._sums[key] += grad.detach().to(torch.float64)
+            grad.add_(self._shift[key].to(grad.dtype))
 
     def site_update(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """``(new c_i, c_i_new - c_i)`` after the run: the mean raw gradient per key (the old
         ``c_i`` again when the run took no step)."""
         if self.steps == 0:
             return dict(self.site), {k: np.zeros_like(v) for k, v in self.site.items()}
-        new = {k: (s / self.steps).numpy().astype(np.float32) for k, s in self._sums.items()}
+        new = {k: (s / self.steps).cpu().numpy().astype(np.float32)
+               for k, s in self._sums.items()}
         return new, {k: new[k] - self.site[k] for k in new}
