@@ -549,7 +549,9 @@ def handle_train(
         extra = {"epsilon": ledger.epsilon, "delta": privacy.delta}
 
     keep_optimizer(context, cfg, result, site.name)
-    held_out = evaluate_task(model, task, _eval_loader(site, settings.federation.val_split, cfg))
+    val_split = settings.federation.val_split
+    held_out = ({} if val_split is None
+                else evaluate_task(model, task, _eval_loader(site, val_split, cfg)))
     metrics = metric_record(held_out, result.num_examples, prefix="val_")
     metrics["train_loss"] = float(result.loss)
     metrics["steps"] = int(result.steps)

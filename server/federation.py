@@ -28,7 +28,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from server.strategies.per_task_fedavg import SiteNode
-from unicon_core.config import TaskSpec
+from unicon_core.config import TaskKind, TaskSpec
 from unicon_core.federation.checkpoint import (
     CHECKPOINT_FILE,
     Checkpoint,
@@ -308,6 +308,19 @@ def _summary(reply: Message, node: SiteNode) -> dict[str, Any] | None:
     return arrays
 
 
+def check_task_options(settings: ExperimentSettings, specs: Mapping[str, TaskSpec]) -> None:
+    """Refuse at start what a task's sites would refuse every round: logit adjustment on a
+    task that is not a classification (``lora:`` applies to every task; ``lora_tasks`` names
+    the classification tasks)."""
+    wrong = sorted(t for t, spec in specs.items() if settings.strategy.for_task(t).logit_adjust
+                   and spec.kind != TaskKind.CLASSIFICATION)
+    if wrong:
+        raise ValueError(
+            f"strategy.lora.logit_adjust is set for task(s) {wrong}, which are not "
+            f"classifications ({', '.join(f'{t}: {specs[t].kind.value}' for t in wrong)}); set "
+            "it per task under strategy.lora_tasks")
+
+
 def initial_skills(
     model: UniconModel, specs: dict[str, TaskSpec], plan: str = "skill"
 ) -> dict[str, Any]:
@@ -454,6 +467,7 @@ def run_federation(
             for t, s in sorted(specs.items())
         },
     )
+    check_task_options(settings, specs)
     arrays = initial_skills(model, specs, settings.federation.plan)
     if initial is None and settings.federation.init_skill:
         initial = skills_from_bundle(Path(settings.federation.init_skill), specs,
@@ -499,6 +513,7 @@ def run_federation(
         nodes,
         foundation_hash=foundation_hash,
         evaluate=settings.federation.evaluate,
+        evaluate_every=settings.federation.evaluate_every,
         round_offset=offset,
         weighted_by_key=settings.strategy.weighted_by,
         min_sites_per_task=settings.federation.min_sites_per_task,

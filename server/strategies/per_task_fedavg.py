@@ -138,6 +138,8 @@ class PerTaskFedAvg(FedAvg):
         every reply.
     evaluate : bool (default: True)
         Evaluate the aggregated skills on every site's test split after each round.
+    evaluate_every : int (default: 1)
+        With ``evaluate``: only every k-th round (counted with ``round_offset``) and the last.
     round_offset : int (default: 0)
         Rounds already done before this ``start`` (a resumed run).
     on_round_end : callable, optional
@@ -166,6 +168,7 @@ class PerTaskFedAvg(FedAvg):
         *,
         foundation_hash: str,
         evaluate: bool = True,
+        evaluate_every: int = 1,
         round_offset: int = 0,
         weighted_by_key: str = NUM_EXAMPLES,
         on_round_end: RoundCallback | None = None,
@@ -185,6 +188,8 @@ class PerTaskFedAvg(FedAvg):
             raise ValueError(f"each site must be served by one node, got {sites}")
         if round_offset < 0:
             raise ValueError(f"round_offset must be >= 0, got {round_offset}")
+        if evaluate_every < 1:
+            raise ValueError(f"evaluate_every must be >= 1, got {evaluate_every}")
         if message_ttl_s is not None and message_ttl_s <= 0:
             raise ValueError(f"message_ttl_s must be > 0, got {message_ttl_s}")
         if update_norm_factor is not None and not update_norm_factor >= 1:
@@ -202,6 +207,7 @@ class PerTaskFedAvg(FedAvg):
         self.nodes = {n.node_id: n for n in sorted(nodes, key=lambda n: n.site)}
         self.foundation_hash = foundation_hash
         self.round_offset = round_offset
+        self.evaluate_every = evaluate_every
         self.on_round_end = on_round_end
         self.min_sites_per_task = min_sites_per_task
         self.message_ttl_s = message_ttl_s
@@ -512,6 +518,9 @@ class PerTaskFedAvg(FedAvg):
         if self.fraction_evaluate == 0.0:
             return []
         rnd = server_round + self.round_offset
+        last = self._num_rounds is not None and server_round >= self._num_rounds
+        if not last and rnd % self.evaluate_every:
+            return []
         nodes = self.evaluated(server_round)
         if len(nodes) < len(self.nodes):
             log(INFO, "configure_evaluate: round %d, %d of %d sites evaluate (the others were "

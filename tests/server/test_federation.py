@@ -250,6 +250,23 @@ def test_invalid_site_data_excludes_that_site_and_the_others_continue(tmp_path: 
     assert set(row["sites"]) == {"site_a", "site_c"}
 
 
+def test_without_a_val_split_sites_report_train_metrics_and_the_test_split_still(
+    tmp_path: Path,
+) -> None:
+    # Prepare / Execute: no held-out report after training, evaluation every 2nd round of 3
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+    run_in_process(tiny_overrides(dirs, tmp_path / "run", 3, "federation.val_split=null",
+                                  "federation.evaluate_every=2"), 3)
+
+    # Assert: training replies carry no val_ metric; rounds 2 and 3 (the last) evaluate
+    rows = read_jsonl(tmp_path / "run" / "rounds.jsonl")
+    trained = [row["sites"]["site_a"]["train"] for row in rows]
+    assert all("train_loss" in t and not any(k.startswith("val_") for k in t) for t in trained)
+    assert [("eval" in row["sites"]["site_a"]) for row in rows] == [False, True, True]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results["tasks"][CLS_TASK]["per_site"]) == {"site_a", "site_b"}
+
+
 def test_invalid_site_data_stops_the_run_below_min_sites(tmp_path: Path) -> None:
     # Prepare: break one site's manifest and require all three sites
     dirs = make_sites(tmp_path / "sites", THREE_SITES)

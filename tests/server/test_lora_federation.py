@@ -414,6 +414,17 @@ def test_logit_adjustment_reaches_each_classification_site_with_its_own_prior(
         next(s for s in sites.values() if s.task_spec.name == SURV_TASK).class_counts("train")
 
 
+def test_logit_adjustment_for_a_survival_task_is_refused_before_any_round(
+    tmp_path: Path,
+) -> None:
+    """``lora:`` applies to every task: the server refuses at start, naming the survival task,
+    instead of sending its site an instruction it would refuse every round."""
+    with pytest.raises(ValueError, match=rf"\['{SURV_TASK}'\], which are not classifications "
+                       r"\(\w+: survival\)"):
+        _run(tmp_path, "everywhere", "++strategy.lora={logit_adjust:true}", rounds=1)
+    assert not (tmp_path / "everywhere" / "rounds.jsonl").exists()
+
+
 def skew_train_labels(site: Path) -> None:
     """Label every train row of a classification site 1 but its first (a skewed prior)."""
     import csv

@@ -157,6 +157,22 @@ def test_without_sampling_every_site_is_evaluated_every_round() -> None:
     assert sent[1, "evaluate"] == sent[2, "evaluate"] == {"c0", "c1", "c2"}
 
 
+def test_evaluate_every_k_rounds_and_always_the_last() -> None:
+    # Prepare: 5 rounds, evaluate every 2nd
+    nodes = _nodes(2)
+    strategy = PerTaskFedAvg(nodes, foundation_hash=HASH, evaluate_every=2)
+    # Execute
+    grid, records = _run(strategy, ScriptedSites(nodes), rounds=5)
+    # Assert: rounds 2, 4 and the last evaluate; every round trains and is recorded
+    sent = _sent(grid)
+    assert [r for r in range(1, 6) if sent.get((r, "evaluate"))] == [2, 4, 5]
+    assert all(sent[r, "train"] == {"c0", "c1"} for r in range(1, 6))
+    assert [("eval" in rec["sites"]["c0"]) for rec, _ in records] == [
+        False, True, False, True, True]
+    with pytest.raises(ValueError, match="evaluate_every"):
+        PerTaskFedAvg(nodes, foundation_hash=HASH, evaluate_every=0)
+
+
 # ------------------------------------------------------------------ downlink compression
 def test_downlink_off_sends_the_whole_global_skill_exactly() -> None:
     nodes = _nodes(2)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
+from unicon_core.data.manifest import SPLITS
 from unicon_core.federation.compression import Codec
 from unicon_core.federation.protocol import NUM_EXAMPLES
 from unicon_core.federation.sampling import SamplingConfig
@@ -86,7 +87,16 @@ class FederationConfig:
     evaluate: bool = field(
         default=True, metadata={"help": "Evaluate the aggregated skills on each site every round."}
     )
-    val_split: str = field(default="val", metadata={"help": "Split sites report after training."})
+    evaluate_every: int = field(
+        default=1,
+        metadata={"help": "With evaluate: evaluate every k-th round only, and always the last "
+                  "(long runs of short rounds spend most of their time evaluating otherwise)."},
+    )
+    val_split: str | None = field(
+        default="val",
+        metadata={"help": "Split sites report after training (null: none, one pass fewer "
+                  "per round; the evaluation rounds still report the test split)."},
+    )
     eval_split: str = field(default="test", metadata={"help": "Split of the evaluation rounds."})
     round_timeout_s: float = field(default=3600.0, metadata={"help": "Wait for replies."})
     node_wait_s: float = field(default=300.0, metadata={"help": "Wait for all sites to connect."})
@@ -149,6 +159,13 @@ class FederationConfig:
             raise _fail("round_timeout_s/node_wait_s", "must be > 0")
         if not 0.0 <= self.gpus_per_site <= 1.0:
             raise _fail("gpus_per_site", f"must be in [0, 1], got {self.gpus_per_site}")
+        if isinstance(self.evaluate_every, bool) or not isinstance(self.evaluate_every, int) \
+                or self.evaluate_every < 1:
+            raise _fail("evaluate_every", f"must be an integer >= 1, got {self.evaluate_every!r}")
+        if self.val_split is not None and self.val_split not in SPLITS:
+            raise _fail("val_split", f"{self.val_split!r} is not null or one of {list(SPLITS)}")
+        if self.eval_split not in SPLITS:
+            raise _fail("eval_split", f"{self.eval_split!r} is not one of {list(SPLITS)}")
         if self.min_sites < 1:
             raise _fail("min_sites", f"must be >= 1, got {self.min_sites}")
         if self.min_sites_per_task < 1:

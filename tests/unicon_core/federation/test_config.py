@@ -47,11 +47,19 @@ def test_site_for_node_simulation_and_deployment(tmp_path: Path) -> None:
         ({"wandb": "maybe"}, "wandb"),
         ({"sites": {"a": {"path": ""}}}, "path"),
         ({"site_dirs": ["/x/a", "/y/a"]}, "unique"),
+        ({"evaluate_every": 0}, "evaluate_every"),
+        ({"evaluate_every": True}, "evaluate_every"),
+        ({"val_split": "validation"}, "val_split"),
+        ({"eval_split": "train "}, "eval_split"),
     ],
 )
 def test_federation_config_validates(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         FederationConfig(**kwargs)
+
+
+def test_no_val_split_is_allowed() -> None:
+    assert FederationConfig(val_split=None, evaluate_every=5).val_split is None
 
 
 def test_relative_site_needs_data_root() -> None:
