@@ -124,12 +124,23 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
                    for k in res["foundation"]["jobs"])
     # the kept-moments runs cut into 15 x 4: naive and SCAFFOLD only, with their own budget
-    short = section[section.index("### Shorter rounds on the foundation, moments kept (15 x 4)"):]
+    short = section[section.index("### Shorter rounds on the foundation, moments kept (15 x 4)"):
+                    section.index("on the 3D CT foundation, smaller steps")]
     assert "Budget (every rule and the centralised bound): 15 rounds x 4 local steps" in short
     assert "| naive | 0.659 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
     scaffold = next(iter(bench.FOUNDATION_SHORT_VARIANTS))
     assert f"| synth_surv | {scaffold} | 0.679 ± 0.007 |" in short
     assert res["foundation_short"]["budget"]["rounds"] == 15
+    # the 3D task's own table at 4 local steps of 2, and the summed deltas (server lr = sites)
+    ct = section[section.index("on the 3D CT foundation, smaller steps (4 local steps of 2)"):]
+    assert "Budget (every rule and the centralised bound): 1 rounds x 4 local steps of " \
+        "batch 2" in ct
+    assert "| naive | 0.509 ± 0.007 | 0.805 ± 0.007 |" in ct
+    summed = ct[ct.index("#### Summing the site deltas on synth_surv"):]
+    [(label, opts)] = bench.summed_variant(2).items()
+    assert ("server_lr", 2) in opts and "server lr 2" in label
+    assert f"| synth_surv | {label} | 0.529 ± 0.007 | 0.524, 0.534 |" in summed
+    assert res["foundation_ct"]["budget"]["batch_size"] == 2
 
 
 def test_a_cached_run_of_another_setup_is_refused(monkeypatch: pytest.MonkeyPatch,
@@ -159,6 +170,12 @@ def _all_jobs() -> list[bench.Job]:
     setup = bench.Setup({"synth_surv": [Path("synth_surv_0"), Path("synth_surv_1")]},
                         bench.Budget())
     return bench.plan_jobs(setup, [0, 1])
+
+
+def test_a_summed_variant_needs_one_number_of_sites() -> None:
+    assert bench._site_count({"a": [Path("1"), Path("2")], "b": [Path("3"), Path("4")]}) == 2
+    with pytest.raises(ValueError, match="different numbers of sites"):
+        bench._site_count({"a": [Path("1")], "b": [Path("3"), Path("4")]})
 
 
 def test_plan_adds_each_variant_per_task_and_seed() -> None:
