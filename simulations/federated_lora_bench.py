@@ -729,15 +729,13 @@ def render(res: Mapping[str, Any]) -> str:
         lines += _mixed_lines(fm, seeds, " on the pretrained foundation")
     if res.get("foundation_kept"):
         kept = res["foundation_kept"]
-        lines += _rules_lines(
-            "### The same on the foundation, sites keeping their optimiser state", kept, seeds,
-            b, "As the per-rule table on the pretrained foundation above, with "
+        lines += _part_lines(
+            kept, seeds, "### The same on the foundation, sites keeping their optimiser state",
+            "As the per-rule table on the pretrained foundation above, with "
             "`train.keep_optimizer_state=true`: each site (and the "
             "centralised bound's pooled node) keeps its AdamW moments between rounds in its "
             "node state (never sent) instead of restarting them every round. Same budget, "
-            f"seeds and start (`{' '.join(kept['base'])}`).")
-        lines += _variant_lines(
-            kept, seeds, _stored_variants(kept),
+            f"seeds and start (`{' '.join(kept['base'])}`).",
             "### Against client drift on the foundation, moments kept",
             "On the naive rule with kept moments (the naive row above), same budget and "
             "measures; the centralised bound is the plain one. Logit adjustment "
@@ -753,35 +751,40 @@ def render(res: Mapping[str, Any]) -> str:
     if res.get("foundation_short"):
         short = res["foundation_short"]
         sb = short["budget"]
-        lines += _rules_lines(
-            f"### Shorter rounds on the foundation, moments kept ({sb['rounds']} x "
-            f"{sb['local_steps']})", short, seeds, sb,
+        lines += _part_lines(
+            short, seeds, f"### Shorter rounds on the foundation, moments kept ({sb['rounds']} x "
+            f"{sb['local_steps']})",
             "The kept-moments runs again with the same examples per site cut into "
             f"{sb['rounds']} rounds of {sb['local_steps']} local steps (3x the rounds, a third "
             "of the local steps: less drift within a round, 3x the messages); centralised "
-            "cut alike. Naive rule, then SCAFFOLD below.")
-        lines += _variant_lines(
-            short, seeds, _stored_variants(short),
+            "cut alike. Naive rule, then SCAFFOLD below.",
             f"#### SCAFFOLD with {sb['rounds']} x {sb['local_steps']}",
             "As the SCAFFOLD row under the kept-moments table, on these shorter rounds.")
     if res.get("foundation_ct"):
         ct = res["foundation_ct"]
         cb = ct["budget"]
-        lines += _rules_lines(
-            f"### {', '.join(ct['tasks'])} on the 3D CT foundation, smaller steps "
-            f"({cb['local_steps']} local steps of {cb['batch_size']})", ct, seeds, cb,
+        lines += _part_lines(
+            ct, seeds, f"### {', '.join(ct['tasks'])} on the 3D CT foundation, smaller steps "
+            f"({cb['local_steps']} local steps of {cb['batch_size']})",
             "The rules on the 3D task, on the demo's CT foundation (I3ResNet-152 with the "
             f"astra weights, 3D, frozen; `{' '.join(ct['base'])}`), at its own budget: a 3D "
             "step of 8 volumes of 32³ takes about 10 s on this CPU, so 4 local steps of 2 "
-            "volumes.")
-        lines += _variant_lines(
-            ct, seeds, _stored_variants(ct),
+            "volumes.",
             f"#### Summing the site deltas on {', '.join(ct['tasks'])}", SUMMED_INTRO)
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
     lines += _scale_lines(res)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, intro: str,
+                variants_heading: str, variants_intro: str) -> list[str]:
+    """A foundation part's rules table at its own budget, then its variants of the naive rule
+    (none where it ran none)."""
+    return [*_rules_lines(heading, part, seeds, part["budget"], intro),
+            *_variant_lines(part, seeds, _stored_variants(part), variants_heading,
+                            variants_intro)]
 
 
 def _stored_variants(part: Mapping[str, Any]
