@@ -515,11 +515,10 @@ class PerTaskFedAvg(FedAvg):
     ) -> Iterable[Message]:
         """Send every site its task's aggregated skill for evaluation on its test split (a
         task that samples: only the sites drawn this round, every site in the last round)."""
-        if self.fraction_evaluate == 0.0:
-            return []
         rnd = server_round + self.round_offset
         last = self._num_rounds is not None and server_round >= self._num_rounds
-        if not last and rnd % self.evaluate_every:
+        if self.fraction_evaluate == 0.0 or (not last and rnd % self.evaluate_every):
+            self._asked[MessageType.EVALUATE] = []  # nobody asked: nobody is silent
             return []
         nodes = self.evaluated(server_round)
         if len(nodes) < len(self.nodes):

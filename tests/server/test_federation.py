@@ -263,6 +263,7 @@ def test_without_a_val_split_sites_report_train_metrics_and_the_test_split_still
     trained = [row["sites"]["site_a"]["train"] for row in rows]
     assert all("train_loss" in t and not any(k.startswith("val_") for k in t) for t in trained)
     assert [("eval" in row["sites"]["site_a"]) for row in rows] == [False, True, True]
+    assert all(site["status"] == "trained" for row in rows for site in row["sites"].values())
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(results["tasks"][CLS_TASK]["per_site"]) == {"site_a", "site_b"}
 

@@ -169,6 +169,8 @@ def test_evaluate_every_k_rounds_and_always_the_last() -> None:
     assert all(sent[r, "train"] == {"c0", "c1"} for r in range(1, 6))
     assert [("eval" in rec["sites"]["c0"]) for rec, _ in records] == [
         False, True, False, True, True]
+    # a round without evaluate messages has no silent site either
+    assert all(rec["sites"][s]["status"] == "trained" for rec, _ in records for s in ("c0", "c1"))
     with pytest.raises(ValueError, match="evaluate_every"):
         PerTaskFedAvg(nodes, foundation_hash=HASH, evaluate_every=0)
 
