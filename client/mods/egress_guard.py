@@ -71,6 +71,19 @@ def reply_view(content: Mapping[str, object]) -> ReplyView:
     return view
 
 
+#: Problems a refusal names in full; the site's log keeps every one.
+MAX_NAMED_PROBLEMS = 5
+
+
+def refusal(problems: list[str]) -> str:
+    """The error reason of a refused reply: its first problems and how many more (a diverged
+    skill has one per tensor, hundreds on a large backbone)."""
+    named = "; ".join(problems[:MAX_NAMED_PROBLEMS])
+    more = len(problems) - MAX_NAMED_PROBLEMS
+    return (f"egress guard refused the reply: {named}"
+            + (f"; and {more} more problem(s) (the site's log lists them)" if more > 0 else ""))
+
+
 class EgressGuard:
     """Client mod refusing any outgoing array that is not one of the task's skill tensors.
 
@@ -103,9 +116,9 @@ class EgressGuard:
         problems = self.problems(reply, allowed, research_allowed(context.node_config))
         if not problems:
             return reply
-        reason = "egress guard refused the reply: " + "; ".join(problems)
-        log(ERROR, reason)
-        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+        log(ERROR, "egress guard refused the reply: %s", "; ".join(problems))
+        return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION,
+                             reason=refusal(problems)), reply_to=msg)
 
     def allowed_arrays(
         self, msg: Message, context: Context | None = None

@@ -72,6 +72,20 @@ def test_anything_else_is_refused(records: dict[str, Any], with_skill: bool, mat
     assert match in reply.error.reason
 
 
+def test_a_refusal_names_the_first_problems_and_counts_the_rest() -> None:
+    # Prepare: a diverged reply, every one of 8 skill tensors non-finite
+    skill = {f"adapter.l{i}.lora_A.weight": np.zeros((2, 4), np.float32) for i in range(8)}
+    sent = Message(RecordDict({"skill": ArrayRecord({k: Array(v) for k, v in skill.items()})}),
+                   dst_node_id=1, message_type="train")
+    nan = ArrayRecord({k: Array(np.full_like(v, np.nan)) for k, v in skill.items()})
+    # Execute
+    reply = EgressGuard()(sent, _ctx(), _app({"skill": nan}))
+    # Assert: five named, three counted
+    reason = reply.error.reason
+    assert reply.has_error() and reason.count("non-finite") == 5
+    assert reason.endswith("; and 3 more problem(s) (the site's log lists them)")
+
+
 def test_label_dtype_is_refused_even_under_a_skill_key() -> None:
     skill = ArrayRecord({"head.b": Array(np.zeros(3, np.int64))})
     instruction = Message(RecordDict({"skill": skill}), dst_node_id=1, message_type="train")
