@@ -102,6 +102,12 @@ FOUNDATION_LEFT_OUT = {
               "steps of 8 volumes of 32³) took 228 s for the centralised bound, so it has its "
               "own table below, at a smaller budget",
 }
+#: The kept-moments runs with one local step a round (60 x 1: the same examples per site, 12x
+#: the rounds), evaluated every 20th round and without the val pass after training (a round is
+#: then one step per site); the naive rule.
+FOUNDATION_ONE = {"rounds": 60, "local_steps": 1}
+FOUNDATION_ONE_BASE = ("federation.val_split=null", "federation.evaluate_every=20")
+FOUNDATION_ONE_RULES = ("naive",)
 #: ct_seg on the 3D CT foundation at its own budget: 4 local steps of 2 volumes (a 3D step of
 #: 8 volumes takes about 10 s on this CPU), the rules' rounds and lr.
 FOUNDATION_CT_TASKS: dict[str, tuple[str, ...]] = {"ct_seg": ("ct_a", "ct_b")}
@@ -705,6 +711,7 @@ def render(res: Mapping[str, Any]) -> str:
     runs = [*res["jobs"].values(), *res.get("foundation", {}).get("jobs", {}).values(),
             *res.get("foundation_kept", {}).get("jobs", {}).values(),
             *res.get("foundation_short", {}).get("jobs", {}).values(),
+            *res.get("foundation_one", {}).get("jobs", {}).values(),
             *res.get("foundation_ct", {}).get("jobs", {}).values()]
     lines = [HEADING, "",
              f"Made by `{res['command']}` ({res['date']}; the runs of the rule, optimiser and "
@@ -760,6 +767,17 @@ def render(res: Mapping[str, Any]) -> str:
             "cut alike. Naive rule, then SCAFFOLD below.",
             f"#### SCAFFOLD with {sb['rounds']} x {sb['local_steps']}",
             "As the SCAFFOLD row under the kept-moments table, on these shorter rounds.")
+    if res.get("foundation_one"):
+        one = res["foundation_one"]
+        ob = one["budget"]
+        lines += _part_lines(
+            one, seeds, f"### One local step a round on the foundation, moments kept "
+            f"({ob['rounds']} x {ob['local_steps']})",
+            "The kept-moments runs again with the same examples per site cut into "
+            f"{ob['rounds']} rounds of {ob['local_steps']} local step (little room for a site "
+            "to drift within a round, 12x the messages); centralised cut alike "
+            f"(`{' '.join(one['base'])}`: the skill is evaluated every 20th round and the "
+            "sites send no val metric, which changes no update). Naive rule.", "", "")
     if res.get("foundation_ct"):
         ct = res["foundation_ct"]
         cb = ct["budget"]
@@ -1156,6 +1174,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 work / "foundation_short", args.jobs, mixed_task="",
                 base=FOUNDATION_BASE + FOUNDATION_KEPT, variants=FOUNDATION_SHORT_VARIANTS,
                 rules=FOUNDATION_SHORT_RULES)
+            res["foundation_one"] = run_foundation(
+                kept_sites, replace(budget, **FOUNDATION_ONE), args.seeds,
+                work / "foundation_one", args.jobs, mixed_task="",
+                base=FOUNDATION_BASE + FOUNDATION_KEPT + FOUNDATION_ONE_BASE,
+                rules=FOUNDATION_ONE_RULES)
             ct_sites = (sites if args.quick else
                         {t: [args.data_root / n for n in names]
                          for t, names in FOUNDATION_CT_TASKS.items()})

@@ -125,12 +125,19 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
                    for k in res["foundation"]["jobs"])
     # the kept-moments runs cut into 15 x 4: naive and SCAFFOLD only, with their own budget
     short = section[section.index("### Shorter rounds on the foundation, moments kept (15 x 4)"):
-                    section.index("on the 3D CT foundation, smaller steps")]
+                    section.index("### One local step a round on the foundation")]
     assert "Budget (every rule and the centralised bound): 15 rounds x 4 local steps" in short
     assert "| naive | 0.659 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
     scaffold = next(iter(bench.FOUNDATION_SHORT_VARIANTS))
     assert f"| synth_surv | {scaffold} | 0.679 ± 0.007 |" in short
     assert res["foundation_short"]["budget"]["rounds"] == 15
+    # one local step a round (60 x 1, evaluated every 20th round, no val pass): naive only
+    one = section[section.index("### One local step a round on the foundation, moments kept "
+                                "(60 x 1)"):section.index("on the 3D CT foundation, smaller")]
+    assert "federation.val_split=null federation.evaluate_every=20" in one
+    assert "Budget (every rule and the centralised bound): 60 rounds x 1 local steps" in one
+    assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 |" in one and "| ffa |" not in one
+    assert "server lr" not in one
     # the 3D task's own table at 4 local steps of 2, and the summed deltas (server lr = sites)
     ct = section[section.index("on the 3D CT foundation, smaller steps (4 local steps of 2)"):]
     assert "Budget (every rule and the centralised bound): 1 rounds x 4 local steps of " \
