@@ -755,45 +755,52 @@ def render(res: Mapping[str, Any]) -> str:
             "minibatch gradients of the round, and it sends `c_i_new - c_i`, checked like an "
             "update: a train message and its reply each carry a second skill-sized record "
             "(down also counts the evaluate instructions, which carry none).")
-    if res.get("foundation_short"):
-        short = res["foundation_short"]
-        sb = short["budget"]
-        lines += _part_lines(
-            short, seeds, f"### Shorter rounds on the foundation, moments kept ({sb['rounds']} x "
-            f"{sb['local_steps']})",
-            "The kept-moments runs again with the same examples per site cut into "
-            f"{sb['rounds']} rounds of {sb['local_steps']} local steps (3x the rounds, a third "
-            "of the local steps: less drift within a round, 3x the messages); centralised "
-            "cut alike. Naive rule, then SCAFFOLD below.",
-            f"#### SCAFFOLD with {sb['rounds']} x {sb['local_steps']}",
-            "As the SCAFFOLD row under the kept-moments table, on these shorter rounds.")
-    if res.get("foundation_one"):
-        one = res["foundation_one"]
-        ob = one["budget"]
-        lines += _part_lines(
-            one, seeds, f"### One local step a round on the foundation, moments kept "
-            f"({ob['rounds']} x {ob['local_steps']})",
-            "The kept-moments runs again with the same examples per site cut into "
-            f"{ob['rounds']} rounds of {ob['local_steps']} local step (little room for a site "
-            "to drift within a round, 12x the messages); centralised cut alike "
-            f"(`{' '.join(one['base'])}`: the skill is evaluated every 20th round and the "
-            "sites send no val metric, which changes no update). Naive rule.", "", "")
-    if res.get("foundation_ct"):
-        ct = res["foundation_ct"]
-        cb = ct["budget"]
-        lines += _part_lines(
-            ct, seeds, f"### {', '.join(ct['tasks'])} on the 3D CT foundation, smaller steps "
-            f"({cb['local_steps']} local steps of {cb['batch_size']})",
-            "The rules on the 3D task, on the demo's CT foundation (I3ResNet-152 with the "
-            f"astra weights, 3D, frozen; `{' '.join(ct['base'])}`), at its own budget: a 3D "
-            "step of 8 volumes of 32³ takes about 10 s on this CPU, so 4 local steps of 2 "
-            "volumes.",
-            f"#### Summing the site deltas on {', '.join(ct['tasks'])}", SUMMED_INTRO)
+    for key, texts in (("foundation_short", _short_texts), ("foundation_one", _one_texts),
+                       ("foundation_ct", _ct_texts)):
+        if res.get(key):
+            lines += _part_lines(res[key], seeds, *texts(res[key]))
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
     lines += _scale_lines(res)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _short_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """Heading, intro, variants heading and intro of the 15 x 4 table."""
+    b = part["budget"]
+    return (f"### Shorter rounds on the foundation, moments kept ({b['rounds']} x "
+            f"{b['local_steps']})",
+            "The kept-moments runs again with the same examples per site cut into "
+            f"{b['rounds']} rounds of {b['local_steps']} local steps (3x the rounds, a third "
+            "of the local steps: less drift within a round, 3x the messages); centralised "
+            "cut alike. Naive rule, then SCAFFOLD below.",
+            f"#### SCAFFOLD with {b['rounds']} x {b['local_steps']}",
+            "As the SCAFFOLD row under the kept-moments table, on these shorter rounds.")
+
+
+def _one_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """Heading and intro of the 60 x 1 table (no variants)."""
+    b = part["budget"]
+    return (f"### One local step a round on the foundation, moments kept "
+            f"({b['rounds']} x {b['local_steps']})",
+            "The kept-moments runs again with the same examples per site cut into "
+            f"{b['rounds']} rounds of {b['local_steps']} local step (little room for a site "
+            "to drift within a round, 12x the messages); centralised cut alike "
+            f"(`{' '.join(part['base'])}`: the skill is evaluated every 20th round and the "
+            "sites send no val metric, which changes no update). Naive rule.", "", "")
+
+
+def _ct_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """Heading, intro, variants heading and intro of the 3D task's own table."""
+    b, tasks = part["budget"], ", ".join(part["tasks"])
+    return (f"### {tasks} on the 3D CT foundation, smaller steps ({b['local_steps']} local "
+            f"steps of {b['batch_size']})",
+            "The rules on the 3D task, on the demo's CT foundation (I3ResNet-152 with the "
+            f"astra weights, 3D, frozen; `{' '.join(part['base'])}`), at its own budget: a 3D "
+            "step of 8 volumes of 32³ takes about 10 s on this CPU, so 4 local steps of 2 "
+            "volumes.",
+            f"#### Summing the site deltas on {tasks}", SUMMED_INTRO)
 
 
 def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, intro: str,
