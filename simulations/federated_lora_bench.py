@@ -106,7 +106,9 @@ FOUNDATION_LEFT_OUT = {
 #: the rounds), evaluated every 20th round and without the val pass after training (a round is
 #: then one step per site); the naive rule.
 FOUNDATION_ONE = {"rounds": 60, "local_steps": 1}
-FOUNDATION_ONE_BASE = ("federation.val_split=null", "federation.evaluate_every=20")
+FOUNDATION_ONE_EVALUATE_EVERY = 20
+FOUNDATION_ONE_BASE = ("federation.val_split=null",
+                       f"federation.evaluate_every={FOUNDATION_ONE_EVALUATE_EVERY}")
 FOUNDATION_ONE_RULES = ("naive",)
 #: ct_seg on the 3D CT foundation at its own budget: 4 local steps of 2 volumes (a 3D step of
 #: 8 volumes takes about 10 s on this CPU), the rules' rounds and lr.
@@ -714,8 +716,8 @@ def render(res: Mapping[str, Any]) -> str:
             *res.get("foundation_one", {}).get("jobs", {}).values(),
             *res.get("foundation_ct", {}).get("jobs", {}).values()]
     lines = [HEADING, "",
-             f"Made by `{res['command']}` ({res['date']}; the runs of the rule, optimiser and "
-             f"mixed-rank tables took {sum(j.get('cpu_s', 0.0) for j in runs) / 60:.0f} "
+             f"Made by `{res['command']}` ({res['date']}; the runs of the tables below took "
+             f"{sum(j.get('cpu_s', 0.0) for j in runs) / 60:.0f} "
              "CPU-min, on a 2-core CPU shared with other jobs, so seconds below include "
              "waiting for a core). Every run is the product's ServerApp "
              "strategy and ClientApp over the in-process grid "
@@ -787,7 +789,8 @@ def _one_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
             "The kept-moments runs again with the same examples per site cut into "
             f"{b['rounds']} rounds of {b['local_steps']} local step (little room for a site "
             "to drift within a round, 12x the messages); centralised cut alike "
-            f"(`{' '.join(part['base'])}`: the skill is evaluated every 20th round and the "
+            f"(`{' '.join(part['base'])}`: the skill is evaluated every "
+            f"{FOUNDATION_ONE_EVALUATE_EVERY}th round and the "
             "sites send no val metric, which changes no update). Naive rule.", "", "")
 
 
@@ -798,8 +801,8 @@ def _ct_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
             f"steps of {b['batch_size']})",
             "The rules on the 3D task, on the demo's CT foundation (I3ResNet-152 with the "
             f"astra weights, 3D, frozen; `{' '.join(part['base'])}`), at its own budget: a 3D "
-            "step of 8 volumes of 32³ takes about 10 s on this CPU, so 4 local steps of 2 "
-            "volumes.",
+            f"step of 8 volumes of 32³ takes about 10 s on this CPU, so {b['local_steps']} "
+            f"local steps of {b['batch_size']} volumes.",
             f"#### Summing the site deltas on {tasks}", SUMMED_INTRO)
 
 
