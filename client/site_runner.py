@@ -537,7 +537,8 @@ def handle_train(
     try:
         result = train_task(model, task, loader, cfg, make_private=dp, params=params,
                             regulariser=regulariser, optimizer_state=kept_optimizer(context, cfg),
-                            control=control, logit_shift=site_logit_shift(site, options))
+                            control=control, logit_shift=site_logit_shift(site, options),
+                            first_epoch=augmentation_epoch(rnd, cfg.epochs))
     finally:
         if dp is not None:
             dp.close()
@@ -574,6 +575,13 @@ def handle_train(
     })
     keep_downlink(context, keep)
     return Message(content, reply_to=msg)
+
+
+def augmentation_epoch(rnd: int, epochs: int) -> int:
+    """The augmentation epoch of round ``rnd``'s first local pass: rounds never share one
+    (a round makes at most ``epochs`` passes), so an item seen in two rounds is augmented
+    afresh, as it would be in two epochs of centralised training."""
+    return rnd * epochs
 
 
 def kept_optimizer(context: Context, cfg: Any) -> dict[str, Any] | None:

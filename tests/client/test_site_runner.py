@@ -82,3 +82,32 @@ def test_nodes_of_one_process_compose_the_run_config_once(
     assert first.resolved == second.resolved and first is not second
     assert first.federation is not second.federation
     assert other.federation.rounds == 2 and first.federation.rounds == 1
+
+
+def test_each_round_draws_fresh_augmentation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    """A site's rounds never share an augmentation epoch: otherwise every round would augment
+    each item exactly as the first did (a fixed, not an augmented, training set)."""
+    import unicon_core.training as training
+    from client.site_runner import augmentation_epoch
+    from tests.server.fedtools import run_in_process
+
+    # Prepare: record the first augmentation epoch of every local training
+    site = make_site(tmp_path / "sites", "site_a", CLS_TASK)
+    first_epochs: list[int] = []
+    real = training.train_task
+
+    def recording(*args: object, **kwargs: object) -> object:
+        first_epochs.append(int(kwargs["first_epoch"]))  # type: ignore[call-overload]
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "train_task", recording)
+
+    # Execute
+    run_in_process(tiny_overrides([site], tmp_path / "run", 3), 1)
+
+    # Assert: one training per round, each starting where no earlier round's passes reach
+    assert first_epochs == [augmentation_epoch(r, 1) for r in (1, 2, 3)] == [1, 2, 3]
+    passes = [set(range(augmentation_epoch(r, 4), augmentation_epoch(r, 4) + 4))
+              for r in range(1, 6)]
+    assert all(not a & b for i, a in enumerate(passes) for b in passes[i + 1:])

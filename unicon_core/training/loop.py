@@ -107,6 +107,7 @@ def train_task(
     optimizer_state: Mapping[str, np.ndarray] | None = None,
     control: ControlVariates | None = None,
     logit_shift: torch.Tensor | None = None,
+    first_epoch: int = 0,
 ) -> TrainResult:
     """Train ``task``'s skill on ``loader``; everything outside the skill stays frozen.
 
@@ -121,6 +122,9 @@ def train_task(
     corrects every step's gradients and records them (not with ``make_private``).
     ``logit_shift`` (one value per class, :func:`~unicon_core.training.losses.logit_prior_shift`)
     is added to a classification task's logits in its training loss only.
+    ``first_epoch`` numbers the first pass over ``loader`` for seeded augmentation (a dataset's
+    ``set_epoch``): a federated site passes one that differs every round, or each round would
+    draw the same augmentation of every item again.
     """
     from tqdm.auto import tqdm
 
@@ -163,7 +167,7 @@ def train_task(
         torch.manual_seed(cfg.seed)
         module.train()
         bar = tqdm(total=total, desc=f"train {task}", disable=not cfg.progress, leave=False)
-        epoch = 0
+        epoch = first_epoch
         while steps < total:
             set_epoch = getattr(loader.dataset, "set_epoch", None)
             if callable(set_epoch):  # seeded augmentation differs per epoch

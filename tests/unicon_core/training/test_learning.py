@@ -227,3 +227,31 @@ def test_parameter_groups_train_with_their_own_learning_rates() -> None:
     after = model.skill_parameters("cls")
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("head."))
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head."))
+
+
+class EpochRecordingDataset(DictDataset):
+    """A dataset that records every ``set_epoch`` call (the seeded-augmentation hook)."""
+
+    def __init__(self, **columns: torch.Tensor) -> None:
+        super().__init__(**columns)
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+
+def test_augmentation_epochs_start_at_first_epoch() -> None:
+    # Prepare: 8 samples in batches of 4 (2 steps a pass), 5 steps: three passes
+    spec = TaskSpec(name="t", kind="classification", modality="clinical", spatial_dims=0,
+                    feature_names=["f0", "f1", "f2"], num_classes=2)
+    data = EpochRecordingDataset(input=torch.randn(8, 3), label=torch.arange(8) % 2)
+    model = UniconModel(TINY, seed=0)
+    model.add_task(spec)
+    cfg = TrainConfig(epochs=3, max_steps=5, batch_size=4, seed=0, progress=False)
+
+    # Execute
+    train_task(model, "t", make_loader(data, 4, shuffle=True, seed=0), cfg, first_epoch=6)
+    train_task(model, "t", make_loader(data, 4, shuffle=True, seed=0), cfg)
+
+    # Assert: the first run numbers its passes from 6, the default from 0
+    assert data.epochs == [6, 7, 8, 0, 1, 2]
