@@ -65,6 +65,11 @@ REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Federated LoRA (#14)"
 RULES = ("naive", "ffa", "fedsa", "svd")
 GOAL_RATIO = 0.98  # federated / centralised, every multi-site task
+#: Recorded in every run made since the fix of e5364ea: before it, each round of a site
+#: augmented every training item exactly as its first round had (flips and jitter fixed per
+#: item for the whole run, in the federation and in its centralised bound alike).
+AUGMENTATION = "fresh every round"
+AUGMENTATION_FIX = "e5364ea"
 GOAL_INT8 = 1 / 200  # int8 deltas vs the full model, on a >= 80M-parameter backbone
 GOAL_LOSSLESS = 1.05  # lossless delta vs the raw skill bytes
 NEAR_CHANCE = 0.6  # a centralised AUC / C-index below this: the task is barely learnt
@@ -342,6 +347,7 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     out = RUNNERS[job.kind](setup, job, work / "runs" / job.key)
     out["cpu_s"] = time.process_time() - cpu
     out["made"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    out["augmentation"] = AUGMENTATION
     return job, out
 
 
@@ -883,10 +889,27 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
         lines.append(f"SVD rule: relative truncation error `||dW - s B A||_F / ||dW||_F`, "
                      f"mean over rounds, {min(svd):.3f} to {max(svd):.3f} over tasks and "
                      "seeds.")
+    if note := _augmentation_note(jobs):
+        lines += [*([""] if lines[-1] else []), note]
     if part.get("left_out"):
         lines += ["", "Not in this table: " + "; ".join(f"`{t}`: {why}"
                                                   for t, why in part["left_out"].items()) + "."]
     return [*lines, ""]
+
+
+def _augmentation_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:
+    """How many of a table's runs predate the augmentation fix ("" for none): they are
+    reused, not rerun."""
+    before = sum(j.get("augmentation") != AUGMENTATION for j in jobs.values())
+    if not before:
+        return ""
+    return (f"**Made before {AUGMENTATION_FIX}**: {before} of the {len(jobs)} runs of this "
+            "table and of any variants' table under it come from before that fix, when each "
+            "round of a site augmented every training item exactly as its first round had "
+            "(flips and jitter fixed per item for the whole run), in the federation and in its "
+            "centralised bound alike (image tasks only: a tabular task has no augmentation, "
+            "and the fix changes none of its runs). They are reused from the cache, not "
+            "rerun.")
 
 
 def _goal(fed: Sequence[float], of_means: float) -> str:

@@ -74,6 +74,7 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert f"--seeds 0 1 --quick --foundation --out .../{tmp_path.name}/BENCH.md" in section
     assert "/tmp" not in section
     assert "these runs were made on 20" in section and "undated" not in section
+    assert "Made before" not in section  # every run here was made with fresh augmentation
     # naive: fed 0.50/0.51, central 0.80/0.81 -> per seed 0.625, 0.630; svd 0.80/0.81 -> 1.0
     assert "| synth_surv (SYNTHETIC, c_index) | 32 | naive | 0.505 ± 0.007 | 0.805 ± 0.007 " \
            "| 0.625, 0.630 | 0.627 | **MISSED** |" in section
@@ -177,6 +178,13 @@ def _all_jobs() -> list[bench.Job]:
     setup = bench.Setup({"synth_surv": [Path("synth_surv_0"), Path("synth_surv_1")]},
                         bench.Budget())
     return bench.plan_jobs(setup, [0, 1])
+
+
+def test_runs_from_before_the_augmentation_fix_are_marked() -> None:
+    fresh = {"value": 0.7, "augmentation": bench.AUGMENTATION}
+    assert bench._augmentation_note({"a": fresh, "b": fresh}) == ""
+    line = bench._augmentation_note({"a": fresh, "b": {"value": 0.6}, "c": {}})
+    assert line.startswith(f"**Made before {bench.AUGMENTATION_FIX}**: 2 of the 3 runs")
 
 
 def test_a_summed_variant_needs_one_number_of_sites() -> None:
