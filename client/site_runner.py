@@ -13,7 +13,8 @@ instead of mixing skills trained on different backbones.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 from pathlib import Path
@@ -322,7 +323,7 @@ def instruction_options(msg: Message) -> dict[str, Any]:
     config = msg.content.config_records.get(RecordKey.CONFIG.value, ConfigRecord())
     keys = (ConfigKey.DELTA_CODEC, ConfigKey.CODEC_PER_ROW, ConfigKey.TOPK_FRACTION,
             ConfigKey.DELTA_PACKED, ConfigKey.LORA_RULE, ConfigKey.PROX_MU, ConfigKey.SCAFFOLD,
-            ConfigKey.LOGIT_ADJUST)
+            ConfigKey.LOGIT_ADJUST, ConfigKey.SITE_SGD_LR)
     return {k.value: config[k.value] for k in keys if k.value in config}
 
 
@@ -482,7 +483,9 @@ def handle_train(
     reproducible = not privacy.enabled or privacy.reproducible
     seed = round_seed(settings.seed, site.name, rnd) if reproducible else entropy_seed() % 2**31
     train_set = site.dataset("train", train=True)
-    cfg = replace(settings.train, seed=seed, progress=False, device=site_device(context, settings))
+    cfg = site_train_config(
+        replace(settings.train, seed=seed, progress=False, device=site_device(context, settings)),
+        options)
 
     dp, ledger = None, None
     extra: dict[str, float] = {}
@@ -575,6 +578,19 @@ def handle_train(
     })
     keep_downlink(context, keep)
     return Message(content, reply_to=msg)
+
+
+def site_train_config(cfg: Any, options: Mapping[str, Any]) -> Any:
+    """The round's train config: the site's own, or plain SGD at the instruction's
+    ``site-sgd-lr`` (checked: a finite lr > 0, else the instruction is refused)."""
+    if ConfigKey.SITE_SGD_LR.value not in options:
+        return cfg
+    lr = options[ConfigKey.SITE_SGD_LR.value]
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (
+            math.isfinite(lr) and lr > 0):
+        raise ValueError(f"instruction key {ConfigKey.SITE_SGD_LR.value!r} must be a finite lr "
+                         f"> 0, got {lr!r}")
+    return replace(cfg, optimizer="sgd", lr=float(lr), momentum=0.0, weight_decay=0.0)
 
 
 def augmentation_epoch(rnd: int, epochs: int) -> int:

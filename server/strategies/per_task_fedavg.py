@@ -332,10 +332,10 @@ class PerTaskFedAvg(FedAvg):
             if not opts.is_default:
                 log(INFO, "\t├──> %s: delta=%s codec=%s rule=%s ranks=%s server_opt=%s "
                     "fraction=%s min_sites=%s prox_mu=%s scaffold=%s logit_adjust=%s "
-                    "downlink=%s", task, opts.delta, opts.codec, opts.lora_rule,
+                    "site_sgd_lr=%s downlink=%s", task, opts.delta, opts.codec, opts.lora_rule,
                     dict(opts.site_ranks) or "-", opts.server_opt, opts.fraction,
                     opts.min_sites, opts.prox_mu, opts.scaffold, opts.logit_adjust,
-                    opts.downlink_codec)
+                    opts.site_sgd_lr, opts.downlink_codec)
             unknown = sorted(set(opts.site_ranks) - set(tasks[task]))
             if unknown:
                 log(WARNING, "\t├──> %s: site_ranks name sites outside the task: %s", task,
@@ -516,8 +516,8 @@ class PerTaskFedAvg(FedAvg):
         """Send every site its task's aggregated skill for evaluation on its test split (a
         task that samples: only the sites drawn this round, every site in the last round)."""
         rnd = server_round + self.round_offset
-        last = self._num_rounds is not None and server_round >= self._num_rounds
-        if self.fraction_evaluate == 0.0 or (not last and rnd % self.evaluate_every):
+        if self.fraction_evaluate == 0.0 or (
+                not self._is_last(server_round) and rnd % self.evaluate_every):
             self._asked[MessageType.EVALUATE] = []  # nobody asked: nobody is silent
             return []
         nodes = self.evaluated(server_round)
@@ -526,11 +526,15 @@ class PerTaskFedAvg(FedAvg):
                 "not drawn)", rnd, len(nodes), len(self.nodes))
         return self._messages(rnd, arrays, config, nodes, MessageType.EVALUATE)
 
+    def _is_last(self, server_round: int) -> bool:
+        """Whether ``server_round`` is this ``start``'s last (False before ``start``)."""
+        return self._num_rounds is not None and server_round >= self._num_rounds
+
     def evaluated(self, server_round: int) -> list[SiteNode]:
         """The sites evaluated this round: every site of a task that does not sample, the
         drawn sites of one that does; every site in the last round, so results cover all."""
         everyone = list(self.nodes.values())
-        if self._drawn is None or self._num_rounds is None or server_round >= self._num_rounds:
+        if self._drawn is None or self._is_last(server_round):
             return everyone
         return [n for n in everyone if n.site in self._drawn
                 or self.options(n.task).sampling().everyone]
@@ -686,6 +690,8 @@ class PerTaskFedAvg(FedAvg):
             out[ConfigKey.PROX_MU.value] = float(opts.prox_mu)
         if opts.scaffold:
             out[ConfigKey.SCAFFOLD.value] = True
+        if opts.site_sgd_lr > 0:
+            out[ConfigKey.SITE_SGD_LR.value] = float(opts.site_sgd_lr)
         if opts.logit_adjust:
             out[ConfigKey.LOGIT_ADJUST.value] = True
         return out

@@ -247,6 +247,9 @@ def test_bad_lora_options_fail_clearly() -> None:
         StrategyConfig(name="per_task_median", lora_tasks={"t": {"scaffold": True}})
     with pytest.raises(ValueError, match="true or false"):
         StrategyConfig(lora={"scaffold": "yes"})
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"strategy\.lora\.site_sgd_lr.*finite lr >= 0"):
+            StrategyConfig(lora={"site_sgd_lr": bad})
 
 
 def test_ffa_with_whole_skills_leaves_a_out_too(tmp_path: Path) -> None:
@@ -340,6 +343,41 @@ def test_sites_keep_their_optimiser_state_between_rounds(
     given.clear()
     _run(tmp_path, "fresh")
     assert given == [False] * 6
+
+
+def test_fedopt_split_sites_take_plain_sgd_steps_at_the_servers_lr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``site_sgd_lr`` on one task: its sites train with plain SGD at that lr (no momentum, no
+    weight decay), the other task's site with its train config; the server's FedAdam takes
+    the adaptive step. A site refuses a lr that is not a finite number > 0."""
+    import unicon_core.training as training
+    from client.site_runner import site_train_config
+    from unicon_core.config import TrainConfig
+
+    used: dict[str, set[tuple]] = {}
+    real = training.train_task
+
+    def spy(model: object, task: str, loader: object, cfg: TrainConfig, **kw: object) -> object:
+        used.setdefault(task, set()).add((cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay))
+        return real(model, task, loader, cfg, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "train_task", spy)
+    final, grid, _ = _run(tmp_path, "fedopt", "++strategy.lora={delta:true}",
+                          f"++strategy.lora_tasks={{{CLS_TASK}:{{site_sgd_lr:0.5,"
+                          "server_opt:fedadam}}")
+    assert used[CLS_TASK] == {("sgd", 0.5, 0.0, 0.0)}
+    assert used[SURV_TASK] == {(TrainConfig().optimizer, 0.002, TrainConfig().momentum,
+                                TrainConfig().weight_decay)}
+    for ex in grid.exchanges:
+        config = ex.instruction.content.config_records.get(RecordKey.CONFIG.value, {})
+        if ex.instruction.metadata.message_type == "train":
+            assert (ConfigKey.SITE_SGD_LR.value in config) == (config["task"] == CLS_TASK)
+    start, trained = _initial(CLS_TASK), slice_task(final, CLS_TASK)
+    assert any(not np.array_equal(trained[k], start[k]) for k in start)
+    for bad in (0.0, -1.0, float("nan"), True, "0.1"):
+        with pytest.raises(ValueError, match="site-sgd-lr"):
+            site_train_config(TrainConfig(), {ConfigKey.SITE_SGD_LR.value: bad})
 
 
 def test_scaffold_end_to_end_sites_send_changes_and_get_the_mean_back(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ the federated part into the dataclasses below (each raises a ``ValueError`` nami
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -239,6 +240,10 @@ class TaskFederation:
     fraction: float = 1.0  # share of the task's sites drawn per round
     min_sites: int = 1  # fewest of its sites a task draws per round
     prox_mu: float = 0.0  # FedProx at the sites (0: off)
+    #: > 0: the sites take plain SGD steps at this lr (no momentum, no weight decay) instead
+    #: of train.optimizer; with server_opt fedadam or fedyogi that is FedOpt (Reddi et al.
+    #: 2021): the adaptive step is the server's, once a round, on the sites' mean delta
+    site_sgd_lr: float = 0.0
     #: SCAFFOLD control variates: the server's c per task, each site's c_i kept at the site
     scaffold: bool = False
     #: logit adjustment at the sites (classification): each site trains on logits + its own
@@ -276,6 +281,9 @@ class TaskFederation:
                         "use lora_rule svd")
         if not self.prox_mu >= 0:
             raise _fail("strategy.lora.prox_mu", f"must be >= 0, got {self.prox_mu}")
+        if not (self.site_sgd_lr >= 0 and math.isfinite(self.site_sgd_lr)):
+            raise _fail("strategy.lora.site_sgd_lr",
+                        f"must be a finite lr >= 0 (0: off), got {self.site_sgd_lr}")
         for name in ("scaffold", "logit_adjust"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(f"strategy.lora.{name}",

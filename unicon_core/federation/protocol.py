@@ -50,6 +50,10 @@ class ConfigKey(str, Enum):
     #: present (true): the site adds its own train split's log class prior to the logits in
     #: its training loss (logit adjustment against label skew); nothing about it is sent back
     LOGIT_ADJUST = "logit-adjust"
+    #: present (> 0): the site trains with plain SGD at this lr (no momentum, no weight
+    #: decay) instead of its train config's optimiser: FedOpt's split, the adaptive step
+    #: taken once, by the server's optimiser, on the aggregated pseudo-gradient
+    SITE_SGD_LR = "site-sgd-lr"
     #: present (true): the reply's delta travels packed, one flat array per dtype
     DELTA_PACKED = "delta-packed"
     #: Downlink compression: the codec of the instruction's skill (present: the site keeps
