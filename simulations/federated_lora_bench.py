@@ -766,7 +766,7 @@ def render(res: Mapping[str, Any]) -> str:
     for key, texts in (("foundation_short", _short_texts), ("foundation_one", _one_texts),
                        ("foundation_ct", _ct_texts)):
         if res.get(key):
-            lines += _part_lines(res[key], seeds, *texts(res[key]))
+            lines += _part_lines(res[key], seeds, *texts(res[key], b))
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -774,34 +774,47 @@ def render(res: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _short_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    """Heading, intro, variants heading and intro of the 15 x 4 table."""
-    b = part["budget"]
+def _times(part: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """How many times the base budget's rounds a cut part has, e.g. "3x"."""
+    return f"{part['budget']['rounds'] / base['rounds']:g}x"
+
+
+def _short_texts(part: Mapping[str, Any], base: Mapping[str, Any]
+                 ) -> tuple[str, str, str, str]:
+    """Heading, intro, variants heading and intro of the 15 x 4 table (``base``: the budget
+    it is cut from)."""
+    b, times = part["budget"], _times(part, base)
     return (f"### Shorter rounds on the foundation, moments kept ({b['rounds']} x "
             f"{b['local_steps']})",
             "The kept-moments runs again with the same examples per site cut into "
-            f"{b['rounds']} rounds of {b['local_steps']} local steps (3x the rounds, a third "
-            "of the local steps: less drift within a round, 3x the messages); centralised "
-            "cut alike. Naive rule, then SCAFFOLD below.",
+            f"{b['rounds']} rounds of {b['local_steps']} local steps ({times} the rounds, "
+            f"{b['local_steps']} of {base['local_steps']} local steps: less drift within a "
+            f"round, {times} the messages); centralised cut alike. Naive rule, then SCAFFOLD "
+            "below.",
             f"#### SCAFFOLD with {b['rounds']} x {b['local_steps']}",
             "As the SCAFFOLD row under the kept-moments table, on these shorter rounds.")
 
 
-def _one_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    """Heading and intro of the 60 x 1 table (no variants)."""
+def _one_texts(part: Mapping[str, Any], base: Mapping[str, Any]
+               ) -> tuple[str, str, str, str]:
+    """Heading and intro of the 60 x 1 table (no variants; ``base``: the budget it is cut
+    from)."""
     b = part["budget"]
     return (f"### One local step a round on the foundation, moments kept "
             f"({b['rounds']} x {b['local_steps']})",
             "The kept-moments runs again with the same examples per site cut into "
             f"{b['rounds']} rounds of {b['local_steps']} local step (little room for a site "
-            "to drift within a round, 12x the messages); centralised cut alike "
+            f"to drift within a round, {_times(part, base)} the messages); centralised cut "
+            "alike "
             f"(`{' '.join(part['base'])}`: the skill is evaluated every "
             f"{FOUNDATION_ONE_EVALUATE_EVERY}th round and the "
             "sites send no val metric, which changes no update). Naive rule.", "", "")
 
 
-def _ct_texts(part: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    """Heading, intro, variants heading and intro of the 3D task's own table."""
+def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
+              ) -> tuple[str, str, str, str]:
+    """Heading, intro, variants heading and intro of the 3D task's own table (at its own
+    budget: ``base`` is not used)."""
     b, tasks = part["budget"], ", ".join(part["tasks"])
     return (f"### {tasks} on the 3D CT foundation, smaller steps ({b['local_steps']} local "
             f"steps of {b['batch_size']})",
