@@ -145,6 +145,18 @@ def summed_variant(n_sites: int) -> dict[str, tuple[tuple[str, str | float], ...
         ("server_opt", "fedavgm"), ("server_lr", n_sites), ("server_momentum", 0))}
 
 
+def fedopt_variant(n_sites: int, lr: float) -> dict[str, tuple[tuple[str, str | float], ...]]:
+    """FedOpt's split (``site_sgd_lr``): one plain SGD step of lr 1 at each site (its delta
+    is minus its minibatch gradient), then one Adam step a round at the server on the mean:
+    eta = lr x sites (the pooled node takes ``sites`` Adam steps of lr a round, each about lr
+    long), tau 1e-8 and beta_2 0.999 (Adam's own epsilon and beta_2). Set before any run."""
+    eta = round(lr * n_sites, 12)
+    return {f"FedOpt: SGD at the sites (lr 1), FedAdam at the server (eta {eta:g} = lr x "
+            "sites, tau 1e-8, beta_2 0.999)": (
+                ("site_sgd_lr", 1.0), ("server_opt", "fedadam"), ("server_eta", eta),
+                ("tau", 1e-8), ("beta_2", 0.999))}
+
+
 MIXED_TASK = "gbsg2_surv"
 SCALE_TASK = "gbsg2_surv"
 SCALE_SIZES = (10, 100, 1000)
@@ -808,7 +820,9 @@ def _one_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             "alike "
             f"(`{' '.join(part['base'])}`: the skill is evaluated every "
             f"{FOUNDATION_ONE_EVALUATE_EVERY}th round and the "
-            "sites send no val metric, which changes no update). Naive rule.", "", "")
+            "sites send no val metric, which changes no update). Naive rule, then FedOpt "
+            "below.", f"#### FedOpt's split with {b['rounds']} x {b['local_steps']}",
+            FEDOPT_INTRO)
 
 
 def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
@@ -964,6 +978,15 @@ SUMMED_INTRO = (
     "momentum 0) the server applies the sum of the deltas: to first order, the sites' steps "
     "one after the other, as the pooled node takes them. The server lr was set to the number "
     "of sites before any run, not tuned.")
+
+
+FEDOPT_INTRO = (
+    "With AdamW at the sites, each site scales its own gradients coordinate by coordinate "
+    "before the server averages them; the pooled node's AdamW scales the gradients of batches "
+    "that mix the sites. With `strategy.lora.site_sgd_lr=1` each site's one local step is a "
+    "plain SGD step, so its delta is minus its minibatch gradient, and the server's FedAdam "
+    "takes one Adam step a round on their mean: Adam on a batch of 8 from every site. Its "
+    "settings were fixed before any run, not tuned.")
 
 
 def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
@@ -1224,7 +1247,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 kept_sites, replace(budget, **FOUNDATION_ONE), args.seeds,
                 work / "foundation_one", args.jobs, mixed_task="",
                 base=FOUNDATION_BASE + FOUNDATION_KEPT + FOUNDATION_ONE_BASE,
-                rules=FOUNDATION_ONE_RULES)
+                rules=FOUNDATION_ONE_RULES,
+                variants=fedopt_variant(_site_count(kept_sites), budget.lr))
             ct_sites = (sites if args.quick else
                         {t: [args.data_root / n for n in names]
                          for t, names in FOUNDATION_CT_TASKS.items()})

@@ -139,6 +139,10 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "Budget (every rule and the centralised bound): 60 rounds x 1 local steps" in one
     assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 |" in one and "| ffa |" not in one
     assert "server lr" not in one
+    # FedOpt's split under it: SGD at the 2 sites, FedAdam at eta = lr x sites (+0.02)
+    [(fedopt, opts)] = bench.fedopt_variant(2, 0.002).items()
+    assert ("server_eta", 0.004) in opts and ("site_sgd_lr", 1.0) in opts
+    assert f"| synth_surv | {fedopt} | 0.579 ± 0.007 | 0.574, 0.584 |" in one
     # the 3D task's own table at 4 local steps of 2, and the summed deltas (server lr = sites)
     ct = section[section.index("on the 3D CT foundation, smaller steps (4 local steps of 2)"):]
     assert "Budget (every rule and the centralised bound): 1 rounds x 4 local steps of " \
