@@ -21,9 +21,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from unicon_core.config import check_device
+from unicon_core.data.epochs import EpochConcatDataset, set_epoch
 from unicon_core.device import autocast, resolve_device
 from unicon_core.keys import BatchKey
 from unicon_core.model import UniconModel
@@ -208,6 +209,7 @@ def _forever(dataset: Dataset, batch_size: int, seed: int) -> Iterable[torch.Ten
 
     epoch = 0
     while True:
+        set_epoch(dataset, epoch)  # each pass augments afresh
         for batch in make_loader(dataset, batch_size, shuffle=True, seed=seed + epoch):
             yield batch[BatchKey.INPUT.value] if isinstance(batch, dict) else batch
         epoch += 1
@@ -224,7 +226,7 @@ def pooled(by_site: dict[str, dict[StemSpec, Dataset]]) -> dict[StemSpec, Datase
     for datasets in by_site.values():
         for stem, ds in datasets.items():
             grouped.setdefault(stem, []).append(ds)
-    return {stem: ConcatDataset(parts) for stem, parts in grouped.items()}
+    return {stem: EpochConcatDataset(parts) for stem, parts in grouped.items()}
 
 
 def pretraining_images_by_site(site_dirs: Sequence[Path]) -> dict[str, dict[StemSpec, Dataset]]:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from unicon_core.data.epochs import set_epoch
 from unicon_core.keys import BatchKey
 from unicon_core.model import UniconModel
 
@@ -88,6 +89,10 @@ class ChannelView(Dataset):
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to the viewed dataset (its seeded augmentation)."""
+        set_epoch(self.data, epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = dict(self.data[index])

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from unicon_core.config import TaskSpec
+from unicon_core.data.epochs import EpochConcatDataset
 
 
 class SiteView:
@@ -68,7 +69,7 @@ def pooled_site(sites: Sequence[Any], name: str = "pooled") -> SiteView:
         raise ValueError(f"a pooled site holds one task, got {sorted(tasks)}")
 
     def data(split: str, train: bool) -> Dataset:
-        return ConcatDataset([s.dataset(split, train=train) for s in sites])
+        return EpochConcatDataset([s.dataset(split, train=train) for s in sites])
 
     return SiteView(sites[0], name=name, data=data, synthetic=any(s.synthetic for s in sites))
 

@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from unicon_core.config import TrainConfig
+from unicon_core.data.epochs import set_epoch
 from unicon_core.device import autocast, module_device, resolve_device, to_device
 from unicon_core.keys import BatchKey
 from unicon_core.metrics import metric_for
@@ -169,9 +170,7 @@ def train_task(
         bar = tqdm(total=total, desc=f"train {task}", disable=not cfg.progress, leave=False)
         epoch = first_epoch
         while steps < total:
-            set_epoch = getattr(loader.dataset, "set_epoch", None)
-            if callable(set_epoch):  # seeded augmentation differs per epoch
-                set_epoch(epoch)
+            set_epoch(loader.dataset, epoch)  # seeded augmentation differs per epoch
             epoch += 1
             for batch in loader:
                 batch = to_device(batch, device)
