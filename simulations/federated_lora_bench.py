@@ -65,11 +65,11 @@ REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Federated LoRA (#14)"
 RULES = ("naive", "ffa", "fedsa", "svd")
 GOAL_RATIO = 0.98  # federated / centralised, every multi-site task
-#: Recorded in every run made since the fix of e5364ea: before it, each round of a site
-#: augmented every training item exactly as its first round had (flips and jitter fixed per
-#: item for the whole run, in the federation and in its centralised bound alike).
-AUGMENTATION = "fresh every round"
-AUGMENTATION_FIX = "e5364ea"
+#: Recorded in every run made since the fixes of e5364ea (a site's rounds) and 82ea3e7 (the
+#: pooled node of the centralised bound): before them, every training item kept the
+#: augmentation of its first draw for the whole run, in the federation and its bound alike.
+AUGMENTATION = "fresh every pass"
+AUGMENTATION_FIX = "82ea3e7"
 GOAL_INT8 = 1 / 200  # int8 deltas vs the full model, on a >= 80M-parameter backbone
 GOAL_LOSSLESS = 1.05  # lossless delta vs the raw skill bytes
 NEAR_CHANCE = 0.6  # a centralised AUC / C-index below this: the task is barely learnt
@@ -931,9 +931,9 @@ def _augmentation_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:
     if not before:
         return ""
     return (f"**Made before {AUGMENTATION_FIX}**: {before} of the {len(jobs)} runs of this "
-            "table and of any variants' table under it come from before that fix, when each "
-            "round of a site augmented every training item exactly as its first round had "
-            "(flips and jitter fixed per item for the whole run), in the federation and in its "
+            "table and of any variants' table under it come from before the fixes of e5364ea "
+            f"and {AUGMENTATION_FIX}, when every training item kept the augmentation of its "
+            "first draw (flips and jitter) for the whole run, in the federation and in its "
             "centralised bound alike (image tasks only: a tabular task has no augmentation, "
             "and the fix changes none of its runs). They are reused from the cache, not "
             "rerun.")
