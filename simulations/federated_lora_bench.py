@@ -719,9 +719,14 @@ def ratio_stats(fed: Sequence[float], central: Sequence[float]) -> tuple[list[fl
     return per, (mf / mc if mc and math.isfinite(mf) and math.isfinite(mc) else math.nan)
 
 
-def _ms(values: Sequence[float]) -> str:
+def _ms(values: Sequence[float], ran: Sequence[bool] | None = None) -> str:
+    """Mean ± std of the finite values; with ``ran``, says how many runs ended without a
+    metric (diverged) and so are not in the mean."""
     m, s = mean_std(values)
-    return "n/a" if not math.isfinite(m) else f"{m:.3f} ± {s:.3f}"
+    cell = "n/a" if not math.isfinite(m) else f"{m:.3f} ± {s:.3f}"
+    present = list(ran) if ran is not None else [False] * len(values)
+    diverged = sum(r and not math.isfinite(v) for v, r in zip(values, present, strict=True))
+    return cell + (f" (without {diverged} diverged)" if diverged else "")
 
 
 def render(res: Mapping[str, Any]) -> str:
@@ -893,11 +898,13 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
         metric = next((jobs[k]["metric"] for k in jobs if f"_{task}_" in k), "?")
         data = "SYNTHETIC" if syn.get(task) else "real"
         for rule in part.get("rules", RULES):
-            fed = _values(jobs, [Job("fed", task, s, rule) for s in seeds])
+            wanted = [Job("fed", task, s, rule) for s in seeds]
+            fed, ran = _values(jobs, wanted), [j.key in jobs for j in wanted]
             per, of_means = ratio_stats(fed, central)
             lines.append(
-                f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed)} | {_ms(central)} | "
-                f"{', '.join(_f(p) for p in per)} | {_f(of_means)} | {_goal(fed, of_means)} |")
+                f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed, ran)} | "
+                f"{_ms(central)} | {', '.join(_f(p) for p in per)} | {_f(of_means)} | "
+                f"{_goal(fed, of_means, ran)} |")
     weak = [t for t in part["tasks"]
             if mean_std(_values(jobs, [Job("central", t, s) for s in seeds]))[0] < NEAR_CHANCE
             and _chance_is_half(jobs, t, seeds)]
@@ -939,14 +946,19 @@ def _augmentation_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:
             "rerun.")
 
 
-def _goal(fed: Sequence[float], of_means: float) -> str:
+def _goal(fed: Sequence[float], of_means: float, ran: Sequence[bool] | None = None) -> str:
     """The fed / central verdict; "not run" where no seed of the row ran (not a miss), and no
-    verdict where only some seeds ran."""
-    ran = sum(math.isfinite(v) for v in fed)
-    if not ran:
+    verdict where only some seeds ran. ``ran``: which seeds' runs exist (default: those with
+    a finite metric); a run that ended without one (diverged) is a miss, not a gap."""
+    present = list(ran) if ran is not None else [math.isfinite(v) for v in fed]
+    done = sum(present)
+    if not done:
         return "not run"
-    if ran < len(fed):
-        return f"incomplete ({ran} of {len(fed)} seeds)"
+    if done < len(fed):
+        return f"incomplete ({done} of {len(fed)} seeds)"
+    diverged = sum(not math.isfinite(v) for v in fed)
+    if diverged:
+        return f"**MISSED** ({diverged} of {len(fed)} seeds diverged)"
     return _verdict(math.isfinite(of_means) and of_means >= GOAL_RATIO)
 
 
@@ -1007,15 +1019,17 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
         central = _values(jobs, [Job("central", task, s) for s in seeds])
         rows = {"FedAvg (the naive row above)": ()} | dict(variants)
         for label, opts in rows.items():
-            runs = [jobs.get(Job("fed", task, s, VARIANT_RULE, options=opts).key, {})
-                    for s in seeds]
+            keys = [Job("fed", task, s, VARIANT_RULE, options=opts).key for s in seeds]
+            runs, ran = [jobs.get(k, {}) for k in keys], [k in jobs for k in keys]
             fed = [r.get("value", math.nan) for r in runs]
             of_means = ratio_stats(fed, central)[1]
             up = mean_std([r.get("bytes_up", math.nan) for r in runs])[0]
             down = mean_std([r.get("bytes_down", math.nan) for r in runs])[0]
             traffic = f"{up:,.0f} / {down:,.0f}" if math.isfinite(up + down) else "n/a"
-            out.append(f"| {task} | {label} | {_ms(fed)} | {', '.join(_f(v) for v in fed)} | "
-                       f"{_f(of_means)} | {_goal(fed, of_means)} | {traffic} |")
+            seeds_cell = ", ".join("diverged" if r and not math.isfinite(v) else _f(v)
+                                   for v, r in zip(fed, ran, strict=True))
+            out.append(f"| {task} | {label} | {_ms(fed, ran)} | {seeds_cell} | "
+                       f"{_f(of_means)} | {_goal(fed, of_means, ran)} | {traffic} |")
     return [*out, ""]
 
 

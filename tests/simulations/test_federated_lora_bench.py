@@ -184,6 +184,17 @@ def _all_jobs() -> list[bench.Job]:
     return bench.plan_jobs(setup, [0, 1])
 
 
+def test_a_diverged_run_is_a_miss_not_a_gap() -> None:
+    nan = math.nan
+    assert bench._goal([0.7, nan, 0.8], 0.9, [True, True, True]) == "**MISSED** (1 of 3 " \
+        "seeds diverged)"
+    assert bench._goal([0.7, nan, 0.8], 0.9, [True, False, True]).startswith("incomplete")
+    assert bench._goal([0.99, 0.99], 1.0, [True, True]) == "met"
+    assert bench._ms([0.5, nan, 0.7], [True, True, True]) == "0.600 ± 0.141 (without 1 " \
+        "diverged)"
+    assert bench._ms([0.5, nan], [True, False]) == "0.500 ± 0.000"
+
+
 def test_runs_from_before_the_augmentation_fix_are_marked() -> None:
     fresh = {"value": 0.7, "augmentation": bench.AUGMENTATION}
     assert bench._augmentation_note({"a": fresh, "b": fresh}) == ""

@@ -33,9 +33,9 @@ def test_a_pooled_site_augments_each_pass_afresh(tmp_path: Path) -> None:
 
     # Assert: every part was told the epoch; some item changed; pass 0 comes back exactly
     assert [part.epoch for part in pooled.datasets] == [3, 3]
-    assert any(not torch.equal(a, b) for items in later for a, b in zip(first, items))
+    assert any(not torch.equal(a, b) for items in later for a, b in zip(first, items, strict=True))
     set_epoch(pooled, 0)
-    assert all(torch.equal(a, b) for a, b in zip(first, _inputs(pooled)))
+    assert all(torch.equal(a, b) for a, b in zip(first, _inputs(pooled), strict=True))
 
 
 def test_wrappers_pass_the_epoch_on_and_plain_datasets_are_left_alone() -> None:
