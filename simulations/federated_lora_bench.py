@@ -719,13 +719,19 @@ def ratio_stats(fed: Sequence[float], central: Sequence[float]) -> tuple[list[fl
     return per, (mf / mc if mc and math.isfinite(mf) and math.isfinite(mc) else math.nan)
 
 
+def _diverged(values: Sequence[float], ran: Sequence[bool] | None) -> list[bool]:
+    """Per seed: its run exists (``ran``) but ended without a finite metric."""
+    if ran is None:
+        return [False] * len(values)
+    return [r and not math.isfinite(v) for v, r in zip(values, ran, strict=True)]
+
+
 def _ms(values: Sequence[float], ran: Sequence[bool] | None = None) -> str:
     """Mean ± std of the finite values; with ``ran``, says how many runs ended without a
     metric (diverged) and so are not in the mean."""
     m, s = mean_std(values)
     cell = "n/a" if not math.isfinite(m) else f"{m:.3f} ± {s:.3f}"
-    present = list(ran) if ran is not None else [False] * len(values)
-    diverged = sum(r and not math.isfinite(v) for v, r in zip(values, present, strict=True))
+    diverged = sum(_diverged(values, ran))
     return cell + (f" (without {diverged} diverged)" if diverged else "")
 
 
@@ -827,7 +833,7 @@ def _one_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"{FOUNDATION_ONE_EVALUATE_EVERY}th round and the "
             "sites send no val metric, which changes no update). Naive rule, then FedOpt "
             "below.", f"#### FedOpt's split with {b['rounds']} x {b['local_steps']}",
-            FEDOPT_INTRO)
+            FEDOPT_INTRO.format(batch=b["batch_size"]))
 
 
 def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
@@ -956,7 +962,7 @@ def _goal(fed: Sequence[float], of_means: float, ran: Sequence[bool] | None = No
         return "not run"
     if done < len(fed):
         return f"incomplete ({done} of {len(fed)} seeds)"
-    diverged = sum(not math.isfinite(v) for v in fed)
+    diverged = sum(_diverged(fed, present))
     if diverged:
         return f"**MISSED** ({diverged} of {len(fed)} seeds diverged)"
     return _verdict(math.isfinite(of_means) and of_means >= GOAL_RATIO)
@@ -997,8 +1003,8 @@ FEDOPT_INTRO = (
     "before the server averages them; the pooled node's AdamW scales the gradients of batches "
     "that mix the sites. With `strategy.lora.site_sgd_lr=1` each site's one local step is a "
     "plain SGD step, so its delta is minus its minibatch gradient, and the server's FedAdam "
-    "takes one Adam step a round on their mean: Adam on a batch of 8 from every site. Its "
-    "settings were fixed before any run, not tuned.")
+    "takes one Adam step a round on their mean: Adam on a batch of {batch} from every site. "
+    "Its settings were fixed before any run, not tuned.")
 
 
 def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
@@ -1026,8 +1032,8 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
             up = mean_std([r.get("bytes_up", math.nan) for r in runs])[0]
             down = mean_std([r.get("bytes_down", math.nan) for r in runs])[0]
             traffic = f"{up:,.0f} / {down:,.0f}" if math.isfinite(up + down) else "n/a"
-            seeds_cell = ", ".join("diverged" if r and not math.isfinite(v) else _f(v)
-                                   for v, r in zip(fed, ran, strict=True))
+            seeds_cell = ", ".join("diverged" if d else _f(v)
+                                   for v, d in zip(fed, _diverged(fed, ran), strict=True))
             out.append(f"| {task} | {label} | {_ms(fed, ran)} | {seeds_cell} | "
                        f"{_f(of_means)} | {_goal(fed, of_means, ran)} | {traffic} |")
     return [*out, ""]
