@@ -10,7 +10,10 @@ one process:
   finds it running);
 * **in process**: :func:`unicon_flower.runner.run_in_process` (the same ServerApp strategy and
   ClientApp, messages serialised as on the wire, without Flower's runtime: since issue #16 there
-  is no second, plain training loop to compare with).
+  is no second, plain training loop to compare with);
+* **longer** (``long_rounds``): a cold flwr run and an in-process run with more rounds, same
+  sites and steps, so the table shows how the ratio moves with the run's length instead of
+  asserting it, and where it would cross the goal (:func:`crossing_rounds`).
 
 Each flwr time is split with the server's own clock (``results.json`` ``timing``): Flower
 start-up until the ServerApp runs, the query round (the first ClientApp calls), the training
@@ -25,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +77,37 @@ def runtime_floor(python: str = sys.executable, snippets: dict[str, str] | None 
     return out
 
 
+def crossing_rounds(short: dict[str, float], long: dict[str, float], goal: float
+                    ) -> float | None:
+    """Rounds at which ``flwr_s / plain_s`` reaches ``goal``, from two measured run lengths.
+
+    Each side is a straight line through its two (rounds, seconds) points: a fixed start-up
+    plus a cost per round. ``None`` when the lines never cross the goal at a positive length
+    (the flwr side's cost per round is at least ``goal`` times the in-process one's)."""
+    span = long["rounds"] - short["rounds"]
+    if span <= 0:
+        raise ValueError(f"the longer run has {long['rounds']} rounds, the short one "
+                         f"{short['rounds']}: it must have more")
+    flwr_per = (long["flwr_s"] - short["flwr_s"]) / span
+    plain_per = (long["plain_s"] - short["plain_s"]) / span
+    flwr_fixed = short["flwr_s"] - flwr_per * short["rounds"]
+    plain_fixed = short["plain_s"] - plain_per * short["rounds"]
+    slope = goal * plain_per - flwr_per
+    if slope <= 0:
+        return None
+    at = (flwr_fixed - goal * plain_fixed) / slope
+    return at if at > 0 else None
+
+
 def measure_overhead(
     sites: list[Any], site_dirs: list[Path], overrides: list[str], backbone: BackboneConfig,
-    rounds: int, train: TrainConfig, run_dir: Path,
+    rounds: int, train: TrainConfig, run_dir: Path, long_rounds: int | None = None,
 ) -> dict[str, Any]:
     """Seconds of the cold flwr run, the two runs on a kept SuperLink and the in-process run,
-    and the flwr / in-process ratios."""
+    and the flwr / in-process ratios; with ``long_rounds`` also a cold flwr run and an
+    in-process run of that many rounds (``long``)."""
+    if long_rounds is not None and long_rounds <= rounds:
+        raise ValueError(f"long_rounds={long_rounds} must exceed rounds={rounds}")
     from unicon_flower.launcher import KeptSuperLink
 
     settings = RunSettings(base=tuple(overrides), seed=train.seed, rounds=rounds,
@@ -95,6 +124,7 @@ def measure_overhead(
     in_process = run_in_process(site_dirs, run_dir / "in_process_run", settings)
     plain_s = time.perf_counter() - t0
     in_rounds_s = float(in_process.results["timing"]["rounds_s"])
+    long = None if long_rounds is None else _longer(settings, site_dirs, run_dir, long_rounds)
     floor = runtime_floor()
     return {"flwr_s": cold["total_s"], "plain_s": plain_s, "ratio": cold["total_s"] / plain_s,
             **{k: cold[k] for k in ("startup_s", "query_s", "rounds_s", "shutdown_s")},
@@ -102,4 +132,19 @@ def measure_overhead(
             "kept_first": first, "warm": warm, "warm_ratio": warm["total_s"] / plain_s,
             "comparator": "in-process federation (unicon_flower.runner)", "floor": floor,
             "cpus": os.cpu_count(),
-            "sites": len(sites), "rounds": rounds, "local_steps": int(train.max_steps or 0)}
+            "sites": len(sites), "rounds": rounds, "local_steps": int(train.max_steps or 0),
+            "long": long}
+
+
+def _longer(settings: RunSettings, site_dirs: list[Path], run_dir: Path, rounds: int
+            ) -> dict[str, float]:
+    """A cold flwr run and an in-process run of ``rounds`` rounds, otherwise as ``settings``."""
+    settings = replace(settings, rounds=rounds)
+    flwr_dir = run_dir / f"flwr_run_{rounds}_rounds"
+    cold = _timed_flwr_run([*settings.overrides(site_dirs, flwr_dir),
+                            f"federation.runs_dir='{run_dir}'"], flwr_dir)
+    t0 = time.perf_counter()
+    run_in_process(site_dirs, run_dir / f"in_process_run_{rounds}_rounds", settings)
+    plain_s = time.perf_counter() - t0
+    return {"rounds": rounds, "flwr_s": cold["total_s"], "plain_s": plain_s,
+            "ratio": cold["total_s"] / plain_s}

@@ -526,10 +526,33 @@ def overhead_section(ov: dict[str, Any] | None, meta: dict[str, Any] | None = No
                   f"{'the in-process rounds' if in_process else 'the plain loop'} "
                   "(a secondary figure: the goal above is judged on the whole run, as a "
                   "user waits for it). The fixed start-up does not grow with the training "
-                  "budget, so the whole-run ratio falls as rounds get longer.", ""]
+                  "budget, so the whole-run ratio falls as rounds get longer"
+                  + (" (measured below)." if ov.get("long") else "."), ""]
+    if ov.get("long"):
+        lines += _long_lines(ov)
     if ov.get("floor"):
         lines += _floor_lines(ov)
     return lines
+
+
+def _long_lines(ov: dict[str, Any]) -> list[str]:
+    """The cold flwr run and the in-process run again at a longer length, and where the ratio
+    would reach the goal by a straight line through each side's two lengths."""
+    from simulations.overhead import crossing_rounds
+
+    long = ov["long"]
+    at = crossing_rounds({"rounds": ov["rounds"], "flwr_s": ov["flwr_s"],
+                          "plain_s": ov["plain_s"]}, long, GOAL_WALL_RATIO)
+    where = ("the lines never reach it at any length" if at is None else
+             f"≤ {GOAL_WALL_RATIO}× from about {at:.0f} rounds of this federation on")
+    return [f"The same federation with {long['rounds']} rounds instead of {ov['rounds']} "
+            f"(same sites, local steps and evaluation; measured in this run after the runs "
+            f"above): cold `flwr run` {long['flwr_s']:.1f} s vs in process "
+            f"{long['plain_s']:.1f} s, ratio **{long['ratio']:.2f}×**, goal ≤ "
+            f"{GOAL_WALL_RATIO}×: {goal(long['ratio'] <= GOAL_WALL_RATIO)}. Drawing each side "
+            f"as a fixed start-up plus a cost per round through its two lengths, the cold "
+            f"ratio is {where} (each round at {ov['local_steps']} local steps on "
+            f"{ov['sites']} sites).", ""]
 
 
 def _floor_lines(ov: dict[str, Any]) -> list[str]:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 STRATEGIES = ["isolated", "naive_sequential", "local_only", "centralised", "full_fedavg"]
 #: Sites of the wall-time comparison (two real tasks, five sites).
 OVERHEAD_SITES = ["br35h_a", "br35h_b", "br35h_c", "gbsg2_a", "gbsg2_b"]
+#: The wall-time comparison's longer run: this many times the suite's rounds.
+LONG_RUN_FACTOR = 5
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -51,6 +53,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-overhead", action="store_true", help="skip the flwr wall-time run")
     p.add_argument("--only-overhead", action="store_true",
                    help="only the flwr wall-time runs; rewrite their section of --out")
+    p.add_argument("--overhead-long-rounds", type=int, default=None, metavar="N",
+                   help="the wall-time comparison again at N rounds (default: 5x the suite's "
+                        "rounds; 0: skip), to show how the ratio moves with the run's length")
     p.add_argument("--no-foundation", action="store_true", help="skip the foundation stage")
     p.add_argument("--override", action="append", default=[], help="extra hydra override")
     p.add_argument("--report-only", type=Path, default=None, metavar="RESULTS_JSON",
@@ -166,15 +171,17 @@ def machine() -> str:
 
 
 def _overhead(cfg: Any, backbone: Any, overrides: list[str], sites: dict[str, Any],
-              run_dir: Path) -> dict[str, Any]:
-    """The wall-time comparison (:mod:`simulations.overhead`) on :data:`OVERHEAD_SITES`."""
+              run_dir: Path, long_rounds: int | None = None) -> dict[str, Any]:
+    """The wall-time comparison (:mod:`simulations.overhead`) on :data:`OVERHEAD_SITES`, also
+    at ``long_rounds`` (default 5x the suite's rounds; 0: only the suite's length)."""
     from simulations.overhead import measure_overhead
     from unicon_flower.continual import make_context
 
     ctx = make_context(cfg, cfg.seeds[0], backbone, run_dir / "overhead", overrides, sites)
     members = [sites[s] for s in OVERHEAD_SITES if s in sites]
+    long = LONG_RUN_FACTOR * cfg.rounds if long_rounds is None else long_rounds or None
     return measure_overhead(members, [cfg.site_dir(s.name) for s in members], overrides,
-                            backbone, cfg.rounds, ctx.train, run_dir / "overhead")
+                            backbone, cfg.rounds, ctx.train, run_dir / "overhead", long)
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -226,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         from simulations.report import insert_section, overhead_section
 
         sites = open_sites(cfg, cfg.seeds[0])
-        overhead = _overhead(cfg, backbone, overrides, sites, run_dir)
+        overhead = _overhead(cfg, backbone, overrides, sites, run_dir,
+                             args.overhead_long_rounds)
         meta = {"command": shown_command(["python -m simulations.run_benchmarks",
                                           *(sys.argv[1:] if argv is None else argv)]),
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -247,7 +255,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     specs = {s.task_spec.name: s.task_spec for s in sites.values()}
     small = backbone_config(load_config([*overrides, "backbone=small"]))
     comm = bytes_table(specs, {"tiny": backbone, "small": small})
-    overhead = None if args.no_overhead else _overhead(cfg, backbone, overrides, sites, run_dir)
+    overhead = None if args.no_overhead else _overhead(cfg, backbone, overrides, sites, run_dir,
+                                                       args.overhead_long_rounds)
 
     first = continual["isolated"][0]
     synthetic = sorted({s.task_spec.name for s in sites.values() if s.synthetic})

@@ -255,6 +255,39 @@ def test_wall_time_section_reports_cold_and_kept_superlink_runs() -> None:
     assert "within reach." in "\n".join(overhead_section(ov))
 
 
+def test_crossing_rounds_solves_two_straight_lines() -> None:
+    """flwr: 30 s fixed + 2 s a round; in process: 5 s + 3 s a round. 30 + 2r = 1.3 (5 + 3r)
+    at r = 23.5 / 1.9; a flwr side that costs more per round never gets there."""
+    from simulations.overhead import crossing_rounds
+
+    def side(r: int, fixed: float, per: float) -> float:
+        return fixed + per * r
+
+    short = {"rounds": 3, "flwr_s": side(3, 30, 2), "plain_s": side(3, 5, 3)}
+    long = {"rounds": 15, "flwr_s": side(15, 30, 2), "plain_s": side(15, 5, 3)}
+    assert crossing_rounds(short, long, 1.3) == pytest.approx(23.5 / 1.9)
+    assert crossing_rounds(short, {**long, "flwr_s": side(15, 30, 4)}, 1.3) is None
+    with pytest.raises(ValueError, match="must have more"):
+        crossing_rounds(long, short, 1.3)
+
+
+def test_wall_time_section_reports_the_longer_run_and_its_crossing() -> None:
+    from simulations.report import overhead_section
+
+    ov = {"flwr_s": 36.0, "plain_s": 14.0, "ratio": 36 / 14, "sites": 5, "rounds": 3,
+          "local_steps": 12, "comparator": "in-process", "startup_s": 20.0, "query_s": 4.0,
+          "rounds_s": 8.0, "shutdown_s": 4.0, "rounds_ratio": 0.8,
+          "long": {"rounds": 15, "flwr_s": 60.0, "plain_s": 50.0, "ratio": 1.2}}
+
+    text = "\n".join(overhead_section(ov))
+
+    assert "with 15 rounds instead of 3" in text
+    assert "cold `flwr run` 60.0 s vs in process 50.0 s, ratio **1.20×**, goal ≤ 1.3×: met" \
+        in text
+    # flwr 30 + 2r, in process 5 + 3r: 1.3x at r = 23.5 / 1.9 = 12.4
+    assert "≤ 1.3× from about 12 rounds of this federation on" in text
+
+
 def test_runtime_floor_times_each_snippet_in_a_fresh_process() -> None:
     from simulations.overhead import runtime_floor
 
