@@ -907,9 +907,11 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
             wanted = [Job("fed", task, s, rule) for s in seeds]
             fed, ran = _values(jobs, wanted), [j.key in jobs for j in wanted]
             per, of_means = ratio_stats(fed, central)
+            per_seed = ["diverged" if gone else _f(p)
+                        for p, gone in zip(per, _diverged(fed, ran), strict=True)]
             lines.append(
                 f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed, ran)} | "
-                f"{_ms(central)} | {', '.join(_f(p) for p in per)} | {_f(of_means)} | "
+                f"{_ms(central)} | {', '.join(per_seed)} | {_f(of_means)} | "
                 f"{_goal(fed, of_means, ran)} |")
     weak = [t for t in part["tasks"]
             if mean_std(_values(jobs, [Job("central", t, s) for s in seeds]))[0] < NEAR_CHANCE

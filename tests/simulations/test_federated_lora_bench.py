@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,22 @@ def test_a_diverged_run_is_a_miss_not_a_gap() -> None:
     assert bench._ms([0.5, nan, 0.7], [True, True, True]) == "0.600 ± 0.141 (without 1 " \
         "diverged)"
     assert bench._ms([0.5, nan], [True, False]) == "0.500 ± 0.000"
+
+
+def test_the_rules_table_names_a_diverged_seed() -> None:
+    """A seed whose run ended without a metric reads "diverged" in the per-seed ratios, as in
+    the variants table, not "n/a" (which means the run is missing)."""
+    def job(value: float) -> dict[str, Any]:
+        return {"value": value, "n": 10, "metric": "auc", "augmentation": bench.AUGMENTATION}
+
+    jobs = {bench.Job("central", "t", s).key: job(0.8) for s in (0, 1)}
+    jobs[bench.Job("fed", "t", 0, "naive").key] = job(0.8)
+    jobs[bench.Job("fed", "t", 1, "naive").key] = job(math.nan)
+    lines = bench._rules_lines("### x", {"jobs": jobs, "tasks": ["t"], "rules": ["naive"]},
+                               [0, 1], asdict(bench.Budget()))
+
+    row = next(line for line in lines if line.startswith("| t "))
+    assert "| 1.000, diverged |" in row and "**MISSED** (1 of 2 seeds diverged)" in row
 
 
 def test_runs_from_before_the_augmentation_fix_are_marked() -> None:
