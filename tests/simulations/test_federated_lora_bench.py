@@ -20,13 +20,13 @@ OTHER = "## Some other section\n\nkept as it is\n"
 def _fake_fed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
     """Known values: rule index / 10 + seed / 100 (+0.3 for the mixed run, +0.02 with a server
     optimiser or FedProx, +0.004 on the pretrained foundation, +0.05 with kept optimiser
-    state, +0.1 in 15 rounds)."""
+    state, +0.1 at one local step a round)."""
     value = 0.5 + bench.RULES.index(job.rule) / 10 + job.seed / 100
     value += 0.3 if job.kind == "mixed" else 0.0
     value += 0.02 if job.options else 0.0
     value += 0.004 if "backbone=demo" in setup.base else 0.0
     value += 0.05 if "train.keep_optimizer_state=true" in setup.base else 0.0
-    value += 0.1 if setup.budget.rounds == 15 else 0.0
+    value += 0.1 if setup.budget.local_steps == 1 else 0.0
     return {"metric": "c_index", "value": value, "per_site": {}, "per_site_n": {}, "n": 32,
             "wall_s": 1.0, "bytes_up": 1000.0 + job.seed, "bytes_down": 2000.0,
             "svd_truncation_error": 0.25 if job.rule == "svd" else None}
@@ -125,25 +125,27 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
             "| 1,000 / 2,000 |" in drift  # the runs' own bytes per site and round
     assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
                    for k in res["foundation"]["jobs"])
-    # the kept-moments runs cut into 15 x 4: naive and SCAFFOLD only, with their own budget
-    short = section[section.index("### Shorter rounds on the foundation, moments kept (15 x 4)"):
+    # the kept-moments runs cut into rounds of at most 4 local steps (15 x 4 on the full
+    # budget; the quick budget of 1 x 2 already is): naive and SCAFFOLD only
+    short = section[section.index("### Shorter rounds on the foundation, moments kept (1 x 2)"):
                     section.index("### One local step a round on the foundation")]
-    assert "Budget (every rule and the centralised bound): 15 rounds x 4 local steps" in short
-    assert "| naive | 0.659 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
+    assert "Budget (every rule and the centralised bound): 1 rounds x 2 local steps" in short
+    assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
     scaffold = next(iter(bench.FOUNDATION_SHORT_VARIANTS))
-    assert f"| synth_surv | {scaffold} | 0.679 ± 0.007 |" in short
-    assert res["foundation_short"]["budget"]["rounds"] == 15
-    # one local step a round (60 x 1, evaluated every 20th round, no val pass): naive only
+    assert f"| synth_surv | {scaffold} | 0.579 ± 0.007 |" in short
+    assert res["foundation_short"]["budget"]["rounds"] == 1
+    # one local step a round (60 x 1 on the full budget, 2 x 1 quick; evaluated every 20th
+    # round, no val pass): naive only (+0.1)
     one = section[section.index("### One local step a round on the foundation, moments kept "
-                                "(60 x 1)"):section.index("on the 3D CT foundation, smaller")]
+                                "(2 x 1)"):section.index("on the 3D CT foundation, smaller")]
     assert "federation.val_split=null federation.evaluate_every=20" in one
-    assert "Budget (every rule and the centralised bound): 60 rounds x 1 local steps" in one
-    assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 |" in one and "| ffa |" not in one
+    assert "Budget (every rule and the centralised bound): 2 rounds x 1 local steps" in one
+    assert "| naive | 0.659 ± 0.007 | 0.805 ± 0.007 |" in one and "| ffa |" not in one
     assert "server lr" not in one
     # FedOpt's split under it: SGD at the 2 sites, FedAdam at eta = lr x sites (+0.02)
     [(fedopt, opts)] = bench.fedopt_variant(2, 0.002).items()
     assert ("server_eta", 0.004) in opts and ("site_sgd_lr", 1.0) in opts
-    assert f"| synth_surv | {fedopt} | 0.579 ± 0.007 | 0.574, 0.584 |" in one
+    assert f"| synth_surv | {fedopt} | 0.679 ± 0.007 | 0.674, 0.684 |" in one
     # the 3D task's own table at 4 local steps of 2, and the summed deltas (server lr = sites)
     ct = section[section.index("on the 3D CT foundation, smaller steps (4 local steps of 2)"):]
     assert "Budget (every rule and the centralised bound): 1 rounds x 4 local steps of " \
@@ -194,6 +196,16 @@ def test_a_diverged_run_is_a_miss_not_a_gap() -> None:
     assert bench._ms([0.5, nan, 0.7], [True, True, True]) == "0.600 ± 0.141 (without 1 " \
         "diverged)"
     assert bench._ms([0.5, nan], [True, False]) == "0.500 ± 0.000"
+
+
+def test_shorter_rounds_keep_the_examples_per_site() -> None:
+    full, quick = bench.Budget(), bench.Budget(rounds=1, local_steps=2)
+    assert bench.same_examples(full, bench.FOUNDATION_SHORT_STEPS) == bench.Budget(15, 4)
+    assert bench.same_examples(full, bench.FOUNDATION_ONE_STEPS) == bench.Budget(60, 1)
+    assert bench.same_examples(quick, bench.FOUNDATION_SHORT_STEPS) == quick
+    assert bench.same_examples(quick, bench.FOUNDATION_ONE_STEPS) == bench.Budget(2, 1)
+    with pytest.raises(ValueError, match="60 local steps per site do not cut into rounds of 7"):
+        bench.same_examples(full, 7)
 
 
 def test_the_rules_table_names_a_diverged_seed() -> None:
