@@ -552,7 +552,9 @@ def _long_lines(ov: dict[str, Any]) -> list[str]:
             f"{GOAL_WALL_RATIO}×: {goal(long['ratio'] <= GOAL_WALL_RATIO)}. Drawing each side "
             f"as a fixed start-up plus a cost per round through its two lengths, the cold "
             f"ratio is {where} (each round at {ov['local_steps']} local steps on "
-            f"{ov['sites']} sites).", ""]
+            f"{ov['sites']} sites). A round costs Flower less than the in-process grid, which "
+            "runs its sites one after another, where Flower runs one ClientApp actor per CPU "
+            f"({ov.get('cpus', '?')} here).", ""]
 
 
 def _floor_lines(ov: dict[str, Any]) -> list[str]:
