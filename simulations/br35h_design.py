@@ -63,6 +63,16 @@ def size_only_auc(frame: pd.DataFrame) -> float:
     return float(roc_auc_score(ext["label"], model.predict_proba(features(ext))[:, 1]))
 
 
+def width_auc(part: pd.DataFrame) -> float:
+    """AUC of the original image width alone for the label within one site's split (NaN with
+    one class): a source property that tells the label there, in either direction."""
+    from sklearn.metrics import roc_auc_score
+
+    if part["label"].nunique() < 2:
+        return float("nan")
+    return float(roc_auc_score(part["label"], part["meta_orig_width"].astype(float)))
+
+
 def render(frame: pd.DataFrame) -> str:
     """The markdown section."""
     from unicon_core.demo_data.br35h import EXTERNAL_SITE
@@ -74,10 +84,12 @@ def render(frame: pd.DataFrame) -> str:
              "above 6 % of its rows train, and val/test are many smaller sources, stratified "
              "by label. Every metric in results.json carries its n and a 95 % bootstrap "
              "interval.", "",
-             "| site | split | n | tumour | sources |", "|---|---|---|---|---|"]
+             "| site | split | n | tumour | sources | sources of one label | original width "
+             "alone, AUC |", "|---|---|---|---|---|---|---|"]
     for (site, split), part in frame.groupby(["site", "split"], sort=True):
+        pure = int((part.groupby("patient_id")["label"].nunique() == 1).sum())
         lines.append(f"| {site} | {split} | {len(part)} | {part['label'].mean():.0%} | "
-                     f"{part['patient_id'].nunique()} |")
+                     f"{part['patient_id'].nunique()} | {pure} | {width_auc(part):.2f} |")
     training = frame[frame["site"] != EXTERNAL_SITE]
     ext = frame[frame["site"] == EXTERNAL_SITE]
     shared_sources = len(set(ext["patient_id"]) & set(training["patient_id"]))
@@ -91,7 +103,13 @@ def render(frame: pd.DataFrame) -> str:
         f"- sources of `{EXTERNAL_SITE}` also held by a training site: {shared_sources}",
         f"- original image size alone, fitted on the training splits, on `{EXTERNAL_SITE}`: "
         f"AUC {size_only_auc(frame):.3f} (0.5 = no information; the prepared pixels carry no "
-        "size: every image is cropped, padded square and resized to 64x64)",
+        "size as such: every image is cropped, padded square and resized to 64x64, though "
+        "resizing leaves traces such as sharpness)",
+        "- within a split, sources are whole and most hold one label, so a split's AUC ranks "
+        "sources as much as images (its effective n is nearer its sources than its rows), and "
+        "a source property such as the original width can tell the label in one split and "
+        "its reverse in another (the last column: 0.5 = no information, 0 or 1 = it alone "
+        "separates the labels)",
     ]
     return "\n".join(lines) + "\n"
 
