@@ -22,13 +22,15 @@ SITES = ("br35h_a", "br35h_b", "br35h_c")
 
 def encode_sites(demo_dir: Path, overrides: Sequence[str], sites: Sequence[str] = SITES
                  ) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    """(site, split) -> (features, labels) of the frozen backbone, train and test splits; a
-    backbone's feature maps are averaged over space."""
+    """(site, split) -> (features, labels) of the frozen backbone, train and test splits: its
+    last level, averaged over space or tokens (``unicon_core.continual.plugins.base.pooled``)."""
     import torch
 
+    from unicon_core.continual.plugins.base import pooled
     from unicon_core.data.site import open_site
     from unicon_core.hydra_config import backbone_config, load_config
     from unicon_core.model.unicon import UniconModel
+    from unicon_core.training import make_loader
 
     model = UniconModel(backbone_config(load_config(list(overrides))), seed=0).eval()
     out = {}
@@ -38,16 +40,13 @@ def encode_sites(demo_dir: Path, overrides: Sequence[str], sites: Sequence[str] 
         if task not in model.tasks:
             model.add_task(site.task_spec)
         for split in ("train", "test"):
-            data = site.dataset(split, train=False)
+            loader = make_loader(site.dataset(split, train=False), 32, shuffle=False)
             feats, labels = [], []
             with torch.no_grad():
-                for start in range(0, len(data), 32):
-                    items = [data[i] for i in range(start, min(start + 32, len(data)))]
-                    f = model.encode(torch.stack([it["input"] for it in items]), task)
-                    f = f[-1] if isinstance(f, list) else f
-                    feats.append((f.flatten(2).mean(-1) if f.dim() > 2 else f).numpy())
-                    labels += [int(it["label"]) for it in items]
-            out[(name, split)] = (np.concatenate(feats), np.array(labels))
+                for batch in loader:
+                    feats.append(pooled(model.encode(batch["input"], task))[-1].numpy())
+                    labels.append(batch["label"].numpy().astype(int))
+            out[(name, split)] = (np.concatenate(feats), np.concatenate(labels))
     return out
 
 

@@ -79,11 +79,13 @@ def runtime_floor(python: str = sys.executable, snippets: dict[str, str] | None 
 
 def crossing_rounds(short: dict[str, float], long: dict[str, float], goal: float
                     ) -> float | None:
-    """Rounds at which ``flwr_s / plain_s`` reaches ``goal``, from two measured run lengths.
+    """Rounds from which on ``flwr_s / plain_s`` stays at or below ``goal``, from two measured
+    run lengths.
 
     Each side is a straight line through its two (rounds, seconds) points: a fixed start-up
-    plus a cost per round. ``None`` when the lines never cross the goal at a positive length
-    (the flwr side's cost per round is at least ``goal`` times the in-process one's)."""
+    plus a cost per round. 0 when the ratio is within the goal at every length; ``None`` when
+    longer runs never bring it there (the flwr side's cost per round is at least ``goal``
+    times the in-process one's)."""
     span = long["rounds"] - short["rounds"]
     if span <= 0:
         raise ValueError(f"the longer run has {long['rounds']} rounds, the short one "
@@ -95,8 +97,7 @@ def crossing_rounds(short: dict[str, float], long: dict[str, float], goal: float
     slope = goal * plain_per - flwr_per
     if slope <= 0:
         return None
-    at = (flwr_fixed - goal * plain_fixed) / slope
-    return at if at > 0 else None
+    return max((flwr_fixed - goal * plain_fixed) / slope, 0.0)
 
 
 def measure_overhead(

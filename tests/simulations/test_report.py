@@ -267,6 +267,9 @@ def test_crossing_rounds_solves_two_straight_lines() -> None:
     long = {"rounds": 15, "flwr_s": side(15, 30, 2), "plain_s": side(15, 5, 3)}
     assert crossing_rounds(short, long, 1.3) == pytest.approx(23.5 / 1.9)
     assert crossing_rounds(short, {**long, "flwr_s": side(15, 30, 4)}, 1.3) is None
+    # a flwr start-up within 1.3x of the in-process one: met at every length, not "never"
+    cheap = {"rounds": 3, "flwr_s": side(3, 5, 2)}, {"rounds": 15, "flwr_s": side(15, 5, 2)}
+    assert crossing_rounds({**short, **cheap[0]}, {**long, **cheap[1]}, 1.3) == 0.0
     with pytest.raises(ValueError, match="must have more"):
         crossing_rounds(long, short, 1.3)
 
@@ -286,6 +289,9 @@ def test_wall_time_section_reports_the_longer_run_and_its_crossing() -> None:
         in text
     # flwr 30 + 2r, in process 5 + 3r: 1.3x at r = 23.5 / 1.9 = 12.4
     assert "≤ 1.3× from about 12 rounds of this federation on" in text
+    assert "A round costs Flower less" in text  # its rounds took 0.8x the in-process ones
+    ov["rounds_ratio"] = 1.1
+    assert "A round costs Flower less" not in "\n".join(overhead_section(ov))
 
 
 def test_runtime_floor_times_each_snippet_in_a_fresh_process() -> None:

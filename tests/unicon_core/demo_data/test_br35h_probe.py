@@ -38,4 +38,20 @@ def test_encode_sites_gives_features_for_every_split(demo_dir: Path) -> None:
     feats = encode_sites(demo_dir, ["experiment=continual", "backbone=tiny"], ["br35h_b"])
     assert set(feats) == {("br35h_b", "train"), ("br35h_b", "test")}
     x, y = feats[("br35h_b", "test")]
-    assert x.ndim == 2 and len(x) == len(y) > 0 and set(y) == {0, 1}
+    assert x.shape == (len(y), 64) and set(y) == {0, 1}  # the tiny transformer's width
+    # a row is the mean over the image's tokens (64 tokens of width 64: the shape alone
+    # would not tell a mean over tokens from one over channels)
+    import torch
+
+    from unicon_core.data.site import open_site
+    from unicon_core.hydra_config import backbone_config, load_config
+    from unicon_core.model.unicon import UniconModel
+
+    site = open_site(demo_dir / "br35h_b")
+    model = UniconModel(backbone_config(load_config(["experiment=continual", "backbone=tiny"])),
+                        seed=0).eval()
+    model.add_task(site.task_spec)
+    first = site.dataset("test", train=False)[0]["input"][None]
+    with torch.no_grad():
+        tokens = model.encode(first, site.task_spec.name)
+    np.testing.assert_allclose(x[0], tokens.mean(1)[0].numpy(), rtol=1e-5, atol=1e-6)
