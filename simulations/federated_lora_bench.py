@@ -27,10 +27,12 @@ Four measurements, each written into the "Federated LoRA (#14)" section of BENCH
 
 Every federated run is the real ServerApp strategy and ClientApp over the in-process grid
 (:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
-folder, so a rerun resumes. Usage::
+folder, so a rerun resumes. ``--part short|one|ct`` reruns one table of ``--foundation``
+alone (15 x 4, 60 x 1, the 3D task) and replaces only that table, saying so, where the
+cache of the others is gone. Usage::
 
     python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
-        [--out BENCHMARKS.md] [--work-dir DIR]
+        [--foundation] [--part ct] [--out BENCHMARKS.md] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -470,6 +472,48 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
             if base == FOUNDATION_BASE else {}}
 
 
+#: The foundation's parts that ``--part`` reruns alone (its name -> the key of its results).
+PARTS = {"short": "foundation_short", "one": "foundation_one", "ct": "foundation_ct"}
+
+
+def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root: Path,
+                    budget: Budget, seeds: Sequence[int], work: Path, n_jobs: int
+                    ) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Each part of ``--foundation`` (results key -> a call that runs it, or reads its cached
+    runs): on ``quick_sites`` where given (``--quick``), else on the demo's sites in
+    ``data_root``."""
+    quick = quick_sites is not None
+
+    def demo(tasks: Mapping[str, Sequence[str]]) -> dict[str, list[Path]]:
+        if quick_sites is not None:
+            return {t: list(d) for t, d in quick_sites.items()}
+        return {t: [data_root / n for n in names] for t, names in tasks.items()}
+
+    fm_sites, ct_sites = demo(FOUNDATION_TASKS), demo(FOUNDATION_CT_TASKS)
+    kept_sites = {t: d for t, d in fm_sites.items() if quick or t in FOUNDATION_KEPT_TASKS}
+    kept_base = FOUNDATION_BASE + FOUNDATION_KEPT
+    return {
+        "foundation": lambda: run_foundation(
+            fm_sites, budget, seeds, work / "foundation", n_jobs,
+            mixed_task=QUICK_TASK if quick else FOUNDATION_MIXED_TASK),
+        "foundation_kept": lambda: run_foundation(
+            kept_sites, budget, seeds, work / "foundation_kept", n_jobs, mixed_task="",
+            base=kept_base, variants=FOUNDATION_KEPT_VARIANTS),
+        "foundation_short": lambda: run_foundation(
+            kept_sites, same_examples(budget, FOUNDATION_SHORT_STEPS), seeds,
+            work / "foundation_short", n_jobs, mixed_task="", base=kept_base,
+            variants=FOUNDATION_SHORT_VARIANTS, rules=FOUNDATION_SHORT_RULES),
+        "foundation_one": lambda: run_foundation(
+            kept_sites, same_examples(budget, FOUNDATION_ONE_STEPS), seeds,
+            work / "foundation_one", n_jobs, mixed_task="",
+            base=kept_base + FOUNDATION_ONE_BASE, rules=FOUNDATION_ONE_RULES,
+            variants=fedopt_variant(_site_count(kept_sites), budget.lr)),
+        "foundation_ct": lambda: run_foundation(
+            ct_sites, replace(budget, **FOUNDATION_CT_BUDGET), seeds, work / "foundation_ct",
+            n_jobs, mixed_task="", variants=summed_variant(_site_count(ct_sites))),
+    }
+
+
 # ------------------------------------------------------------------------------ bytes
 def codec_bytes(model: Any, task: str, options: Mapping[str, Any], seed: int = 0
                 ) -> dict[str, int]:
@@ -798,10 +842,9 @@ def render(res: Mapping[str, Any]) -> str:
             "minibatch gradients of the round, and it sends `c_i_new - c_i`, checked like an "
             "update: a train message and its reply each carry a second skill-sized record "
             "(down also counts the evaluate instructions, which carry none).")
-    for key, texts in (("foundation_short", _short_texts), ("foundation_one", _one_texts),
-                       ("foundation_ct", _ct_texts)):
+    for key in PARTS.values():
         if res.get(key):
-            lines += _part_lines(res[key], seeds, *texts(res[key], b))
+            lines += _part_lines(res[key], seeds, *PART_TEXTS[key](res[key], b))
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -860,6 +903,20 @@ def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"step of 8 volumes of 32³ takes about 10 s on this CPU, so {b['local_steps']} "
             f"local steps of {b['batch_size']} volumes.",
             f"#### Summing the site deltas on {tasks}", SUMMED_INTRO)
+
+
+PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
+                               tuple[str, str, str, str]]] = {
+    "foundation_short": _short_texts, "foundation_one": _one_texts,
+    "foundation_ct": _ct_texts}
+
+
+def part_alone(part: Mapping[str, Any], key: str, seeds: Sequence[int],
+               base: Mapping[str, Any], note: str) -> str:
+    """The subsection of one foundation part (``key``: its results key) rerun alone, ``note``
+    saying so under its heading: it replaces that subsection and keeps the rest."""
+    lines = _part_lines(part, seeds, *PART_TEXTS[key](part, base))
+    return "\n".join([*lines[:2], note, "", *lines[2:]])
 
 
 def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, intro: str,
@@ -1220,6 +1277,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip", nargs="*", default=[], choices=["rules", "bytes", "scale"])
     p.add_argument("--foundation", action="store_true",
                    help="also the rules on the pretrained foundation (backbone=demo)")
+    p.add_argument("--part", choices=sorted(PARTS), default=None,
+                   help="rerun one part of --foundation alone and replace only its table")
     p.add_argument("--scale-worker", nargs=4, type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.scale_worker is not None:
@@ -1254,6 +1313,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                            "tasks": list(sites), "synthetic": synthetic, "left_out": left_out,
                            "jobs": {}, "bytes": [], "scale": [], "mixed_task": mixed_task,
                            "scale_task": scale_task}
+    cmd = ["python -m simulations.federated_lora_bench", "--seeds",
+           *map(str, args.seeds)]
+    cmd += ["--quick"] if args.quick else []
+    cmd += [f"--rounds {args.rounds}"] if args.rounds else []
+    cmd += [f"--jobs {args.jobs}"] if args.jobs > 1 else []
+    cmd += ["--foundation"] if args.foundation or args.part else []
+    cmd += [f"--part {args.part}"] if args.part else []
+    cmd += [f"--out {_rel(args.out)}"]
+    res.update(command=" ".join(cmd), date=time.strftime("%Y-%m-%d"))
+    if args.part:
+        key = PARTS[args.part]
+        part = foundation_runs(sites if args.quick else None, args.data_root, budget,
+                               args.seeds, work, args.jobs)[key]()
+        note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
+                "section's other tables are from the run named above.")
+        insert_subsection(args.out, part_alone(part, key, args.seeds, asdict(budget), note))
+        print(f"replaced the table of part {args.part!r} in {args.out}")
+        return {**res, key: part}
     if "rules" not in args.skip:
         jobs = plan_jobs(setup, args.seeds)
         res["jobs"] = run_jobs(setup, jobs, work, args.jobs)
@@ -1261,35 +1338,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         changes = [r["max_change"] for k, r in res["jobs"].items() if k.startswith("central")]
         res["max_change"] = max(changes) if changes else None
         if args.foundation:
-            fm_sites = (sites if args.quick else
-                        {t: [args.data_root / n for n in names]
-                         for t, names in FOUNDATION_TASKS.items()})
-            res["foundation"] = run_foundation(
-                fm_sites, budget, args.seeds, work / "foundation", args.jobs,
-                mixed_task=QUICK_TASK if args.quick else FOUNDATION_MIXED_TASK)
-            kept_sites = {t: d for t, d in fm_sites.items()
-                          if args.quick or t in FOUNDATION_KEPT_TASKS}
-            res["foundation_kept"] = run_foundation(
-                kept_sites, budget, args.seeds, work / "foundation_kept", args.jobs, mixed_task="",
-                base=FOUNDATION_BASE + FOUNDATION_KEPT, variants=FOUNDATION_KEPT_VARIANTS)
-            res["foundation_short"] = run_foundation(
-                kept_sites, same_examples(budget, FOUNDATION_SHORT_STEPS), args.seeds,
-                work / "foundation_short", args.jobs, mixed_task="",
-                base=FOUNDATION_BASE + FOUNDATION_KEPT, variants=FOUNDATION_SHORT_VARIANTS,
-                rules=FOUNDATION_SHORT_RULES)
-            res["foundation_one"] = run_foundation(
-                kept_sites, same_examples(budget, FOUNDATION_ONE_STEPS), args.seeds,
-                work / "foundation_one", args.jobs, mixed_task="",
-                base=FOUNDATION_BASE + FOUNDATION_KEPT + FOUNDATION_ONE_BASE,
-                rules=FOUNDATION_ONE_RULES,
-                variants=fedopt_variant(_site_count(kept_sites), budget.lr))
-            ct_sites = (sites if args.quick else
-                        {t: [args.data_root / n for n in names]
-                         for t, names in FOUNDATION_CT_TASKS.items()})
-            res["foundation_ct"] = run_foundation(
-                ct_sites, replace(budget, **FOUNDATION_CT_BUDGET), args.seeds,
-                work / "foundation_ct", args.jobs, mixed_task="",
-                variants=summed_variant(_site_count(ct_sites)))
+            runs = foundation_runs(sites if args.quick else None, args.data_root, budget,
+                                   args.seeds, work, args.jobs)
+            for name, run in runs.items():
+                res[name] = run()
     if "bytes" not in args.skip:
         cached = work / "bytes.json"
         if not cached.is_file():
@@ -1302,15 +1354,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         res["scale_data"] = ("SYNTHETIC" if synthetic.get(scale_task)
                              else f"real rows of {', '.join(d.name for d in sites[scale_task])}")
         res["scale_sampled"], res["scale_seed"] = sampled, args.seeds[0]
-    cmd = ["python -m simulations.federated_lora_bench", "--seeds",
-           *map(str, args.seeds)]
-    cmd += ["--quick"] if args.quick else []
-    cmd += [f"--rounds {args.rounds}"] if args.rounds else []
-    cmd += [f"--jobs {args.jobs}"] if args.jobs > 1 else []
-    cmd += ["--foundation"] if args.foundation else []
-    cmd += [f"--out {_rel(args.out)}"]
-    res.update(command=" ".join(cmd), date=time.strftime("%Y-%m-%d"),
-               wall_min=(time.perf_counter() - start) / 60)
+    res["wall_min"] = (time.perf_counter() - start) / 60
     (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
     if "rules" not in args.skip and "bytes" not in args.skip and "scale" not in args.skip:
         insert_section(args.out, render(res))

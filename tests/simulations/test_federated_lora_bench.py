@@ -267,6 +267,50 @@ def test_bytes_alone_replace_only_the_bytes_table(monkeypatch: pytest.MonkeyPatc
     assert "This table alone was rerun by" in text and "1.010 x raw skill bytes" in text
 
 
+def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path) -> None:
+    # Prepare: a whole section written from fake runs, then the centralised bound moves
+    for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
+        monkeypatch.setitem(bench.RUNNERS, kind, fake)
+    monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
+    monkeypatch.setattr(bench, "run_scale", _fake_scale)
+    out = tmp_path / "BENCH.md"
+    out.write_text("# Benchmarks\n\n" + OTHER)
+    bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out),
+                "--foundation"])
+    before = out.read_text()
+
+    def moved(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+        return {**_fake_central(setup, job, run_dir), "value": 0.9}
+
+    monkeypatch.setitem(bench.RUNNERS, "central", moved)
+    # Execute: the 3D part alone, in a fresh work folder (the others' cache is gone)
+    res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
+                      "--out", str(out), "--part", "ct"])
+    # Assert: only the 3D table changed, it says it was rerun alone, and with what
+    after = out.read_text()
+    heading = "### synth_surv on the 3D CT foundation"
+    assert after.split(heading)[0] == before.split(heading)[0]  # every table before it
+    ct_before = before[before.index(heading):].split("\n### ")[0]
+    ct_after = after[after.index(heading):].split("\n### ")[0]
+    assert "| 0.800 ± 0.000 |" in ct_before and "| 0.900 ± 0.000 |" in ct_after
+    assert after.count("This table alone was rerun by") == 1
+    assert "--part ct" in ct_after and "--foundation" in ct_after
+    assert after.split(ct_after)[1] == before.split(ct_before)[1]  # the tables after it too
+    assert "foundation_ct" in res and "foundation" not in res and not res["jobs"]
+
+
+def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
+        monkeypatch.setitem(bench.RUNNERS, kind, fake)
+    out = tmp_path / "BENCH.md"
+    out.write_text("# Benchmarks\n\n" + OTHER)
+    with pytest.raises(ValueError, match="no subsection '### synth_surv on the 3D CT"):
+        bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"),
+                    "--out", str(out), "--part", "ct"])
+
+
 def test_a_row_that_did_not_run_is_not_called_a_miss() -> None:
     assert bench._goal([math.nan, math.nan], math.nan) == "not run"
     assert bench._goal([0.99, math.nan], 0.99) == "incomplete (1 of 2 seeds)"
