@@ -102,6 +102,10 @@ FOUNDATION_TASKS: dict[str, tuple[str, ...]] = {
     "tissue_seg": ("brain_axial", "brain_coronal"),
     "tumour_cls": ("br35h_a", "br35h_b", "br35h_c"),
 }
+#: Evaluation-only sites joined to a foundation task's runs: whole web sources no training
+#: site holds (``role: evaluation``, every row a test row, never trains), the held-out set the
+#: demo quotes for Br35H. Reported beside the training sites' test splits, never mixed in.
+FOUNDATION_EXTERNAL: dict[str, tuple[str, ...]] = {"tumour_cls": ("br35h_ext",)}
 #: Mixed ranks on the foundation's convolutional LoRA factors (its last site at half rank).
 FOUNDATION_MIXED_TASK = "tissue_seg"
 FOUNDATION_LEFT_OUT = {
@@ -252,20 +256,30 @@ class Setup:
     base: tuple[str, ...] = ("experiment=continual",)
     synthetic: dict[str, bool] = field(default_factory=dict)
     mixed_task: str = MIXED_TASK
+    external: dict[str, list[Path]] = field(default_factory=dict)
 
 
 def site_setup(sites: Mapping[str, Sequence[Path]], budget: Budget,
-               base: tuple[str, ...] = ("experiment=continual",), mixed_task: str = MIXED_TASK
-               ) -> Setup:
+               base: tuple[str, ...] = ("experiment=continual",), mixed_task: str = MIXED_TASK,
+               external: Mapping[str, Sequence[Path]] | None = None) -> Setup:
     """The :class:`Setup` of prepared site folders: each must exist; a task is SYNTHETIC
-    when its first site's ``site.json`` says so."""
-    missing = [str(d) for ds in sites.values() for d in ds if not Path(d).is_dir()]
+    when its first site's ``site.json`` says so. ``external``: evaluation-only sites per task
+    (each must say ``role: evaluation``), evaluated in every run of the task, never trained or
+    pooled."""
+    external = {t: [Path(d) for d in ds] for t, ds in (external or {}).items() if t in sites}
+    missing = [str(d) for ds in [*sites.values(), *external.values()] for d in ds
+               if not Path(d).is_dir()]
     if missing:
         raise SystemExit(f"site folder(s) {missing} missing: run `unicon prepare-demo` first")
+    training = [str(d) for ds in external.values() for d in ds
+                if json.loads((d / "site.json").read_text()).get("role") != "evaluation"]
+    if training:
+        raise SystemExit(f"external site(s) {training}: site.json does not say "
+                         "'role: evaluation'; an external site must never train")
     synthetic = {t: bool(json.loads((Path(d[0]) / "site.json").read_text()).get("synthetic"))
                  for t, d in sites.items()}
     return Setup({t: [Path(d) for d in ds] for t, ds in sites.items()}, budget, base=base,
-                 synthetic=synthetic, mixed_task=mixed_task)
+                 synthetic=synthetic, mixed_task=mixed_task, external=external)
 
 
 # ------------------------------------------------------------------------------ runs
@@ -300,6 +314,22 @@ def task_outcome(results: Mapping[str, Any], task: str) -> dict[str, Any]:
             "per_site_n": dict(entry.get("per_site_n", {})), "n": entry.get("n")}
 
 
+def external_outcome(results: Mapping[str, Any], expected: Sequence[Path] = (),
+                     label: str = "") -> dict[str, dict[str, float]]:
+    """The evaluation-only sites' final test metric in ``results.json``: site -> value, n.
+    Fails when a site of ``expected`` has none (the run excluded it, e.g. a tabular site
+    without train rows to standardise by), rather than report the run without it."""
+    out = {site: {"value": _num(e.get("value")), "n": int(e.get("n", 0))}
+           for site, e in sorted(results.get("external_validation", {}).items())}
+    lost = [d.name for d in expected if d.name not in out]
+    if lost:
+        excluded = results.get("excluded") or {}
+        raise RuntimeError(f"{label}: external site(s) {lost} not evaluated" + (
+            "; the run excluded " + "; ".join(f"{k}: {v}" for k, v in excluded.items())
+            if excluded else ""))
+    return out
+
+
 def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
@@ -308,7 +338,7 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     """One federated run of ``job`` (its rule, ranks, seed): final metric, bytes, SVD error."""
     from unicon_flower.runner import run_in_process
 
-    sites = setup.sites[job.task]
+    sites = [*setup.sites[job.task], *setup.external.get(job.task, [])]
     extra = tuple(lora_overrides(job.rule, dict(job.site_ranks), job.options))
     result = run_in_process(sites, run_dir, _settings(setup, job.seed, extra=extra))
     check_aggregated(result.rounds, job.task, job.key)
@@ -318,7 +348,9 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     return {**task_outcome(result.results, job.task), "wall_s": result.wall_s,
             "bytes_down": float(comm["bytes_down_per_site_round"]),
             "bytes_up": float(comm["bytes_up_per_site_round"]),
-            "svd_truncation_error": float(np.mean(trunc)) if trunc else None}
+            "svd_truncation_error": float(np.mean(trunc)) if trunc else None,
+            "external": external_outcome(result.results, setup.external.get(job.task, []),
+                                         job.key)}
 
 
 def check_aggregated(rounds: Sequence[Mapping[str, Any]], task: str, label: str) -> None:
@@ -349,7 +381,7 @@ def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
         hooks=hooks)
     check_aggregated(pooled.rounds, job.task, job.key)
     state = pooled.states[job.task]
-    check = run_in_process(sites, run_dir / "evaluate",
+    check = run_in_process([*sites, *setup.external.get(job.task, [])], run_dir / "evaluate",
                            _settings(setup, job.seed, rounds=1, local_steps=1, lr=1e-12),
                            initial={job.task: state})
     after = check.states[job.task]
@@ -357,7 +389,9 @@ def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
                  for k in state if state[k].size)
     return {**task_outcome(check.results, job.task), "wall_s": pooled.wall_s + check.wall_s,
             "pooled_value": task_outcome(pooled.results, job.task)["value"],
-            "max_change": change}
+            "max_change": change,
+            "external": external_outcome(check.results, setup.external.get(job.task, []),
+                                         job.key)}
 
 
 RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
@@ -378,8 +412,12 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
 
 
 def setup_key(setup: Setup) -> dict[str, Any]:
-    """What a cached run depends on beyond its job key: the overrides and the budget."""
-    return {"base": list(setup.base), "budget": asdict(setup.budget)}
+    """What a cached run depends on beyond its job key: the overrides, the budget and the
+    evaluation-only sites (named only where there are any)."""
+    key: dict[str, Any] = {"base": list(setup.base), "budget": asdict(setup.budget)}
+    if any(setup.external.values()):
+        key["external"] = {t: [d.name for d in ds] for t, ds in setup.external.items()}
+    return key
 
 
 def cached_job(path: Path, made_with: Mapping[str, Any]) -> dict[str, Any]:
@@ -452,19 +490,21 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
                    work: Path, n_jobs: int, mixed_task: str = FOUNDATION_MIXED_TASK,
                    base: tuple[str, ...] = FOUNDATION_BASE,
                    variants: Mapping[str, tuple[tuple[str, str | float], ...]] | None = None,
-                   rules: Sequence[str] = RULES) -> dict[str, Any]:
+                   rules: Sequence[str] = RULES,
+                   external: Mapping[str, Sequence[Path]] | None = None) -> dict[str, Any]:
     """The rules, the centralised bound, ``variants`` of the naive rule and mixed ranks (on
     ``mixed_task``, "" for none) on the pretrained foundation (``base``: ``FOUNDATION_BASE``,
     or it plus ``FOUNDATION_KEPT``); ``left_out``: the foundation's tasks not among ``sites``
     (said only for the full set)."""
     setup = site_setup(sites, budget, base=base,
-                       mixed_task=mixed_task if mixed_task in sites else "")
+                       mixed_task=mixed_task if mixed_task in sites else "", external=external)
     variants = dict(variants or {})
     jobs = run_jobs(setup, plan_jobs(setup, seeds, variants, rules), work, n_jobs)
     changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
     return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
             "jobs": jobs, "max_change": max(changes) if changes else None,
             "mixed_task": setup.mixed_task,
+            "external": {t: [d.name for d in ds] for t, ds in setup.external.items()},
             "variants": {label: [list(o) for o in opts] for label, opts in variants.items()},
             "rules": list(rules), "budget": asdict(budget),
             "mixed_ranks": [list(r) for r in mixed_ranks(setup)] if setup.mixed_task else [],
@@ -490,24 +530,26 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         return {t: [data_root / n for n in names] for t, names in tasks.items()}
 
     fm_sites, ct_sites = demo(FOUNDATION_TASKS), demo(FOUNDATION_CT_TASKS)
+    ext = {} if quick else {t: [data_root / n for n in names]
+                            for t, names in FOUNDATION_EXTERNAL.items()}
     kept_sites = {t: d for t, d in fm_sites.items() if quick or t in FOUNDATION_KEPT_TASKS}
     kept_base = FOUNDATION_BASE + FOUNDATION_KEPT
     return {
         "foundation": lambda: run_foundation(
             fm_sites, budget, seeds, work / "foundation", n_jobs,
-            mixed_task=QUICK_TASK if quick else FOUNDATION_MIXED_TASK),
+            mixed_task=QUICK_TASK if quick else FOUNDATION_MIXED_TASK, external=ext),
         "foundation_kept": lambda: run_foundation(
             kept_sites, budget, seeds, work / "foundation_kept", n_jobs, mixed_task="",
-            base=kept_base, variants=FOUNDATION_KEPT_VARIANTS),
+            base=kept_base, variants=FOUNDATION_KEPT_VARIANTS, external=ext),
         "foundation_short": lambda: run_foundation(
             kept_sites, same_examples(budget, FOUNDATION_SHORT_STEPS), seeds,
             work / "foundation_short", n_jobs, mixed_task="", base=kept_base,
-            variants=FOUNDATION_SHORT_VARIANTS, rules=FOUNDATION_SHORT_RULES),
+            variants=FOUNDATION_SHORT_VARIANTS, rules=FOUNDATION_SHORT_RULES, external=ext),
         "foundation_one": lambda: run_foundation(
             kept_sites, same_examples(budget, FOUNDATION_ONE_STEPS), seeds,
             work / "foundation_one", n_jobs, mixed_task="",
             base=kept_base + FOUNDATION_ONE_BASE, rules=FOUNDATION_ONE_RULES,
-            variants=fedopt_variant(_site_count(kept_sites), budget.lr)),
+            variants=fedopt_variant(_site_count(kept_sites), budget.lr), external=ext),
         "foundation_ct": lambda: run_foundation(
             ct_sites, replace(budget, **FOUNDATION_CT_BUDGET), seeds, work / "foundation_ct",
             n_jobs, mixed_task="", variants=summed_variant(_site_count(ct_sites))),
@@ -994,6 +1036,7 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
     lines += ["", "Centralised on its own pooled test split (all sites' test rows as one set, "
               "as the continual suite reports it): " + "; ".join(
                   f"{t} {_ms(v)}" for t, v in pooled.items()) + ".", ""]
+    lines += _external_lines(part, seeds)
     svd = [jobs[k]["svd_truncation_error"] for k in jobs if k.startswith("fed_")
            and "_svd_" in k and jobs[k].get("svd_truncation_error") is not None]
     if svd:
@@ -1006,6 +1049,51 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
         lines += ["", "Not in this table: " + "; ".join(f"`{t}`: {why}"
                                                   for t, why in part["left_out"].items()) + "."]
     return [*lines, ""]
+
+
+EXTERNAL_INTRO = (
+    "The same runs on the evaluation-only site: whole web sources that no training site "
+    "holds, every row a test row, never trained on or pooled (the Br35H number the demo "
+    "quotes, and more sources than any training site's test split). Federated: the final "
+    "global skill (FedSA: its averaged B, as the site has none of its own); centralised: "
+    "the pooled skill. Same goal.")
+
+
+def _external_values(jobs: Mapping[str, Any], wanted: Sequence[Job], site: str
+                     ) -> list[float]:
+    """``site``'s external test metric of each wanted run (NaN where missing)."""
+    return [float(jobs.get(j.key, {}).get("external", {}).get(site, {}).get("value", math.nan))
+            for j in wanted]
+
+
+def _external_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    """Per evaluation-only site of a task: the rules and variants, fed / central on it
+    (nothing where the part had no such site)."""
+    jobs, rows = part["jobs"], []
+    variants = {rule: ((), rule) for rule in part.get("rules", RULES)}
+    variants |= {label: (opts, VARIANT_RULE) for label, opts in _stored_variants(part).items()}
+    for task, sites in part.get("external", {}).items():
+        for site in sites:
+            central = _external_values(jobs, [Job("central", task, s) for s in seeds], site)
+            n = next((jobs[k]["external"][site]["n"] for k in jobs
+                      if site in jobs[k].get("external", {})), None)
+            for label, (opts, rule) in variants.items():
+                wanted = [Job("fed", task, s, rule, options=opts) for s in seeds]
+                fed, ran = _external_values(jobs, wanted, site), [j.key in jobs for j in wanted]
+                if not any(ran):
+                    continue
+                per, of_means = ratio_stats(fed, central)
+                per_seed = ["diverged" if gone else _f(p)
+                            for p, gone in zip(per, _diverged(fed, ran), strict=True)]
+                rows.append(f"| {task} | {site} | {n} | {label} | {_ms(fed, ran)} | "
+                            f"{_ms(central)} | {', '.join(per_seed)} | {_f(of_means)} | "
+                            f"{_goal(fed, of_means, ran)} |")
+    if not rows:
+        return []
+    return [EXTERNAL_INTRO, "",
+            "| task | evaluation-only site | n test | rule or variant | federated | "
+            "centralised | fed / central per seed | fed / central of the means | goal |",
+            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
 
 
 def _augmentation_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:

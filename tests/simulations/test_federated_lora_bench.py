@@ -224,6 +224,70 @@ def test_the_rules_table_names_a_diverged_seed() -> None:
     assert "| 1.000, diverged |" in row and "**MISSED** (1 of 2 seeds diverged)" in row
 
 
+def test_the_external_site_has_its_own_table_beside_the_rules() -> None:
+    """Each run's evaluation-only site is a second table under the rules table: its own n and
+    fed / central per seed, rules and variants alike; a part without one has none."""
+    def job(value: float, ext: float | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": value, "n": 10, "metric": "auc",
+                               "augmentation": bench.AUGMENTATION}
+        if ext is not None:
+            out["external"] = {"ext": {"value": ext, "n": 274}}
+        return out
+
+    variant = (("scaffold", "true"),)
+    jobs = {bench.Job("central", "t", s).key: job(0.8, 0.8 + s / 10) for s in (0, 1)}
+    jobs |= {bench.Job("fed", "t", s, "naive").key: job(0.4, 0.8) for s in (0, 1)}
+    jobs |= {bench.Job("fed", "t", s, "naive", options=variant).key: job(0.4, 0.9)
+             for s in (0, 1)}
+    part = {"jobs": jobs, "tasks": ["t"], "rules": ["naive"], "external": {"t": ["ext"]},
+            "variants": {"SCAFFOLD": [list(o) for o in variant]}}
+    lines = bench._rules_lines("### x", part, [0, 1], asdict(bench.Budget()))
+
+    text = "\n".join(lines)
+    assert "| t (real, auc) | 10 | naive | 0.400 ± 0.000 | 0.800 ± 0.000 | 0.500, 0.500 |" in text
+    # external: central 0.8, 0.9; naive 0.8 -> 1.000, 0.889, of the means 0.8 / 0.85
+    assert "| t | ext | 274 | naive | 0.800 ± 0.000 | 0.850 ± 0.071 | 1.000, 0.889 | 0.941 | " \
+           "**MISSED** |" in text
+    assert "| t | ext | 274 | SCAFFOLD | 0.900 ± 0.000 | 0.850 ± 0.071 | 1.125, 1.000 | " \
+           "1.059 | met |" in text
+    assert text.index("| t (real") < text.index(bench.EXTERNAL_INTRO) < text.index("| t | ext")
+    plain = {**part, "external": {}}
+    assert bench.EXTERNAL_INTRO not in "\n".join(
+        bench._rules_lines("### x", plain, [0, 1], asdict(bench.Budget())))
+
+
+def _eval_only_site(root: Path, like: Path) -> Path:
+    """An evaluation-only copy of a quick site: every row a test row, ``role: evaluation``."""
+    import shutil
+
+    site = root / "synth_ext"
+    shutil.copytree(like, site)
+    meta = json.loads((site / "site.json").read_text())
+    (site / "site.json").write_text(json.dumps({**meta, "site": site.name,
+                                                "role": "evaluation"}))
+    with (site / "manifest.csv").open() as fh:
+        rows = [{**r, "split": "test"} for r in csv.DictReader(fh)]
+    with (site / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return site
+
+
+def test_an_external_site_must_be_evaluation_only(tmp_path: Path) -> None:
+    sites = bench.make_quick_sites(tmp_path / "q")
+    task = bench.QUICK_TASK
+    with pytest.raises(SystemExit, match=r"synth_surv_1.*does not say 'role: evaluation'"):
+        bench.site_setup({task: sites[task][:1]}, bench.Budget(),
+                         external={task: sites[task][1:]})
+    ext = _eval_only_site(tmp_path, sites[task][1])
+    setup = bench.site_setup({task: sites[task]}, bench.Budget(), external={task: [ext],
+                                                                          "other": [ext]})
+    assert setup.external == {task: [ext]}  # a task without runs takes no external site
+    assert bench.setup_key(setup)["external"] == {task: ["synth_ext"]}
+    assert "external" not in bench.setup_key(bench.site_setup(sites, bench.Budget()))
+
+
 def test_runs_from_before_the_augmentation_fix_are_marked() -> None:
     fresh = {"value": 0.7, "augmentation": bench.AUGMENTATION}
     assert bench._augmentation_note({"a": fresh, "b": fresh}) == ""
@@ -412,6 +476,19 @@ def test_quick_mode_runs_the_real_federation(tmp_path: Path) -> None:
                for r in res["scale"])
     assert res["bytes"][0]["codecs"][bench.LOSSLESS]["payload"] > 0
 
+
+@pytest.mark.slow
+def test_a_run_that_excludes_its_external_site_fails(tmp_path: Path) -> None:
+    """A tabular evaluation-only site has no train rows to standardise by, so the site leaves
+    the run at its query: the job fails naming it, rather than report the run without it."""
+    sites = bench.make_quick_sites(tmp_path / "q")
+    task = bench.QUICK_TASK
+    ext = _eval_only_site(tmp_path, sites[task][1])
+    setup = bench.site_setup(sites, bench.Budget(rounds=1, local_steps=1, batch_size=8),
+                             external={task: [ext]})
+    with pytest.raises(RuntimeError, match=r"\['synth_ext'\] not evaluated; the run excluded "
+                                           r".*feature statistics need at least one train row"):
+        bench.run_fed(setup, bench.Job("fed", task, 0), tmp_path / "fed")
 
 def test_a_round_whose_replies_the_server_threw_away_fails_the_job() -> None:
     trained = {"round": 1, "tasks": {"t": {"sites_aggregated": 2}}}
