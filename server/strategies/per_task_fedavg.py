@@ -357,7 +357,7 @@ class PerTaskFedAvg(FedAvg):
             if node.site in self.stopped:
                 self._site_entry(node)["status"] = Status.BUDGET_EXHAUSTED.value
             elif node.evaluation_only:  # external validation: no train instruction, ever
-                self._site_entry(node)["status"] = "evaluation-only"
+                self._site_entry(node)["status"] = Status.EVALUATION_ONLY.value
         nodes = self.sample(rnd, nodes)
         log(INFO, "configure_train: round %d, %d of %d sites train", rnd, len(nodes),
             len(self.nodes))

@@ -26,7 +26,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from unicon_core.federation.protocol import Status
 from unicon_core.files import PRIVATE_FILE_MODE, write_atomic
+
+EVALUATION_ONLY = Status.EVALUATION_ONLY.value
 
 #: Permissions of run folders (owner only); files: ``unicon_core.files.PRIVATE_FILE_MODE``.
 PRIVATE_DIR_MODE = 0o700
@@ -147,7 +150,9 @@ def build_results(
 
     ``task_info[task]`` holds ``kind``, ``metric`` (primary metric name) and ``synthetic``.
     A task's value is the example-weighted mean over its sites of the last evaluation of the
-    aggregated skill; ``per_site`` lists each site's own value.
+    aggregated skill; ``per_site`` lists each site's own value. Bytes per site and round are
+    the training sites'; evaluation-only sites (which get no train instruction) are averaged
+    apart under ``communication.evaluation_only_bytes``.
     """
     tasks: dict[str, Any] = {}
     last_eval: dict[str, dict[str, Any]] = {}
@@ -168,9 +173,16 @@ def build_results(
                        "per_site": per_site}
     comm = mean_per_site_round(
         {s: {"bytes_down": e.get("bytes_down", 0), "bytes_up": e.get("bytes_up", 0)}
-         for s, e in row.get("sites", {}).items()}
+         for s, e in row.get("sites", {}).items() if not _evaluation_only(e)}
         for row in rounds
     )
+    external = mean_per_site_round(
+        {s: {"bytes_down": e.get("bytes_down", 0), "bytes_up": e.get("bytes_up", 0)}
+         for s, e in row.get("sites", {}).items() if _evaluation_only(e)}
+        for row in rounds
+    )
+    if any(external.values()):
+        comm["evaluation_only_bytes"] = external
     return {
         "experiment": experiment,
         "synthetic": sorted(t for t, info in task_info.items() if info.get("synthetic")),
@@ -190,8 +202,8 @@ def plot_rounds(
 ) -> list[Path]:
     """Per-task metric and loss per round, and bytes per site and round against the full model.
 
-    Bytes are averaged over each task's sites; "down" counts the training and the evaluation
-    instruction of the round, "up" both replies.
+    Bytes are averaged over each task's training sites (not evaluation-only ones); "down"
+    counts the training and the evaluation instruction of the round, "up" both replies.
 
     Returns the PNG paths. Uses matplotlib's Agg backend explicitly (no display needed).
     """
@@ -232,7 +244,8 @@ def plot_rounds(
             ys = []
             for r in rounds:
                 vals = [e.get(direction) for e in r.get("sites", {}).values()
-                        if e.get("task") == task and e.get(direction)]
+                        if e.get("task") == task and e.get(direction)
+                        and not _evaluation_only(e)]
                 ys.append(sum(vals) / len(vals) if vals else float("nan"))
             ax.plot(xs, ys, style, marker="o", color=color,
                     label=f"{task} {direction.split('_')[1]}")
@@ -249,6 +262,11 @@ def plot_rounds(
     paths.append(out_dir / "bytes.png")
     fig.savefig(paths[-1], dpi=120)
     return paths
+
+
+def _evaluation_only(entry: Mapping[str, Any]) -> bool:
+    """A round record's site entry of an evaluation-only site (no train instruction)."""
+    return entry.get("status") == EVALUATION_ONLY
 
 
 def _nan(value: Any) -> float:

@@ -87,6 +87,9 @@ class Status(str, Enum):
     #: A query reply of a site that cannot join: its data failed validation (``reason`` holds
     #: the short summary of :func:`unicon_core.federation.exclusions.exclusion_reason`).
     INVALID_DATA = "invalid-data"
+    #: A round record's entry for an evaluation-only site (``role: evaluation``): it gets no
+    #: train instruction, so its bytes are not a training site's and are counted apart.
+    EVALUATION_ONLY = "evaluation-only"
 
 
 #: Metric key FedAvg weights by: the number of training (or evaluation) *examples*.

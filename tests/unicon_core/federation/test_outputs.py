@@ -80,3 +80,23 @@ def test_plots_are_written(tmp_path: Path) -> None:
     paths = plot_rounds(ROWS, TASK_INFO, 1000, tmp_path / "plots")
     assert [p.name for p in paths] == ["metrics.png", "bytes.png"]
     assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def test_bytes_per_site_round_count_training_sites_only() -> None:
+    # Arrange: an evaluation-only site gets the skill down but never trains, so it sends little
+    ext = {"task": "t", "status": "evaluation-only", "bytes_down": 40, "bytes_up": 2,
+           "eval": {"num-examples": 5, "auc": 0.9}}
+    rows = [{**r, "sites": {**r["sites"], "ext": ext}} for r in ROWS]
+
+    # Execute
+    comm = build_results(experiment="e", rounds=rows, task_info=TASK_INFO,
+                         full_model_bytes=1000, privacy={})["communication"]
+
+    # Assert: the training sites' means are those without it; its own are reported apart
+    assert comm["bytes_up_per_site_round"] == pytest.approx((50 + 50 + 100 + 50) / 4)
+    assert comm["bytes_down_per_site_round"] == pytest.approx(100)
+    assert comm["evaluation_only_bytes"] == {"bytes_down_per_site_round": 40.0,
+                                             "bytes_up_per_site_round": 2.0}
+    plain = build_results(experiment="e", rounds=ROWS, task_info=TASK_INFO,
+                          full_model_bytes=1000, privacy={})["communication"]
+    assert "evaluation_only_bytes" not in plain
