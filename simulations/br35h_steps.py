@@ -41,23 +41,16 @@ def train(kind: str, site_dirs: Sequence[Path], budget: fl.Budget, seed: int, ru
     the bench's bound)."""
     from unicon_flower.runner import run_in_process
 
+    if kind not in ("fed", "central"):
+        raise ValueError(f"--kind must be fed or central, got {kind!r}")
     evaluate = (f"federation.evaluate_every={max(1, budget.rounds)}", "federation.val_split=null")
     setup = fl.site_setup({TASK: site_dirs}, budget, base=base + evaluate, mixed_task="")
     if kind == "fed":
         extra = tuple(fl.lora_overrides(fl.VARIANT_RULE, {}, options))
         return run_in_process(site_dirs, run_dir,
                               fl._settings(setup, seed, extra=extra)).states[TASK]
-    if kind != "central":
-        raise ValueError(f"--kind must be fed or central, got {kind!r}")
-    from client.site_runner import SiteHooks
-    from unicon_core.continual.sites import pooled_site
-    from unicon_core.data.site import open_site_cached
-
-    members = [open_site_cached(p, seed=seed) for p in site_dirs]
-    hooks = SiteHooks(site_view=lambda _site: pooled_site(members))
-    steps = budget.local_steps * (steps_per_site or len(site_dirs))
-    return run_in_process([site_dirs[0]], run_dir, fl._settings(setup, seed, local_steps=steps),
-                          hooks=hooks).states[TASK]
+    return fl.pooled_run(setup, site_dirs, seed, run_dir,
+                         steps_per_site or len(site_dirs)).states[TASK]
 
 
 def score_rows(state: Mapping[str, np.ndarray], site_dirs: Sequence[Path],

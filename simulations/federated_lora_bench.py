@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -62,6 +62,9 @@ from simulations.report import (
     shown_path,
     write_synthetic_site,
 )
+
+if TYPE_CHECKING:
+    from unicon_flower.runner import RunResult
 
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Federated LoRA (#14)"
@@ -367,18 +370,10 @@ def check_aggregated(rounds: Sequence[Mapping[str, Any]], task: str, label: str)
 def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     """The centralised bound: pooled train splits in one node (``local_steps x sites`` steps a
     round), then its skill evaluated on every site's test split (one round at lr 1e-12)."""
-    from client.site_runner import SiteHooks
-    from unicon_core.continual.sites import pooled_site
-    from unicon_core.data.site import open_site_cached
     from unicon_flower.runner import run_in_process
 
     sites = setup.sites[job.task]
-    members = [open_site_cached(p, seed=job.seed) for p in sites]
-    hooks = SiteHooks(site_view=lambda _site: pooled_site(members))
-    pooled = run_in_process(
-        [sites[0]], run_dir / "pooled",
-        _settings(setup, job.seed, local_steps=setup.budget.local_steps * len(sites)),
-        hooks=hooks)
+    pooled = pooled_run(setup, sites, job.seed, run_dir / "pooled", len(sites))
     check_aggregated(pooled.rounds, job.task, job.key)
     state = pooled.states[job.task]
     check = run_in_process([*sites, *setup.external.get(job.task, [])], run_dir / "evaluate",
@@ -392,6 +387,21 @@ def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
             "max_change": change,
             "external": external_outcome(check.results, setup.external.get(job.task, []),
                                          job.key)}
+
+
+def pooled_run(setup: Setup, sites: Sequence[Path], seed: int, run_dir: Path,
+               steps_per_site: int) -> RunResult:
+    """The train splits of ``sites`` pooled in one node (the first site's folder, its data
+    replaced by the pool), ``local_steps x steps_per_site`` steps a round."""
+    from client.site_runner import SiteHooks
+    from unicon_core.continual.sites import pooled_site
+    from unicon_core.data.site import open_site_cached
+    from unicon_flower.runner import run_in_process
+
+    members = [open_site_cached(p, seed=seed) for p in sites]
+    hooks = SiteHooks(site_view=lambda _site: pooled_site(members))
+    return run_in_process([sites[0]], run_dir, _settings(
+        setup, seed, local_steps=setup.budget.local_steps * steps_per_site), hooks=hooks)
 
 
 RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
@@ -411,12 +421,12 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     return job, out
 
 
-def setup_key(setup: Setup) -> dict[str, Any]:
-    """What a cached run depends on beyond its job key: the overrides, the budget and the
-    evaluation-only sites (named only where there are any)."""
+def setup_key(setup: Setup, task: str) -> dict[str, Any]:
+    """What a cached run of ``task`` depends on beyond its job key: the overrides, the budget
+    and the task's evaluation-only sites (named only where it has any)."""
     key: dict[str, Any] = {"base": list(setup.base), "budget": asdict(setup.budget)}
-    if any(setup.external.values()):
-        key["external"] = {t: [d.name for d in ds] for t, ds in setup.external.items()}
+    if setup.external.get(task):
+        key["external"] = {task: [d.name for d in setup.external[task]]}
     return key
 
 
@@ -461,13 +471,12 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
     """Run every job not cached in ``work/jobs`` (``n_jobs`` at a time); job key -> result."""
     cache = work / "jobs"
     cache.mkdir(parents=True, exist_ok=True)
-    made_with = setup_key(setup)
-    out = {j.key: cached_job(cache / f"{j.key}.json", made_with) for j in jobs
+    out = {j.key: cached_job(cache / f"{j.key}.json", setup_key(setup, j.task)) for j in jobs
            if (cache / f"{j.key}.json").is_file()}
     todo = [j for j in jobs if j.key not in out]
 
     def keep(job: Job, res: dict[str, Any]) -> None:
-        res["setup"] = made_with
+        res["setup"] = setup_key(setup, job.task)
         out[job.key] = res
         (cache / f"{job.key}.json").write_text(json.dumps(res, indent=1))
         print(f"{job.key}: {res.get('value', math.nan):.3f} ({res['wall_s']:.0f} s)", flush=True)
@@ -824,6 +833,13 @@ def _diverged(values: Sequence[float], ran: Sequence[bool] | None) -> list[bool]
     return [r and not math.isfinite(v) for v, r in zip(values, ran, strict=True)]
 
 
+def _seed_cells(shown: Sequence[float], fed: Sequence[float], ran: Sequence[bool]) -> str:
+    """Per seed, ``shown`` (a fed value or its ratio), or "diverged" where the federated run
+    exists but ended without a finite metric."""
+    return ", ".join("diverged" if gone else _f(v)
+                     for v, gone in zip(shown, _diverged(fed, ran), strict=True))
+
+
 def _ms(values: Sequence[float], ran: Sequence[bool] | None = None) -> str:
     """Mean ± std of the finite values; with ``ran``, says how many runs ended without a
     metric (diverged) and so are not in the mean."""
@@ -1018,11 +1034,9 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
             wanted = [Job("fed", task, s, rule) for s in seeds]
             fed, ran = _values(jobs, wanted), [j.key in jobs for j in wanted]
             per, of_means = ratio_stats(fed, central)
-            per_seed = ["diverged" if gone else _f(p)
-                        for p, gone in zip(per, _diverged(fed, ran), strict=True)]
             lines.append(
                 f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed, ran)} | "
-                f"{_ms(central)} | {', '.join(per_seed)} | {_f(of_means)} | "
+                f"{_ms(central)} | {_seed_cells(per, fed, ran)} | {_f(of_means)} | "
                 f"{_goal(fed, of_means, ran)} |")
     weak = [t for t in part["tasks"]
             if mean_std(_values(jobs, [Job("central", t, s) for s in seeds]))[0] < NEAR_CHANCE
@@ -1083,10 +1097,8 @@ def _external_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
                 if not any(ran):
                     continue
                 per, of_means = ratio_stats(fed, central)
-                per_seed = ["diverged" if gone else _f(p)
-                            for p, gone in zip(per, _diverged(fed, ran), strict=True)]
                 rows.append(f"| {task} | {site} | {n} | {label} | {_ms(fed, ran)} | "
-                            f"{_ms(central)} | {', '.join(per_seed)} | {_f(of_means)} | "
+                            f"{_ms(central)} | {_seed_cells(per, fed, ran)} | {_f(of_means)} | "
                             f"{_goal(fed, of_means, ran)} |")
     if not rows:
         return []
@@ -1191,9 +1203,7 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
             up = mean_std([r.get("bytes_up", math.nan) for r in runs])[0]
             down = mean_std([r.get("bytes_down", math.nan) for r in runs])[0]
             traffic = f"{up:,.0f} / {down:,.0f}" if math.isfinite(up + down) else "n/a"
-            seeds_cell = ", ".join("diverged" if d else _f(v)
-                                   for v, d in zip(fed, _diverged(fed, ran), strict=True))
-            out.append(f"| {task} | {label} | {_ms(fed, ran)} | {seeds_cell} | "
+            out.append(f"| {task} | {label} | {_ms(fed, ran)} | {_seed_cells(fed, fed, ran)} | "
                        f"{_f(of_means)} | {_goal(fed, of_means, ran)} | {traffic} |")
     return [*out, ""]
 

@@ -284,8 +284,9 @@ def test_an_external_site_must_be_evaluation_only(tmp_path: Path) -> None:
     setup = bench.site_setup({task: sites[task]}, bench.Budget(), external={task: [ext],
                                                                           "other": [ext]})
     assert setup.external == {task: [ext]}  # a task without runs takes no external site
-    assert bench.setup_key(setup)["external"] == {task: ["synth_ext"]}
-    assert "external" not in bench.setup_key(bench.site_setup(sites, bench.Budget()))
+    assert bench.setup_key(setup, task)["external"] == {task: ["synth_ext"]}
+    assert "external" not in bench.setup_key(setup, "other")  # its runs never evaluate it
+    assert "external" not in bench.setup_key(bench.site_setup(sites, bench.Budget()), task)
 
 
 def test_runs_from_before_the_augmentation_fix_are_marked() -> None:
