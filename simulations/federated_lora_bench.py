@@ -27,9 +27,9 @@ Four measurements, each written into the "Federated LoRA (#14)" section of BENCH
 
 Every federated run is the real ServerApp strategy and ClientApp over the in-process grid
 (:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
-folder, so a rerun resumes. ``--part short|one|ct`` reruns one table of ``--foundation``
-alone (15 x 4, 60 x 1, the 3D task) and replaces only that table, saying so, where the
-cache of the others is gone. Usage::
+folder, so a rerun resumes. ``--part kept|short|one|ct`` reruns one table of
+``--foundation`` alone (kept moments, 15 x 4, 60 x 1, the 3D task; each with its variants)
+and replaces only that table, saying so, where the cache of the others is gone. Usage::
 
     python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
         [--foundation] [--part ct] [--out BENCHMARKS.md] [--work-dir DIR]
@@ -522,7 +522,8 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
 
 
 #: The foundation's parts that ``--part`` reruns alone (its name -> the key of its results).
-PARTS = {"short": "foundation_short", "one": "foundation_one", "ct": "foundation_ct"}
+PARTS = {"kept": "foundation_kept", "short": "foundation_short", "one": "foundation_one",
+         "ct": "foundation_ct"}
 
 
 def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root: Path,
@@ -879,27 +880,6 @@ def render(res: Mapping[str, Any]) -> str:
             "bottleneck convolutions). Same budget and measures as above."
             + (f" {fm['note']}" if fm.get("note") else ""))
         lines += _mixed_lines(fm, seeds, " on the pretrained foundation")
-    if res.get("foundation_kept"):
-        kept = res["foundation_kept"]
-        lines += _part_lines(
-            kept, seeds, "### The same on the foundation, sites keeping their optimiser state",
-            "As the per-rule table on the pretrained foundation above, with "
-            "`train.keep_optimizer_state=true`: each site (and the "
-            "centralised bound's pooled node) keeps its AdamW moments between rounds in its "
-            "node state (never sent) instead of restarting them every round. Same budget, "
-            f"seeds and start (`{' '.join(kept['base'])}`).",
-            "### Against client drift on the foundation, moments kept",
-            "On the naive rule with kept moments (the naive row above), same budget and "
-            "measures; the centralised bound is the plain one. Logit adjustment "
-            "(`strategy.lora.logit_adjust=true`): each site trains on its logits plus the log "
-            "class prior of its own train split, so sites with different label mixes aim for "
-            "the same (prior-free) logits; evaluation is unchanged. SCAFFOLD "
-            "(`strategy.lora.scaffold=true`): each local gradient is "
-            "corrected by `c - c_i`, the server's control variate of the task minus the "
-            "site's own (kept at the site); a site's new `c_i` is the mean of its raw "
-            "minibatch gradients of the round, and it sends `c_i_new - c_i`, checked like an "
-            "update: a train message and its reply each carry a second skill-sized record "
-            "(down also counts the evaluate instructions, which carry none).")
     for key in PARTS.values():
         if res.get(key):
             lines += _part_lines(res[key], seeds, *PART_TEXTS[key](res[key], b))
@@ -913,6 +893,30 @@ def render(res: Mapping[str, Any]) -> str:
 def _times(part: Mapping[str, Any], base: Mapping[str, Any]) -> str:
     """How many times the base budget's rounds a cut part has, e.g. "3x"."""
     return f"{part['budget']['rounds'] / base['rounds']:g}x"
+
+
+def _kept_texts(part: Mapping[str, Any], base: Mapping[str, Any]
+                ) -> tuple[str, str, str, str]:
+    """Heading, intro, variants heading and intro of the kept-moments table (at the base
+    budget: ``base`` is not used)."""
+    return ("### The same on the foundation, sites keeping their optimiser state",
+            "As the per-rule table on the pretrained foundation above, with "
+            "`train.keep_optimizer_state=true`: each site (and the "
+            "centralised bound's pooled node) keeps its AdamW moments between rounds in its "
+            "node state (never sent) instead of restarting them every round. Same budget, "
+            f"seeds and start (`{' '.join(part['base'])}`).",
+            "#### Against client drift on the foundation, moments kept",
+            "On the naive rule with kept moments (the naive row above), same budget and "
+            "measures; the centralised bound is the plain one. Logit adjustment "
+            "(`strategy.lora.logit_adjust=true`): each site trains on its logits plus the log "
+            "class prior of its own train split, so sites with different label mixes aim for "
+            "the same (prior-free) logits; evaluation is unchanged. SCAFFOLD "
+            "(`strategy.lora.scaffold=true`): each local gradient is "
+            "corrected by `c - c_i`, the server's control variate of the task minus the "
+            "site's own (kept at the site); a site's new `c_i` is the mean of its raw "
+            "minibatch gradients of the round, and it sends `c_i_new - c_i`, checked like an "
+            "update: a train message and its reply each carry a second skill-sized record "
+            "(down also counts the evaluate instructions, which carry none).")
 
 
 def _short_texts(part: Mapping[str, Any], base: Mapping[str, Any]
@@ -965,7 +969,8 @@ def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
 
 PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
                                tuple[str, str, str, str]]] = {
-    "foundation_short": _short_texts, "foundation_one": _one_texts,
+    "foundation_kept": _kept_texts, "foundation_short": _short_texts,
+    "foundation_one": _one_texts,
     "foundation_ct": _ct_texts}
 
 

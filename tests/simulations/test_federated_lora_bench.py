@@ -332,8 +332,12 @@ def test_bytes_alone_replace_only_the_bytes_table(monkeypatch: pytest.MonkeyPatc
     assert "This table alone was rerun by" in text and "1.010 x raw skill bytes" in text
 
 
+@pytest.mark.parametrize(("name", "heading"), [
+    ("ct", "### synth_surv on the 3D CT foundation"),
+    ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path) -> None:
+                                                           tmp_path: Path, name: str,
+                                                           heading: str) -> None:
     # Prepare: a whole section written from fake runs, then the centralised bound moves
     for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
         monkeypatch.setitem(bench.RUNNERS, kind, fake)
@@ -349,20 +353,21 @@ def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.M
         return {**_fake_central(setup, job, run_dir), "value": 0.9}
 
     monkeypatch.setitem(bench.RUNNERS, "central", moved)
-    # Execute: the 3D part alone, in a fresh work folder (the others' cache is gone)
+    # Execute: the part alone, in a fresh work folder (the others' cache is gone)
     res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                      "--out", str(out), "--part", "ct"])
-    # Assert: only the 3D table changed, it says it was rerun alone, and with what
+                      "--out", str(out), "--part", name])
+    # Assert: only its table (and its variants below it) changed, it says it was rerun
+    # alone, and with what
     after = out.read_text()
-    heading = "### synth_surv on the 3D CT foundation"
     assert after.split(heading)[0] == before.split(heading)[0]  # every table before it
-    ct_before = before[before.index(heading):].split("\n### ")[0]
-    ct_after = after[after.index(heading):].split("\n### ")[0]
-    assert "| 0.800 ± 0.000 |" in ct_before and "| 0.900 ± 0.000 |" in ct_after
+    part_before = before[before.index(heading):].split("\n### ")[0]
+    part_after = after[after.index(heading):].split("\n### ")[0]
+    assert "| 0.800 ± 0.000 |" in part_before and "| 0.900 ± 0.000 |" in part_after
     assert after.count("This table alone was rerun by") == 1
-    assert "--part ct" in ct_after and "--foundation" in ct_after
-    assert after.split(ct_after)[1] == before.split(ct_before)[1]  # the tables after it too
-    assert "foundation_ct" in res and "foundation" not in res and not res["jobs"]
+    assert f"--part {name}" in part_after and "--foundation" in part_after
+    assert after.split(part_after)[1] == before.split(part_before)[1]  # the tables after it
+    assert after.count(heading) == 1
+    assert bench.PARTS[name] in res and "foundation" not in res and not res["jobs"]
 
 
 def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
