@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from simulations.report import (
+    cpu_name,
     insert_section,
     insert_subsection,
     mean_std,
@@ -418,6 +419,7 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     out["cpu_s"] = time.process_time() - cpu
     out["made"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out["augmentation"] = AUGMENTATION
+    out["cpu"] = cpu_name()
     return job, out
 
 
@@ -1062,8 +1064,9 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
         lines.append(f"SVD rule: relative truncation error `||dW - s B A||_F / ||dW||_F`, "
                      f"mean over rounds, {min(svd):.3f} to {max(svd):.3f} over tasks and "
                      "seeds.")
-    if note := _augmentation_note(jobs):
-        lines += [*([""] if lines[-1] else []), note]
+    for note in (_augmentation_note(jobs), _cpu_note(jobs)):
+        if note:
+            lines += [*([""] if lines[-1] else []), note]
     if part.get("left_out"):
         lines += ["", "Not in this table: " + "; ".join(f"`{t}`: {why}"
                                                   for t, why in part["left_out"].items()) + "."]
@@ -1126,6 +1129,20 @@ def _augmentation_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:
             "centralised bound alike (image tasks only: a tabular task has no augmentation, "
             "and the fix changes none of its runs). They are reused from the cache, not "
             "rerun.")
+
+
+def _cpu_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which CPUs a table's runs (and its variants') were made on ("" where none says): the
+    same run gives other floats on a CPU with other vector kernels, so a rerun elsewhere
+    need not agree bit for bit."""
+    cpus = sorted({str(j["cpu"]) for j in jobs.values() if "cpu" in j})
+    if not cpus:
+        return ""
+    unrecorded = sum("cpu" not in j for j in jobs.values())
+    return ("Made on " + "; ".join(f"`{c}`" for c in cpus)
+            + (f" ({unrecorded} runs from before the CPU was recorded)" if unrecorded else "")
+            + ": a run on a CPU with other vector kernels gives other floats, so a rerun "
+            "elsewhere need not agree bit for bit.")
 
 
 def _goal(fed: Sequence[float], of_means: float, ran: Sequence[bool] | None = None) -> str:

@@ -63,6 +63,22 @@ GOAL_BYTES_RATIO = 1 / 50
 GOAL_WALL_RATIO = 1.3
 
 
+def cpu_name() -> str:
+    """The CPU's model and the vector instructions torch's kernels use, e.g. "AMD EPYC,
+    AVX2": the same training gives other floats on another CPU (kernels differ by vector
+    width and vendor), so runs made on different CPUs need not agree bit for bit."""
+    import torch
+
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation of the finite values (NaN if none)."""
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)

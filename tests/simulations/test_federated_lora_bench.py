@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from simulations import federated_lora_bench as bench
+from simulations import report
 
 OTHER = "## Some other section\n\nkept as it is\n"
 
@@ -294,6 +295,17 @@ def test_runs_from_before_the_augmentation_fix_are_marked() -> None:
     assert bench._augmentation_note({"a": fresh, "b": fresh}) == ""
     line = bench._augmentation_note({"a": fresh, "b": {"value": 0.6}, "c": {}})
     assert line.startswith(f"**Made before {bench.AUGMENTATION_FIX}**: 2 of the 3 runs")
+
+
+def test_a_table_names_the_cpus_its_runs_were_made_on() -> None:
+    import torch
+
+    here = report.cpu_name()
+    assert here.endswith(f", {torch.backends.cpu.get_cpu_capability()}")
+    assert bench._cpu_note({"a": {"value": 0.7}}) == ""  # nothing recorded, nothing said
+    line = bench._cpu_note({"a": {"cpu": "B, AVX2"}, "b": {"cpu": "A, AVX512"},
+                            "c": {"cpu": "B, AVX2"}, "d": {}})
+    assert line.startswith("Made on `A, AVX512`; `B, AVX2` (1 runs from before the CPU was")
 
 
 def test_a_summed_variant_needs_one_number_of_sites() -> None:
