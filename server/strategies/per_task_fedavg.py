@@ -58,6 +58,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
+from unicon_core.data.manifest import SiteRole
 from unicon_core.federation.aggregation import (
     replace_task,
     slice_task,
@@ -357,7 +358,9 @@ class PerTaskFedAvg(FedAvg):
             if node.site in self.stopped:
                 self._site_entry(node)["status"] = Status.BUDGET_EXHAUSTED.value
             elif node.evaluation_only:  # external validation: no train instruction, ever
-                self._site_entry(node)["status"] = Status.EVALUATION_ONLY.value
+                # role outlives a status that its evaluate reply may overwrite (error, ...)
+                self._site_entry(node).update(status=Status.EVALUATION_ONLY.value,
+                                              role=SiteRole.EVALUATION.value)
         nodes = self.sample(rnd, nodes)
         log(INFO, "configure_train: round %d, %d of %d sites train", rnd, len(nodes),
             len(self.nodes))

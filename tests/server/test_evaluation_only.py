@@ -36,6 +36,8 @@ def test_an_evaluation_only_site_is_never_sent_a_train_instruction() -> None:
     assert sorted(m.metadata.dst_node_id for m in evaluate) == [1, 2, 3]
     assert nodes[2].evaluation_only and not nodes[0].evaluation_only
     assert strategy._record["sites"]["ext"]["status"] == "evaluation-only"
+    assert strategy._record["sites"]["ext"]["role"] == "evaluation"  # outlives its status
+    assert "role" not in strategy._record["sites"].get("a", {})
 
 
 def test_init_skill_loads_a_trained_bundle(tmp_path: Path) -> None:

@@ -26,10 +26,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from unicon_core.data.manifest import SiteRole
 from unicon_core.federation.protocol import Status
 from unicon_core.files import PRIVATE_FILE_MODE, write_atomic
 
 EVALUATION_ONLY = Status.EVALUATION_ONLY.value
+EVALUATION_ROLE = SiteRole.EVALUATION.value
 
 #: Permissions of run folders (owner only); files: ``unicon_core.files.PRIVATE_FILE_MODE``.
 PRIVATE_DIR_MODE = 0o700
@@ -265,8 +267,10 @@ def plot_rounds(
 
 
 def _evaluation_only(entry: Mapping[str, Any]) -> bool:
-    """A round record's site entry of an evaluation-only site (no train instruction)."""
-    return entry.get("status") == EVALUATION_ONLY
+    """A round record's site entry of an evaluation-only site (no train instruction): its
+    ``role``, kept when a failed evaluate reply overwrites its status (records written
+    before the role was recorded say so by their status only)."""
+    return entry.get("role") == EVALUATION_ROLE or entry.get("status") == EVALUATION_ONLY
 
 
 def _nan(value: Any) -> float:

@@ -100,3 +100,9 @@ def test_bytes_per_site_round_count_training_sites_only() -> None:
     plain = build_results(experiment="e", rounds=ROWS, task_info=TASK_INFO,
                           full_model_bytes=1000, privacy={})["communication"]
     assert "evaluation_only_bytes" not in plain
+    # its role still tells it apart when a failed evaluate reply overwrote its status
+    failed = {**ext, "status": "error", "role": "evaluation"}
+    rows = [{**r, "sites": {**r["sites"], "ext": failed}} for r in ROWS]
+    again = build_results(experiment="e", rounds=rows, task_info=TASK_INFO,
+                          full_model_bytes=1000, privacy={})["communication"]
+    assert again["bytes_down_per_site_round"] == pytest.approx(100)
