@@ -259,11 +259,12 @@ class PerTaskFedAvg(FedAvg):
     def server_state(self) -> dict[str, np.ndarray]:
         """What a resumed run needs beyond the skills, as named arrays: each task's server
         optimiser state (``opt/<task>/m|v/<key>``, ``opt/<task>/steps``), each site's FedSA
-        B factors (``fedsa/<site>/<key>``) and each task's SCAFFOLD ``c``
-        (``scaffold/<task>/<key>``; the sites' own ``c_i`` live at the sites for one Flower
-        run, so a resumed run's sites start theirs at zero). Downlink copies are not kept: a
-        resumed run is a new Flower run, whose sites hold nothing yet (they get the whole skill
-        first)."""
+        B factors (``fedsa/<site>/<key>``). Not SCAFFOLD's ``c``: the sites' own ``c_i`` live
+        in their node state for one Flower run, so a resumed run's sites start theirs at zero,
+        and ``c`` restarts at zero with them (their mean); a restored ``c`` would stay offset
+        by its old value for the rest of the run, since ``c`` only moves by the sites'
+        changes. Downlink copies are not kept: a resumed run is a new Flower run, whose sites
+        hold nothing yet (they get the whole skill first)."""
         out: dict[str, np.ndarray] = {}
         for task, opt in sorted(self.server_opts.items()):
             out[f"{OPT_STATE}/{task}/steps"] = np.asarray([opt.steps], np.int64)
@@ -272,19 +273,19 @@ class PerTaskFedAvg(FedAvg):
                             for k, v in arrays.items()})
         for site, arrays in sorted(self.personal.items()):
             out.update({f"{FEDSA_STATE}/{site}/{k}": v for k, v in arrays.items()})
-        for task, control in sorted(self.controls.items()):
-            out.update({f"{CONTROL_STATE}/{task}/{k}": v for k, v in control.items()})
         return out
 
     def load_server_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore :meth:`server_state`'s arrays; state of a task that no longer uses a server
-        optimiser (or FedSA), or of a site no longer in the run, is left out with a warning."""
+        optimiser (or FedSA), or of a site no longer in the run, is left out with a warning.
+        A SCAFFOLD ``c`` in a checkpoint written before it was left out is not restored
+        either (see :meth:`server_state`)."""
         tasks = {n.task for n in self.nodes.values()}
         task_of = {n.site: n.task for n in self.nodes.values()}
         opts: dict[str, ServerOptimizer] = {}
         personal: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
-        controls: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
         dropped: set[str] = set()
+        restarted: set[str] = set()
         for name, value in state.items():
             kind, owner, rest = [*name.split("/", 2), "", ""][:3]
             if kind == OPT_STATE and owner in tasks and self.options(owner).server_opt != (
@@ -301,7 +302,7 @@ class PerTaskFedAvg(FedAvg):
                     "fedsa") and owner in task_of:
                 personal[owner][rest] = np.asarray(value)
             elif kind == CONTROL_STATE and owner in tasks and self.options(owner).scaffold:
-                controls[owner][rest] = np.asarray(value, np.float32)
+                restarted.add(owner)
             elif kind in (OPT_STATE, FEDSA_STATE, CONTROL_STATE):
                 dropped.add(f"{kind}/{owner}")
             else:
@@ -309,9 +310,11 @@ class PerTaskFedAvg(FedAvg):
         if dropped:
             log(WARNING, "resume: saved state %s left out (its task no longer uses it or its "
                 "site is not in this run)", sorted(dropped))
+        if restarted:
+            log(WARNING, "resume: SCAFFOLD's c of %s restarts at zero with the sites' own c_i "
+                "(they lived in the previous run)", sorted(restarted))
         self.server_opts.update(opts)
         self.personal.update(personal)
-        self.controls.update(controls)
 
     def options(self, task: str) -> TaskFederation:
         """The task's issue-#14 options (today's defaults when not configured)."""
