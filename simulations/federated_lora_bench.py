@@ -1052,6 +1052,9 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
         lines += ["", f"Centralised itself stays below {NEAR_CHANCE} (0.5 = chance) on "
                   f"{', '.join(weak)}: at this budget neither side learns much there, and "
                   "its ratios compare two weak models."]
+    lines += _weak_seed_lines({t: _values(jobs, [Job("central", t, s) for s in seeds])
+                               for t in part["tasks"] if t not in weak
+                               and _chance_is_half(jobs, t, seeds)}, seeds, "")
     pooled = {t: _values(jobs, [Job("central", t, s) for s in seeds], "pooled_value")
               for t in part["tasks"]}
     lines += ["", "Centralised on its own pooled test split (all sites' test rows as one set, "
@@ -1091,12 +1094,14 @@ def _external_values(jobs: Mapping[str, Any], wanted: Sequence[Job], site: str
 def _external_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     """Per evaluation-only site of a task: the rules and variants, fed / central on it
     (nothing where the part had no such site)."""
-    jobs, rows = part["jobs"], []
+    jobs, rows, weak = part["jobs"], [], []
     variants = {rule: ((), rule) for rule in part.get("rules", RULES)}
     variants |= {label: (opts, VARIANT_RULE) for label, opts in _stored_variants(part).items()}
     for task, sites in part.get("external", {}).items():
         for site in sites:
             central = _external_values(jobs, [Job("central", task, s) for s in seeds], site)
+            if _chance_is_half(jobs, task, seeds):
+                weak += _weak_seed_lines({task: central}, seeds, f" on {site}")
             n = next((jobs[k]["external"][site]["n"] for k in jobs
                       if site in jobs[k].get("external", {})), None)
             for label, (opts, rule) in variants.items():
@@ -1113,7 +1118,7 @@ def _external_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     return [EXTERNAL_INTRO, "",
             "| task | evaluation-only site | n test | rule or variant | federated | "
             "centralised | fed / central per seed | fed / central of the means | goal |",
-            "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+            "|---|---|---|---|---|---|---|---|---|", *rows, *weak, ""]
 
 
 def _augmentation_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:
@@ -1164,6 +1169,21 @@ def _goal(fed: Sequence[float], of_means: float, ran: Sequence[bool] | None = No
 def _values(jobs: Mapping[str, Any], wanted: Sequence[Job], key: str = "value") -> list[float]:
     """``key`` of each wanted job's result, NaN where it did not run."""
     return [jobs.get(j.key, {}).get(key, math.nan) for j in wanted]
+
+
+def _weak_seed_lines(central: Mapping[str, Sequence[float]], seeds: Sequence[int],
+                     where: str) -> list[str]:
+    """A line naming each seed whose centralised bound ended below :data:`NEAR_CHANCE` (on a
+    metric with chance at 0.5; ``where``: e.g. " on br35h_ext"): a ratio of the means, and
+    its verdict, then lean on a bound that did not learn ([] where none)."""
+    low = [f"{t} seed {s} ({v:.3f})" for t, vals in central.items()
+           for s, v in zip(seeds, vals, strict=True) if math.isfinite(v) and v < NEAR_CHANCE]
+    if not low:
+        return []
+    return ["", f"Centralised bound below {NEAR_CHANCE} (0.5 = chance){where} on "
+            f"{', '.join(low)}: that seed's pooled run did not learn, which pulls the bound's "
+            "mean down and the ratio of the means (and its verdict) up; read the other seeds' "
+            "ratios."]
 
 
 def _chance_is_half(jobs: Mapping[str, Any], task: str, seeds: Sequence[int]) -> bool:

@@ -515,3 +515,11 @@ def test_a_round_whose_replies_the_server_threw_away_fails_the_job() -> None:
     bench.check_aggregated([trained, {"round": 2, "tasks": {}}], "t", "job")  # no error
     with pytest.raises(RuntimeError, match=r"job: .*task t.*round 2: bad factor shape"):
         bench.check_aggregated([trained, thrown], "t", "job")
+
+
+def test_a_seed_whose_bound_did_not_learn_is_named() -> None:
+    lines = bench._weak_seed_lines({"t": [0.9, 0.45, math.nan]}, [0, 1, 2], " on ext")
+    assert len(lines) == 2 and lines[0] == ""
+    assert "below 0.6 (0.5 = chance) on ext on t seed 1 (0.450)" in lines[1]
+    assert "seed 0" not in lines[1] and "seed 2" not in lines[1]
+    assert bench._weak_seed_lines({"t": [0.9, 0.8]}, [0, 1], "") == []
