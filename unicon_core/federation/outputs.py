@@ -140,6 +140,17 @@ def mean_per_site_round(rounds: Iterable[Mapping[str, Mapping[str, int]]]) -> di
     }
 
 
+def _bytes_per_site_round(
+    rounds: Sequence[Mapping[str, Any]], *, evaluation_only: bool
+) -> dict[str, float]:
+    """Mean bytes per (site, round) over the training sites, or over the evaluation-only ones."""
+    return mean_per_site_round(
+        {s: {"bytes_down": e.get("bytes_down", 0), "bytes_up": e.get("bytes_up", 0)}
+         for s, e in row.get("sites", {}).items() if _evaluation_only(e) == evaluation_only}
+        for row in rounds
+    )
+
+
 def build_results(
     *,
     experiment: str,
@@ -173,16 +184,8 @@ def build_results(
         value = sum(v * weights[s] for s, v in finite.items()) / total if total else float("nan")
         tasks[task] = {"kind": info["kind"], "metric": metric, "value": value,
                        "per_site": per_site}
-    comm = mean_per_site_round(
-        {s: {"bytes_down": e.get("bytes_down", 0), "bytes_up": e.get("bytes_up", 0)}
-         for s, e in row.get("sites", {}).items() if not _evaluation_only(e)}
-        for row in rounds
-    )
-    external = mean_per_site_round(
-        {s: {"bytes_down": e.get("bytes_down", 0), "bytes_up": e.get("bytes_up", 0)}
-         for s, e in row.get("sites", {}).items() if _evaluation_only(e)}
-        for row in rounds
-    )
+    comm = _bytes_per_site_round(rounds, evaluation_only=False)
+    external = _bytes_per_site_round(rounds, evaluation_only=True)
     if any(external.values()):
         comm["evaluation_only_bytes"] = external
     return {
