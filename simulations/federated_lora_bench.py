@@ -1031,8 +1031,8 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
              "| task (data) | n test | rule | federated | centralised | fed / central per "
              "seed | fed / central of the means | goal |",
              "|---|---|---|---|---|---|---|---|"]
-    for task in part["tasks"]:
-        central = _values(jobs, [Job("central", task, s) for s in seeds])
+    centrals = {t: _values(jobs, [Job("central", t, s) for s in seeds]) for t in part["tasks"]}
+    for task, central in centrals.items():
         n = next((jobs[k]["n"] for k in jobs if k.startswith(f"fed_{task}_")
                   and jobs[k].get("n")), None)
         metric = next((jobs[k]["metric"] for k in jobs if f"_{task}_" in k), "?")
@@ -1045,15 +1045,13 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
                 f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed, ran)} | "
                 f"{_ms(central)} | {_seed_cells(per, fed, ran)} | {_f(of_means)} | "
                 f"{_goal(fed, of_means, ran)} |")
-    weak = [t for t in part["tasks"]
-            if mean_std(_values(jobs, [Job("central", t, s) for s in seeds]))[0] < NEAR_CHANCE
-            and _chance_is_half(jobs, t, seeds)]
+    weak = [t for t, central in centrals.items()
+            if mean_std(central)[0] < NEAR_CHANCE and _chance_is_half(jobs, t, seeds)]
     if weak:
         lines += ["", f"Centralised itself stays below {NEAR_CHANCE} (0.5 = chance) on "
                   f"{', '.join(weak)}: at this budget neither side learns much there, and "
                   "its ratios compare two weak models."]
-    lines += _weak_seed_lines({t: _values(jobs, [Job("central", t, s) for s in seeds])
-                               for t in part["tasks"] if t not in weak
+    lines += _weak_seed_lines({t: central for t, central in centrals.items() if t not in weak
                                and _chance_is_half(jobs, t, seeds)}, seeds, "")
     pooled = {t: _values(jobs, [Job("central", t, s) for s in seeds], "pooled_value")
               for t in part["tasks"]}
