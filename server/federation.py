@@ -539,6 +539,10 @@ def run_federation(
             "send each site the whole skill first (both live in the sites' per-run state); "
             "skills, server optimiser state, FedSA B factors, round and seeds are restored",
             restarted)
+    scaffold = sorted(t for t in specs if settings.strategy.for_task(t).scaffold)
+    if offset and scaffold:
+        log(INFO, "resume: tasks %s restart SCAFFOLD's c at zero with the sites' own c_i "
+            "(the c_i live in the sites' per-run state, c is their mean)", scaffold)
     strategy.on_round_end = RoundRecorder(run_dir, settings, foundation_hash, tracker,
                                           strategy.stopped, server_state)
     remaining = settings.federation.rounds - offset

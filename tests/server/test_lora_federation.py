@@ -4,6 +4,7 @@ server optimisers, FedProx and sampling, each through the real ServerApp and Cli
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +320,20 @@ def test_resume_says_site_residuals_and_downlink_copies_restart(
         if ex.instruction.metadata.message_type in ("train", "evaluate"):
             first.setdefault(ex.node_id, next(iter(ex.instruction.content.array_records)))
     assert set(first.values()) == {RecordKey.SKILL.value}
+
+
+def test_resume_says_scaffold_c_restarts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A resumed SCAFFOLD task says that its c and the sites' c_i restart at zero, also when
+    the checkpoint (written without c) gives no other hint; the resumed rounds still run."""
+    option = "++strategy.lora={scaffold:true}"
+    _run(tmp_path, "run", option, rounds=1)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _, _, rounds = _run(tmp_path, "run", option, "resume=true", rounds=2)
+    assert "restart SCAFFOLD's c at zero" in caplog.text
+    assert [int(r["round"]) for r in rounds] == [1, 2]
 
 
 def test_sites_keep_their_optimiser_state_between_rounds(
