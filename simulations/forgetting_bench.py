@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from simulations.report import fmt, insert_section, mean_std
+from simulations.report import cpu_name, fmt, insert_section, mean_std
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "continual_forgetting_fm"
@@ -495,10 +495,12 @@ def _shown(command: str) -> str:
 
 
 def machine() -> str:
-    """One line about the machine."""
+    """One line about the machine, its CPU model and vector kernels included (floats differ
+    across CPUs)."""
     import platform
 
-    return f"{os.cpu_count()} CPU cores, {platform.machine()}, Python {platform.python_version()}"
+    return (f"{os.cpu_count()} CPU cores ({cpu_name()}), {platform.machine()}, "
+            f"Python {platform.python_version()}")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -162,10 +162,14 @@ def attach_before(suite: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def machine() -> str:
-    """CPU cores and threads this run used."""
+    """CPU model, vector kernels, cores and threads this run used (floats differ across
+    CPUs)."""
     import torch
 
-    return (f"{os.cpu_count()} CPU cores visible, torch threads {torch.get_num_threads()}, "
+    from simulations.report import cpu_name
+
+    return (f"{cpu_name()}, {os.cpu_count()} CPU cores visible, torch threads "
+            f"{torch.get_num_threads()}, "
             f"{platform.machine()} {platform.system()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
