@@ -127,13 +127,16 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
                    for k in res["foundation"]["jobs"])
     # the kept-moments runs cut into rounds of at most 4 local steps (15 x 4 on the full
-    # budget; the quick budget of 1 x 2 already is): naive and SCAFFOLD only
+    # budget; the quick budget of 1 x 2 already is): naive, SCAFFOLD and FedAvgM only
     short = section[section.index("### Shorter rounds on the foundation, moments kept (1 x 2)"):
                     section.index("### One local step a round on the foundation")]
     assert "Budget (every rule and the centralised bound): 1 rounds x 2 local steps" in short
     assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
-    scaffold = next(iter(bench.FOUNDATION_SHORT_VARIANTS))
+    scaffold, fedavgm = bench.FOUNDATION_SHORT_VARIANTS
+    assert "#### SCAFFOLD and FedAvgM with 1 x 2" in short
     assert f"| synth_surv | {scaffold} | 0.579 ± 0.007 |" in short
+    assert f"| synth_surv | {fedavgm} | 0.579 ± 0.007 |" in short
+    assert bench.FOUNDATION_SHORT_VARIANTS[fedavgm] == (("server_opt", "fedavgm"),)
     assert res["foundation_short"]["budget"]["rounds"] == 1
     # one local step a round (60 x 1 on the full budget, 2 x 1 quick; evaluated every 20th
     # round, no val pass): naive only (+0.1)
