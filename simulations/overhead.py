@@ -114,16 +114,13 @@ def measure_overhead(
     settings = RunSettings(base=tuple(overrides), seed=train.seed, rounds=rounds,
                            local_steps=int(train.max_steps or 1), batch_size=train.batch_size,
                            lr=train.lr)  # every run: the same typed settings
-    fed_overrides = [*settings.overrides(site_dirs, run_dir / "flwr_run"),
-                     f"federation.runs_dir='{run_dir}'"]
+    fed_overrides = _flwr_overrides(settings, site_dirs, run_dir, run_dir / "flwr_run")
     cold = _timed_flwr_run(fed_overrides, run_dir / "flwr_run")
     with KeptSuperLink(run_dir / "kept_flwr_home") as link:
         first = _timed_flwr_run(fed_overrides, run_dir / "flwr_kept_first", link)
         warm = _timed_flwr_run(fed_overrides, run_dir / "flwr_kept_warm", link)
 
-    t0 = time.perf_counter()
-    in_process = run_in_process(site_dirs, run_dir / "in_process_run", settings)
-    plain_s = time.perf_counter() - t0
+    in_process, plain_s = _timed_in_process(site_dirs, run_dir / "in_process_run", settings)
     in_rounds_s = float(in_process.results["timing"]["rounds_s"])
     long = None if long_rounds is None else _longer(settings, site_dirs, run_dir, long_rounds)
     floor = runtime_floor()
@@ -142,10 +139,22 @@ def _longer(settings: RunSettings, site_dirs: list[Path], run_dir: Path, rounds:
     """A cold flwr run and an in-process run of ``rounds`` rounds, otherwise as ``settings``."""
     settings = replace(settings, rounds=rounds)
     flwr_dir = run_dir / f"flwr_run_{rounds}_rounds"
-    cold = _timed_flwr_run([*settings.overrides(site_dirs, flwr_dir),
-                            f"federation.runs_dir='{run_dir}'"], flwr_dir)
-    t0 = time.perf_counter()
-    run_in_process(site_dirs, run_dir / f"in_process_run_{rounds}_rounds", settings)
-    plain_s = time.perf_counter() - t0
+    cold = _timed_flwr_run(_flwr_overrides(settings, site_dirs, run_dir, flwr_dir), flwr_dir)
+    _, plain_s = _timed_in_process(site_dirs, run_dir / f"in_process_run_{rounds}_rounds",
+                                   settings)
     return {"rounds": rounds, "flwr_s": cold["total_s"], "plain_s": plain_s,
             "ratio": cold["total_s"] / plain_s}
+
+
+def _flwr_overrides(settings: RunSettings, site_dirs: list[Path], run_dir: Path,
+                    flwr_dir: Path) -> list[str]:
+    """The overrides of a `flwr run` into ``flwr_dir``, with ``run_dir`` as its runs folder."""
+    return [*settings.overrides(site_dirs, flwr_dir), f"federation.runs_dir='{run_dir}'"]
+
+
+def _timed_in_process(site_dirs: list[Path], out_dir: Path, settings: RunSettings
+                      ) -> tuple[Any, float]:
+    """The in-process federation's result and its wall seconds."""
+    t0 = time.perf_counter()
+    result = run_in_process(site_dirs, out_dir, settings)
+    return result, time.perf_counter() - t0
