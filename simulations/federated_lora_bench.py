@@ -1249,12 +1249,24 @@ def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],
             runs, ran = [jobs.get(k, {}) for k in keys], [k in jobs for k in keys]
             fed = [r.get("value", math.nan) for r in runs]
             of_means = ratio_stats(fed, central)[1]
-            up = mean_std([r.get("bytes_up", math.nan) for r in runs])[0]
-            down = mean_std([r.get("bytes_down", math.nan) for r in runs])[0]
-            traffic = f"{up:,.0f} / {down:,.0f}" if math.isfinite(up + down) else "n/a"
             out.append(f"| {task} | {label} | {_ms(fed, ran)} | {_seed_cells(fed, fed, ran)} | "
-                       f"{_f(of_means)} | {_goal(fed, of_means, ran)} | {traffic} |")
+                       f"{_f(of_means)} | {_goal(fed, of_means, ran)} | "
+                       f"{_traffic(runs, fed, ran)} |")
     return [*out, ""]
+
+
+def _traffic(runs: Sequence[Mapping[str, Any]], fed: Sequence[float], ran: Sequence[bool]
+             ) -> str:
+    """Mean bytes up / down per site and round over the runs that did not diverge: once a
+    run's skill is no longer finite, its sites' egress guards refuse each update and send only
+    the refusal, which would pull its bytes up down."""
+    kept = [r for r, gone in zip(runs, _diverged(fed, ran), strict=True) if not gone]
+    up = mean_std([r.get("bytes_up", math.nan) for r in kept])[0]
+    down = mean_std([r.get("bytes_down", math.nan) for r in kept])[0]
+    if math.isfinite(up + down):
+        return f"{up:,.0f} / {down:,.0f}" + (" (diverged runs left out)"
+                                             if len(kept) < len(runs) else "")
+    return "n/a (diverged)" if runs and not kept else "n/a"
 
 
 def _bytes_lines(rows: Sequence[Mapping[str, Any]], provenance: str = "") -> list[str]:

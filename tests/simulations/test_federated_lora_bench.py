@@ -526,3 +526,16 @@ def test_a_seed_whose_bound_did_not_learn_is_named() -> None:
     assert "below 0.6 (0.5 = chance) on ext on t seed 1 (0.450)" in lines[1]
     assert "seed 0" not in lines[1] and "seed 2" not in lines[1]
     assert bench._weak_seed_lines({"t": [0.9, 0.8]}, [0, 1], "") == []
+
+
+def test_a_diverged_run_leaves_the_bytes_column() -> None:
+    """Once a run diverged its sites send only refusals, so its bytes are not averaged with
+    the others' and a row whose seeds all diverged has no bytes."""
+    nan = math.nan
+    runs = [{"value": 0.7, "bytes_up": 100, "bytes_down": 200},
+            {"value": nan, "bytes_up": 10, "bytes_down": 200}]
+    assert bench._traffic(runs, [0.7, nan], [True, True]) == \
+        "100 / 200 (diverged runs left out)"
+    assert bench._traffic(runs[1:], [nan], [True]) == "n/a (diverged)"
+    assert bench._traffic([{}], [nan], [False]) == "n/a"
+    assert bench._traffic(runs[:1], [0.7], [True]) == "100 / 200"
