@@ -7,7 +7,8 @@ averaged weighted by their number of training examples. A task's slice is only e
 the average of its own sites, so sites of one task never change another task's skill; a task
 with one site simply keeps that site's update (federated = local there).
 
-Faults and bad updates: every reply is decoded and checked in one guarded step
+Faults and bad updates: every reply is decoded (:mod:`server.strategies.update_decoding`:
+deltas or whole skills, headers before bytes) and checked in one guarded step
 (:mod:`unicon_core.federation.replies`: identity bound to the query round's node, the round it
 answers, status, example counts bounded by the query round's declared counts, metric ranges;
 the skill against the skill sent: foundation hash, keys, shapes, dtypes, finite values, optional
@@ -58,6 +59,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
+from server.strategies.server_state import dump_state, restore_state
+from server.strategies.update_decoding import decode_control, decode_update
 from unicon_core.data.manifest import SiteRole
 from unicon_core.federation.aggregation import (
     replace_task,
@@ -65,15 +68,7 @@ from unicon_core.federation.aggregation import (
     weighted_average,
     weighted_metrics,
 )
-from unicon_core.federation.compression import (
-    INDEX,
-    SCALE,
-    apply_delta,
-    decode_delta,
-    encode_delta,
-    from_wire,
-    packed_sizes,
-)
+from unicon_core.federation.compression import apply_delta, decode_delta, encode_delta
 from unicon_core.federation.config import TaskFederation
 from unicon_core.federation.lora_rules import a_keys, aggregate_lora, pad_rank, project_rank
 from unicon_core.federation.protocol import (
@@ -100,8 +95,6 @@ from unicon_flower.accounting import CommLedger, content_bytes
 from unicon_flower.records import arrays_to_record, record_to_arrays
 
 RoundCallback = Callable[[dict[str, Any], ArrayRecord], None]
-#: Key prefixes of the strategy's own state in a checkpoint (:meth:`PerTaskFedAvg.server_state`)
-OPT_STATE, FEDSA_STATE, CONTROL_STATE = "opt", "fedsa", "scaffold"
 
 
 @dataclass(frozen=True)
@@ -257,64 +250,26 @@ class PerTaskFedAvg(FedAvg):
         return super().start(grid, initial_arrays, num_rounds, timeout, **kwargs)
 
     def server_state(self) -> dict[str, np.ndarray]:
-        """What a resumed run needs beyond the skills, as named arrays: each task's server
-        optimiser state (``opt/<task>/m|v/<key>``, ``opt/<task>/steps``), each site's FedSA
-        B factors (``fedsa/<site>/<key>``). Not SCAFFOLD's ``c``: the sites' own ``c_i`` live
-        in their node state for one Flower run, so a resumed run's sites start theirs at zero,
-        and ``c`` restarts at zero with them (their mean); a restored ``c`` would stay offset
-        by its old value for the rest of the run, since ``c`` only moves by the sites'
-        changes. Downlink copies are not kept: a resumed run is a new Flower run, whose sites
-        hold nothing yet (they get the whole skill first)."""
-        out: dict[str, np.ndarray] = {}
-        for task, opt in sorted(self.server_opts.items()):
-            out[f"{OPT_STATE}/{task}/steps"] = np.asarray([opt.steps], np.int64)
-            for part, arrays in (("m", opt.m), ("v", opt.v)):
-                out.update({f"{OPT_STATE}/{task}/{part}/{k}": np.asarray(v)
-                            for k, v in arrays.items()})
-        for site, arrays in sorted(self.personal.items()):
-            out.update({f"{FEDSA_STATE}/{site}/{k}": v for k, v in arrays.items()})
-        return out
+        """What a resumed run needs beyond the skills, as named arrays
+        (:func:`~server.strategies.server_state.dump_state`: server optimiser state per task,
+        FedSA B factors per site; not SCAFFOLD's ``c`` nor downlink copies, which restart)."""
+        return dump_state(self.server_opts, self.personal)
 
     def load_server_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore :meth:`server_state`'s arrays; state of a task that no longer uses a server
         optimiser (or FedSA), or of a site no longer in the run, is left out with a warning.
         A SCAFFOLD ``c`` in a checkpoint written before it was left out is not restored
-        either (see :meth:`server_state`)."""
-        tasks = {n.task for n in self.nodes.values()}
-        task_of = {n.site: n.task for n in self.nodes.values()}
-        opts: dict[str, ServerOptimizer] = {}
-        personal: dict[str, dict[str, np.ndarray]] = defaultdict(dict)
-        dropped: set[str] = set()
-        restarted: set[str] = set()
-        for name, value in state.items():
-            kind, owner, rest = [*name.split("/", 2), "", ""][:3]
-            if kind == OPT_STATE and owner in tasks and self.options(owner).server_opt != (
-                    "fedavg"):
-                opt = opts.setdefault(owner, ServerOptimizer(
-                    self.options(owner).server_opt_config()))
-                if rest == "steps":
-                    opt.steps = int(np.asarray(value).reshape(-1)[0])
-                elif rest[:2] in ("m/", "v/"):
-                    getattr(opt, rest[0])[rest[2:]] = np.asarray(value)
-                else:
-                    raise ValueError(f"checkpoint state {name!r} is not optimiser state")
-            elif kind == FEDSA_STATE and self.options(task_of.get(owner, "")).lora_rule == (
-                    "fedsa") and owner in task_of:
-                personal[owner][rest] = np.asarray(value)
-            elif kind == CONTROL_STATE and owner in tasks and self.options(owner).scaffold:
-                restarted.add(owner)
-            elif kind in (OPT_STATE, FEDSA_STATE, CONTROL_STATE):
-                dropped.add(f"{kind}/{owner}")
-            else:
-                raise ValueError(f"checkpoint state {name!r}: unknown kind {kind!r}")
-        if dropped:
+        either (see :mod:`server.strategies.server_state`)."""
+        restored = restore_state(state, {n.site: n.task for n in self.nodes.values()},
+                                 self.options)
+        if restored.dropped:
             log(WARNING, "resume: saved state %s left out (its task no longer uses it or its "
-                "site is not in this run)", sorted(dropped))
-        if restarted:
+                "site is not in this run)", sorted(restored.dropped))
+        if restored.restarted:
             log(WARNING, "resume: SCAFFOLD's c of %s restarts at zero with the sites' own c_i "
-                "(they lived in the previous run)", sorted(restarted))
-        self.server_opts.update(opts)
-        self.personal.update(personal)
+                "(they lived in the previous run)", sorted(restored.restarted))
+        self.server_opts.update(restored.server_opts)
+        self.personal.update(restored.personal)
 
     def options(self, task: str) -> TaskFederation:
         """The task's issue-#14 options (today's defaults when not configured)."""
@@ -751,42 +706,14 @@ class PerTaskFedAvg(FedAvg):
         if current is not None:
             reference = self._sent.get(node.site, slice_task(current, node.task))
         state = None
-        skill = content.array_records.get(RecordKey.SKILL.value)
-        opts = self.options(node.task)
-        if phase == "train" and opts.delta and reference is not None:
-            encoded = content.array_records.get(RecordKey.DELTA.value)
-            if skill is not None or (encoded is None and info_record.get(
-                    InfoKey.STATUS.value) == Status.TRAINED.value):
-                return Rejected(f"task {node.task} takes deltas ({opts.codec}), the reply "
-                                "carries none")
-            if encoded is not None:
-                frozen = a_keys(reference) if opts.lora_rule == "ffa" else set()
-                trained = {k: v for k, v in reference.items() if k not in frozen}
-                codec = opts.codec_spec()
-                sizes = packed_sizes(trained, codec) if codec.packed else {}
-                for key, arr in encoded.items():  # check the header before decoding any bytes
-                    if codec.packed:  # one flat array per dtype, of the layout's size
-                        fits = key in sizes and tuple(arr.shape) == (sizes[key],)
-                    else:
-                        base = key.removesuffix(SCALE).removesuffix(INDEX)
-                        size = int(np.prod(reference[base].shape)) if base in reference else -1
-                        flat = base != key or opts.codec == "topk"  # 1-D: scales, indices, values
-                        fits = (len(arr.shape) == 1 and arr.shape[0] <= size) if flat else (
-                            base in reference and tuple(arr.shape) == reference[base].shape)
-                    if not fits:
-                        return Rejected(f"{key}: shape {tuple(arr.shape)} does not fit the skill")
-                payload = from_wire(record_to_arrays(encoded), trained, codec)
-                self._delta_digests[node.site] = "delta:" + digest(payload)
-                deltas = decode_delta(payload, trained, codec)
-                state = {**apply_delta(trained, deltas), **{k: reference[k] for k in frozen}}
-        elif phase == "train" and skill is not None and reference is not None:
-            for key, arr in skill.items():  # check the header before decoding any bytes
-                if key in reference and tuple(arr.shape) != reference[key].shape:
-                    return Rejected(f"{key}: shape {tuple(arr.shape)} != "
-                                    f"{reference[key].shape}")
-            state = record_to_arrays(skill)
-            if opts.lora_rule == "ffa":  # A is frozen: a site need not send it back
-                state.update({k: reference[k] for k in a_keys(reference) if k not in state})
+        if phase == "train" and reference is not None:
+            decoded = decode_update(content, info_record.get(InfoKey.STATUS.value), reference,
+                                    self.options(node.task), node.task)
+            if isinstance(decoded, Rejected):
+                return decoded
+            state = decoded.state
+            if decoded.delta_digest:
+                self._delta_digests[node.site] = decoded.delta_digest
         result = check_reply(
             phase, info=dict(info_record), metrics=metrics, state=state, reference=reference,
             claim=node.claim, server_round=rnd, policy=self.policy,
@@ -800,22 +727,13 @@ class PerTaskFedAvg(FedAvg):
 
     def _check_control(self, node: SiteNode, content: RecordDict,
                        reference: dict[str, np.ndarray] | None, trained: bool) -> str:
-        """A train reply's SCAFFOLD ``control`` record: required with an update when the task
-        uses SCAFFOLD, refused otherwise; checked against the trained layout and kept for
-        aggregation. Returns why it is refused ('' when fine)."""
-        record = content.array_records.get(RecordKey.CONTROL.value)
-        if not self.options(node.task).scaffold or not trained or reference is None:
-            return "" if record is None else (
-                f"the reply carries control variates task {node.task} did not ask for")
-        if record is None:
-            return f"task {node.task} uses SCAFFOLD: the reply carries no control variate change"
-        layout = self.trained(node.task, reference)
-        for key, arr in record.items():  # the header before any bytes are decoded
-            if key not in layout or tuple(arr.shape) != layout[key].shape:
-                return f"control {key[:80]}: not a trained parameter of this shape"
-        change = record_to_arrays(record)
-        problem = control_problem(change, layout)
-        if not problem:
+        """A train reply's SCAFFOLD ``control`` record (:func:`decode_control`), kept for
+        aggregation when fine. Returns why it is refused ('' when fine)."""
+        layout = self.trained(node.task, reference) if reference is not None else {}
+        change, problem = decode_control(
+            content, layout, scaffold=self.options(node.task).scaffold,
+            updated=trained and reference is not None, task=node.task)
+        if change is not None:
             self._control_changes[node.site] = change
         return problem
 
