@@ -127,16 +127,19 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
                    for k in res["foundation"]["jobs"])
     # the kept-moments runs cut into rounds of at most 4 local steps (15 x 4 on the full
-    # budget; the quick budget of 1 x 2 already is): naive, SCAFFOLD and FedAvgM only
+    # budget; the quick budget of 1 x 2 already is): naive, SCAFFOLD, FedAvgM and smaller
+    # site batches only
     short = section[section.index("### Shorter rounds on the foundation, moments kept (1 x 2)"):
                     section.index("### One local step a round on the foundation")]
     assert "Budget (every rule and the centralised bound): 1 rounds x 2 local steps" in short
     assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
-    scaffold, fedavgm = bench.FOUNDATION_SHORT_VARIANTS
-    assert "#### SCAFFOLD and FedAvgM with 1 x 2" in short
-    assert f"| synth_surv | {scaffold} | 0.579 ± 0.007 |" in short
-    assert f"| synth_surv | {fedavgm} | 0.579 ± 0.007 |" in short
+    scaffold, fedavgm, small = bench.FOUNDATION_SHORT_VARIANTS
+    assert "#### SCAFFOLD, FedAvgM and smaller site batches with 1 x 2" in short
+    assert "batches of 2 with 4x the local steps (8 of 2 instead of 2 of 8" in short
+    for label in (scaffold, fedavgm, small):
+        assert f"| synth_surv | {label} | 0.579 ± 0.007 |" in short
     assert bench.FOUNDATION_SHORT_VARIANTS[fedavgm] == (("server_opt", "fedavgm"),)
+    assert bench.FOUNDATION_SHORT_VARIANTS[small] == ((bench.SITE_BATCH, 2),)
     assert res["foundation_short"]["budget"]["rounds"] == 1
     # one local step a round (60 x 1 on the full budget, 2 x 1 quick; evaluated every 20th
     # round, no val pass): naive only (+0.1)
@@ -539,3 +542,31 @@ def test_a_diverged_run_leaves_the_bytes_column() -> None:
     assert bench._traffic(runs[1:], [nan], [True]) == "n/a (diverged)"
     assert bench._traffic([{}], [nan], [False]) == "n/a"
     assert bench._traffic(runs[:1], [0.7], [True]) == "100 / 200"
+
+
+def test_smaller_site_batches_keep_the_examples_and_stay_out_of_the_strategy(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``site_batch`` changes the federated run's batch and local steps (as many examples a
+    round), not ``strategy.lora``; the budget it is cut from must divide."""
+    import unicon_flower.runner as runner
+
+    seen: list[Any] = []
+
+    def fake_run(sites: Any, run_dir: Path, settings: Any) -> Any:
+        seen.append(settings)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "run_in_process", fake_run)
+    setup = bench.Setup({"t": [tmp_path / "a"]}, bench.Budget(rounds=15, local_steps=4))
+    job = bench.Job("fed", "t", 0, "naive", options=((bench.SITE_BATCH, 2),
+                                                      ("server_opt", "fedavgm")))
+    with pytest.raises(RuntimeError, match="stop here"):
+        bench.run_fed(setup, job, tmp_path / "run")
+    [settings] = seen
+    assert (settings.rounds, settings.local_steps, settings.batch_size) == (15, 16, 2)
+    assert "+strategy.lora.server_opt=fedavgm" in settings.extra
+    assert not any(bench.SITE_BATCH in o for o in settings.extra)
+    assert bench.site_batch_budget(bench.Budget(), 8) == bench.Budget()
+    with pytest.raises(ValueError, match="96 examples per site and round do not cut into "
+                                         "batches of 5"):
+        bench.site_batch_budget(bench.Budget(), 5)
