@@ -151,9 +151,12 @@ FEDAVGM = "FedAvgM (server lr 1, momentum 0.9)"
 #: covers about ``local_steps x sites`` steps' length, as the bound's does, without summing
 #: the site deltas in one server step.
 SITE_BATCH = "site_batch"
-SMALL_BATCH = "FedAvg, site batches of 2 (more local steps, the same examples)"
+SMALL_SITE_BATCH = 2
+SMALL_BATCH = (f"FedAvg, site batches of {SMALL_SITE_BATCH} (more local steps, the same "
+               "examples)")
 FOUNDATION_SHORT_VARIANTS = {**dict(list(FOUNDATION_KEPT_VARIANTS.items())[:1]),
-                             FEDAVGM: VARIANTS[FEDAVGM], SMALL_BATCH: ((SITE_BATCH, 2),)}
+                             FEDAVGM: VARIANTS[FEDAVGM],
+                             SMALL_BATCH: ((SITE_BATCH, SMALL_SITE_BATCH),)}
 
 
 def summed_variant(n_sites: int) -> dict[str, tuple[tuple[str, str | float], ...]]:
@@ -362,12 +365,10 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     from unicon_flower.runner import run_in_process
 
     sites = [*setup.sites[job.task], *setup.external.get(job.task, [])]
-    budget = setup.budget
-    lora = [(k, v) for k, v in job.options if k != SITE_BATCH]
-    for key, value in job.options:
-        if key == SITE_BATCH:
-            budget = site_batch_budget(budget, int(value))
-    extra = tuple(lora_overrides(job.rule, dict(job.site_ranks), lora))
+    lora = dict(job.options)
+    batch = lora.pop(SITE_BATCH, None)  # a bench option, not a strategy.lora one
+    budget = setup.budget if batch is None else site_batch_budget(setup.budget, int(batch))
+    extra = tuple(lora_overrides(job.rule, dict(job.site_ranks), list(lora.items())))
     result = run_in_process(sites, run_dir, _settings(setup, job.seed, budget, extra=extra))
     check_aggregated(result.rounds, job.task, job.key)
     comm = result.results["communication"]
@@ -950,6 +951,7 @@ def _short_texts(part: Mapping[str, Any], base: Mapping[str, Any]
     """Heading, intro, variants heading and intro of the 15 x 4 table (``base``: the budget
     it is cut from)."""
     b, times = part["budget"], _times(part, base)
+    small = site_batch_budget(Budget(**b), SMALL_SITE_BATCH)
     return (f"### Shorter rounds on the foundation, moments kept ({b['rounds']} x "
             f"{b['local_steps']})",
             "The kept-moments runs again with the same examples per site cut into "
@@ -967,9 +969,9 @@ def _short_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             "the centralised bound's `local_steps x sites` steps a round without summing the "
             "deltas in one step (which diverged in a diagnostic on the 60 x 1 runs, "
             "docs/federated.md). Smaller site batches are another: each site trains on "
-            f"batches of 2 with {b['batch_size'] // 2}x the local steps "
-            f"({b['local_steps'] * b['batch_size'] // 2} "
-            f"of 2 instead of {b['local_steps']} of {b['batch_size']}: the same examples a "
+            f"batches of {small.batch_size} with {small.local_steps // b['local_steps']}x the "
+            f"local steps ({small.local_steps} of {small.batch_size} instead of "
+            f"{b['local_steps']} of {b['batch_size']}: the same examples a "
             "round), and as an AdamW step moves about as far whatever its batch, a site's "
             "round covers about as much ground as the bound's `local_steps x sites` steps; "
             "the bound is not changed. Its batch size was set before the run, not tuned.")
