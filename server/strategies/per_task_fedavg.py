@@ -89,7 +89,7 @@ from unicon_core.federation.replies import (
 )
 from unicon_core.federation.sampling import sample_sites
 from unicon_core.federation.scaffold import control_problem, server_update, zero_control
-from unicon_core.federation.server_opt import ServerOptimizer
+from unicon_core.federation.server_opt import ServerOptimizer, site_sq_norm
 from unicon_core.federation.validation import ValidationPolicy, update_norm
 from unicon_flower.accounting import CommLedger, content_bytes
 from unicon_flower.records import arrays_to_record, record_to_arrays
@@ -446,7 +446,11 @@ class PerTaskFedAvg(FedAvg):
                                            if k.startswith("adapter.")}
         if opts.server_opt != "fedavg":
             opt = self.server_opts.setdefault(task, ServerOptimizer(opts.server_opt_config()))
-            aggregate = opt.step(reference, aggregate)
+            spread = (site_sq_norm(states, weights, reference) if opts.server_opt == "fedexp"
+                      else None)
+            aggregate = opt.step(reference, aggregate, spread)
+            if spread is not None:
+                report["server_lr"] = opt.last_lr
         if opts.scaffold:
             report["control_norm"] = self.update_control(task, sites, reference)
         return aggregate, report

@@ -137,6 +137,25 @@ def test_server_optimiser_state_is_per_task_and_steps_from_the_global() -> None:
     assert set(strategy.server_opts) == {"cls"}
 
 
+def test_fedexp_extrapolates_the_mean_delta_by_the_sites_spread() -> None:
+    # Prepare: three sites whose deltas are the same random draws as _locals'
+    strategy = PerTaskFedAvg(NODES, foundation_hash=HASH,
+                             lora={"cls": TaskFederation(server_opt="fedexp", delta=True)})
+    locals_ = _locals()
+    g = _global()
+    # Execute
+    out, record = _round(strategy, locals_, Codec("none"))
+    # Assert: eta_g = mean |d_i|^2 / (2 (|mean d|^2 + eps)) from the sites' own deltas
+    d = [{k: s[k].astype(np.float64) - g[k] for k in g} for s in locals_.values()]
+    mean = {k: sum(x[k] for x in d) / 3 for k in g}
+    spread = sum(sum(float((x[k] ** 2).sum()) for k in g) for x in d) / 3
+    eta = max(1.0, spread / (2 * (sum(float((m**2).sum()) for m in mean.values()) + 1e-3)))
+    assert eta > 1.2  # independent draws: the average shrinks, fedexp steps further
+    assert record["tasks"]["cls"]["server_lr"] == pytest.approx(eta, rel=1e-6)
+    for key, value in g.items():
+        np.testing.assert_allclose(out[key], value + eta * mean[key], rtol=1e-5, atol=1e-5)
+
+
 def test_sampling_in_the_strategy() -> None:
     strategy = PerTaskFedAvg(NODES, foundation_hash=HASH, min_sites_per_task=2,
                              lora={"cls": TaskFederation(fraction=0.1)}, seed=3)

@@ -230,13 +230,14 @@ class TaskFederation:
     pack: bool = False
     lora_rule: str = "naive"  # naive, ffa, fedsa, svd
     site_ranks: Mapping[str, int] = field(default_factory=dict)  # site -> its (lower) rank
-    server_opt: str = "fedavg"  # fedavg, fedavgm, fedadam, fedyogi
+    server_opt: str = "fedavg"  # fedavg, fedavgm, fedadam, fedyogi, fedexp
     server_lr: float = 1.0  # fedavgm
     server_momentum: float = 0.9  # fedavgm
     server_eta: float = 0.1  # fedadam, fedyogi
     beta_1: float = 0.9
     beta_2: float = 0.99
     tau: float = 1e-3
+    fedexp_eps: float = 1e-3  # fedexp: keeps its server step finite when updates cancel
     fraction: float = 1.0  # share of the task's sites drawn per round
     min_sites: int = 1  # fewest of its sites a task draws per round
     prox_mu: float = 0.0  # FedProx at the sites (0: off)
@@ -288,6 +289,11 @@ class TaskFederation:
             if not isinstance(getattr(self, name), bool):
                 raise _fail(f"strategy.lora.{name}",
                             f"must be true or false, got {getattr(self, name)!r}")
+        if self.server_opt == "fedexp" and (self.lora_rule not in ("naive", "ffa")
+                                             or self.site_ranks):
+            raise _fail("strategy.lora.server_opt", "fedexp's step compares the sites' "
+                        "updates with their mean in the trained parameters' space, shared by "
+                        "every site: use lora_rule naive or ffa, without site_ranks")
         if self.scaffold and (self.lora_rule not in ("naive", "ffa") or self.site_ranks):
             raise _fail("strategy.lora.scaffold", "control variates live in the trained "
                         "parameters' space, shared by every site: use lora_rule naive or ffa, "
@@ -304,7 +310,8 @@ class TaskFederation:
     def server_opt_config(self) -> ServerOptConfig:
         """The server optimiser's settings."""
         return ServerOptConfig(self.server_opt, self.server_lr, self.server_momentum,
-                               self.server_eta, self.beta_1, self.beta_2, self.tau)
+                               self.server_eta, self.beta_1, self.beta_2, self.tau,
+                               self.fedexp_eps)
 
     def sampling(self) -> SamplingConfig:
         """The per-round sampling of the task's sites."""
