@@ -27,9 +27,10 @@ Four measurements, each written into the "Federated LoRA (#14)" section of BENCH
 
 Every federated run is the real ServerApp strategy and ClientApp over the in-process grid
 (:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
-folder, so a rerun resumes. ``--part kept|short|one|ct`` reruns one table of
-``--foundation`` alone (kept moments, 15 x 4, 60 x 1, the 3D task; each with its variants)
-and replaces only that table, saying so, where the cache of the others is gone. Usage::
+folder, so a rerun resumes. ``--part rules|kept|short|one|ct`` reruns one table of
+``--foundation`` alone (the per-rule table with its mixed ranks, kept moments, 15 x 4, 60 x 1,
+the 3D task; each with its variants) and replaces only that table, saying so, where the cache
+of the others is gone. Usage::
 
     python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
         [--foundation] [--part ct] [--out BENCHMARKS.md] [--work-dir DIR]
@@ -145,6 +146,13 @@ FOUNDATION_KEPT_VARIANTS: dict[str, tuple[tuple[str, str | float], ...]] = {
 FOUNDATION_SHORT_STEPS = 4
 FOUNDATION_SHORT_RULES = ("naive",)
 FEDAVGM = "FedAvgM (server lr 1, momentum 0.9)"
+#: Momentum 0.5 (the step grows towards 2x the mean delta, not 10x): chosen after every seed
+#: of momentum 0.9 diverged on 15 x 4, the only other value tried.
+FEDAVGM_HALF_MOMENTUM = 0.5
+FEDAVGM_HALF = f"FedAvgM (server lr 1, momentum {FEDAVGM_HALF_MOMENTUM:g})"
+#: FedExP's adaptive server step (``server_opt=fedexp``, its eps at the default 1e-3, set
+#: before any run): extrapolates the mean delta by how much the sites' deltas disagree.
+FEDEXP = "FedExP (adaptive server step, eps 1e-3)"
 #: A bench option, not a ``strategy.lora`` one: the federated sites train on batches of this
 #: size with as many more local steps as keep their examples per round (the centralised bound
 #: is unchanged). An AdamW step moves about as far whatever its batch, so each site's round
@@ -156,6 +164,9 @@ SMALL_BATCH = (f"FedAvg, site batches of {SMALL_SITE_BATCH} (more local steps, t
                "examples)")
 FOUNDATION_SHORT_VARIANTS = {**dict(list(FOUNDATION_KEPT_VARIANTS.items())[:1]),
                              FEDAVGM: VARIANTS[FEDAVGM],
+                             FEDAVGM_HALF: (*VARIANTS[FEDAVGM],
+                                            ("server_momentum", FEDAVGM_HALF_MOMENTUM)),
+                             FEDEXP: (("server_opt", "fedexp"),),
                              SMALL_BATCH: ((SITE_BATCH, SMALL_SITE_BATCH),)}
 
 
@@ -548,9 +559,10 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
             if base == FOUNDATION_BASE else {}}
 
 
-#: The foundation's parts that ``--part`` reruns alone (its name -> the key of its results).
-PARTS = {"kept": "foundation_kept", "short": "foundation_short", "one": "foundation_one",
-         "ct": "foundation_ct"}
+#: The foundation's parts that ``--part`` reruns alone (its name -> the key of its results);
+#: ``rules`` is the per-rule table on the foundation with its mixed-ranks table.
+PARTS = {"rules": "foundation", "kept": "foundation_kept", "short": "foundation_short",
+         "one": "foundation_one", "ct": "foundation_ct"}
 
 
 def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root: Path,
@@ -897,19 +909,9 @@ def render(res: Mapping[str, Any]) -> str:
              f"{_made_line(runs)}", ""]
     lines += _rules_lines("### Federated / centralised per LoRA rule", res, seeds, b)
     lines += _variant_lines(res, seeds)
-    if res.get("foundation"):
-        fm = res["foundation"]
-        lines += _rules_lines(
-            "### Federated / centralised per LoRA rule on the pretrained foundation", fm, seeds,
-            b, f"The rules again on a backbone that learns: `{' '.join(fm['base'])}` (the "
-            "demo's foundation: the CT foundation's I3ResNet-152 with the astra weights, 3D "
-            "for CT, its kernels summed over depth for the 2D MRI tasks, frozen; LoRA on its "
-            "bottleneck convolutions). Same budget and measures as above."
-            + (f" {fm['note']}" if fm.get("note") else ""))
-        lines += _mixed_lines(fm, seeds, " on the pretrained foundation")
     for key in PARTS.values():
         if res.get(key):
-            lines += _part_lines(res[key], seeds, *PART_TEXTS[key](res[key], b))
+            lines += [line for sub in _part_subsections(res[key], key, seeds, b) for line in sub]
     lines.append("")
     lines += _bytes_lines(res["bytes"])
     lines += _mixed_lines(res, seeds)
@@ -958,8 +960,8 @@ def _short_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"{b['rounds']} rounds of {b['local_steps']} local steps ({times} the rounds, "
             f"{b['local_steps']} of {base['local_steps']} local steps: less drift within a "
             f"round, {times} the messages); centralised cut alike. Naive rule, then SCAFFOLD, "
-            "FedAvgM and smaller site batches below.",
-            f"#### SCAFFOLD, FedAvgM and smaller site batches with {b['rounds']} x "
+            "FedAvgM, FedExP and smaller site batches below.",
+            f"#### SCAFFOLD, FedAvgM, FedExP and smaller site batches with {b['rounds']} x "
             f"{b['local_steps']}",
             "SCAFFOLD as the row under the kept-moments table, on these shorter rounds. "
             "FedAvgM with the settings of the server-optimiser table (server lr 1, momentum "
@@ -968,7 +970,14 @@ def _short_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             "while the sites' deltas agree from round to round. It is a way to take more of "
             "the centralised bound's `local_steps x sites` steps a round without summing the "
             "deltas in one step (which diverged in a diagnostic on the 60 x 1 runs, "
-            "docs/federated.md). Smaller site batches are another: each site trains on "
+            f"docs/federated.md). FedAvgM with momentum {FEDAVGM_HALF_MOMENTUM:g} (the step "
+            f"grows towards {1 / (1 - FEDAVGM_HALF_MOMENTUM):g}x the mean delta) was added "
+            "after every seed of momentum 0.9 diverged on these rounds; it is the only other "
+            "momentum tried. FedExP (Jhunjhunwala et al. 2023) sizes the server's step from "
+            "the round itself: the mean delta times max(1, mean |d_i|^2 / (2 (|mean d|^2 + "
+            "eps))), 1 while the sites' deltas agree, towards sites / 2 as they turn "
+            "orthogonal (where averaging shortens the step most). Smaller site batches are "
+            "another way: each site trains on "
             f"batches of {small.batch_size} with {small.local_steps // b['local_steps']}x the "
             f"local steps ({small.local_steps} of {small.batch_size} instead of "
             f"{b['local_steps']} of {b['batch_size']}: the same examples a "
@@ -1016,12 +1025,29 @@ PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
     "foundation_ct": _ct_texts}
 
 
+def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],
+                      base: Mapping[str, Any]) -> list[list[str]]:
+    """The ``###`` subsections of one foundation part (``key``: its results key; ``base``:
+    the budget the cut parts are cut from): the per-rule table and its mixed ranks, or a
+    part's table with its variants."""
+    if key != PARTS["rules"]:
+        return [_part_lines(part, seeds, *PART_TEXTS[key](part, base))]
+    return [_rules_lines(
+        "### Federated / centralised per LoRA rule on the pretrained foundation", part, seeds,
+        base, f"The rules again on a backbone that learns: `{' '.join(part['base'])}` (the "
+        "demo's foundation: the CT foundation's I3ResNet-152 with the astra weights, 3D for "
+        "CT, its kernels summed over depth for the 2D MRI tasks, frozen; LoRA on its "
+        "bottleneck convolutions). Same budget and measures as above."),
+        _mixed_lines(part, seeds, " on the pretrained foundation")]
+
+
 def part_alone(part: Mapping[str, Any], key: str, seeds: Sequence[int],
-               base: Mapping[str, Any], note: str) -> str:
-    """The subsection of one foundation part (``key``: its results key) rerun alone, ``note``
-    saying so under its heading: it replaces that subsection and keeps the rest."""
-    lines = _part_lines(part, seeds, *PART_TEXTS[key](part, base))
-    return "\n".join([*lines[:2], note, "", *lines[2:]])
+               base: Mapping[str, Any], note: str) -> list[str]:
+    """The subsections of one foundation part (``key``: its results key) rerun alone, each
+    with ``note`` saying so under its heading: each replaces its own subsection and keeps the
+    rest."""
+    return ["\n".join([*lines[:2], note, "", *lines[2:]])
+            for lines in _part_subsections(part, key, seeds, base) if lines]
 
 
 def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, intro: str,
@@ -1518,7 +1544,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                args.seeds, work, args.jobs)[key]()
         note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
                 "section's other tables are from the run named above.")
-        insert_subsection(args.out, part_alone(part, key, args.seeds, asdict(budget), note))
+        for sub in part_alone(part, key, args.seeds, asdict(budget), note):
+            insert_subsection(args.out, sub)
         print(f"replaced the table of part {args.part!r} in {args.out}")
         return {**res, key: part}
     if "rules" not in args.skip:

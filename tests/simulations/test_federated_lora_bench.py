@@ -127,18 +127,21 @@ def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert not any(k.endswith(("scaffold-true_seed0", "scaffold-true_seed1"))
                    for k in res["foundation"]["jobs"])
     # the kept-moments runs cut into rounds of at most 4 local steps (15 x 4 on the full
-    # budget; the quick budget of 1 x 2 already is): naive, SCAFFOLD, FedAvgM and smaller
-    # site batches only
+    # budget; the quick budget of 1 x 2 already is): naive, SCAFFOLD, FedAvgM (two momenta),
+    # FedExP and smaller site batches only
     short = section[section.index("### Shorter rounds on the foundation, moments kept (1 x 2)"):
                     section.index("### One local step a round on the foundation")]
     assert "Budget (every rule and the centralised bound): 1 rounds x 2 local steps" in short
     assert "| naive | 0.559 ± 0.007 | 0.805 ± 0.007 |" in short and "| ffa |" not in short
-    scaffold, fedavgm, small = bench.FOUNDATION_SHORT_VARIANTS
-    assert "#### SCAFFOLD, FedAvgM and smaller site batches with 1 x 2" in short
+    scaffold, fedavgm, half, fedexp, small = bench.FOUNDATION_SHORT_VARIANTS
+    assert "#### SCAFFOLD, FedAvgM, FedExP and smaller site batches with 1 x 2" in short
     assert "batches of 2 with 4x the local steps (8 of 2 instead of 2 of 8" in short
-    for label in (scaffold, fedavgm, small):
+    for label in (scaffold, fedavgm, half, fedexp, small):
         assert f"| synth_surv | {label} | 0.579 ± 0.007 |" in short
     assert bench.FOUNDATION_SHORT_VARIANTS[fedavgm] == (("server_opt", "fedavgm"),)
+    assert bench.FOUNDATION_SHORT_VARIANTS[half] == (("server_opt", "fedavgm"),
+                                                     ("server_momentum", 0.5))
+    assert bench.FOUNDATION_SHORT_VARIANTS[fedexp] == (("server_opt", "fedexp"),)
     assert bench.FOUNDATION_SHORT_VARIANTS[small] == ((bench.SITE_BATCH, 2),)
     assert res["foundation_short"]["budget"]["rounds"] == 1
     # one local step a round (60 x 1 on the full budget, 2 x 1 quick; evaluated every 20th
@@ -350,13 +353,10 @@ def test_bytes_alone_replace_only_the_bytes_table(monkeypatch: pytest.MonkeyPatc
     assert "This table alone was rerun by" in text and "1.010 x raw skill bytes" in text
 
 
-@pytest.mark.parametrize(("name", "heading"), [
-    ("ct", "### synth_surv on the 3D CT foundation"),
-    ("kept", "### The same on the foundation, sites keeping their optimiser state")])
-def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path, name: str,
-                                                           heading: str) -> None:
-    # Prepare: a whole section written from fake runs, then the centralised bound moves
+def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+                              ) -> tuple[Path, str]:
+    """A whole --foundation section written from fake runs (the file and its text), then
+    the centralised bound's fake moves to 0.9 for the next run."""
     for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
         monkeypatch.setitem(bench.RUNNERS, kind, fake)
     monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
@@ -371,6 +371,17 @@ def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.M
         return {**_fake_central(setup, job, run_dir), "value": 0.9}
 
     monkeypatch.setitem(bench.RUNNERS, "central", moved)
+    return out, before
+
+
+@pytest.mark.parametrize(("name", "heading"), [
+    ("ct", "### synth_surv on the 3D CT foundation"),
+    ("kept", "### The same on the foundation, sites keeping their optimiser state")])
+def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
+                                                           tmp_path: Path, name: str,
+                                                           heading: str) -> None:
+    # Prepare: a whole section written from fake runs, then the centralised bound moves
+    out, before = _section_then_bound_moves(monkeypatch, tmp_path)
     # Execute: the part alone, in a fresh work folder (the others' cache is gone)
     res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
                       "--out", str(out), "--part", name])
@@ -386,6 +397,37 @@ def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.M
     assert after.split(part_after)[1] == before.split(part_before)[1]  # the tables after it
     assert after.count(heading) == 1
     assert bench.PARTS[name] in res and "foundation" not in res and not res["jobs"]
+
+
+def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: a whole section from fake runs, then the bound and the mixed runs move
+    out, before = _section_then_bound_moves(monkeypatch, tmp_path)
+
+    def mixed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+        return {**_fake_fed(setup, job, run_dir), "value": 0.123}
+
+    monkeypatch.setitem(bench.RUNNERS, "mixed", mixed)
+    # Execute
+    res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
+                      "--out", str(out), "--part", "rules"])
+    # Assert: the foundation's rules and mixed-ranks tables changed, each says it was rerun
+    # alone; every table before and after them (the tiny backbone's mixed ranks too) did not
+    after = out.read_text()
+    rules = "### Federated / centralised per LoRA rule on the pretrained foundation\n"
+    mixed_head = "### Mixed ranks vs uniform rank (SVD rule) on the pretrained foundation\n"
+    kept = "### The same on the foundation, sites keeping their optimiser state\n"
+    assert before.count(rules) == before.count(mixed_head) == 1
+    assert after.split(rules)[0] == before.split(rules)[0]
+    assert after.split(kept)[1] == before.split(kept)[1]
+    new = after[after.index(rules):after.index(kept)]
+    old = before[before.index(rules):before.index(kept)]
+    assert "| 0.800 ± 0.000 |" in old and "| 0.900 ± 0.000 |" in new
+    assert "| mixed (" in new and "| 0.123 ± 0.000 | 0.123 |" in new and "0.123" not in old
+    assert new.count("This table alone was rerun by") == 2
+    assert after.count("This table alone was rerun by") == 2
+    assert new.index(mixed_head) > new.index(rules) and "--part rules" in new
+    assert "foundation" in res and not res["jobs"]
 
 
 def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
