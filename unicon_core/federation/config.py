@@ -377,6 +377,10 @@ class StrategyConfig:
                 raise _fail("strategy.lora.scaffold", f"{self.name} is robust to a lying site; "
                             "SCAFFOLD's control variate is a plain mean a lying site could move "
                             "(use per_task_fedavg)")
+            if self.for_task(task).server_opt == "fedexp" and self.name != "per_task_fedavg":
+                raise _fail("strategy.lora.server_opt", f"{self.name} is robust to a lying "
+                            "site; FedExP's step grows with the sites' spread, which one lying "
+                            "site sets (use per_task_fedavg)")
 
     def for_task(self, task: str) -> TaskFederation:
         """``task``'s options: ``lora`` overridden by ``lora_tasks[task]``."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unicon_core.federation.config import TaskFederation
+from unicon_core.federation.config import StrategyConfig, TaskFederation
 from unicon_core.federation.server_opt import ServerOptConfig, ServerOptimizer, site_sq_norm
 
 
@@ -68,3 +68,11 @@ def test_fedexp_needs_a_shared_parameter_space() -> None:
         TaskFederation(server_opt="fedexp", lora_rule="svd")
     with pytest.raises(ValueError, match=r"strategy\.lora\.server_opt"):
         TaskFederation(server_opt="fedexp", site_ranks={"a": 2})
+
+
+def test_fedexp_is_refused_with_a_robust_strategy() -> None:
+    # one site sets the spread, so a trimmed or median aggregate would still be stretched by it
+    StrategyConfig(lora={"server_opt": "fedexp"})
+    for name in ("per_task_median", "per_task_trimmed_mean"):
+        with pytest.raises(ValueError, match=f"{name} is robust to a lying site; FedExP"):
+            StrategyConfig(name=name, lora_tasks={"t": {"server_opt": "fedexp"}})
