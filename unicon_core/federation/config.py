@@ -289,12 +289,12 @@ class TaskFederation:
             if not isinstance(getattr(self, name), bool):
                 raise _fail(f"strategy.lora.{name}",
                             f"must be true or false, got {getattr(self, name)!r}")
-        if self.server_opt == "fedexp" and (self.lora_rule not in ("naive", "ffa")
-                                             or self.site_ranks):
+        shared_space = self.lora_rule in ("naive", "ffa") and not self.site_ranks
+        if self.server_opt == "fedexp" and not shared_space:
             raise _fail("strategy.lora.server_opt", "fedexp's step compares the sites' "
                         "updates with their mean in the trained parameters' space, shared by "
                         "every site: use lora_rule naive or ffa, without site_ranks")
-        if self.scaffold and (self.lora_rule not in ("naive", "ffa") or self.site_ranks):
+        if self.scaffold and not shared_space:
             raise _fail("strategy.lora.scaffold", "control variates live in the trained "
                         "parameters' space, shared by every site: use lora_rule naive or ffa, "
                         "without site_ranks")
@@ -373,14 +373,17 @@ class StrategyConfig:
                 raise _fail("strategy.lora", f"unknown option(s) {unknown}; known: "
                             f"{sorted(known)}")
         for task in ["", *self.lora_tasks]:
-            if self.for_task(task).scaffold and self.name != "per_task_fedavg":
-                raise _fail("strategy.lora.scaffold", f"{self.name} is robust to a lying site; "
-                            "SCAFFOLD's control variate is a plain mean a lying site could move "
-                            "(use per_task_fedavg)")
-            if self.for_task(task).server_opt == "fedexp" and self.name != "per_task_fedavg":
-                raise _fail("strategy.lora.server_opt", f"{self.name} is robust to a lying "
-                            "site; FedExP's step grows with the sites' spread, which one lying "
-                            "site sets (use per_task_fedavg)")
+            opts = self.for_task(task)  # validates every task's options
+            # options that trust a plain statistic of every site's update, which a robust
+            # strategy would still let one lying site set
+            for key, used, why in (
+                    ("scaffold", opts.scaffold,
+                     "SCAFFOLD's control variate is a plain mean a lying site could move"),
+                    ("server_opt", opts.server_opt == "fedexp",
+                     "FedExP's step grows with the sites' spread, which one lying site sets")):
+                if used and self.name != "per_task_fedavg":
+                    raise _fail(f"strategy.lora.{key}", f"{self.name} is robust to a lying "
+                                f"site; {why} (use per_task_fedavg)")
 
     def for_task(self, task: str) -> TaskFederation:
         """``task``'s options: ``lora`` overridden by ``lora_tasks[task]``."""

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from unicon_core.federation.validation import update_norm
+
 Arrays = Mapping[str, np.ndarray]
 SERVER_OPTS = ("fedavg", "fedavgm", "fedadam", "fedyogi", "fedexp")
 
@@ -112,7 +114,5 @@ def site_sq_norm(states: Sequence[Arrays], weights: Sequence[float], reference: 
     total = float(sum(weights))
     if not total > 0:
         raise ValueError("site_sq_norm needs positive weights")
-    return sum(w * sum(float(((np.asarray(s[k], np.float64)
-                                - np.asarray(ref, np.float64)) ** 2).sum())
-                       for k, ref in reference.items())
+    return sum(w * update_norm(reference, s) ** 2
                for s, w in zip(states, weights, strict=True)) / total

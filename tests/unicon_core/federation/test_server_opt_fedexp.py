@@ -37,9 +37,10 @@ def test_orthogonal_sites_step_towards_sites_over_two() -> None:
 
 
 def test_cancelling_sites_stay_bounded_by_eps() -> None:
-    d = np.array([1.0, 0.0])
-    new, lr = _step([d, -d], eps=0.5)
-    assert lr == pytest.approx(1 / (2 * 0.5)) and np.all(new == 0)
+    # mostly cancelling: mean (0, 0.1), |mean|^2 = 0.01, mean |d_i|^2 = (1 + 1.04) / 2
+    new, lr = _step([np.array([1.0, 0.0]), np.array([-1.0, 0.2])], eps=0.01)
+    assert lr == pytest.approx(1.02 / (2 * (0.01 + 0.01)))  # 25.5; 51 without eps
+    np.testing.assert_allclose(new, [0.0, lr * 0.1], atol=1e-6)
 
 
 def test_site_sq_norm_is_example_weighted() -> None:
