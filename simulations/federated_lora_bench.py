@@ -27,9 +27,9 @@ Four measurements, each written into the "Federated LoRA (#14)" section of BENCH
 
 Every federated run is the real ServerApp strategy and ClientApp over the in-process grid
 (:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
-folder, so a rerun resumes. ``--part rules|kept|short|one|ct`` reruns one table of
+folder, so a rerun resumes. ``--part rules|kept|short|one|ct|ctlong`` reruns one table of
 ``--foundation`` alone (the per-rule table with its mixed ranks, kept moments, 15 x 4, 60 x 1,
-the 3D task; each with its variants) and replaces only that table, saying so, where the cache
+the 3D task at its own budget and at 3x its rounds; each with its variants) and replaces only that table, saying so, where the cache
 of the others is gone. Usage::
 
     python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
@@ -130,6 +130,10 @@ FOUNDATION_ONE_RULES = ("naive",)
 #: 8 volumes takes about 10 s on this CPU), the rules' rounds and lr.
 FOUNDATION_CT_TASKS: dict[str, tuple[str, ...]] = {"ct_seg": ("ct_a", "ct_b")}
 FOUNDATION_CT_BUDGET = {"local_steps": 4, "batch_size": 2}
+#: The same at 3x its rounds (more examples for both sides, not the same examples cut finer):
+#: whether the 3D task's gap is one of a short budget. Naive rule and the bound only.
+FOUNDATION_CT_LONG_ROUNDS_X = 3
+FOUNDATION_CT_LONG_RULES = ("naive",)
 #: The foundation's tasks rerun with every site (and the pooled node) keeping its optimiser's
 #: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
 FOUNDATION_KEPT = ("train.keep_optimizer_state=true",)
@@ -562,7 +566,7 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
 #: The foundation's parts that ``--part`` reruns alone (its name -> the key of its results);
 #: ``rules`` is the per-rule table on the foundation with its mixed-ranks table.
 PARTS = {"rules": "foundation", "kept": "foundation_kept", "short": "foundation_short",
-         "one": "foundation_one", "ct": "foundation_ct"}
+         "one": "foundation_one", "ct": "foundation_ct", "ctlong": "foundation_ctlong"}
 
 
 def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root: Path,
@@ -602,7 +606,17 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         "foundation_ct": lambda: run_foundation(
             ct_sites, replace(budget, **FOUNDATION_CT_BUDGET), seeds, work / "foundation_ct",
             n_jobs, mixed_task="", variants=summed_variant(_site_count(ct_sites))),
+        "foundation_ctlong": lambda: run_foundation(
+            ct_sites, ct_long_budget(budget), seeds, work / "foundation_ctlong", n_jobs,
+            mixed_task="", rules=FOUNDATION_CT_LONG_RULES),
     }
+
+
+def ct_long_budget(budget: Budget) -> Budget:
+    """The 3D task's budget (:data:`FOUNDATION_CT_BUDGET`) at
+    :data:`FOUNDATION_CT_LONG_ROUNDS_X` times ``budget``'s rounds."""
+    return replace(budget, **FOUNDATION_CT_BUDGET,
+                   rounds=budget.rounds * FOUNDATION_CT_LONG_ROUNDS_X)
 
 
 # ------------------------------------------------------------------------------ bytes
@@ -893,11 +907,8 @@ def render(res: Mapping[str, Any]) -> str:
     """The BENCHMARKS.md section; every number comes from ``res`` (the runs' results)."""
     seeds = list(res["seeds"])
     b = res["budget"]
-    runs = [*res["jobs"].values(), *res.get("foundation", {}).get("jobs", {}).values(),
-            *res.get("foundation_kept", {}).get("jobs", {}).values(),
-            *res.get("foundation_short", {}).get("jobs", {}).values(),
-            *res.get("foundation_one", {}).get("jobs", {}).values(),
-            *res.get("foundation_ct", {}).get("jobs", {}).values()]
+    runs = [*res["jobs"].values(),
+            *(j for key in PARTS.values() for j in res.get(key, {}).get("jobs", {}).values())]
     lines = [HEADING, "",
              f"Made by `{res['command']}` ({res['date']}; the runs of the tables below took "
              f"{sum(j.get('cpu_s', 0.0) for j in runs) / 60:.0f} "
@@ -1018,11 +1029,24 @@ def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"#### Summing the site deltas on {tasks}", SUMMED_INTRO)
 
 
+def _ct_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
+                   ) -> tuple[str, str, str, str]:
+    """Heading and intro of the 3D task's table at more rounds (no variants; ``base``: the
+    budget whose rounds it multiplies)."""
+    b, tasks = part["budget"], ", ".join(part["tasks"])
+    return (f"### {tasks} on the 3D CT foundation, {_times(part, base)} the rounds "
+            f"({b['rounds']} x {b['local_steps']} of {b['batch_size']})",
+            f"The table above at {_times(part, base)} its rounds, the same local steps, batch "
+            "and lr: more examples for the federation and its centralised bound alike (not "
+            "the same examples cut finer), to tell a gap that a short budget leaves from one "
+            "that stays. Naive rule and the bound only, set before the runs.", "", "")
+
+
 PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
                                tuple[str, str, str, str]]] = {
     "foundation_kept": _kept_texts, "foundation_short": _short_texts,
     "foundation_one": _one_texts,
-    "foundation_ct": _ct_texts}
+    "foundation_ct": _ct_texts, "foundation_ctlong": _ct_long_texts}
 
 
 def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],
@@ -1265,6 +1289,8 @@ VARIANTS_INTRO = (
     "run, not tuned.")
 
 
+#: Heading of the bytes table, which follows the foundation's parts in the section.
+BYTES_HEADING = "### Bytes per site and round per codec"
 SUMMED_INTRO = (
     "The centralised bound takes `local_steps x sites` steps a round; FedAvg's mean of the "
     "site deltas moves about as far as one site's `local_steps` (each site's AdamW step has "
@@ -1327,7 +1353,7 @@ def _traffic(runs: Sequence[Mapping[str, Any]], fed: Sequence[float], ran: Seque
 
 
 def _bytes_lines(rows: Sequence[Mapping[str, Any]], provenance: str = "") -> list[str]:
-    out = ["### Bytes per site and round per codec", "",
+    out = [BYTES_HEADING, "",
            *([provenance, ""] if provenance else []),
            "Serialized messages of one round (`unicon_flower.accounting.content_bytes`): down "
            "= the strategy's train and evaluate instructions (the task's skill in float32; "
@@ -1545,7 +1571,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
                 "section's other tables are from the run named above.")
         for sub in part_alone(part, key, args.seeds, asdict(budget), note):
-            insert_subsection(args.out, sub)
+            insert_subsection(args.out, sub, before=BYTES_HEADING)  # render's place for a new one
         print(f"replaced the table of part {args.part!r} in {args.out}")
         return {**res, key: part}
     if "rules" not in args.skip:

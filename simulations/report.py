@@ -617,13 +617,21 @@ def insert_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def insert_subsection(path: Path, subsection: str) -> None:
+def insert_subsection(path: Path, subsection: str, before: str | None = None) -> None:
     """Replace the ``### `` subsection of ``path`` whose heading is ``subsection``'s first line
-    (up to the next ``### `` or ``## `` heading); raises when it is not there."""
+    (up to the next ``### `` or ``## `` heading). When it is not there yet, it goes in just
+    before the heading line ``before`` (a table added since the file was written); raises
+    when neither is there."""
     text = path.read_text()
     head = subsection.splitlines()[0] + "\n"
     if head not in text:
-        raise ValueError(f"{path}: no subsection {head.strip()!r} to replace")
+        anchor = f"{before}\n" if before else None
+        if anchor is None or anchor not in text:
+            raise ValueError(f"{path}: no subsection {head.strip()!r} to replace"
+                             + (f", nor {before!r} to put it before" if before else ""))
+        at = text.index(anchor)
+        path.write_text(text[:at] + subsection.rstrip() + "\n\n" + text[at:])
+        return
     start = text.index(head)
     ends = [i for h in ("\n### ", "\n## ") if (i := text.find(h, start + len(head))) >= 0]
     rest = text[min(ends):] if ends else ""

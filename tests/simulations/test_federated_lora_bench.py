@@ -375,7 +375,8 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 
 
 @pytest.mark.parametrize(("name", "heading"), [
-    ("ct", "### synth_surv on the 3D CT foundation"),
+    ("ct", "### synth_surv on the 3D CT foundation, smaller steps"),
+    ("ctlong", "### synth_surv on the 3D CT foundation, 3x the rounds"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -428,6 +429,32 @@ def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
     assert after.count("This table alone was rerun by") == 2
     assert new.index(mixed_head) > new.index(rules) and "--part rules" in new
     assert "foundation" in res and not res["jobs"]
+
+
+def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: a whole section from fake runs, less the longer 3D table (a file written
+    # before that table existed)
+    out, before = _section_then_bound_moves(monkeypatch, tmp_path)
+    head = "### synth_surv on the 3D CT foundation, 3x the rounds"
+    start = before.index(head)
+    end = before.index(bench.BYTES_HEADING)
+    assert start < end
+    older = before[:start] + before[end:]
+    out.write_text(older)
+    # Execute
+    bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
+                "--out", str(out), "--part", "ctlong"])
+    # Assert: the table is back where the whole section has it, with the new runs' values,
+    # and nothing else changed
+    after = out.read_text()
+    assert after.count(head) == 1
+    assert after.index("### synth_surv on the 3D CT foundation, smaller steps") < \
+        after.index(head) < after.index(bench.BYTES_HEADING)
+    table = after[after.index(head):after.index(bench.BYTES_HEADING)]
+    assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
+    assert "3 rounds x 4 local steps of batch 2" in table  # quick: 3x its 1 round
+    assert after.replace(table, "") == older
 
 
 def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
