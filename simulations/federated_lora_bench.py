@@ -29,8 +29,8 @@ Every federated run is the real ServerApp strategy and ClientApp over the in-pro
 (:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
 folder, so a rerun resumes. ``--part rules|kept|short|one|ct|ctlong`` reruns one table of
 ``--foundation`` alone (the per-rule table with its mixed ranks, kept moments, 15 x 4, 60 x 1,
-the 3D task at its own budget and at 3x its rounds; each with its variants) and replaces only that table, saying so, where the cache
-of the others is gone. Usage::
+the 3D task at its own budget and at 3x its rounds; each with its variants) and replaces
+only that table, saying so, where the cache of the others is gone. Usage::
 
     python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
         [--foundation] [--part ct] [--out BENCHMARKS.md] [--work-dir DIR]
