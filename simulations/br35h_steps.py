@@ -1,16 +1,19 @@
 """Is the federation's gap on ``tumour_cls`` a matter of optimiser steps? (a diagnostic, #14)
 
 ``python -m simulations.br35h_steps --kind central --steps-per-site 1 [--rounds 60]
-[--local-steps 1] [--batch-size 8] [--seed 0] [--option server_lr=3 ...] [--out F]``
-trains the Br35H task on the pretrained foundation with kept moments, as the bench's 60 x 1
-table does, either federated (``--kind fed``, naive rule, ``--option`` adds
-``strategy.lora`` settings) or pooled in one node (``--kind central``). The bench's
-centralised bound takes ``local_steps x sites`` steps a round, while FedAvg takes one
-averaged step per local step; ``--steps-per-site 1`` gives the pooled node the federation's
-number of steps instead (a third of the examples with three sites). It then scores every
-test row of the task's sites with the final skill and prints each site's AUC and, per source
-(the ``patient_id`` of a Br35H row: images of one original size), the rows, the label and
-the mean score. It prints and writes ``--out``; nothing here is part of BENCHMARKS.md.
+[--local-steps 1] [--batch-size 8] [--lr 0.002] [--restart-moments] [--split val|test]
+[--seed 0] [--option server_lr=3 ...] [--out F]``
+trains the Br35H task on the pretrained foundation with kept moments (``--restart-moments``:
+restarted every round, as the per-rule table), as the bench's 60 x 1 table does, either
+federated (``--kind fed``, naive rule, ``--option`` adds ``strategy.lora`` settings) or
+pooled in one node (``--kind central``). The bench's centralised bound takes ``local_steps x
+sites`` steps a round, while FedAvg takes one averaged step per local step;
+``--steps-per-site 1`` gives the pooled node the federation's number of steps instead (a
+third of the examples with three sites). It then scores every test row (``--split val``:
+every validation row, to compare settings without the test rows) of the task's sites with
+the final skill and prints each site's AUC and, per source (the ``patient_id`` of a Br35H
+row: images of one original size), the rows, the label and the mean score. It prints and
+writes ``--out``; nothing here is part of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -54,8 +57,9 @@ def train(kind: str, site_dirs: Sequence[Path], budget: fl.Budget, seed: int, ru
 
 
 def score_rows(state: Mapping[str, np.ndarray], site_dirs: Sequence[Path],
-               overrides: Sequence[str] = BASE) -> dict[str, dict[str, list[Any]]]:
-    """Per site: the test rows' score (tumour logit minus not), label and source."""
+               overrides: Sequence[str] = BASE, split: str = "test",
+               ) -> dict[str, dict[str, list[Any]]]:
+    """Per site: the ``split`` rows' score (tumour logit minus not), label and source."""
     import torch
 
     from unicon_core.data.site import open_site
@@ -71,10 +75,10 @@ def score_rows(state: Mapping[str, np.ndarray], site_dirs: Sequence[Path],
             model.add_task(site.task_spec)
             model.load_skill_state_dict(TASK, state)
         model.eval()
-        rows = [site.rows[i] for i in site.split_rows("test")]
+        rows = [site.rows[i] for i in site.split_rows(split)]
         scores, labels = [], []
         with torch.no_grad():
-            for batch in make_loader(site.dataset("test", train=False), 32, shuffle=False):
+            for batch in make_loader(site.dataset(split, train=False), 32, shuffle=False):
                 logits = model(batch["input"], TASK).float()
                 scores += (logits[:, 1] - logits[:, 0]).tolist()
                 labels += batch["label"].int().tolist()
@@ -115,6 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=fl.Budget().batch_size)
     p.add_argument("--steps-per-site", type=int, default=None,
                    help="central: pooled steps a round per local step (default: the sites)")
+    p.add_argument("--lr", type=float, default=fl.Budget().lr)
+    p.add_argument("--restart-moments", action="store_true",
+                   help="restart the AdamW moments every round (the rules table's setting)")
+    p.add_argument("--split", choices=("val", "test"), default="test",
+                   help="the rows scored: val to choose a setting, test to report it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="fed: a strategy.lora setting, e.g. server_lr=3")
@@ -128,12 +137,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--option takes KEY=VALUE, got {args.option}")
     sites = [args.demo_dir / s for s in SITES]
     budget = fl.Budget(rounds=args.rounds, local_steps=args.local_steps,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, lr=args.lr)
+    base = fl.FOUNDATION_BASE if args.restart_moments else BASE
     state = train(args.kind, sites, budget, args.seed, args.run_dir, options,
-                  args.steps_per_site)
-    scores = score_rows(state, sites)
-    print(f"{args.kind} {args.rounds} x {args.local_steps} of batch {args.batch_size}, seed "
-          f"{args.seed}: weighted test "
+                  args.steps_per_site, base=base)
+    scores = score_rows(state, sites, base, args.split)
+    print(f"{args.kind} {args.rounds} x {args.local_steps} of batch {args.batch_size}, lr "
+          f"{args.lr:g}, moments {'restarted' if args.restart_moments else 'kept'}, seed "
+          f"{args.seed}: weighted {args.split} "
           f"AUC {weighted_auc(scores):.3f}")
     for site, rows in scores.items():
         print(f"  {site}: AUC {auc(rows):.3f} (n {len(rows['label'])})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -377,6 +377,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 @pytest.mark.parametrize(("name", "heading"), [
     ("ct", "### synth_surv on the 3D CT foundation, smaller steps"),
     ("ctlong", "### synth_surv on the 3D CT foundation, 3x the rounds"),
+    ("lr", "### synth_surv on the foundation at lr 0.001, moments restarted"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -433,10 +434,11 @@ def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
 
 def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Prepare: a whole section from fake runs, less the longer 3D table (a file written
+    # Prepare: a whole section from fake runs, less the last part's table (a file written
     # before that table existed)
+    assert list(bench.PARTS)[-1] == "lr"
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
-    head = "### synth_surv on the 3D CT foundation, 3x the rounds"
+    head = "### synth_surv on the foundation at lr 0.001, moments restarted"
     start = before.index(head)
     end = before.index(bench.BYTES_HEADING)
     assert start < end
@@ -444,17 +446,43 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
     out.write_text(older)
     # Execute
     bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                "--out", str(out), "--part", "ctlong"])
+                "--out", str(out), "--part", "lr"])
     # Assert: the table is back where the whole section has it, with the new runs' values,
     # and nothing else changed
     after = out.read_text()
     assert after.count(head) == 1
-    assert after.index("### synth_surv on the 3D CT foundation, smaller steps") < \
+    assert after.index("### synth_surv on the 3D CT foundation, 3x the rounds") < \
         after.index(head) < after.index(bench.BYTES_HEADING)
     table = after[after.index(head):after.index(bench.BYTES_HEADING)]
     assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
-    assert "3 rounds x 4 local steps of batch 2" in table  # quick: 3x its 1 round
+    assert "at lr 0.001 instead of 0.002" in table and "per site, lr 0.001" in table
     assert after.replace(table, "") == older
+
+
+def test_the_lr_part_runs_both_sides_at_its_lr_and_nothing_else_changes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: record the setup of every run
+    seen: list[tuple[str, bench.Budget, tuple[str, ...], str]] = []
+
+    def spy(fake: Any) -> Any:
+        def run(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+            seen.append((job.kind, setup.budget, setup.base, job.rule))
+            return fake(setup, job, run_dir)
+        return run
+
+    for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
+        monkeypatch.setitem(bench.RUNNERS, kind, spy(fake))
+    sites = bench.make_quick_sites(tmp_path / "sites")
+    # Execute
+    part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
+                                 1)[bench.PARTS["lr"]]()
+    # Assert: the federation and its bound alike at the part's lr, the rest as the rules table
+    assert sorted(k for k, *_ in seen) == ["central", "central", "fed", "fed"]
+    assert {b for _, b, _, _ in seen} == {replace(bench.Budget(), lr=bench.FOUNDATION_LR)}
+    assert bench.Budget().lr != bench.FOUNDATION_LR
+    assert {base for *_, base, _ in seen} == {bench.FOUNDATION_BASE}
+    assert {r for *_, r in seen} == set(bench.FOUNDATION_LR_RULES)
+    assert part["left_out"] == {} and part["budget"]["lr"] == bench.FOUNDATION_LR
 
 
 def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
