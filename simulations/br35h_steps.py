@@ -38,10 +38,11 @@ BASE = fl.FOUNDATION_BASE + fl.FOUNDATION_KEPT
 
 def train(kind: str, site_dirs: Sequence[Path], budget: fl.Budget, seed: int, run_dir: Path,
           options: Sequence[tuple[str, str]] = (), steps_per_site: int | None = None,
-          base: tuple[str, ...] = BASE) -> dict[str, np.ndarray]:
+          base: tuple[str, ...] = BASE, plan: str = "skill") -> dict[str, np.ndarray]:
     """The final skill of one run: ``fed`` (naive rule plus ``options``) or ``central`` (the
     train splits pooled, ``local_steps x steps_per_site`` steps a round; default: x sites, as
-    the bench's bound)."""
+    the bench's bound). ``plan``: what trains and travels (``head``: a linear probe on the
+    frozen foundation, its sites run as research sites)."""
     from unicon_flower.runner import run_in_process
 
     if kind not in ("fed", "central"):
@@ -51,9 +52,9 @@ def train(kind: str, site_dirs: Sequence[Path], budget: fl.Budget, seed: int, ru
     if kind == "fed":
         extra = tuple(fl.lora_overrides(fl.VARIANT_RULE, {}, options))
         return run_in_process(site_dirs, run_dir,
-                              fl._settings(setup, seed, extra=extra)).states[TASK]
-    return fl.pooled_run(setup, site_dirs, seed, run_dir,
-                         steps_per_site or len(site_dirs)).states[TASK]
+                              fl._settings(setup, seed, extra=extra, plan=plan)).states[TASK]
+    return fl.pooled_run(setup, site_dirs, seed, run_dir, steps_per_site or len(site_dirs),
+                         plan=plan).states[TASK]
 
 
 def score_rows(state: Mapping[str, np.ndarray], site_dirs: Sequence[Path],
@@ -73,7 +74,8 @@ def score_rows(state: Mapping[str, np.ndarray], site_dirs: Sequence[Path],
         site = open_site(d)
         if TASK not in model.tasks:
             model.add_task(site.task_spec)
-            model.load_skill_state_dict(TASK, state)
+            # a head-only run's state lacks the adapter: keep the fresh one (B = 0, no change)
+            model.load_skill_state_dict(TASK, {**model.skill_state_dict(TASK), **state})
         model.eval()
         rows = [site.rows[i] for i in site.split_rows(split)]
         scores, labels = [], []
@@ -124,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="restart the AdamW moments every round (the rules table's setting)")
     p.add_argument("--split", choices=("val", "test"), default="test",
                    help="the rows scored: val to choose a setting, test to report it")
+    p.add_argument("--plan", default="skill",
+                   help="what trains and travels: skill (LoRA + head) or head (linear probe)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="fed: a strategy.lora setting, e.g. server_lr=3")
@@ -140,11 +144,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                        batch_size=args.batch_size, lr=args.lr)
     base = fl.FOUNDATION_BASE if args.restart_moments else BASE
     state = train(args.kind, sites, budget, args.seed, args.run_dir, options,
-                  args.steps_per_site, base=base)
+                  args.steps_per_site, base=base, plan=args.plan)
     scores = score_rows(state, sites, base, args.split)
+    moments = "restarted" if args.restart_moments else "kept"
     print(f"{args.kind} {args.rounds} x {args.local_steps} of batch {args.batch_size}, lr "
-          f"{args.lr:g}, moments {'restarted' if args.restart_moments else 'kept'}, seed "
-          f"{args.seed}: weighted {args.split} "
+          f"{args.lr:g}, plan {args.plan}, moments {moments}, seed {args.seed}: weighted "
+          f"{args.split} "
           f"AUC {weighted_auc(scores):.3f}")
     for site, rows in scores.items():
         print(f"  {site}: AUC {auc(rows):.3f} (n {len(rows['label'])})")

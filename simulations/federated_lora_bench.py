@@ -438,9 +438,10 @@ def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
 
 
 def pooled_run(setup: Setup, sites: Sequence[Path], seed: int, run_dir: Path,
-               steps_per_site: int) -> RunResult:
+               steps_per_site: int, **kw: Any) -> RunResult:
     """The train splits of ``sites`` pooled in one node (the first site's folder, its data
-    replaced by the pool), ``local_steps x steps_per_site`` steps a round."""
+    replaced by the pool), ``local_steps x steps_per_site`` steps a round (``kw``: further
+    :class:`RunSettings` fields)."""
     from client.site_runner import SiteHooks
     from unicon_core.continual.sites import pooled_site
     from unicon_core.data.site import open_site_cached
@@ -449,7 +450,7 @@ def pooled_run(setup: Setup, sites: Sequence[Path], seed: int, run_dir: Path,
     members = [open_site_cached(p, seed=seed) for p in sites]
     hooks = SiteHooks(site_view=lambda _site: pooled_site(members))
     return run_in_process([sites[0]], run_dir, _settings(
-        setup, seed, local_steps=setup.budget.local_steps * steps_per_site), hooks=hooks)
+        setup, seed, local_steps=setup.budget.local_steps * steps_per_site, **kw), hooks=hooks)
 
 
 RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
