@@ -378,6 +378,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ("ct", "### synth_surv on the 3D CT foundation, smaller steps"),
     ("ctlong", "### synth_surv on the 3D CT foundation, 3x the rounds"),
     ("lr", "### synth_surv on the foundation at lr 0.001, moments restarted"),
+    ("clslong", "### synth_surv on the foundation at lr 0.001, 2x the rounds"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -436,9 +437,9 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: a whole section from fake runs, less the last part's table (a file written
     # before that table existed)
-    assert list(bench.PARTS)[-1] == "lr"
+    assert list(bench.PARTS)[-1] == "clslong"
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
-    head = "### synth_surv on the foundation at lr 0.001, moments restarted"
+    head = "### synth_surv on the foundation at lr 0.001, 2x the rounds"
     start = before.index(head)
     end = before.index(bench.BYTES_HEADING)
     assert start < end
@@ -446,21 +447,26 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
     out.write_text(older)
     # Execute
     bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                "--out", str(out), "--part", "lr"])
+                "--out", str(out), "--part", "clslong"])
     # Assert: the table is back where the whole section has it, with the new runs' values,
     # and nothing else changed
     after = out.read_text()
     assert after.count(head) == 1
-    assert after.index("### synth_surv on the 3D CT foundation, 3x the rounds") < \
+    assert after.index("### synth_surv on the foundation at lr 0.001, moments restarted") < \
         after.index(head) < after.index(bench.BYTES_HEADING)
     table = after[after.index(head):after.index(bench.BYTES_HEADING)]
     assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
-    assert "at lr 0.001 instead of 0.002" in table and "per site, lr 0.001" in table
+    assert "2 rounds x 2 local steps of batch 8 per site, lr 0.001" in table  # quick: 2x 1
     assert after.replace(table, "") == older
 
 
-def test_the_lr_part_runs_both_sides_at_its_lr_and_nothing_else_changes(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "budget"), [
+    ("lr", replace(bench.Budget(), lr=bench.FOUNDATION_LR)),
+    ("clslong", replace(bench.Budget(), lr=bench.FOUNDATION_LR,
+                        rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONG_ROUNDS_X))])
+def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
+        budget: bench.Budget) -> None:
     # Prepare: record the setup of every run
     seen: list[tuple[str, bench.Budget, tuple[str, ...], str]] = []
 
@@ -475,14 +481,15 @@ def test_the_lr_part_runs_both_sides_at_its_lr_and_nothing_else_changes(
     sites = bench.make_quick_sites(tmp_path / "sites")
     # Execute
     part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
-                                 1)[bench.PARTS["lr"]]()
-    # Assert: the federation and its bound alike at the part's lr, the rest as the rules table
+                                 1)[bench.PARTS[name]]()
+    # Assert: the federation and its bound alike at the part's budget, the rest as the rules
+    # table
     assert sorted(k for k, *_ in seen) == ["central", "central", "fed", "fed"]
-    assert {b for _, b, _, _ in seen} == {replace(bench.Budget(), lr=bench.FOUNDATION_LR)}
+    assert {b for _, b, _, _ in seen} == {budget}
     assert bench.Budget().lr != bench.FOUNDATION_LR
     assert {base for *_, base, _ in seen} == {bench.FOUNDATION_BASE}
     assert {r for *_, r in seen} == set(bench.FOUNDATION_LR_RULES)
-    assert part["left_out"] == {} and part["budget"]["lr"] == bench.FOUNDATION_LR
+    assert part["left_out"] == {} and part["budget"] == asdict(budget)
 
 
 def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
