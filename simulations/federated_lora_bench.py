@@ -1054,6 +1054,14 @@ def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"#### Summing the site deltas on {tasks}", SUMMED_INTRO)
 
 
+def _longer_intro(part: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """Intro of a table that reruns the one above it at more rounds."""
+    return (f"The table above at {_times(part, base)} its rounds, the same local steps, batch "
+            "and lr: more examples for the federation and its centralised bound alike (not "
+            "the same examples cut finer), to tell a gap that a short budget leaves from one "
+            "that stays. Naive rule and the bound only, set before the runs.")
+
+
 def _ct_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
                    ) -> tuple[str, str, str, str]:
     """Heading and intro of the 3D task's table at more rounds (no variants; ``base``: the
@@ -1061,10 +1069,7 @@ def _ct_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
     b, tasks = part["budget"], ", ".join(part["tasks"])
     return (f"### {tasks} on the 3D CT foundation, {_times(part, base)} the rounds "
             f"({b['rounds']} x {b['local_steps']} of {b['batch_size']})",
-            f"The table above at {_times(part, base)} its rounds, the same local steps, batch "
-            "and lr: more examples for the federation and its centralised bound alike (not "
-            "the same examples cut finer), to tell a gap that a short budget leaves from one "
-            "that stays. Naive rule and the bound only, set before the runs.", "", "")
+            _longer_intro(part, base), "", "")
 
 
 def _lr_texts(part: Mapping[str, Any], base: Mapping[str, Any]
@@ -1088,10 +1093,7 @@ def _cls_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
     b, tasks = part["budget"], ", ".join(part["tasks"])
     return (f"### {tasks} on the foundation at lr {b['lr']:g}, {_times(part, base)} the "
             f"rounds ({b['rounds']} x {b['local_steps']})",
-            f"The table above at {_times(part, base)} its rounds, the same local steps, batch "
-            "and lr: more examples for the federation and its centralised bound alike (not "
-            "the same examples cut finer), to tell a gap that a short budget leaves from one "
-            "that stays. Naive rule and the bound only, set before the runs.", "", "")
+            _longer_intro(part, base), "", "")
 
 
 PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
