@@ -2,7 +2,7 @@
 
 ``python -m simulations.br35h_steps --kind central --steps-per-site 1 [--rounds 60]
 [--local-steps 1] [--batch-size 8] [--lr 0.002] [--restart-moments] [--split val|test]
-[--seed 0] [--option server_lr=3 ...] [--out F]``
+[--override train.warmup_steps=4 ...] [--seed 0] [--option server_lr=3 ...] [--out F]``
 trains the Br35H task on the pretrained foundation with kept moments (``--restart-moments``:
 restarted every round, as the per-rule table), as the bench's 60 x 1 table does, either
 federated (``--kind fed``, naive rule, ``--option`` adds ``strategy.lora`` settings) or
@@ -128,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="the rows scored: val to choose a setting, test to report it")
     p.add_argument("--plan", default="skill",
                    help="what trains and travels: skill (LoRA + head) or head (linear probe)")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="a further hydra override of both sides, e.g. train.warmup_steps=4")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="fed: a strategy.lora setting, e.g. server_lr=3")
@@ -142,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sites = [args.demo_dir / s for s in SITES]
     budget = fl.Budget(rounds=args.rounds, local_steps=args.local_steps,
                        batch_size=args.batch_size, lr=args.lr)
-    base = fl.FOUNDATION_BASE if args.restart_moments else BASE
+    base = (fl.FOUNDATION_BASE if args.restart_moments else BASE) + tuple(args.override)
     state = train(args.kind, sites, budget, args.seed, args.run_dir, options,
                   args.steps_per_site, base=base, plan=args.plan)
     scores = score_rows(state, sites, base, args.split)
