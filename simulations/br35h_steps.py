@@ -58,9 +58,11 @@ def train(kind: str, site_dirs: Sequence[Path], budget: fl.Budget, seed: int, ru
 
 
 def score_rows(state: Mapping[str, np.ndarray], site_dirs: Sequence[Path],
-               overrides: Sequence[str] = BASE, split: str = "test",
+               overrides: Sequence[str] = BASE, split: str = "test", head_only: bool = False,
                ) -> dict[str, dict[str, list[Any]]]:
-    """Per site: the ``split`` rows' score (tumour logit minus not), label and source."""
+    """Per site: the ``split`` rows' score (tumour logit minus not), label and source.
+    ``head_only``: ``state`` is a head-only run's (no adapter), scored with the fresh adapter
+    (B = 0: no change to the foundation); otherwise a missing key is an error."""
     import torch
 
     from unicon_core.data.site import open_site
@@ -74,8 +76,8 @@ def score_rows(state: Mapping[str, np.ndarray], site_dirs: Sequence[Path],
         site = open_site(d)
         if TASK not in model.tasks:
             model.add_task(site.task_spec)
-            # a head-only run's state lacks the adapter: keep the fresh one (B = 0, no change)
-            model.load_skill_state_dict(TASK, {**model.skill_state_dict(TASK), **state})
+            fresh = model.skill_state_dict(TASK) if head_only else {}
+            model.load_skill_state_dict(TASK, {**fresh, **state})
         model.eval()
         rows = [site.rows[i] for i in site.split_rows(split)]
         scores, labels = [], []
@@ -147,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = (fl.FOUNDATION_BASE if args.restart_moments else BASE) + tuple(args.override)
     state = train(args.kind, sites, budget, args.seed, args.run_dir, options,
                   args.steps_per_site, base=base, plan=args.plan)
-    scores = score_rows(state, sites, base, args.split)
+    scores = score_rows(state, sites, base, args.split, head_only=args.plan == "head")
     moments = "restarted" if args.restart_moments else "kept"
     print(f"{args.kind} {args.rounds} x {args.local_steps} of batch {args.batch_size}, lr "
           f"{args.lr:g}, plan {args.plan}, moments {moments}, seed {args.seed}: weighted "

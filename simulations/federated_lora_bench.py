@@ -553,11 +553,13 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
                    base: tuple[str, ...] = FOUNDATION_BASE,
                    variants: Mapping[str, tuple[tuple[str, str | float], ...]] | None = None,
                    rules: Sequence[str] = RULES,
-                   external: Mapping[str, Sequence[Path]] | None = None) -> dict[str, Any]:
+                   external: Mapping[str, Sequence[Path]] | None = None,
+                   say_left_out: bool = False) -> dict[str, Any]:
     """The rules, the centralised bound, ``variants`` of the naive rule and mixed ranks (on
     ``mixed_task``, "" for none) on the pretrained foundation (``base``: ``FOUNDATION_BASE``,
-    or it plus ``FOUNDATION_KEPT``); ``left_out``: the foundation's tasks not among ``sites``
-    (said only for the full set)."""
+    or it plus ``FOUNDATION_KEPT``); ``left_out``: the foundation's tasks not among ``sites``,
+    said only where ``say_left_out`` (the per-rule table, whose sites are the full set; a part
+    on fewer tasks leaves them out by design)."""
     setup = site_setup(sites, budget, base=base,
                        mixed_task=mixed_task if mixed_task in sites else "", external=external)
     variants = dict(variants or {})
@@ -571,7 +573,7 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
             "rules": list(rules), "budget": asdict(budget),
             "mixed_ranks": [list(r) for r in mixed_ranks(setup)] if setup.mixed_task else [],
             "left_out": {t: why for t, why in FOUNDATION_LEFT_OUT.items() if t not in sites}
-            if base == FOUNDATION_BASE else {}}
+            if say_left_out else {}}
 
 
 #: The foundation's parts that ``--part`` reruns alone (its name -> the key of its results);
@@ -602,7 +604,8 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
     return {
         "foundation": lambda: run_foundation(
             fm_sites, budget, seeds, work / "foundation", n_jobs,
-            mixed_task=QUICK_TASK if quick else FOUNDATION_MIXED_TASK, external=ext),
+            mixed_task=QUICK_TASK if quick else FOUNDATION_MIXED_TASK, external=ext,
+            say_left_out=True),
         "foundation_kept": lambda: run_foundation(
             kept_sites, budget, seeds, work / "foundation_kept", n_jobs, mixed_task="",
             base=kept_base, variants=FOUNDATION_KEPT_VARIANTS, external=ext),
@@ -621,12 +624,12 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         "foundation_ctlong": lambda: run_foundation(
             ct_sites, ct_long_budget(budget), seeds, work / "foundation_ctlong", n_jobs,
             mixed_task="", rules=FOUNDATION_CT_LONG_RULES),
-        "foundation_lr": lambda: {**run_foundation(
+        "foundation_lr": lambda: run_foundation(
             kept_sites, replace(budget, lr=FOUNDATION_LR), seeds, work / "foundation_lr",
-            n_jobs, mixed_task="", rules=FOUNDATION_LR_RULES, external=ext), "left_out": {}},
-        "foundation_clslong": lambda: {**run_foundation(
+            n_jobs, mixed_task="", rules=FOUNDATION_LR_RULES, external=ext),
+        "foundation_clslong": lambda: run_foundation(
             kept_sites, cls_long_budget(budget), seeds, work / "foundation_clslong", n_jobs,
-            mixed_task="", rules=FOUNDATION_LR_RULES, external=ext), "left_out": {}},
+            mixed_task="", rules=FOUNDATION_LR_RULES, external=ext),
     }
 
 
