@@ -27,11 +27,11 @@ Four measurements, each written into the "Federated LoRA (#14)" section of BENCH
 
 Every federated run is the real ServerApp strategy and ClientApp over the in-process grid
 (:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
-folder, so a rerun resumes. ``--part rules|kept|short|one|ct|ctlong|lr|clslong`` reruns one
-table of ``--foundation`` alone (the per-rule table with its mixed ranks, kept moments, 15 x 4,
-60 x 1, the 3D task at its own budget and at 3x its rounds, tumour_cls at another lr and at 2x
-its rounds; each with its variants) and replaces only that table, saying so, where the cache
-of the others is gone. Usage::
+folder, so a rerun resumes. ``--part rules|kept|short|one|ct|ctlong|lr|clslong|clsx3``
+reruns one table of ``--foundation`` alone (the per-rule table with its mixed ranks, kept
+moments, 15 x 4, 60 x 1, the 3D task at its own budget and at 3x its rounds, tumour_cls at
+another lr and at 2x and 3x its rounds; each with its variants) and replaces only that
+table, saying so, where the cache of the others is gone. Usage::
 
     python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
         [--foundation] [--part ct] [--out BENCHMARKS.md] [--work-dir DIR]
@@ -144,6 +144,9 @@ FOUNDATION_LR_RULES = ("naive",)
 #: The same at 2x its rounds (more examples for both sides): whether the federation, whose
 #: global skill stays at chance balanced accuracy through 5 rounds, starts to learn later.
 FOUNDATION_CLS_LONG_ROUNDS_X = 2
+#: And at 3x (the 2x federation was still rising in its last round on every seed): whether
+#: the gap keeps closing with the budget. Naive rule and the bound only.
+FOUNDATION_CLS_LONGER_ROUNDS_X = 3
 #: The foundation's tasks rerun with every site (and the pooled node) keeping its optimiser's
 #: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
 FOUNDATION_KEPT = ("train.keep_optimizer_state=true",)
@@ -580,7 +583,8 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
 #: ``rules`` is the per-rule table on the foundation with its mixed-ranks table.
 PARTS = {"rules": "foundation", "kept": "foundation_kept", "short": "foundation_short",
          "one": "foundation_one", "ct": "foundation_ct", "ctlong": "foundation_ctlong",
-         "lr": "foundation_lr", "clslong": "foundation_clslong"}
+         "lr": "foundation_lr", "clslong": "foundation_clslong",
+         "clsx3": "foundation_clsx3"}
 
 
 def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root: Path,
@@ -630,14 +634,16 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         "foundation_clslong": lambda: run_foundation(
             kept_sites, cls_long_budget(budget), seeds, work / "foundation_clslong", n_jobs,
             mixed_task="", rules=FOUNDATION_LR_RULES, external=ext),
+        "foundation_clsx3": lambda: run_foundation(
+            kept_sites, cls_long_budget(budget, FOUNDATION_CLS_LONGER_ROUNDS_X), seeds,
+            work / "foundation_clsx3", n_jobs, mixed_task="", rules=FOUNDATION_LR_RULES,
+            external=ext),
     }
 
 
-def cls_long_budget(budget: Budget) -> Budget:
-    """``budget`` at :data:`FOUNDATION_LR` and :data:`FOUNDATION_CLS_LONG_ROUNDS_X` times its
-    rounds."""
-    return replace(budget, lr=FOUNDATION_LR,
-                   rounds=budget.rounds * FOUNDATION_CLS_LONG_ROUNDS_X)
+def cls_long_budget(budget: Budget, times: int = FOUNDATION_CLS_LONG_ROUNDS_X) -> Budget:
+    """``budget`` at :data:`FOUNDATION_LR` and ``times`` its rounds."""
+    return replace(budget, lr=FOUNDATION_LR, rounds=budget.rounds * times)
 
 
 def ct_long_budget(budget: Budget) -> Budget:
@@ -1057,9 +1063,10 @@ def _ct_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"#### Summing the site deltas on {tasks}", SUMMED_INTRO)
 
 
-def _longer_intro(part: Mapping[str, Any], base: Mapping[str, Any]) -> str:
-    """Intro of a table that reruns the one above it at more rounds."""
-    return (f"The table above at {_times(part, base)} its rounds, the same local steps, batch "
+def _longer_intro(part: Mapping[str, Any], base: Mapping[str, Any],
+                  table: str = "The table above") -> str:
+    """Intro of a table that reruns ``table`` (the one above it by default) at more rounds."""
+    return (f"{table} at {_times(part, base)} its rounds, the same local steps, batch "
             "and lr: more examples for the federation and its centralised bound alike (not "
             "the same examples cut finer), to tell a gap that a short budget leaves from one "
             "that stays. Naive rule and the bound only, set before the runs.")
@@ -1083,8 +1090,9 @@ def _lr_texts(part: Mapping[str, Any], base: Mapping[str, Any]
     return (f"### {tasks} on the foundation at lr {b['lr']:g}, moments restarted",
             f"The per-rule table on the pretrained foundation again on {tasks}, at lr "
             f"{b['lr']:g} instead of {base['lr']:g}, all else alike (moments restarted every "
-            f"round, `{' '.join(part['base'])}`). {b['lr']:g} is the lr the backbones table "
-            "trained LoRA on this foundation with (test AUC 0.957 on unseen sources); "
+            f"round, `{' '.join(part['base'])}`). {b['lr']:g} is the lr of the LoRA runs on "
+            "this foundation in \"Tumour classification on unseen sources\" (the backbones "
+            "section); "
             f"{base['lr']:g} is the continual suite's default, set on the tiny transformer. "
             "Set before the runs, not tuned on them; naive rule and the bound only.", "", "")
 
@@ -1096,7 +1104,8 @@ def _cls_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
     b, tasks = part["budget"], ", ".join(part["tasks"])
     return (f"### {tasks} on the foundation at lr {b['lr']:g}, {_times(part, base)} the "
             f"rounds ({b['rounds']} x {b['local_steps']})",
-            _longer_intro(part, base), "", "")
+            _longer_intro(part, base, f"The table at lr {b['lr']:g}, moments restarted,"),
+            "", "")
 
 
 PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
@@ -1104,7 +1113,8 @@ PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
     "foundation_kept": _kept_texts, "foundation_short": _short_texts,
     "foundation_one": _one_texts,
     "foundation_ct": _ct_texts, "foundation_ctlong": _ct_long_texts,
-    "foundation_lr": _lr_texts, "foundation_clslong": _cls_long_texts}
+    "foundation_lr": _lr_texts, "foundation_clslong": _cls_long_texts,
+    "foundation_clsx3": _cls_long_texts}
 
 
 def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],

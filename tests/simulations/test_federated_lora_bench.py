@@ -379,6 +379,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ("ctlong", "### synth_surv on the 3D CT foundation, 3x the rounds"),
     ("lr", "### synth_surv on the foundation at lr 0.001, moments restarted"),
     ("clslong", "### synth_surv on the foundation at lr 0.001, 2x the rounds"),
+    ("clsx3", "### synth_surv on the foundation at lr 0.001, 3x the rounds"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -437,9 +438,9 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: a whole section from fake runs, less the last part's table (a file written
     # before that table existed)
-    assert list(bench.PARTS)[-1] == "clslong"
+    assert list(bench.PARTS)[-1] == "clsx3"
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
-    head = "### synth_surv on the foundation at lr 0.001, 2x the rounds"
+    head = "### synth_surv on the foundation at lr 0.001, 3x the rounds"
     start = before.index(head)
     end = before.index(bench.BYTES_HEADING)
     assert start < end
@@ -447,23 +448,25 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
     out.write_text(older)
     # Execute
     bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                "--out", str(out), "--part", "clslong"])
+                "--out", str(out), "--part", "clsx3"])
     # Assert: the table is back where the whole section has it, with the new runs' values,
     # and nothing else changed
     after = out.read_text()
     assert after.count(head) == 1
-    assert after.index("### synth_surv on the foundation at lr 0.001, moments restarted") < \
+    assert after.index("### synth_surv on the foundation at lr 0.001, 2x the rounds") < \
         after.index(head) < after.index(bench.BYTES_HEADING)
     table = after[after.index(head):after.index(bench.BYTES_HEADING)]
     assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
-    assert "2 rounds x 2 local steps of batch 8 per site, lr 0.001" in table  # quick: 2x 1
+    assert "3 rounds x 2 local steps of batch 8 per site, lr 0.001" in table  # quick: 3x 1
     assert after.replace(table, "") == older
 
 
 @pytest.mark.parametrize(("name", "budget"), [
     ("lr", replace(bench.Budget(), lr=bench.FOUNDATION_LR)),
     ("clslong", replace(bench.Budget(), lr=bench.FOUNDATION_LR,
-                        rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONG_ROUNDS_X))])
+                        rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONG_ROUNDS_X)),
+    ("clsx3", replace(bench.Budget(), lr=bench.FOUNDATION_LR,
+                      rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONGER_ROUNDS_X))])
 def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
         budget: bench.Budget) -> None:
