@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from simulations.report import insert_section
+from simulations.report import UNSEEN_SOURCES_TABLE, insert_section
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
 from unicon_core.model import UniconModel
 from unicon_core.training import evaluate_task, make_loader, train_task
@@ -473,7 +473,7 @@ def render(res: dict[str, Any]) -> str:
                      f"{worst['task']}; {len(rows)} task kinds)")
     lines.append("")
     lines += [
-        "### Tumour classification on unseen sources: random vs pretrained",
+        f"### {UNSEEN_SOURCES_TABLE}: random vs pretrained",
         "",
         f"Br35H (real MRI, 2D): {split['n_train']} training images from {split['sources_train']} "
         f"sources; **{split['n_test']} test images from {split['sources_test']} other sources** "

@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from simulations.report import (
+    UNSEEN_SOURCES_TABLE,
     cpu_name,
     insert_section,
     insert_subsection,
@@ -1091,8 +1092,7 @@ def _lr_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"The per-rule table on the pretrained foundation again on {tasks}, at lr "
             f"{b['lr']:g} instead of {base['lr']:g}, all else alike (moments restarted every "
             f"round, `{' '.join(part['base'])}`). {b['lr']:g} is the lr of the LoRA runs on "
-            "this foundation in \"Tumour classification on unseen sources\" (the backbones "
-            "section); "
+            f"this foundation in \"{UNSEEN_SOURCES_TABLE}\" (the backbones section); "
             f"{base['lr']:g} is the continual suite's default, set on the tiny transformer. "
             "Set before the runs, not tuned on them; naive rule and the bound only.", "", "")
 

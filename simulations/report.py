@@ -61,6 +61,9 @@ def shown_command(args: Sequence[str]) -> str:
 GOAL_FED_VS_CENTRAL = 0.98
 GOAL_BYTES_RATIO = 1 / 50
 GOAL_WALL_RATIO = 1.3
+#: The backbones section's held-out Br35H table (:mod:`simulations.backbones_bench`), which
+#: other sections name rather than quote, so a rerun of it cannot leave them stale.
+UNSEEN_SOURCES_TABLE = "Tumour classification on unseen sources"
 
 
 def cpu_name() -> str:
