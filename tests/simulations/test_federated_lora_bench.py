@@ -461,15 +461,17 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
     assert after.replace(table, "") == older
 
 
-@pytest.mark.parametrize(("name", "budget"), [
-    ("lr", replace(bench.Budget(), lr=bench.FOUNDATION_LR)),
+@pytest.mark.parametrize(("name", "budget", "rules"), [
+    ("lr", replace(bench.Budget(), lr=bench.FOUNDATION_LR), ("naive", "fedsa")),
     ("clslong", replace(bench.Budget(), lr=bench.FOUNDATION_LR,
-                        rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONG_ROUNDS_X)),
+                        rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONG_ROUNDS_X),
+     ("naive",)),
     ("clsx3", replace(bench.Budget(), lr=bench.FOUNDATION_LR,
-                      rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONGER_ROUNDS_X))])
+                      rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONGER_ROUNDS_X),
+     ("naive",))])
 def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
-        budget: bench.Budget) -> None:
+        budget: bench.Budget, rules: tuple[str, ...]) -> None:
     # Prepare: record the setup of every run
     seen: list[tuple[str, bench.Budget, tuple[str, ...], str]] = []
 
@@ -487,11 +489,11 @@ def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
                                  1)[bench.PARTS[name]]()
     # Assert: the federation and its bound alike at the part's budget, the rest as the rules
     # table
-    assert sorted(k for k, *_ in seen) == ["central", "central", "fed", "fed"]
+    assert sorted(k for k, *_ in seen) == ["central"] * 2 + ["fed"] * 2 * len(rules)
     assert {b for _, b, _, _ in seen} == {budget}
     assert bench.Budget().lr != bench.FOUNDATION_LR
     assert {base for *_, base, _ in seen} == {bench.FOUNDATION_BASE}
-    assert {r for *_, r in seen} == set(bench.FOUNDATION_LR_RULES)
+    assert sorted(r for k, *_, r in seen if k == "fed") == sorted(rules * 2)
     assert part["left_out"] == {} and part["budget"] == asdict(budget)
 
 
