@@ -27,10 +27,11 @@ Four measurements, each written into the "Federated LoRA (#14)" section of BENCH
 
 Every federated run is the real ServerApp strategy and ClientApp over the in-process grid
 (:func:`unicon_flower.runner.run_in_process`). Per-run results are cached as JSON in the work
-folder, so a rerun resumes. ``--part rules|kept|short|one|ct|ctlong|lr|clslong|clsx3``
+folder, so a rerun resumes. ``--part rules|kept|short|one|ct|ctlong|lr|clslong|clsx3|clsdrop``
 reruns one table of ``--foundation`` alone (the per-rule table with its mixed ranks, kept
 moments, 15 x 4, 60 x 1, the 3D task at its own budget and at 3x its rounds, tumour_cls at
-another lr and at 2x and 3x its rounds; each with its variants) and replaces only that
+another lr, at 2x and 3x its rounds and without one site; each with its variants; the
+foundation's part tables list each training site too) and replaces only that
 table, saying so, where the cache of the others is gone. Usage::
 
     python -m simulations.federated_lora_bench [--seeds 0 1 2] [--quick] [--jobs 2] \
@@ -141,6 +142,8 @@ FOUNDATION_CT_LONG_RULES = ("naive",)
 #: the rules table's 2e-3 is the continual suite's default, set on the tiny transformer. Set
 #: before the runs; naive rule and the bound only.
 FOUNDATION_LR = 1e-3
+#: The rules of the parts at that lr that lengthen it or leave a site out (clslong, clsx3,
+#: clsdrop): the naive rule and the bound.
 FOUNDATION_LR_RULES = ("naive",)
 #: The lr table's rules: FedSA (B kept per site, each site evaluated with its own) was added
 #: after the 3x runs put the gap at one site (br35h_b), which one global skill does not serve.
@@ -151,6 +154,10 @@ FOUNDATION_CLS_LONG_ROUNDS_X = 2
 #: And at 3x (the 2x federation was still rising in its last round on every seed): whether
 #: the gap keeps closing with the budget. Naive rule and the bound only.
 FOUNDATION_CLS_LONGER_ROUNDS_X = 3
+#: The lr table's runs (naive rule and the bound) without one site on both sides, added after
+#: FedSA's own B scored below chance at br35h_b, whose source trait reverses between its train
+#: and test splits: whether that site is what keeps the federation from its bound (task, site).
+FOUNDATION_CLS_DROP = ("tumour_cls", "br35h_b")
 #: The foundation's tasks rerun with every site (and the pooled node) keeping its optimiser's
 #: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
 FOUNDATION_KEPT = ("train.keep_optimizer_state=true",)
@@ -180,6 +187,8 @@ FEDEXP = "FedExP (adaptive server step, eps 1e-3)"
 #: covers about ``local_steps x sites`` steps' length, as the bound's does, without summing
 #: the site deltas in one server step.
 SITE_BATCH = "site_batch"
+#: The option of a local-only job naming the one site it trains.
+LOCAL_SITE = "site"
 SMALL_SITE_BATCH = 2
 SMALL_BATCH = (f"FedAvg, site batches of {SMALL_SITE_BATCH} (more local steps, the same "
                "examples)")
@@ -428,20 +437,41 @@ def check_aggregated(rounds: Sequence[Mapping[str, Any]], task: str, label: str)
 def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     """The centralised bound: pooled train splits in one node (``local_steps x sites`` steps a
     round), then its skill evaluated on every site's test split (one round at lr 1e-12)."""
-    from unicon_flower.runner import run_in_process
-
     sites = setup.sites[job.task]
     pooled = pooled_run(setup, sites, job.seed, run_dir / "pooled", len(sites))
-    check_aggregated(pooled.rounds, job.task, job.key)
-    state = pooled.states[job.task]
-    check = run_in_process([*sites, *setup.external.get(job.task, [])], run_dir / "evaluate",
+    return _evaluated(setup, job, pooled, run_dir)
+
+
+def run_local(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
+    """Local-only: one site (``job.options``' ``site``) trains alone on its own train split
+    at the federation's per-site budget (``local_steps`` a round, no other site's data),
+    then its skill is evaluated as the bound's: on every site's test split and the
+    evaluation-only sites."""
+    name = dict(job.options).get(LOCAL_SITE)
+    alone = [d for d in setup.sites[job.task] if d.name == name]
+    if not alone:
+        raise ValueError(f"{job.key}: no site {name!r} in task {job.task!r}")
+    return _evaluated(setup, job, pooled_run(setup, alone, job.seed, run_dir / "local", 1),
+                      run_dir)
+
+
+def _evaluated(setup: Setup, job: Job, trained: RunResult, run_dir: Path) -> dict[str, Any]:
+    """The final skill of one node's run (``trained``) evaluated on every site's test split
+    of ``job.task`` and its evaluation-only sites (one round at lr 1e-12); the largest change
+    that round made to any skill value, to show it evaluated rather than trained."""
+    from unicon_flower.runner import run_in_process
+
+    check_aggregated(trained.rounds, job.task, job.key)
+    state = trained.states[job.task]
+    check = run_in_process([*setup.sites[job.task], *setup.external.get(job.task, [])],
+                           run_dir / "evaluate",
                            _settings(setup, job.seed, rounds=1, local_steps=1, lr=1e-12),
                            initial={job.task: state})
     after = check.states[job.task]
     change = max(float(np.max(np.abs(after[k].astype(np.float64) - state[k])))
                  for k in state if state[k].size)
-    return {**task_outcome(check.results, job.task), "wall_s": pooled.wall_s + check.wall_s,
-            "pooled_value": task_outcome(pooled.results, job.task)["value"],
+    return {**task_outcome(check.results, job.task), "wall_s": trained.wall_s + check.wall_s,
+            "pooled_value": task_outcome(trained.results, job.task)["value"],
             "max_change": change,
             "external": external_outcome(check.results, setup.external.get(job.task, []),
                                          job.key)}
@@ -464,7 +494,7 @@ def pooled_run(setup: Setup, sites: Sequence[Path], seed: int, run_dir: Path,
 
 
 RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
-    "fed": run_fed, "mixed": run_fed, "central": run_central}
+    "fed": run_fed, "mixed": run_fed, "central": run_central, "local": run_local}
 
 
 def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
@@ -503,16 +533,24 @@ def cached_job(path: Path, made_with: Mapping[str, Any]) -> dict[str, Any]:
 
 def plan_jobs(setup: Setup, seeds: Sequence[int],
               variants: Mapping[str, tuple[tuple[str, str | float], ...]] = VARIANTS,
-              rules: Sequence[str] = RULES) -> list[Job]:
+              rules: Sequence[str] = RULES, local: bool = False) -> list[Job]:
     """Every run of sections 1 and 3: ``rules`` and centralised per task, the ``variants`` of
-    the naive rule (server optimisers and FedProx), mixed ranks."""
+    the naive rule (server optimisers and FedProx), mixed ranks; with ``local``, each site of
+    each task alone (local-only)."""
     jobs = [Job("central", t, s) for t in setup.sites for s in seeds]
     jobs += [Job("fed", t, s, rule) for t in setup.sites for rule in rules for s in seeds]
     jobs += [Job("fed", t, s, VARIANT_RULE, options=opts) for t in setup.sites
              for opts in variants.values() for s in seeds]
     jobs += [Job("mixed", setup.mixed_task, s, "svd", mixed_ranks(setup)) for s in seeds
              if setup.mixed_task in setup.sites]
+    jobs += [local_job(t, d.name, s) for t, ds in setup.sites.items() for d in ds
+             for s in seeds] if local else []
     return jobs
+
+
+def local_job(task: str, site: str, seed: int) -> Job:
+    """The local-only run of ``site`` alone."""
+    return Job("local", task, seed, options=((LOCAL_SITE, site),))
 
 
 def mixed_ranks(setup: Setup) -> tuple[tuple[str, int], ...]:
@@ -561,18 +599,19 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
                    variants: Mapping[str, tuple[tuple[str, str | float], ...]] | None = None,
                    rules: Sequence[str] = RULES,
                    external: Mapping[str, Sequence[Path]] | None = None,
-                   say_left_out: bool = False) -> dict[str, Any]:
+                   say_left_out: bool = False, local: bool = False) -> dict[str, Any]:
     """The rules, the centralised bound, ``variants`` of the naive rule and mixed ranks (on
     ``mixed_task``, "" for none) on the pretrained foundation (``base``: ``FOUNDATION_BASE``,
     or it plus ``FOUNDATION_KEPT``); ``left_out``: the foundation's tasks not among ``sites``,
     said only where ``say_left_out`` (the per-rule table, whose sites are the full set; a part
-    on fewer tasks leaves them out by design)."""
+    on fewer tasks leaves them out by design); with ``local``, each site alone as well."""
     setup = site_setup(sites, budget, base=base,
                        mixed_task=mixed_task if mixed_task in sites else "", external=external)
     variants = dict(variants or {})
-    jobs = run_jobs(setup, plan_jobs(setup, seeds, variants, rules), work, n_jobs)
+    jobs = run_jobs(setup, plan_jobs(setup, seeds, variants, rules, local), work, n_jobs)
     changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
     return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
+            "sites": {t: [d.name for d in ds] for t, ds in setup.sites.items()},
             "jobs": jobs, "max_change": max(changes) if changes else None,
             "mixed_task": setup.mixed_task,
             "external": {t: [d.name for d in ds] for t, ds in setup.external.items()},
@@ -588,7 +627,7 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
 PARTS = {"rules": "foundation", "kept": "foundation_kept", "short": "foundation_short",
          "one": "foundation_one", "ct": "foundation_ct", "ctlong": "foundation_ctlong",
          "lr": "foundation_lr", "clslong": "foundation_clslong",
-         "clsx3": "foundation_clsx3"}
+         "clsx3": "foundation_clsx3", "clsdrop": "foundation_clsdrop"}
 
 
 def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root: Path,
@@ -609,6 +648,8 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
                             for t, names in FOUNDATION_EXTERNAL.items()}
     kept_sites = {t: d for t, d in fm_sites.items() if quick or t in FOUNDATION_KEPT_TASKS}
     kept_base = FOUNDATION_BASE + FOUNDATION_KEPT
+    drop_task, drop_site = ((QUICK_TASK, quick_sites[QUICK_TASK][-1].name)
+                            if quick_sites is not None else FOUNDATION_CLS_DROP)
     return {
         "foundation": lambda: run_foundation(
             fm_sites, budget, seeds, work / "foundation", n_jobs,
@@ -634,7 +675,7 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
             mixed_task="", rules=FOUNDATION_CT_LONG_RULES),
         "foundation_lr": lambda: run_foundation(
             kept_sites, replace(budget, lr=FOUNDATION_LR), seeds, work / "foundation_lr",
-            n_jobs, mixed_task="", rules=FOUNDATION_LR_PART_RULES, external=ext),
+            n_jobs, mixed_task="", rules=FOUNDATION_LR_PART_RULES, external=ext, local=True),
         "foundation_clslong": lambda: run_foundation(
             kept_sites, cls_long_budget(budget), seeds, work / "foundation_clslong", n_jobs,
             mixed_task="", rules=FOUNDATION_LR_RULES, external=ext),
@@ -642,7 +683,24 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
             kept_sites, cls_long_budget(budget, FOUNDATION_CLS_LONGER_ROUNDS_X), seeds,
             work / "foundation_clsx3", n_jobs, mixed_task="", rules=FOUNDATION_LR_RULES,
             external=ext),
+        "foundation_clsdrop": lambda: {**run_foundation(
+            without_site(kept_sites, drop_task, drop_site), replace(budget, lr=FOUNDATION_LR),
+            seeds, work / "foundation_clsdrop", n_jobs, mixed_task="",
+            rules=FOUNDATION_LR_RULES, external=ext), "dropped": {drop_task: drop_site}},
     }
+
+
+def without_site(sites: Mapping[str, Sequence[Path]], task: str, name: str
+                 ) -> dict[str, list[Path]]:
+    """``sites`` with site ``name`` left out of ``task``: neither side of a run trains on it
+    or is tested on its test split. Fails where ``task`` has no such site, or no other."""
+    if task not in sites or name not in [d.name for d in sites[task]]:
+        raise ValueError(f"no site {name!r} in task {task!r} to leave out (sites: "
+                         f"{ {t: [d.name for d in ds] for t, ds in sites.items()} })")
+    kept = [d for d in sites[task] if d.name != name]
+    if not kept:
+        raise ValueError(f"leaving {name!r} out leaves task {task!r} no site")
+    return {**{t: list(ds) for t, ds in sites.items()}, task: kept}
 
 
 def cls_long_budget(budget: Budget, times: int = FOUNDATION_CLS_LONG_ROUNDS_X) -> Budget:
@@ -1097,8 +1155,9 @@ def _lr_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"round, `{' '.join(part['base'])}`). {b['lr']:g} is the lr of the LoRA runs on "
             f"this foundation in \"{UNSEEN_SOURCES_TABLE}\" (the backbones section); "
             f"{base['lr']:g} is the continual suite's default, set on the tiny transformer. "
-            "Set before the runs, not tuned on them. Naive rule and the bound, and FedSA "
-            "(added after the 3x table below put the gap at one site).", "", "")
+            "Set before the runs, not tuned on them. Naive rule and the bound; FedSA "
+            "(added after the 3x table below put the gap at one site) and each site alone "
+            "(added after the table without that site, below) came later.", "", "")
 
 
 def _cls_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
@@ -1112,13 +1171,28 @@ def _cls_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             "", "")
 
 
+def _drop_texts(part: Mapping[str, Any], base: Mapping[str, Any]
+                ) -> tuple[str, str, str, str]:
+    """Heading and intro of the lr table without one site (``part["dropped"]``: task ->
+    site)."""
+    b = part["budget"]
+    (task, site), = part["dropped"].items()
+    return (f"### {task} on the foundation at lr {b['lr']:g}, without {site}",
+            f"The table at lr {b['lr']:g}, moments restarted, with {site} left out of both "
+            f"sides: neither trains on it and neither is tested on its test split, all else "
+            "alike. Added after FedSA's own B scored below chance at that site, whose "
+            "source trait reverses between its train and test splits (see the Br35H design "
+            "table): whether that site is what keeps the federation from its bound. Naive "
+            "rule and the bound only.", "", "")
+
+
 PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
                                tuple[str, str, str, str]]] = {
     "foundation_kept": _kept_texts, "foundation_short": _short_texts,
     "foundation_one": _one_texts,
     "foundation_ct": _ct_texts, "foundation_ctlong": _ct_long_texts,
     "foundation_lr": _lr_texts, "foundation_clslong": _cls_long_texts,
-    "foundation_clsx3": _cls_long_texts}
+    "foundation_clsx3": _cls_long_texts, "foundation_clsdrop": _drop_texts}
 
 
 def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],
@@ -1150,7 +1224,7 @@ def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, int
                 variants_heading: str, variants_intro: str) -> list[str]:
     """A foundation part's rules table at its own budget, then its variants of the naive rule
     (none where it ran none)."""
-    return [*_rules_lines(heading, part, seeds, part["budget"], intro),
+    return [*_rules_lines(heading, part, seeds, part["budget"], intro, per_site=True),
             *_variant_lines(part, seeds, _stored_variants(part), variants_heading,
                             variants_intro)]
 
@@ -1175,8 +1249,9 @@ def _made_line(runs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
-                 b: Mapping[str, Any], intro: str = "") -> list[str]:
-    """One fed / centralised table: per task and rule, from ``part``'s jobs."""
+                 b: Mapping[str, Any], intro: str = "", per_site: bool = False) -> list[str]:
+    """One fed / centralised table: per task and rule, from ``part``'s jobs; with
+    ``per_site``, each training site's own numbers under it."""
     jobs = part["jobs"]
     syn = part.get("synthetic", {})
     lines = [heading, "", *([intro, ""] if intro else []),
@@ -1220,6 +1295,7 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
     lines += ["", "Centralised on its own pooled test split (all sites' test rows as one set, "
               "as the continual suite reports it): " + "; ".join(
                   f"{t} {_ms(v)}" for t, v in pooled.items()) + ".", ""]
+    lines += [*_per_site_lines(part, seeds), *_local_lines(part, seeds)] if per_site else []
     lines += _external_lines(part, seeds)
     svd = [jobs[k]["svd_truncation_error"] for k in jobs if k.startswith("fed_")
            and "_svd_" in k and jobs[k].get("svd_truncation_error") is not None]
@@ -1234,6 +1310,86 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
         lines += ["", "Not in this table: " + "; ".join(f"`{t}`: {why}"
                                                   for t, why in part["left_out"].items()) + "."]
     return [*lines, ""]
+
+
+PER_SITE_INTRO = (
+    "The same runs per training site, each on its own test split (n as there): where a "
+    "task's gap sits. Federated: the final global skill (FedSA: the site's own B); "
+    "centralised: the pooled skill. Not a goal of its own.")
+
+
+def _per_site_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    """Per training site of a task with more than one: each rule and the bound on that
+    site's test split (nothing where the runs kept no per-site values)."""
+    jobs, rows = part["jobs"], []
+    for task in part["tasks"]:
+        central = [jobs.get(Job("central", task, s).key, {}) for s in seeds]
+        sites = sorted({site for r in central for site in r.get("per_site", {})})
+        if len(sites) < 2:
+            continue
+        for site in sites:
+            c = [_num(r.get("per_site", {}).get(site)) for r in central]
+            n = next((r["per_site_n"][site] for r in central
+                      if site in r.get("per_site_n", {})), None)
+            for rule in part.get("rules", RULES):
+                wanted = [Job("fed", task, s, rule) for s in seeds]
+                fed = [_num(jobs.get(j.key, {}).get("per_site", {}).get(site))
+                       for j in wanted]
+                ran = [j.key in jobs for j in wanted]
+                per, of_means = ratio_stats(fed, c)
+                rows.append(f"| {task} | {site} | {n} | {rule} | {_ms(fed, ran)} | {_ms(c)} "
+                            f"| {_seed_cells(per, fed, ran)} | {_f(of_means)} |")
+    if not rows:
+        return []
+    return [PER_SITE_INTRO, "",
+            "| task | training site | n test | rule | federated | centralised | fed / central "
+            "per seed | fed / central of the means |", "|---|---|---|---|---|---|---|---|",
+            *rows, ""]
+
+
+LOCAL_INTRO = (
+    "Each training site alone (local-only): its own train split only, at the federation's "
+    "per-site budget (the same rounds, local steps, batch and lr, no other site's data), its "
+    "final skill evaluated as the bound's: on its own test split, on every training site's "
+    "test split (example-weighted, as the tables above) and on the evaluation-only sites. "
+    "The federation (naive) and the bound of the same table beside it. Not a goal of its "
+    "own: what each site's data carries alone.")
+
+
+def _local_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    """Per task, each site alone (its local-only runs) beside the federation and the bound
+    (nothing where the part ran none)."""
+    jobs, lines = part["jobs"], []
+
+    def cells(wanted: Sequence[Job], own: str | None, ext: Sequence[str]) -> str:
+        got = [jobs.get(j.key, {}) for j in wanted]
+        mine = _ms([_num(r.get("per_site", {}).get(own)) for r in got]) if own else "–"
+        outs = [_ms(_external_values(jobs, wanted, e)) for e in ext]
+        return " | ".join([mine, _ms([_num(r.get("value")) for r in got]), *outs])
+
+    for task in part["tasks"]:
+        runs = {k: r for k, r in jobs.items() if k.startswith(f"local_{task}_")}
+        if not runs:
+            continue
+        ext = list(part.get("external", {}).get(task, []))
+        trained = [s for s in part.get("sites", {}).get(task, [])
+                   if any(local_job(task, s, i).key in jobs for i in seeds)]
+
+        n = next((r["n"] for r in runs.values() if r.get("n")), None)
+        ext_n = [next((r["external"][e]["n"] for r in runs.values()
+                       if e in r.get("external", {})), None) for e in ext]
+        head = ["task", "trained on", "own test split",
+                f"every training site's test split (n {n})",
+                *[f"{e} (n {k})" for e, k in zip(ext, ext_n, strict=True)]]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += [f"| {task} | {site} alone | "
+                  f"{cells([local_job(task, site, i) for i in seeds], site, ext)} |"
+                  for site in trained]
+        lines += [f"| {task} | all, federated (naive) | "
+                  f"{cells([Job('fed', task, i) for i in seeds], None, ext)} |",
+                  f"| {task} | all pooled, centralised | "
+                  f"{cells([Job('central', task, i) for i in seeds], None, ext)} |", ""]
+    return [LOCAL_INTRO, "", *lines] if lines else []
 
 
 EXTERNAL_INTRO = (

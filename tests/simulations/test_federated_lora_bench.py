@@ -39,6 +39,18 @@ def _fake_central(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str
             "max_change": 3e-12}
 
 
+def _fake_local(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+    site = dict(job.options)[bench.LOCAL_SITE]
+    assert site in [d.name for d in setup.sites[job.task]]
+    return {**_fake_central(setup, job, run_dir), "value": 0.6 + job.seed / 100,
+            "per_site": {site: 0.7}}
+
+
+#: Every kind of run, faked: no test here trains unless it says so.
+FAKES = (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central),
+         ("local", _fake_local))
+
+
 def _fake_bytes(backbones: Any) -> list[dict[str, Any]]:
     codecs = {name: {"down": 1_000, "up": 500, "payload": 400, "raw_skill": 400}
               for name in bench.CODECS}
@@ -57,9 +69,8 @@ def _fake_scale(n: int, *args: Any, **kw: Any) -> dict[str, Any]:
 
 def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: every run returns known values; the output file has another section
-    monkeypatch.setitem(bench.RUNNERS, "fed", _fake_fed)
-    monkeypatch.setitem(bench.RUNNERS, "mixed", _fake_fed)
-    monkeypatch.setitem(bench.RUNNERS, "central", _fake_central)
+    for kind, fake in FAKES:
+        monkeypatch.setitem(bench.RUNNERS, kind, fake)
     monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
     monkeypatch.setattr(bench, "run_scale", _fake_scale)
     out = tmp_path / "BENCH.md"
@@ -357,7 +368,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
                               ) -> tuple[Path, str]:
     """A whole --foundation section written from fake runs (the file and its text), then
     the centralised bound's fake moves to 0.9 for the next run."""
-    for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
+    for kind, fake in FAKES:
         monkeypatch.setitem(bench.RUNNERS, kind, fake)
     monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
     monkeypatch.setattr(bench, "run_scale", _fake_scale)
@@ -380,6 +391,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ("lr", "### synth_surv on the foundation at lr 0.001, moments restarted"),
     ("clslong", "### synth_surv on the foundation at lr 0.001, 2x the rounds"),
     ("clsx3", "### synth_surv on the foundation at lr 0.001, 3x the rounds"),
+    ("clsdrop", "### synth_surv on the foundation at lr 0.001, without synth_surv_1"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -438,9 +450,9 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: a whole section from fake runs, less the last part's table (a file written
     # before that table existed)
-    assert list(bench.PARTS)[-1] == "clsx3"
+    assert list(bench.PARTS)[-1] == "clsdrop"
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
-    head = "### synth_surv on the foundation at lr 0.001, 3x the rounds"
+    head = "### synth_surv on the foundation at lr 0.001, without synth_surv_1"
     start = before.index(head)
     end = before.index(bench.BYTES_HEADING)
     assert start < end
@@ -448,16 +460,16 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
     out.write_text(older)
     # Execute
     bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                "--out", str(out), "--part", "clsx3"])
+                "--out", str(out), "--part", "clsdrop"])
     # Assert: the table is back where the whole section has it, with the new runs' values,
     # and nothing else changed
     after = out.read_text()
     assert after.count(head) == 1
-    assert after.index("### synth_surv on the foundation at lr 0.001, 2x the rounds") < \
+    assert after.index("### synth_surv on the foundation at lr 0.001, 3x the rounds") < \
         after.index(head) < after.index(bench.BYTES_HEADING)
     table = after[after.index(head):after.index(bench.BYTES_HEADING)]
     assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
-    assert "3 rounds x 2 local steps of batch 8 per site, lr 0.001" in table  # quick: 3x 1
+    assert "1 rounds x 2 local steps of batch 8 per site, lr 0.001" in table
     assert after.replace(table, "") == older
 
 
@@ -468,20 +480,23 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
      ("naive",)),
     ("clsx3", replace(bench.Budget(), lr=bench.FOUNDATION_LR,
                       rounds=bench.Budget().rounds * bench.FOUNDATION_CLS_LONGER_ROUNDS_X),
-     ("naive",))])
+     ("naive",)),
+    ("clsdrop", replace(bench.Budget(), lr=bench.FOUNDATION_LR), ("naive",))])
 def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
         budget: bench.Budget, rules: tuple[str, ...]) -> None:
     # Prepare: record the setup of every run
     seen: list[tuple[str, bench.Budget, tuple[str, ...], str]] = []
+    trained: set[tuple[str, ...]] = set()
 
     def spy(fake: Any) -> Any:
         def run(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
             seen.append((job.kind, setup.budget, setup.base, job.rule))
+            trained.add(tuple(d.name for d in setup.sites[job.task]))
             return fake(setup, job, run_dir)
         return run
 
-    for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
+    for kind, fake in FAKES:
         monkeypatch.setitem(bench.RUNNERS, kind, spy(fake))
     sites = bench.make_quick_sites(tmp_path / "sites")
     # Execute
@@ -489,17 +504,135 @@ def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
                                  1)[bench.PARTS[name]]()
     # Assert: the federation and its bound alike at the part's budget, the rest as the rules
     # table
-    assert sorted(k for k, *_ in seen) == ["central"] * 2 + ["fed"] * 2 * len(rules)
+    # the lr table also trains each site alone (2 quick sites x 2 seeds)
+    local = 4 if name == "lr" else 0
+    assert sorted(k for k, *_ in seen) == (["central"] * 2 + ["fed"] * 2 * len(rules)
+                                           + ["local"] * local)
     assert {b for _, b, _, _ in seen} == {budget}
     assert bench.Budget().lr != bench.FOUNDATION_LR
     assert {base for *_, base, _ in seen} == {bench.FOUNDATION_BASE}
     assert sorted(r for k, *_, r in seen if k == "fed") == sorted(rules * 2)
     assert part["left_out"] == {} and part["budget"] == asdict(budget)
+    # every site on both sides, but for the part that leaves one out (quick: the last)
+    names = tuple(d.name for d in sites[bench.QUICK_TASK])
+    assert trained == {names[:-1] if name == "clsdrop" else names}
+    assert part.get("dropped", {}) == ({bench.QUICK_TASK: names[-1]} if name == "clsdrop"
+                                       else {})
+    alone = sorted(bench.local_job(bench.QUICK_TASK, site, seed).key
+                   for site in names for seed in (0, 1))
+    assert sorted(k for k in part["jobs"] if k.startswith("local_")) == (alone if local else [])
+
+
+def test_the_local_only_table_sets_each_site_alone_beside_both_sides() -> None:
+    """Each site trained alone: its own test split, every site's, the evaluation-only site;
+    the federation and the bound of the same part beside it; none where no site ran alone."""
+    def job(value: float, per_site: dict[str, float], ext: float) -> dict[str, Any]:
+        return {"value": value, "n": 30, "metric": "auc", "per_site": per_site,
+                "per_site_n": {"a": 20, "b": 10}, "external": {"e": {"value": ext, "n": 99}}}
+
+    jobs = {bench.Job("central", "t", s).key: job(0.8, {"a": 0.8, "b": 0.8}, 0.9)
+            for s in (0, 1)}
+    jobs |= {bench.Job("fed", "t", s).key: job(0.5, {"a": 0.6, "b": 0.3}, 0.6) for s in (0, 1)}
+    jobs |= {bench.local_job("t", "b", s).key: job(0.7 + s / 10, {"a": 0.6, "b": 0.9}, 0.8)
+             for s in (0, 1)}
+    part = {"jobs": jobs, "tasks": ["t"], "rules": ["naive"], "external": {"t": ["e"]},
+            "sites": {"t": ["a", "b"]}}
+    text = "\n".join(bench._rules_lines("### x", part, [0, 1], asdict(bench.Budget()),
+                                        per_site=True))
+
+    assert "| task | trained on | own test split | every training site's test split (n 30) " \
+           "| e (n 99) |" in text
+    assert "| t | b alone | 0.900 ± 0.000 | 0.750 ± 0.071 | 0.800 ± 0.000 |" in text
+    assert "| t | a alone |" not in text  # a never ran alone
+    assert "| t | all, federated (naive) | – | 0.500 ± 0.000 | 0.600 ± 0.000 |" in text
+    assert "| t | all pooled, centralised | – | 0.800 ± 0.000 | 0.900 ± 0.000 |" in text
+    assert text.index(bench.PER_SITE_INTRO) < text.index(bench.LOCAL_INTRO) < \
+        text.index("| t | b alone")
+    alone = {k: v for k, v in jobs.items() if not k.startswith("local_")}
+    assert bench.LOCAL_INTRO not in "\n".join(bench._rules_lines(
+        "### x", {**part, "jobs": alone}, [0, 1], asdict(bench.Budget()), per_site=True))
+
+
+def test_a_local_run_trains_one_named_site(tmp_path: Path) -> None:
+    sites = bench.make_quick_sites(tmp_path / "q")
+    setup = bench.site_setup(sites, bench.Budget())
+    with pytest.raises(ValueError, match=r"no site 'nowhere' in task 'synth_surv'"):
+        bench.run_local(setup, bench.local_job(bench.QUICK_TASK, "nowhere", 0), tmp_path)
+    plan = bench.plan_jobs(setup, [0], {}, ("naive",), local=True)
+    assert [j.key for j in plan if j.kind == "local"] == [
+        "local_synth_surv_naive_site-synth_surv_0_seed0",
+        "local_synth_surv_naive_site-synth_surv_1_seed0"]
+    assert not [j for j in bench.plan_jobs(setup, [0], {}, ("naive",)) if j.kind == "local"]
+
+
+@pytest.mark.slow
+def test_a_local_run_trains_alone_and_is_evaluated_everywhere(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: two quick sites, a real one-round run; record what the pooled node trains on
+    sites = bench.make_quick_sites(tmp_path / "q")
+    setup = bench.site_setup(sites, bench.Budget(rounds=1, local_steps=2))
+    trained: list[list[str]] = []
+    real = bench.pooled_run
+
+    def spy(setup: bench.Setup, members: Any, *args: Any, **kw: Any) -> Any:
+        trained.append([d.name for d in members])
+        return real(setup, members, *args, **kw)
+
+    monkeypatch.setattr(bench, "pooled_run", spy)
+    # Execute
+    out = bench.run_local(setup, bench.local_job(bench.QUICK_TASK, "synth_surv_1", 0),
+                          tmp_path / "run")
+    # Assert: only that site trained, every site's test split evaluated, nothing moved there
+    assert trained == [["synth_surv_1"]]
+    assert sorted(out["per_site"]) == ["synth_surv_0", "synth_surv_1"]
+    assert all(math.isfinite(v) for v in out["per_site"].values())
+    assert math.isfinite(out["value"]) and out["max_change"] < 1e-6
+
+
+def test_leaving_a_site_out_names_what_is_wrong(tmp_path: Path) -> None:
+    sites = bench.make_quick_sites(tmp_path / "q")
+    task = bench.QUICK_TASK
+    kept = bench.without_site(sites, task, f"{task}_0")
+    assert [d.name for d in kept[task]] == [f"{task}_1"]
+    assert [d.name for d in sites[task]] == [f"{task}_0", f"{task}_1"]  # not changed
+    with pytest.raises(ValueError, match=r"no site 'br35h_b' in task 'synth_surv'"):
+        bench.without_site(sites, task, "br35h_b")
+    with pytest.raises(ValueError, match=r"no site 'x' in task 'tumour_cls'"):
+        bench.without_site(sites, "tumour_cls", "x")
+    with pytest.raises(ValueError, match=r"leaves task 'synth_surv' no site"):
+        bench.without_site(kept, task, f"{task}_1")
+
+
+def test_the_per_site_table_shows_where_a_gap_sits() -> None:
+    """Each training site's fed and central values on its own test split, per rule; none for
+    a task with one site or runs without per-site values."""
+    def job(per_site: dict[str, float]) -> dict[str, Any]:
+        return {"value": 0.5, "n": 30, "metric": "auc", "per_site": per_site,
+                "per_site_n": {"a": 20, "b": 10}}
+
+    jobs = {bench.Job("central", "t", s).key: job({"a": 0.8, "b": 0.8 + s / 10})
+            for s in (0, 1)}
+    jobs |= {bench.Job("fed", "t", s, "naive").key: job({"a": 0.8, "b": 0.4}) for s in (0, 1)}
+    part = {"jobs": jobs, "tasks": ["t"], "rules": ["naive", "fedsa"]}
+    lines = bench._rules_lines("### x", part, [0, 1], asdict(bench.Budget()), per_site=True)
+
+    text = "\n".join(lines)
+    assert "| t | a | 20 | naive | 0.800 ± 0.000 | 0.800 ± 0.000 | 1.000, 1.000 | 1.000 |" in text
+    # b: central 0.8, 0.9 -> 0.5, 0.444; of the means 0.4 / 0.85
+    assert "| t | b | 10 | naive | 0.400 ± 0.000 | 0.850 ± 0.071 | 0.500, 0.444 | 0.471 |" in text
+    assert "| t | b | 10 | fedsa | n/a | 0.850 ± 0.071 | n/a, n/a | n/a |" in text  # not run
+    assert text.index("| t (real") < text.index(bench.PER_SITE_INTRO) < text.index("| t | a ")
+    assert bench.PER_SITE_INTRO not in "\n".join(
+        bench._rules_lines("### x", part, [0, 1], asdict(bench.Budget())))
+    one = {"jobs": {k: {**v, "per_site": {"a": 0.8}} for k, v in jobs.items()}, "tasks": ["t"],
+           "rules": ["naive"]}
+    assert bench.PER_SITE_INTRO not in "\n".join(
+        bench._rules_lines("### x", one, [0, 1], asdict(bench.Budget()), per_site=True))
 
 
 def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    for kind, fake in (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central)):
+    for kind, fake in FAKES:
         monkeypatch.setitem(bench.RUNNERS, kind, fake)
     out = tmp_path / "BENCH.md"
     # a bytes table is there, but only the last part may go in before it
