@@ -682,7 +682,7 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         "foundation_clsx3": lambda: run_foundation(
             kept_sites, cls_long_budget(budget, FOUNDATION_CLS_LONGER_ROUNDS_X), seeds,
             work / "foundation_clsx3", n_jobs, mixed_task="", rules=FOUNDATION_LR_RULES,
-            external=ext),
+            external=ext, local=True),
         "foundation_clsdrop": lambda: {**run_foundation(
             without_site(kept_sites, drop_task, drop_site), replace(budget, lr=FOUNDATION_LR),
             seeds, work / "foundation_clsdrop", n_jobs, mixed_task="",
@@ -1167,8 +1167,9 @@ def _cls_long_texts(part: Mapping[str, Any], base: Mapping[str, Any]
     b, tasks = part["budget"], ", ".join(part["tasks"])
     return (f"### {tasks} on the foundation at lr {b['lr']:g}, {_times(part, base)} the "
             f"rounds ({b['rounds']} x {b['local_steps']})",
-            _longer_intro(part, base, f"The table at lr {b['lr']:g}, moments restarted,"),
-            "", "")
+            _longer_intro(part, base, f"The table at lr {b['lr']:g}, moments restarted,")
+            + (" Each site alone (local-only) came later, as in that table."
+               if any(k.startswith("local_") for k in part["jobs"]) else ""), "", "")
 
 
 def _drop_texts(part: Mapping[str, Any], base: Mapping[str, Any]

@@ -413,6 +413,9 @@ def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.M
     assert after.split(part_after)[1] == before.split(part_before)[1]  # the tables after it
     assert after.count(heading) == 1
     assert bench.PARTS[name] in res and "foundation" not in res and not res["jobs"]
+    # the parts that train each site alone show it, and the longer one says it came later
+    assert ("| synth_surv | synth_surv_0 alone |" in part_after) == (name in ("lr", "clsx3"))
+    assert ("Each site alone (local-only) came later" in part_after) == (name == "clsx3")
 
 
 def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
@@ -504,8 +507,8 @@ def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
                                  1)[bench.PARTS[name]]()
     # Assert: the federation and its bound alike at the part's budget, the rest as the rules
     # table
-    # the lr table also trains each site alone (2 quick sites x 2 seeds)
-    local = 4 if name == "lr" else 0
+    # the lr table and its 3x table also train each site alone (2 quick sites x 2 seeds)
+    local = 4 if name in ("lr", "clsx3") else 0
     assert sorted(k for k, *_ in seen) == (["central"] * 2 + ["fed"] * 2 * len(rules)
                                            + ["local"] * local)
     assert {b for _, b, _, _ in seen} == {budget}
