@@ -1363,10 +1363,11 @@ def _local_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     jobs, lines = part["jobs"], []
 
     def cells(wanted: Sequence[Job], own: str | None, ext: Sequence[str]) -> str:
-        got = [jobs.get(j.key, {}) for j in wanted]
-        mine = _ms([_num(r.get("per_site", {}).get(own)) for r in got]) if own else "–"
-        outs = [_ms(_external_values(jobs, wanted, e)) for e in ext]
-        return " | ".join([mine, _ms([_num(r.get("value")) for r in got]), *outs])
+        got, ran = [jobs.get(j.key, {}) for j in wanted], [j.key in jobs for j in wanted]
+        mine = (_ms([_num(r.get("per_site", {}).get(own)) for r in got], ran) if own
+                else "–")
+        outs = [_ms(_external_values(jobs, wanted, e), ran) for e in ext]
+        return " | ".join([mine, _ms([_num(r.get("value")) for r in got], ran), *outs])
 
     for task in part["tasks"]:
         runs = {k: r for k, r in jobs.items() if k.startswith(f"local_{task}_")}
@@ -1375,7 +1376,6 @@ def _local_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
         ext = list(part.get("external", {}).get(task, []))
         trained = [s for s in part.get("sites", {}).get(task, [])
                    if any(local_job(task, s, i).key in jobs for i in seeds)]
-
         n = next((r["n"] for r in runs.values() if r.get("n")), None)
         ext_n = [next((r["external"][e]["n"] for r in runs.values()
                        if e in r.get("external", {})), None) for e in ext]

@@ -551,6 +551,11 @@ def test_the_local_only_table_sets_each_site_alone_beside_both_sides() -> None:
     assert "| t | all pooled, centralised | – | 0.800 ± 0.000 | 0.900 ± 0.000 |" in text
     assert text.index(bench.PER_SITE_INTRO) < text.index(bench.LOCAL_INTRO) < \
         text.index("| t | b alone")
+    # a local run that ended without a metric is named, not left out of the mean silently
+    gone = {**jobs, bench.local_job("t", "b", 1).key: job(math.nan, {"b": math.nan}, math.nan)}
+    assert "| t | b alone | 0.900 ± 0.000 (without 1 diverged) | 0.700 ± 0.000 (without 1 " \
+           "diverged) | 0.800 ± 0.000 (without 1 diverged) |" in "\n".join(bench._rules_lines(
+               "### x", {**part, "jobs": gone}, [0, 1], asdict(bench.Budget()), per_site=True))
     alone = {k: v for k, v in jobs.items() if not k.startswith("local_")}
     assert bench.LOCAL_INTRO not in "\n".join(bench._rules_lines(
         "### x", {**part, "jobs": alone}, [0, 1], asdict(bench.Budget()), per_site=True))
