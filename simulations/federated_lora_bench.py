@@ -158,6 +158,13 @@ FOUNDATION_CLS_LONGER_ROUNDS_X = 3
 #: FedSA's own B scored below chance at br35h_b, whose source trait reverses between its train
 #: and test splits: whether that site is what keeps the federation from its bound (task, site).
 FOUNDATION_CLS_DROP = ("tumour_cls", "br35h_b")
+#: FedOpt's split (one plain SGD step at each site, one Adam step at the server on their mean:
+#: Adam on a batch that mixes every site's examples) at the lr table's lr, on the 60 x 1 cut
+#: with the bound's moments kept, after the site-alone runs read the gap as each site's
+#: steps fitting its own few sources. Its settings are the 60 x 1 table's rule (eta = lr x
+#: sites), set there before any run; only the lr is the lr table's. No rule of its own: the
+#: FedOpt rows stand in the main table.
+FOUNDATION_FEDOPT_RULES: tuple[str, ...] = ()
 #: The foundation's tasks rerun with every site (and the pooled node) keeping its optimiser's
 #: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
 FOUNDATION_KEPT = ("train.keep_optimizer_state=true",)
@@ -627,7 +634,8 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
 PARTS = {"rules": "foundation", "kept": "foundation_kept", "short": "foundation_short",
          "one": "foundation_one", "ct": "foundation_ct", "ctlong": "foundation_ctlong",
          "lr": "foundation_lr", "clslong": "foundation_clslong",
-         "clsx3": "foundation_clsx3", "clsdrop": "foundation_clsdrop"}
+         "clsx3": "foundation_clsx3", "clsdrop": "foundation_clsdrop",
+         "fedopt": "foundation_fedopt"}
 
 
 def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root: Path,
@@ -687,6 +695,11 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
             without_site(kept_sites, drop_task, drop_site), replace(budget, lr=FOUNDATION_LR),
             seeds, work / "foundation_clsdrop", n_jobs, mixed_task="",
             rules=FOUNDATION_LR_RULES, external=ext), "dropped": {drop_task: drop_site}},
+        "foundation_fedopt": lambda: run_foundation(
+            kept_sites, same_examples(replace(budget, lr=FOUNDATION_LR), FOUNDATION_ONE_STEPS),
+            seeds, work / "foundation_fedopt", n_jobs, mixed_task="",
+            base=kept_base + FOUNDATION_ONE_BASE, rules=FOUNDATION_FEDOPT_RULES,
+            variants=fedopt_variant(_site_count(kept_sites), FOUNDATION_LR), external=ext),
     }
 
 
@@ -1187,13 +1200,34 @@ def _drop_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             "rule and the bound only.", "", "")
 
 
+def _fedopt_texts(part: Mapping[str, Any], base: Mapping[str, Any]
+                  ) -> tuple[str, str, str, str]:
+    """Heading and intro of FedOpt's split at the lr table's lr (its rows in the main table:
+    the part runs no rule; ``base``: the budget it is cut from)."""
+    b, tasks = part["budget"], ", ".join(part["tasks"])
+    return (f"### {tasks} on the foundation at lr {b['lr']:g}, FedOpt's split "
+            f"({b['rounds']} x {b['local_steps']})",
+            "Added after the site-alone runs (the lr table) read the gap as each site's "
+            "local steps fitting its own few sources, which only a batch that mixes the "
+            "sites' sources makes harder than the tumour. "
+            + FEDOPT_SPLIT.format(batch=b["batch_size"])
+            + " No example leaves a site, yet the server steps on a batch that mixes them. "
+            f"Its settings are the 60 x 1 table's (eta = lr x sites, fixed there before "
+            f"any run); only the lr is the lr table's ({b['lr']:g}). The examples per site "
+            f"are the lr table's cut into {b['rounds']} rounds of {b['local_steps']} "
+            f"({_times(part, base)} the rounds); the bound keeps its AdamW moments across "
+            f"rounds as in the 60 x 1 table (`{' '.join(part['base'])}`). FedOpt and the "
+            "bound only: the naive rule was not rerun at this lr.", "", "")
+
+
 PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
                                tuple[str, str, str, str]]] = {
     "foundation_kept": _kept_texts, "foundation_short": _short_texts,
     "foundation_one": _one_texts,
     "foundation_ct": _ct_texts, "foundation_ctlong": _ct_long_texts,
     "foundation_lr": _lr_texts, "foundation_clslong": _cls_long_texts,
-    "foundation_clsx3": _cls_long_texts, "foundation_clsdrop": _drop_texts}
+    "foundation_clsx3": _cls_long_texts, "foundation_clsdrop": _drop_texts,
+    "foundation_fedopt": _fedopt_texts}
 
 
 def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],
@@ -1224,10 +1258,21 @@ def part_alone(part: Mapping[str, Any], key: str, seeds: Sequence[int],
 def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, intro: str,
                 variants_heading: str, variants_intro: str) -> list[str]:
     """A foundation part's rules table at its own budget, then its variants of the naive rule
-    (none where it ran none)."""
+    (none where it ran none, or where they stand in the rules table: a part with no rule)."""
     return [*_rules_lines(heading, part, seeds, part["budget"], intro, per_site=True),
-            *_variant_lines(part, seeds, _stored_variants(part), variants_heading,
-                            variants_intro)]
+            *(_variant_lines(part, seeds, _stored_variants(part), variants_heading,
+                             variants_intro) if part.get("rules", RULES) else [])]
+
+
+def _fed_rows(part: Mapping[str, Any]
+              ) -> list[tuple[str, str, tuple[tuple[str, str | float], ...]]]:
+    """The federated rows of a part's rules and per-site tables, as (label, rule, options):
+    its rules; a part that ran no rule, its variants of the naive rule instead (there is no
+    naive row for a variants table to compare them with)."""
+    rules = part.get("rules", RULES)
+    if rules:
+        return [(rule, rule, ()) for rule in rules]
+    return [(label, VARIANT_RULE, opts) for label, opts in _stored_variants(part).items()]
 
 
 def _stored_variants(part: Mapping[str, Any]
@@ -1275,12 +1320,12 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
                   and jobs[k].get("n")), None)
         metric = next((jobs[k]["metric"] for k in jobs if f"_{task}_" in k), "?")
         data = "SYNTHETIC" if syn.get(task) else "real"
-        for rule in part.get("rules", RULES):
-            wanted = [Job("fed", task, s, rule) for s in seeds]
+        for label, rule, opts in _fed_rows(part):
+            wanted = [Job("fed", task, s, rule, options=opts) for s in seeds]
             fed, ran = _values(jobs, wanted), [j.key in jobs for j in wanted]
             per, of_means = ratio_stats(fed, central)
             lines.append(
-                f"| {task} ({data}, {metric}) | {n} | {rule} | {_ms(fed, ran)} | "
+                f"| {task} ({data}, {metric}) | {n} | {label} | {_ms(fed, ran)} | "
                 f"{_ms(central)} | {_seed_cells(per, fed, ran)} | {_f(of_means)} | "
                 f"{_goal(fed, of_means, ran)} |")
     weak = [t for t, central in centrals.items()
@@ -1332,13 +1377,13 @@ def _per_site_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
             c = [_num(r.get("per_site", {}).get(site)) for r in central]
             n = next((r["per_site_n"][site] for r in central
                       if site in r.get("per_site_n", {})), None)
-            for rule in part.get("rules", RULES):
-                wanted = [Job("fed", task, s, rule) for s in seeds]
+            for label, rule, opts in _fed_rows(part):
+                wanted = [Job("fed", task, s, rule, options=opts) for s in seeds]
                 fed = [_num(jobs.get(j.key, {}).get("per_site", {}).get(site))
                        for j in wanted]
                 ran = [j.key in jobs for j in wanted]
                 per, of_means = ratio_stats(fed, c)
-                rows.append(f"| {task} | {site} | {n} | {rule} | {_ms(fed, ran)} | {_ms(c)} "
+                rows.append(f"| {task} | {site} | {n} | {label} | {_ms(fed, ran)} | {_ms(c)} "
                             f"| {_seed_cells(per, fed, ran)} | {_f(of_means)} |")
     if not rows:
         return []
@@ -1530,13 +1575,13 @@ SUMMED_INTRO = (
     "of sites before any run, not tuned.")
 
 
-FEDOPT_INTRO = (
+FEDOPT_SPLIT = (
     "With AdamW at the sites, each site scales its own gradients coordinate by coordinate "
     "before the server averages them; the pooled node's AdamW scales the gradients of batches "
     "that mix the sites. With `strategy.lora.site_sgd_lr=1` each site's one local step is a "
     "plain SGD step, so its delta is minus its minibatch gradient, and the server's FedAdam "
-    "takes one Adam step a round on their mean: Adam on a batch of {batch} from every site. "
-    "Its settings were fixed before any run, not tuned.")
+    "takes one Adam step a round on their mean: Adam on a batch of {batch} from every site.")
+FEDOPT_INTRO = FEDOPT_SPLIT + " Its settings were fixed before any run, not tuned."
 
 
 def _variant_lines(res: Mapping[str, Any], seeds: Sequence[int],

@@ -392,6 +392,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ("clslong", "### synth_surv on the foundation at lr 0.001, 2x the rounds"),
     ("clsx3", "### synth_surv on the foundation at lr 0.001, 3x the rounds"),
     ("clsdrop", "### synth_surv on the foundation at lr 0.001, without synth_surv_1"),
+    ("fedopt", "### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -453,9 +454,9 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: a whole section from fake runs, less the last part's table (a file written
     # before that table existed)
-    assert list(bench.PARTS)[-1] == "clsdrop"
+    assert list(bench.PARTS)[-1] == "fedopt"
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
-    head = "### synth_surv on the foundation at lr 0.001, without synth_surv_1"
+    head = "### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)"
     start = before.index(head)
     end = before.index(bench.BYTES_HEADING)
     assert start < end
@@ -463,16 +464,16 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
     out.write_text(older)
     # Execute
     bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                "--out", str(out), "--part", "clsdrop"])
+                "--out", str(out), "--part", "fedopt"])
     # Assert: the table is back where the whole section has it, with the new runs' values,
     # and nothing else changed
     after = out.read_text()
     assert after.count(head) == 1
-    assert after.index("### synth_surv on the foundation at lr 0.001, 3x the rounds") < \
-        after.index(head) < after.index(bench.BYTES_HEADING)
+    assert after.index("### synth_surv on the foundation at lr 0.001, without synth_surv_1") \
+        < after.index(head) < after.index(bench.BYTES_HEADING)
     table = after[after.index(head):after.index(bench.BYTES_HEADING)]
     assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
-    assert "1 rounds x 2 local steps of batch 8 per site, lr 0.001" in table
+    assert "2 rounds x 1 local steps of batch 8 per site, lr 0.001" in table
     assert after.replace(table, "") == older
 
 
@@ -524,6 +525,67 @@ def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
     alone = sorted(bench.local_job(bench.QUICK_TASK, site, seed).key
                    for site in names for seed in (0, 1))
     assert sorted(k for k in part["jobs"] if k.startswith("local_")) == (alone if local else [])
+
+
+def test_the_fedopt_part_runs_only_fedopt_and_the_bound_on_the_one_step_cut(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: record every run's setup and options
+    seen: list[tuple[str, bench.Budget, tuple[str, ...], tuple]] = []
+
+    def spy(fake: Any) -> Any:
+        def run(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+            seen.append((job.kind, setup.budget, setup.base, job.options))
+            return fake(setup, job, run_dir)
+        return run
+
+    for kind, fake in FAKES:
+        monkeypatch.setitem(bench.RUNNERS, kind, spy(fake))
+    sites = bench.make_quick_sites(tmp_path / "sites")
+    # Execute
+    part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
+                                 1)[bench.PARTS["fedopt"]]()
+    # Assert: the bound and FedOpt only (no rule of its own), both at the lr table's lr on
+    # the one-step cut of the budget (5 x 12 -> 60 x 1), moments kept for the bound, the
+    # server's eta = lr x sites (2 quick sites)
+    budget = bench.same_examples(replace(bench.Budget(), lr=bench.FOUNDATION_LR), 1)
+    assert (budget.rounds, budget.local_steps, budget.lr) == (60, 1, bench.FOUNDATION_LR)
+    assert sorted(k for k, *_ in seen) == ["central", "central", "fed", "fed"]
+    assert {b for _, b, _, _ in seen} == {budget}
+    assert {base for _, _, base, _ in seen} == {
+        bench.FOUNDATION_BASE + bench.FOUNDATION_KEPT + bench.FOUNDATION_ONE_BASE}
+    (opts,) = {o for k, *_, o in seen if k == "fed"}
+    assert dict(opts) == {"site_sgd_lr": 1.0, "server_opt": "fedadam",
+                          "server_eta": 2 * bench.FOUNDATION_LR, "tau": 1e-8, "beta_2": 0.999}
+    assert part["rules"] == [] and list(part["variants"].values()) == [[list(o) for o in opts]]
+
+
+def test_a_part_without_rules_puts_its_variants_in_the_main_and_per_site_tables() -> None:
+    """No naive row to compare a variants table with: the variants are the main table's
+    federated rows (and the per-site table's), each once on the evaluation-only site."""
+    opts = (("server_opt", "fedadam"),)
+
+    def job(value: float, a: float, ext: float) -> dict[str, Any]:
+        return {"value": value, "n": 30, "metric": "auc", "per_site": {"a": a, "b": value},
+                "per_site_n": {"a": 20, "b": 10}, "external": {"e": {"value": ext, "n": 99}}}
+
+    jobs = {bench.Job("central", "t", s).key: job(0.8, 0.8, 0.9) for s in (0, 1)}
+    jobs |= {bench.Job("fed", "t", s, options=opts).key: job(0.4 + s / 10, 0.6, 0.45)
+             for s in (0, 1)}
+    part = {"jobs": jobs, "tasks": ["t"], "rules": [], "external": {"t": ["e"]},
+            "sites": {"t": ["a", "b"]}, "variants": {"FedX": [list(o) for o in opts]},
+            "budget": asdict(bench.Budget())}
+    text = "\n".join(bench._part_lines(part, [0, 1], "### x", "intro", "#### variants", "v"))
+    assert "| t (real, auc) | 30 | FedX | 0.450 ± 0.071 | 0.800 ± 0.000 | 0.500, 0.625 | " \
+           "0.562 | **MISSED** |" in text
+    assert "| t | a | 20 | FedX | 0.600 ± 0.000 | 0.800 ± 0.000 |" in text
+    assert text.count("| t | e | 99 | FedX | 0.450 ± 0.000 |") == 1
+    assert "#### variants" not in text and "naive" not in text
+    # with a rule, the variants keep their own table under it, as before
+    ruled = {**part, "rules": ["naive"],
+             "jobs": {**jobs, **{bench.Job("fed", "t", s).key: job(0.5, 0.5, 0.5)
+                                 for s in (0, 1)}}}
+    text = "\n".join(bench._part_lines(ruled, [0, 1], "### x", "intro", "#### variants", "v"))
+    assert "#### variants" in text and "| t (real, auc) | 30 | FedX |" not in text
 
 
 def test_the_local_only_table_sets_each_site_alone_beside_both_sides() -> None:
