@@ -246,6 +246,39 @@ class _Pwned:
         return (Path.touch, (Path(__file__).parent / "pwned",))
 
 
+def test_loaded_i3resnet_is_not_randomly_initialised_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every value of a backbone built from weights is the file's, bit for bit, batch-norm
+    statistics included, with no random fill before the load (a cost paid per site message);
+    a backbone without weights is initialised as before."""
+    options = {"blocks": [1, 1, 1, 1], "width": 8, "spatial_dims": 2}
+    trusted = create_backbone(BackboneConfig(name="i3resnet", options=options))
+    with torch.no_grad():
+        for name, buf in trusted.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buf.uniform_(0.5, 1.5)
+    path = tmp_path / "encoder.pt"
+    torch.save({f"{i3resnet.CHECKPOINT_PREFIXES[1]}{k}": v
+                for k, v in trusted.state_dict().items()}, path)
+    fills: list[str] = []
+    real = torch.nn.init.kaiming_uniform_
+
+    def counted(tensor: torch.Tensor, *args: object, **kw: object) -> torch.Tensor:
+        fills.append(tensor.device.type)
+        return real(tensor, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.nn.init, "kaiming_uniform_", counted)
+    loaded = create_backbone(BackboneConfig(name="i3resnet",
+                                            options={**options, "weights": str(path)}))
+    assert fills and set(fills) == {"meta"}  # init ran on storage-less tensors only
+    assert loaded.state_dict().keys() == trusted.state_dict().keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in trusted.state_dict().items())
+    assert all(p.device.type == "cpu" for p in loaded.parameters())
+    fills.clear()
+    create_backbone(BackboneConfig(name="i3resnet", options=options))
+    assert fills and set(fills) == {"cpu"}  # without weights: the usual random initialisation
+
+
 # ---------------------------------------------------------------------------- devices
 def test_device_option_is_honoured_and_checked() -> None:
     model = UniconModel(TRANSFORMER, seed=0)

