@@ -623,6 +623,27 @@ def test_the_local_only_table_sets_each_site_alone_beside_both_sides() -> None:
         "### x", {**part, "jobs": alone}, [0, 1], asdict(bench.Budget()), per_site=True))
 
 
+def test_the_largest_evaluation_change_counts_the_site_alone_runs(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A site-alone run is evaluated as the bound is (one round at lr 1e-12): the budget line's
+    largest change covers its evaluation round too, and says so only where such runs exist."""
+    def moved(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+        return {**_fake_local(setup, job, run_dir), "max_change": 5e-9}
+
+    for kind, fake in FAKES:
+        monkeypatch.setitem(bench.RUNNERS, kind, fake)
+    monkeypatch.setitem(bench.RUNNERS, "local", moved)
+    sites = bench.make_quick_sites(tmp_path / "sites")
+    runs = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0], tmp_path / "w", 1)
+    lr, longer = runs[bench.PARTS["lr"]](), runs[bench.PARTS["clslong"]]()
+    assert lr["max_change"] == 5e-9 and longer["max_change"] == 3e-12
+    line = "\n".join(bench._rules_lines("### x", lr, [0], lr["budget"]))
+    assert "largest change of any skill value, in this and the site-alone runs' evaluation " \
+           "rounds: 5.0e-09)" in line
+    assert "largest change of any skill value: 3.0e-12)" in "\n".join(
+        bench._rules_lines("### x", longer, [0], longer["budget"]))
+
+
 def test_a_local_run_trains_one_named_site(tmp_path: Path) -> None:
     sites = bench.make_quick_sites(tmp_path / "q")
     setup = bench.site_setup(sites, bench.Budget())
