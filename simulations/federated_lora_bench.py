@@ -465,7 +465,9 @@ def run_local(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
 def _evaluated(setup: Setup, job: Job, trained: RunResult, run_dir: Path) -> dict[str, Any]:
     """The final skill of one node's run (``trained``) evaluated on every site's test split
     of ``job.task`` and its evaluation-only sites (one round at lr 1e-12); the largest change
-    that round made to any skill value, to show it evaluated rather than trained."""
+    that round made to any skill value, to show it evaluated rather than trained.
+    ``pooled_value`` is the trained run's own test metric: the pooled test split for the
+    bound, the lone site's own test split for a local run (no table reads it for those)."""
     from unicon_flower.runner import run_in_process
 
     check_aggregated(trained.rounds, job.task, job.key)
