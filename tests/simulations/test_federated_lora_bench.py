@@ -393,6 +393,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ("clsx3", "### synth_surv on the foundation at lr 0.001, 3x the rounds"),
     ("clsdrop", "### synth_surv on the foundation at lr 0.001, without synth_surv_1"),
     ("fedopt", "### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)"),
+    ("ctfedopt", "### synth_surv on the 3D CT foundation, FedOpt's split (4 x 1 of 2)"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -454,9 +455,9 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: a whole section from fake runs, less the last part's table (a file written
     # before that table existed)
-    assert list(bench.PARTS)[-1] == "fedopt"
+    assert list(bench.PARTS)[-1] == "ctfedopt"
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
-    head = "### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)"
+    head = "### synth_surv on the 3D CT foundation, FedOpt's split (4 x 1 of 2)"
     start = before.index(head)
     end = before.index(bench.BYTES_HEADING)
     assert start < end
@@ -464,16 +465,16 @@ def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
     out.write_text(older)
     # Execute
     bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                "--out", str(out), "--part", "fedopt"])
+                "--out", str(out), "--part", "ctfedopt"])
     # Assert: the table is back where the whole section has it, with the new runs' values,
     # and nothing else changed
     after = out.read_text()
     assert after.count(head) == 1
-    assert after.index("### synth_surv on the foundation at lr 0.001, without synth_surv_1") \
+    assert after.index("### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)") \
         < after.index(head) < after.index(bench.BYTES_HEADING)
     table = after[after.index(head):after.index(bench.BYTES_HEADING)]
     assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
-    assert "2 rounds x 1 local steps of batch 8 per site, lr 0.001" in table
+    assert "4 rounds x 1 local steps of batch 2 per site, lr 0.002" in table
     assert after.replace(table, "") == older
 
 
@@ -527,8 +528,12 @@ def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
     assert sorted(k for k in part["jobs"] if k.startswith("local_")) == (alone if local else [])
 
 
-def test_the_fedopt_part_runs_only_fedopt_and_the_bound_on_the_one_step_cut(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "budget"), [
+    ("fedopt", replace(bench.Budget(), lr=bench.FOUNDATION_LR)),
+    ("ctfedopt", replace(bench.Budget(), **bench.FOUNDATION_CT_BUDGET))])
+def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, budget: bench.Budget
+) -> None:
     # Prepare: record every run's setup and options
     seen: list[tuple[str, bench.Budget, tuple[str, ...], tuple]] = []
 
@@ -543,19 +548,19 @@ def test_the_fedopt_part_runs_only_fedopt_and_the_bound_on_the_one_step_cut(
     sites = bench.make_quick_sites(tmp_path / "sites")
     # Execute
     part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
-                                 1)[bench.PARTS["fedopt"]]()
-    # Assert: the bound and FedOpt only (no rule of its own), both at the lr table's lr on
-    # the one-step cut of the budget (5 x 12 -> 60 x 1), moments kept for the bound, the
-    # server's eta = lr x sites (2 quick sites)
-    budget = bench.same_examples(replace(bench.Budget(), lr=bench.FOUNDATION_LR), 1)
-    assert (budget.rounds, budget.local_steps, budget.lr) == (60, 1, bench.FOUNDATION_LR)
+                                 1)[bench.PARTS[name]]()
+    # Assert: the bound and FedOpt only (no rule of its own), both on the one-step cut of the
+    # part's budget (the lr table's 5 x 12 -> 60 x 1; the 3D table's 5 x 4 of 2 -> 20 x 1),
+    # moments kept for the bound, the server's eta = lr x sites (2 quick sites)
+    budget = bench.same_examples(budget, 1)
+    assert (budget.rounds, budget.local_steps) == ((60, 1) if name == "fedopt" else (20, 1))
     assert sorted(k for k, *_ in seen) == ["central", "central", "fed", "fed"]
     assert {b for _, b, _, _ in seen} == {budget}
     assert {base for _, _, base, _ in seen} == {
         bench.FOUNDATION_BASE + bench.FOUNDATION_KEPT + bench.FOUNDATION_ONE_BASE}
     (opts,) = {o for k, *_, o in seen if k == "fed"}
     assert dict(opts) == {"site_sgd_lr": 1.0, "server_opt": "fedadam",
-                          "server_eta": 2 * bench.FOUNDATION_LR, "tau": 1e-8, "beta_2": 0.999}
+                          "server_eta": 2 * budget.lr, "tau": 1e-8, "beta_2": 0.999}
     assert part["rules"] == [] and list(part["variants"].values()) == [[list(o) for o in opts]]
 
 
