@@ -165,9 +165,6 @@ FOUNDATION_CLS_DROP = ("tumour_cls", "br35h_b")
 #: sites), set there before any run; only the lr is the lr table's. No rule of its own: the
 #: FedOpt rows stand in the main table.
 FOUNDATION_FEDOPT_RULES: tuple[str, ...] = ()
-#: The same split on ct_seg (the 3D task's own budget, 5 x 4 of 2, cut to 20 x 1), at its own
-#: lr and with the same eta rule, set after FedOpt closed tumour_cls's gap and before any
-#: ct_seg run of it: whether mixing the sites in one server step closes the 3D task's too.
 #: The foundation's tasks rerun with every site (and the pooled node) keeping its optimiser's
 #: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
 FOUNDATION_KEPT = ("train.keep_optimizer_state=true",)
@@ -705,6 +702,9 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
             seeds, work / "foundation_fedopt", n_jobs, mixed_task="",
             base=kept_base + FOUNDATION_ONE_BASE, rules=FOUNDATION_FEDOPT_RULES,
             variants=fedopt_variant(_site_count(kept_sites), FOUNDATION_LR), external=ext),
+        # the same split on ct_seg (its own budget, 5 x 4 of 2, cut to 20 x 1), its own lr and
+        # the same eta rule: set after FedOpt's first tumour_cls seed beat its bound, before
+        # any ct_seg run of it; whether one mixed server step closes the 3D task's gap
         "foundation_ctfedopt": lambda: run_foundation(
             ct_sites, same_examples(replace(budget, **FOUNDATION_CT_BUDGET), FOUNDATION_ONE_STEPS),
             seeds, work / "foundation_ctfedopt", n_jobs, mixed_task="",
@@ -1223,7 +1223,9 @@ def _fedopt_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             + FEDOPT_SPLIT.format(batch=b["batch_size"])
             + " No example leaves a site, yet the server steps on a batch that mixes them. "
             f"Its settings are the 60 x 1 table's (eta = lr x sites, fixed there before "
-            f"any run); only the lr is the lr table's ({b['lr']:g}). The examples per site "
+            f"any run); only the lr is the lr table's ({b['lr']:g}), so eta is half the 60 x "
+            "1 table's, where FedOpt diverged on two seeds of three: a second try after that "
+            "result, not a setting fixed before it. The examples per site "
             f"are the lr table's cut into {b['rounds']} rounds of {b['local_steps']} "
             f"({_times(part, base)} the rounds); the bound keeps its AdamW moments across "
             f"rounds as in the 60 x 1 table (`{' '.join(part['base'])}`). FedOpt and the "
@@ -1236,7 +1238,8 @@ def _ct_fedopt_texts(part: Mapping[str, Any], base: Mapping[str, Any]
     b, tasks = part["budget"], ", ".join(part["tasks"])
     return (f"### {tasks} on the 3D CT foundation, FedOpt's split ({b['rounds']} x "
             f"{b['local_steps']} of {b['batch_size']})",
-            "Added after FedOpt's split closed `tumour_cls`'s gap (the table above), and set "
+            "Added after FedOpt's split beat its bound on `tumour_cls`'s first seed (the "
+            "table above), and set before that table's other two seeds (which did not) and "
             f"before any {tasks} run of it: the 3D task's own examples per site (its smaller "
             f"steps table) cut into {b['rounds']} rounds of {b['local_steps']} step, at its "
             f"own lr ({b['lr']:g}) and the same eta rule (lr x sites); the bound keeps its "
@@ -1877,11 +1880,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                args.seeds, work, args.jobs)[key]()
         note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
                 "section's other tables are from the run named above.")
-        # render puts the last part just before the bytes table, so a file written before
-        # that part existed takes its table there; any other part's table must be in the file
-        last = key == list(PARTS.values())[-1]
+        # a table the file lacks is a part added since the file was written: parts are
+        # added at the end of PARTS, and render puts them in that order just before the
+        # bytes table, so it goes there (add several in PARTS order)
         for sub in part_alone(part, key, args.seeds, asdict(budget), note):
-            insert_subsection(args.out, sub, before=BYTES_HEADING if last else None)
+            insert_subsection(args.out, sub, before=BYTES_HEADING)
         print(f"replaced the table of part {args.part!r} in {args.out}")
         return {**res, key: part}
     if "rules" not in args.skip:

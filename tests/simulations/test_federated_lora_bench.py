@@ -451,31 +451,35 @@ def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
     assert "foundation" in res and not res["jobs"]
 
 
-def test_a_part_whose_table_the_file_lacks_goes_before_the_bytes_table(
+def test_parts_whose_tables_the_file_lacks_go_before_the_bytes_table_in_order(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Prepare: a whole section from fake runs, less the last part's table (a file written
-    # before that table existed)
-    assert list(bench.PARTS)[-1] == "ctfedopt"
+    # Prepare: a whole section from fake runs, less the last two parts' tables (a file
+    # written before those parts existed)
+    assert list(bench.PARTS)[-2:] == ["fedopt", "ctfedopt"]
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
+    first = "### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)"
     head = "### synth_surv on the 3D CT foundation, FedOpt's split (4 x 1 of 2)"
-    start = before.index(head)
+    start = before.index(first)
     end = before.index(bench.BYTES_HEADING)
-    assert start < end
+    assert start < before.index(head) < end
     older = before[:start] + before[end:]
     out.write_text(older)
-    # Execute
-    bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                "--out", str(out), "--part", "ctfedopt"])
-    # Assert: the table is back where the whole section has it, with the new runs' values,
-    # and nothing else changed
+    # Execute: the two parts alone, in PARTS order
+    for name in ("fedopt", "ctfedopt"):
+        bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
+                    "--out", str(out), "--part", name])
+    # Assert: the tables are back where the whole section has them, with the new runs'
+    # values, and nothing else changed
     after = out.read_text()
-    assert after.count(head) == 1
-    assert after.index("### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)") \
-        < after.index(head) < after.index(bench.BYTES_HEADING)
-    table = after[after.index(head):after.index(bench.BYTES_HEADING)]
-    assert "| 0.900 ± 0.000 |" in table and "This table alone was rerun by" in table
-    assert "4 rounds x 1 local steps of batch 2 per site, lr 0.002" in table
-    assert after.replace(table, "") == older
+    assert after.count(head) == after.count(first) == 1
+    assert after.index("### synth_surv on the foundation at lr 0.001, without synth_surv_1") \
+        < after.index(first) < after.index(head) < after.index(bench.BYTES_HEADING)
+    tables = after[after.index(first):after.index(bench.BYTES_HEADING)]
+    assert tables.count("| 0.900 ± 0.000 |") >= 2
+    assert tables.count("This table alone was rerun by") == 2
+    assert "2 rounds x 1 local steps of batch 8 per site, lr 0.001" in tables
+    assert "4 rounds x 1 local steps of batch 2 per site, lr 0.002" in tables
+    assert after.replace(tables, "") == older
 
 
 @pytest.mark.parametrize(("name", "budget", "rules"), [
