@@ -1831,6 +1831,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    help="also the rules on the pretrained foundation (backbone=demo)")
     p.add_argument("--part", choices=sorted(PARTS), default=None,
                    help="rerun one part of --foundation alone and replace only its table")
+    p.add_argument("--new-table", action="store_true",
+                   help="with --part: the file has no table of this part yet (added since the "
+                        "file was written); put it just before the bytes table. Without it, "
+                        "only the last part's table may be missing")
     p.add_argument("--scale-worker", nargs=4, type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.scale_worker is not None:
@@ -1880,11 +1884,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                args.seeds, work, args.jobs)[key]()
         note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
                 "section's other tables are from the run named above.")
-        # a table the file lacks is a part added since the file was written: parts are
-        # added at the end of PARTS, and render puts them in that order just before the
-        # bytes table, so it goes there (add several in PARTS order)
+        # render puts the last part just before the bytes table, so a file written before
+        # that part existed takes its table there; any other part's table must be in the
+        # file (a changed heading is an error, not a second table) unless --new-table says
+        # it is new (parts are added at the end of PARTS: add several in that order)
+        new = args.new_table or key == list(PARTS.values())[-1]
         for sub in part_alone(part, key, args.seeds, asdict(budget), note):
-            insert_subsection(args.out, sub, before=BYTES_HEADING)
+            insert_subsection(args.out, sub, before=BYTES_HEADING if new else None)
         print(f"replaced the table of part {args.part!r} in {args.out}")
         return {**res, key: part}
     if "rules" not in args.skip:

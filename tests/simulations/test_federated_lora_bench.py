@@ -464,10 +464,15 @@ def test_parts_whose_tables_the_file_lacks_go_before_the_bytes_table_in_order(
     assert start < before.index(head) < end
     older = before[:start] + before[end:]
     out.write_text(older)
-    # Execute: the two parts alone, in PARTS order
-    for name in ("fedopt", "ctfedopt"):
-        bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                    "--out", str(out), "--part", name])
+    # Execute: the two parts alone, in PARTS order; the one before the last must say its
+    # table is new
+    rerun = ["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"), "--out",
+             str(out), "--part"]
+    with pytest.raises(ValueError, match=r"no subsection .* FedOpt's split"):
+        bench.main([*rerun, "fedopt"])
+    assert out.read_text() == older
+    bench.main([*rerun, "fedopt", "--new-table"])
+    bench.main([*rerun, "ctfedopt"])
     # Assert: the tables are back where the whole section has them, with the new runs'
     # values, and nothing else changed
     after = out.read_text()
