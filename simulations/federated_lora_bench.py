@@ -1365,6 +1365,8 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
                   "its ratios compare two weak models."]
     lines += _weak_seed_lines({t: central for t, central in centrals.items() if t not in weak
                                and _chance_is_half(jobs, t, seeds)}, seeds, "")
+    lines += _empty_bound_lines({t: central for t, central in centrals.items()
+                                 if _first_metric(jobs, t, seeds) == "dice"}, seeds)
     pooled = {t: _values(jobs, [Job("central", t, s) for s in seeds], "pooled_value")
               for t in part["tasks"]}
     lines += ["", "Centralised on its own pooled test split (all sites' test rows as one set, "
@@ -1584,12 +1586,29 @@ def _weak_seed_lines(central: Mapping[str, Sequence[float]], seeds: Sequence[int
             "ratios."]
 
 
+def _empty_bound_lines(central: Mapping[str, Sequence[float]], seeds: Sequence[int]
+                       ) -> list[str]:
+    """A line naming each seed whose centralised bound ended at Dice 0 (it segments nothing):
+    that seed's ratio is undefined and the mean leans on the other seeds ([] where none)."""
+    empty = [f"{t} seed {s}" for t, vals in central.items()
+             for s, v in zip(seeds, vals, strict=True) if v == 0.0]
+    if not empty:
+        return []
+    return ["", f"Centralised bound at Dice 0.000 on {', '.join(empty)}: that seed's pooled "
+            "run segments nothing at this budget, so its ratio is undefined (n/a) and the "
+            "bound's mean is pulled down by a run that did not learn; read the other seeds."]
+
+
+def _first_metric(jobs: Mapping[str, Any], task: str, seeds: Sequence[int]) -> str:
+    """The task's metric, read from its centralised runs ("" where none ran)."""
+    central = [Job("central", task, s).key for s in seeds]
+    return str(next((jobs[k]["metric"] for k in central if k in jobs), ""))
+
+
 def _chance_is_half(jobs: Mapping[str, Any], task: str, seeds: Sequence[int]) -> bool:
     """Whether the task's metric has chance at 0.5 (AUC, C-index), so "near chance" applies
     (read from the task's centralised runs)."""
-    central = [Job("central", task, s).key for s in seeds]
-    metric = next((jobs[k]["metric"] for k in central if k in jobs), "")
-    return metric in ("auc", "c_index")
+    return _first_metric(jobs, task, seeds) in ("auc", "c_index")
 
 
 VARIANTS_INTRO = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -745,6 +746,24 @@ def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
     with pytest.raises(ValueError, match="no subsection '### synth_surv on the 3D CT"):
         bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"),
                     "--out", str(out), "--part", "ct"])
+
+
+def test_a_segmentation_bound_that_segments_nothing_is_named() -> None:
+    """A Dice bound of 0 on a seed: its ratio is n/a and a line says the bound did not learn
+    there; none where every seed's bound learnt, and none for a metric with chance at 0.5."""
+    def part(metric: str, values: Sequence[float]) -> dict[str, Any]:
+        jobs = {bench.Job("central", "t", s).key: {"value": v, "metric": metric, "n": 9}
+                for s, v in enumerate(values)}
+        jobs |= {bench.Job("fed", "t", s).key: {"value": 0.0, "metric": metric, "n": 9}
+                 for s in range(len(values))}
+        return {"jobs": jobs, "tasks": ["t"], "rules": ["naive"]}
+
+    text = "\n".join(bench._rules_lines("### x", part("dice", [0.0, 0.7]), [0, 1],
+                                        asdict(bench.Budget())))
+    assert "Centralised bound at Dice 0.000 on t seed 0:" in text and "| n/a, 0.000 |" in text
+    for metric, values in (("dice", [0.6, 0.7]), ("auc", [0.0, 0.7])):
+        assert "segments nothing" not in "\n".join(bench._rules_lines(
+            "### x", part(metric, values), [0, 1], asdict(bench.Budget())))
 
 
 def test_a_row_that_did_not_run_is_not_called_a_miss() -> None:
