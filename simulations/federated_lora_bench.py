@@ -1241,7 +1241,11 @@ def _fedopt_texts(part: Mapping[str, Any], base: Mapping[str, Any]
             f"are the lr table's cut into {b['rounds']} rounds of {b['local_steps']} "
             f"({_times(part, base)} the rounds); the bound keeps its AdamW moments across "
             f"rounds as in the 60 x 1 table (`{' '.join(part['base'])}`). FedOpt and the "
-            "bound only: the naive rule was not rerun at this lr.", "", "")
+            "bound only: the naive rule was not rerun at this lr."
+            + (" The row at eta = lr (one server step as long as one of the pooled node's) "
+               "came after the first row's runs, which ended at chance on one seed of three "
+               "and spiked the training loss on all: a shorter step chosen after seeing them."
+               if len(part.get("variants", {})) > 1 else ""), "", "")
 
 
 def _ct_fedopt_texts(part: Mapping[str, Any], base: Mapping[str, Any]

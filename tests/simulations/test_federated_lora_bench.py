@@ -574,6 +574,8 @@ def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
     assert options == [{"site_sgd_lr": 1.0, "server_opt": "fedadam", "server_eta": eta,
                         "tau": 1e-8, "beta_2": 0.999} for eta in etas]
     assert part["rules"] == [] and [dict(o) for o in part["variants"].values()] == options
+    intro = bench.PART_TEXTS[bench.PARTS[name]](part, asdict(bench.Budget()))[1]
+    assert ("The row at eta = lr" in intro) == (name == "fedopt")
 
 
 def test_a_part_without_rules_puts_its_variants_in_the_main_and_per_site_tables() -> None:
