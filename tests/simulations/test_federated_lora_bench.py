@@ -488,6 +488,27 @@ def test_parts_whose_tables_the_file_lacks_go_before_the_bytes_table_in_order(
     assert after.replace(tables, "") == older
 
 
+def _spied_part(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+                ) -> tuple[dict[str, Any], list[tuple[bench.Job, bench.Setup]],
+                           dict[str, list[Path]]]:
+    """Foundation part ``name`` on the quick sites (full budget, seeds 0 and 1), every run
+    faked: its results, each run's job and setup, and the sites."""
+    runs: list[tuple[bench.Job, bench.Setup]] = []
+
+    def spy(fake: Any) -> Any:
+        def run(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+            runs.append((job, setup))
+            return fake(setup, job, run_dir)
+        return run
+
+    for kind, fake in FAKES:
+        monkeypatch.setitem(bench.RUNNERS, kind, spy(fake))
+    sites = bench.make_quick_sites(tmp_path / "sites")
+    part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
+                                 1)[bench.PARTS[name]]()
+    return part, runs, sites
+
+
 @pytest.mark.parametrize(("name", "budget", "rules"), [
     ("lr", replace(bench.Budget(), lr=bench.FOUNDATION_LR), ("naive", "fedsa")),
     ("clslong", replace(bench.Budget(), lr=bench.FOUNDATION_LR,
@@ -500,23 +521,10 @@ def test_parts_whose_tables_the_file_lacks_go_before_the_bytes_table_in_order(
 def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str,
         budget: bench.Budget, rules: tuple[str, ...]) -> None:
-    # Prepare: record the setup of every run
-    seen: list[tuple[str, bench.Budget, tuple[str, ...], str]] = []
-    trained: set[tuple[str, ...]] = set()
-
-    def spy(fake: Any) -> Any:
-        def run(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
-            seen.append((job.kind, setup.budget, setup.base, job.rule))
-            trained.add(tuple(d.name for d in setup.sites[job.task]))
-            return fake(setup, job, run_dir)
-        return run
-
-    for kind, fake in FAKES:
-        monkeypatch.setitem(bench.RUNNERS, kind, spy(fake))
-    sites = bench.make_quick_sites(tmp_path / "sites")
-    # Execute
-    part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
-                                 1)[bench.PARTS[name]]()
+    # Prepare and execute: the part on fake runs, the setup of every run recorded
+    part, runs, sites = _spied_part(monkeypatch, tmp_path, name)
+    seen = [(job.kind, setup.budget, setup.base, job.rule) for job, setup in runs]
+    trained = {tuple(d.name for d in setup.sites[job.task]) for job, setup in runs}
     # Assert: the federation and its bound alike at the part's budget, the rest as the rules
     # table
     # the lr table and its 3x table also train each site alone (2 quick sites x 2 seeds)
@@ -544,21 +552,9 @@ def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
 def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, budget: bench.Budget
 ) -> None:
-    # Prepare: record every run's setup and options
-    seen: list[tuple[str, bench.Budget, tuple[str, ...], tuple]] = []
-
-    def spy(fake: Any) -> Any:
-        def run(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
-            seen.append((job.kind, setup.budget, setup.base, job.options))
-            return fake(setup, job, run_dir)
-        return run
-
-    for kind, fake in FAKES:
-        monkeypatch.setitem(bench.RUNNERS, kind, spy(fake))
-    sites = bench.make_quick_sites(tmp_path / "sites")
-    # Execute
-    part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
-                                 1)[bench.PARTS[name]]()
+    # Prepare and execute: the part on fake runs, every run's setup and options recorded
+    part, runs, _ = _spied_part(monkeypatch, tmp_path, name)
+    seen = [(job.kind, setup.budget, setup.base, job.options) for job, setup in runs]
     # Assert: the bound and FedOpt only (no rule of its own), both on the one-step cut of the
     # part's budget (the lr table's 5 x 12 -> 60 x 1; the 3D table's 5 x 4 of 2 -> 20 x 1),
     # moments kept for the bound, the server's eta = lr x sites (2 quick sites)
