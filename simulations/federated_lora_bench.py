@@ -162,8 +162,9 @@ FOUNDATION_CLS_DROP = ("tumour_cls", "br35h_b")
 #: Adam on a batch that mixes every site's examples) at the lr table's lr, on the 60 x 1 cut
 #: with the bound's moments kept, after the site-alone runs read the gap as each site's
 #: steps fitting its own few sources. Its settings are the 60 x 1 table's rule (eta = lr x
-#: sites), set there before any run; only the lr is the lr table's. No rule of its own: the
-#: FedOpt rows stand in the main table.
+#: sites), set there before any run; only the lr is the lr table's. Then at eta = lr, after
+#: those runs (:func:`fedopt_lr_variant`). No rule of its own: the FedOpt rows stand in the
+#: main table.
 FOUNDATION_FEDOPT_RULES: tuple[str, ...] = ()
 #: The foundation's tasks rerun with every site (and the pooled node) keeping its optimiser's
 #: moments between rounds (``train.keep_optimizer_state``), against a restart every round.
