@@ -563,15 +563,43 @@ def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
     assert {b for _, b, _, _ in seen} == {budget}
     assert {base for _, _, base, _ in seen} == {
         bench.FOUNDATION_BASE + bench.FOUNDATION_KEPT + bench.FOUNDATION_ONE_BASE}
-    # the tumour_cls part also at eta = lr (added after its first runs)
-    etas = [2 * budget.lr, budget.lr] if name == "fedopt" else [2 * budget.lr]
-    assert sorted(k for k, *_ in seen) == ["central"] * 2 + ["fed"] * 2 * len(etas)
+    # the tumour_cls part also at eta = lr, and without the round norm bound (added after its
+    # first runs)
+    fedopt = {"site_sgd_lr": 1.0, "server_opt": "fedadam", "tau": 1e-8, "beta_2": 0.999}
+    wanted = [{**fedopt, "server_eta": 2 * budget.lr}]
+    if name == "fedopt":
+        wanted += [{**fedopt, "server_eta": budget.lr},
+                   {**fedopt, "server_eta": 2 * budget.lr, "update_norm_factor": "null"}]
+    assert sorted(k for k, *_ in seen) == ["central"] * 2 + ["fed"] * 2 * len(wanted)
     options = [dict(o) for o in dict.fromkeys(o for k, *_, o in seen if k == "fed")]
-    assert options == [{"site_sgd_lr": 1.0, "server_opt": "fedadam", "server_eta": eta,
-                        "tau": 1e-8, "beta_2": 0.999} for eta in etas]
+    assert options == wanted
     assert part["rules"] == [] and [dict(o) for o in part["variants"].values()] == options
     intro = bench.PART_TEXTS[bench.PARTS[name]](part, asdict(bench.Budget()))[1]
-    assert ("The row at eta = lr" in intro) == (name == "fedopt")
+    assert ("The row at eta = lr" in intro) == ("without the round norm bound" in intro) \
+        == (name == "fedopt")
+
+
+def test_a_run_without_the_round_norm_bound_turns_the_strategy_option_off(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The bench's norm option is a strategy override, not a ``strategy.lora`` one; a run
+    without it leaves the strategy's default bound alone."""
+    import unicon_flower.runner as runner
+
+    given: list[tuple[str, ...]] = []
+
+    def fake(sites: Any, run_dir: Path, settings: Any, **kw: Any) -> Any:
+        given.append(tuple(settings.extra))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(runner, "run_in_process", fake)
+    setup = bench.site_setup(bench.make_quick_sites(tmp_path / "q"), bench.Budget())
+    for opts in [(), *bench.unbounded(bench.fedopt_variant(2, 0.001)).values()]:
+        with pytest.raises(RuntimeError, match="stop"):
+            bench.run_fed(setup, bench.Job("fed", bench.QUICK_TASK, 0, options=opts), tmp_path)
+    plain, off = given
+    assert "strategy.update_norm_factor=null" in off
+    assert not [o for o in plain + off if "lora.update_norm_factor" in o]
+    assert not [o for o in plain if "update_norm_factor" in o]
 
 
 def test_a_part_without_rules_puts_its_variants_in_the_main_and_per_site_tables() -> None:
