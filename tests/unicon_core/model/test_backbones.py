@@ -279,6 +279,21 @@ def test_loaded_i3resnet_is_not_randomly_initialised_first(
     assert fills and set(fills) == {"cpu"}  # without weights: the usual random initialisation
 
 
+def test_i3resnet_from_weights_under_meta_allocates_nothing(tmp_path: Path) -> None:
+    """A shapes-only build (the site guard's ``with torch.device("meta")``) of a backbone with
+    weights stays on meta: no storage is given to 117M parameters only to be thrown away."""
+    options = {"blocks": [1, 1, 1, 1], "width": 8, "spatial_dims": 2}
+    path = tmp_path / "encoder.pt"
+    trusted = create_backbone(BackboneConfig(name="i3resnet", options=options))
+    torch.save(trusted.state_dict(), path)
+    with torch.device("meta"):
+        shaped = create_backbone(BackboneConfig(name="i3resnet",
+                                                options={**options, "weights": str(path)}))
+    assert {t.device.type for t in shaped.state_dict().values()} == {"meta"}
+    assert {k: v.shape for k, v in shaped.state_dict().items()} == {
+        k: v.shape for k, v in trusted.state_dict().items()}
+
+
 # ---------------------------------------------------------------------------- devices
 def test_device_option_is_honoured_and_checked() -> None:
     model = UniconModel(TRANSFORMER, seed=0)

@@ -183,15 +183,17 @@ def count_parameters(module: nn.Module) -> int:
 
 def built_to_load(build: Callable[[], ModuleT]) -> ModuleT:
     """``build()`` without its random initialisation, for a module whose every value is then
-    loaded by :func:`load_state_strict`: built on the meta device, then given empty CPU
-    storage. Filling a 117M-parameter backbone with random numbers only to overwrite them
-    costs about a second, paid by every site message. A module with a buffer outside its state
-    dict (which no load fills) is built normally."""
+    loaded by :func:`load_state_strict`: built on the meta device, then given empty storage on
+    the ambient default device. Filling a 117M-parameter backbone with random numbers only to
+    overwrite them costs about a second, paid by every site message. A module with a buffer
+    outside its state dict (which no load fills) is built normally. Under an ambient
+    ``torch.device("meta")`` (a shapes-only build, as the site guard does) it stays on meta."""
+    ambient = torch.get_default_device()
     with torch.device("meta"):
         module = build()
     if {name for name, _ in module.named_buffers()} - set(module.state_dict()):
         return build()
-    return module.to_empty(device="cpu")
+    return module if ambient.type == "meta" else module.to_empty(device=ambient)
 
 
 def load_state_strict(
