@@ -563,20 +563,21 @@ def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
     assert {b for _, b, _, _ in seen} == {budget}
     assert {base for _, _, base, _ in seen} == {
         bench.FOUNDATION_BASE + bench.FOUNDATION_KEPT + bench.FOUNDATION_ONE_BASE}
-    # the tumour_cls part also at eta = lr, and without the round norm bound (added after its
-    # first runs)
+    # the tumour_cls part also at eta = lr, and both etas without the round norm bound (added
+    # after its first runs)
     fedopt = {"site_sgd_lr": 1.0, "server_opt": "fedadam", "tau": 1e-8, "beta_2": 0.999}
     wanted = [{**fedopt, "server_eta": 2 * budget.lr}]
     if name == "fedopt":
         wanted += [{**fedopt, "server_eta": budget.lr},
-                   {**fedopt, "server_eta": 2 * budget.lr, "update_norm_factor": "null"}]
+                   {**fedopt, "server_eta": 2 * budget.lr, "update_norm_factor": "null"},
+                   {**fedopt, "server_eta": budget.lr, "update_norm_factor": "null"}]
     assert sorted(k for k, *_ in seen) == ["central"] * 2 + ["fed"] * 2 * len(wanted)
     options = [dict(o) for o in dict.fromkeys(o for k, *_, o in seen if k == "fed")]
     assert options == wanted
     assert part["rules"] == [] and [dict(o) for o in part["variants"].values()] == options
     intro = bench.PART_TEXTS[bench.PARTS[name]](part, asdict(bench.Budget()))[1]
     assert ("The row at eta = lr" in intro) == ("without the round norm bound" in intro) \
-        == (name == "fedopt")
+        == ("The row without the bound at eta = lr" in intro) == (name == "fedopt")
 
 
 def test_a_run_without_the_round_norm_bound_turns_the_strategy_option_off(
