@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,21 @@ def test_relative_site_needs_data_root() -> None:
 def test_privacy_and_strategy_validate(cls: type, kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         cls(**kwargs)
+
+
+def test_fedopt_split_under_the_relative_norm_bound_is_warned_of() -> None:
+    """The round's relative norm bound rejects honest raw gradients under FedOpt's split: the
+    config warns, naming the tasks and the fixed bound to use instead, and stays quiet
+    without the split or with the relative bound off."""
+    with pytest.warns(UserWarning, match=r"update_norm_factor=4 .*\(t\).*max_update_norm"):
+        StrategyConfig(lora_tasks={"t": {"site_sgd_lr": 1.0}})
+    with pytest.warns(UserWarning, match=r"\(the default, t\)"):
+        StrategyConfig(lora={"site_sgd_lr": 1.0}, lora_tasks={"t": {"delta": True}})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        StrategyConfig(lora_tasks={"t": {"delta": True}})
+        StrategyConfig(update_norm_factor=None, max_update_norm=5.0,
+                       lora_tasks={"t": {"site_sgd_lr": 1.0}})
 
 
 def test_hydra_composes_federated_groups(tmp_path: Path) -> None:
