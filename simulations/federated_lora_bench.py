@@ -450,11 +450,31 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     trunc = [r["tasks"][job.task]["svd_truncation_error"] for r in result.rounds
              if "svd_truncation_error" in r.get("tasks", {}).get(job.task, {})]
     return {**task_outcome(result.results, job.task), "wall_s": result.wall_s,
+            "rejected_updates": rejected_updates(result.rounds, job.task),
             "bytes_down": float(comm["bytes_down_per_site_round"]),
             "bytes_up": float(comm["bytes_up_per_site_round"]),
             "svd_truncation_error": float(np.mean(trunc)) if trunc else None,
             "external": external_outcome(result.results, setup.external.get(job.task, []),
                                          job.key)}
+
+
+def rejected_updates(rounds: Sequence[Mapping[str, Any]], task: str) -> list[int]:
+    """[rejected, trained]: of ``task``'s train replies over the run's rounds, how many the
+    server rejected (its norm bounds or any other check) rather than aggregated."""
+    replies = [site for r in rounds for site in r.get("sites", {}).values()
+               if site.get("task") == task and "train" in site]
+    return [sum(site.get("status") == "rejected" for site in replies), len(replies)]
+
+
+def _with_rejections(result: dict[str, Any], job: Job, run_dir: Path) -> dict[str, Any]:
+    """A cached federated run made before runs recorded ``rejected_updates``: counted from
+    the run's own ``rounds.jsonl`` where its folder is still there (else left unknown)."""
+    rounds = run_dir / "rounds.jsonl"
+    if job.kind == "fed" and "rejected_updates" not in result and rounds.is_file():
+        lines = rounds.read_text().splitlines()
+        result["rejected_updates"] = rejected_updates([json.loads(x) for x in lines if x],
+                                                      job.task)
+    return result
 
 
 def check_aggregated(rounds: Sequence[Mapping[str, Any]], task: str, label: str) -> None:
@@ -605,8 +625,10 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
     """Run every job not cached in ``work/jobs`` (``n_jobs`` at a time); job key -> result."""
     cache = work / "jobs"
     cache.mkdir(parents=True, exist_ok=True)
-    out = {j.key: cached_job(cache / f"{j.key}.json", setup_key(setup, j.task)) for j in jobs
-           if (cache / f"{j.key}.json").is_file()}
+    out = {j.key: _with_rejections(cached_job(cache / f"{j.key}.json",
+                                              setup_key(setup, j.task)),
+                                   j, work / "runs" / j.key)
+           for j in jobs if (cache / f"{j.key}.json").is_file()}
     todo = [j for j in jobs if j.key not in out]
 
     def keep(job: Job, res: dict[str, Any]) -> None:
@@ -1351,6 +1373,27 @@ def _fed_rows(part: Mapping[str, Any]
     return [(label, VARIANT_RULE, opts) for label, opts in _stored_variants(part).items()]
 
 
+def _rejected_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    """A line per task whose federated runs (rules and variants) had updates rejected by the
+    server: per row and seed, rejected of the task's train replies ("?" where the run did
+    not record it); [] where none was rejected."""
+    jobs, rows = part["jobs"], _fed_rows(part)
+    if part.get("rules", RULES):
+        rows += [(label, VARIANT_RULE, opts) for label, opts in _stored_variants(part).items()]
+    lines = []
+    for task in part["tasks"]:
+        counts = {label: [jobs.get(Job("fed", task, s, rule, options=opts).key, {}).get(
+            "rejected_updates") for s in seeds] for label, rule, opts in rows}
+        if not any(c and c[0] for row in counts.values() for c in row):
+            continue
+        lines += ["", f"Updates of {task} the server rejected rather than aggregated (its norm "
+                  "bounds or any other check), per seed, of the sites' train replies: "
+                  + "; ".join(f"{label}: " + ", ".join(f"{c[0]} of {c[1]}" if c else "?"
+                                                       for c in row)
+                              for label, row in counts.items()) + "."]
+    return lines
+
+
 def _stored_variants(part: Mapping[str, Any]
                      ) -> dict[str, tuple[tuple[str, str | float], ...]]:
     """The variants a foundation part ran (stored as JSON lists), as :class:`Job` options."""
@@ -1422,6 +1465,7 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
                   f"{t} {_ms(v)}" for t, v in pooled.items()) + ".", ""]
     lines += [*_per_site_lines(part, seeds), *_local_lines(part, seeds)] if per_site else []
     lines += _external_lines(part, seeds)
+    lines += _rejected_lines(part, seeds)
     svd = [jobs[k]["svd_truncation_error"] for k in jobs if k.startswith("fed_")
            and "_svd_" in k and jobs[k].get("svd_truncation_error") is not None]
     if svd:

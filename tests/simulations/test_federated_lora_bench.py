@@ -795,6 +795,44 @@ def test_a_segmentation_bound_that_segments_nothing_is_named() -> None:
             "### x", part(metric, values), [0, 1], asdict(bench.Budget())))
 
 
+def test_rejected_updates_are_counted_from_the_rounds_and_rendered(tmp_path: Path) -> None:
+    """The run's own round records say how many of a task's train replies the server
+    rejected (another task's and evaluation-only replies are not counted); a cached run made
+    before that is counted from its ``rounds.jsonl``; the table names the counts per row and
+    seed ("?" unknown), and says nothing where none was rejected."""
+    def site(task: str, status: str, train: bool = True) -> dict[str, Any]:
+        return {"task": task, "status": status, **({"train": {"steps": 1.0}} if train else {})}
+
+    rounds = [{"sites": {"a": site("t", "trained"), "b": site("t", "rejected"),
+                         "c": site("u", "rejected"), "x": site("t", "evaluation-only", False)}},
+              {"sites": {"a": site("t", "rejected"), "b": site("t", "trained")}}]
+    assert bench.rejected_updates(rounds, "t") == [2, 4]
+    assert bench.rejected_updates(rounds, "u") == [1, 1]
+    fed, central = bench.Job("fed", "t", 0), bench.Job("central", "t", 0)
+    (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
+    assert bench._with_rejections({}, fed, tmp_path) == {"rejected_updates": [2, 4]}
+    assert bench._with_rejections({}, central, tmp_path) == {}
+    assert bench._with_rejections({}, fed, tmp_path / "gone") == {}
+    kept = {"rejected_updates": [0, 4]}
+    assert bench._with_rejections(dict(kept), fed, tmp_path) == kept
+
+    def part(counts: Sequence[list[int] | None]) -> dict[str, Any]:
+        jobs = {bench.Job("central", "t", s).key: {"value": 0.8, "metric": "auc", "n": 9}
+                for s in range(len(counts))}
+        jobs |= {bench.Job("fed", "t", s).key: {"value": 0.7, "metric": "auc", "n": 9,
+                                                **({"rejected_updates": c} if c else {})}
+                 for s, c in enumerate(counts)}
+        return {"jobs": jobs, "tasks": ["t"], "rules": ["naive"]}
+
+    def text(counts: Sequence[list[int] | None]) -> str:
+        return "\n".join(bench._rules_lines("### x", part(counts), [0, 1],
+                                            asdict(bench.Budget())))
+
+    assert "Updates of t the server rejected" in text([[3, 90], None])
+    assert "naive: 3 of 90, ?." in text([[3, 90], None])
+    assert "the server rejected" not in text([[0, 90], None])
+
+
 def test_a_row_that_did_not_run_is_not_called_a_miss() -> None:
     assert bench._goal([math.nan, math.nan], math.nan) == "not run"
     assert bench._goal([0.99, math.nan], 0.99) == "incomplete (1 of 2 seeds)"
