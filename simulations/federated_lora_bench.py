@@ -466,14 +466,18 @@ def rejected_updates(rounds: Sequence[Mapping[str, Any]], task: str) -> list[int
     return [sum(site.get("status") == "rejected" for site in replies), len(replies)]
 
 
-def _with_rejections(result: dict[str, Any], job: Job, run_dir: Path) -> dict[str, Any]:
+def _with_rejections(result: dict[str, Any], job: Job, run_dir: Path, n_rounds: int
+                     ) -> dict[str, Any]:
     """A cached federated run made before runs recorded ``rejected_updates``: counted from
-    the run's own ``rounds.jsonl`` where its folder is still there (else left unknown)."""
-    rounds = run_dir / "rounds.jsonl"
-    if job.kind == "fed" and "rejected_updates" not in result and rounds.is_file():
-        lines = rounds.read_text().splitlines()
-        result["rejected_updates"] = rejected_updates([json.loads(x) for x in lines if x],
-                                                      job.task)
+    the run's own ``rounds.jsonl`` where its folder still holds exactly rounds 1 to
+    ``n_rounds`` in order (else left unknown: a folder another, unfinished run of the same
+    job wrote into says nothing reliable of the cached one)."""
+    path = run_dir / "rounds.jsonl"
+    if job.kind != "fed" or "rejected_updates" in result or not path.is_file():
+        return result
+    rounds = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    if [r.get("round") for r in rounds] == list(range(1, n_rounds + 1)):
+        result["rejected_updates"] = rejected_updates(rounds, job.task)
     return result
 
 
@@ -627,7 +631,7 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
     cache.mkdir(parents=True, exist_ok=True)
     out = {j.key: _with_rejections(cached_job(cache / f"{j.key}.json",
                                               setup_key(setup, j.task)),
-                                   j, work / "runs" / j.key)
+                                   j, work / "runs" / j.key, setup.budget.rounds)
            for j in jobs if (cache / f"{j.key}.json").is_file()}
     todo = [j for j in jobs if j.key not in out]
 
@@ -1374,7 +1378,7 @@ def _fed_rows(part: Mapping[str, Any]
 
 
 def _rejected_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
-    """A line per task whose federated runs (rules and variants) had updates rejected by the
+    """A note per task whose federated runs (rules and variants) had updates rejected by the
     server: per row and seed, rejected of the task's train replies ("?" where the run did
     not record it); [] where none was rejected."""
     jobs, rows = part["jobs"], _fed_rows(part)
@@ -1386,7 +1390,7 @@ def _rejected_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
             "rejected_updates") for s in seeds] for label, rule, opts in rows}
         if not any(c and c[0] for row in counts.values() for c in row):
             continue
-        lines += ["", f"Updates of {task} the server rejected rather than aggregated (its norm "
+        lines += [f"Updates of {task} the server rejected rather than aggregated (its norm "
                   "bounds or any other check), per seed, of the sites' train replies: "
                   + "; ".join(f"{label}: " + ", ".join(f"{c[0]} of {c[1]}" if c else "?"
                                                        for c in row)
@@ -1465,7 +1469,8 @@ def _rules_lines(heading: str, part: Mapping[str, Any], seeds: Sequence[int],
                   f"{t} {_ms(v)}" for t, v in pooled.items()) + ".", ""]
     lines += [*_per_site_lines(part, seeds), *_local_lines(part, seeds)] if per_site else []
     lines += _external_lines(part, seeds)
-    lines += _rejected_lines(part, seeds)
+    for note in _rejected_lines(part, seeds):
+        lines += [*([""] if lines[-1] else []), note]
     svd = [jobs[k]["svd_truncation_error"] for k in jobs if k.startswith("fed_")
            and "_svd_" in k and jobs[k].get("svd_truncation_error") is not None]
     if svd:

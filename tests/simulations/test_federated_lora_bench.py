@@ -803,18 +803,25 @@ def test_rejected_updates_are_counted_from_the_rounds_and_rendered(tmp_path: Pat
     def site(task: str, status: str, train: bool = True) -> dict[str, Any]:
         return {"task": task, "status": status, **({"train": {"steps": 1.0}} if train else {})}
 
-    rounds = [{"sites": {"a": site("t", "trained"), "b": site("t", "rejected"),
-                         "c": site("u", "rejected"), "x": site("t", "evaluation-only", False)}},
-              {"sites": {"a": site("t", "rejected"), "b": site("t", "trained")}}]
+    rounds = [{"round": 1, "sites": {"a": site("t", "trained"), "b": site("t", "rejected"),
+                                     "c": site("u", "rejected"),
+                                     "x": site("t", "evaluation-only", False)}},
+              {"round": 2, "sites": {"a": site("t", "rejected"), "b": site("t", "trained")}}]
     assert bench.rejected_updates(rounds, "t") == [2, 4]
     assert bench.rejected_updates(rounds, "u") == [1, 1]
     fed, central = bench.Job("fed", "t", 0), bench.Job("central", "t", 0)
     (tmp_path / "rounds.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
-    assert bench._with_rejections({}, fed, tmp_path) == {"rejected_updates": [2, 4]}
-    assert bench._with_rejections({}, central, tmp_path) == {}
-    assert bench._with_rejections({}, fed, tmp_path / "gone") == {}
+    assert bench._with_rejections({}, fed, tmp_path, 2) == {"rejected_updates": [2, 4]}
+    assert bench._with_rejections({}, central, tmp_path, 2) == {}
+    assert bench._with_rejections({}, fed, tmp_path / "gone", 2) == {}
     kept = {"rejected_updates": [0, 4]}
-    assert bench._with_rejections(dict(kept), fed, tmp_path) == kept
+    assert bench._with_rejections(dict(kept), fed, tmp_path, 2) == kept
+    # a folder another, unfinished run of the job wrote into (rounds 1, 2, 1) or a run
+    # stopped early: unknown, not a count of the cached run
+    assert bench._with_rejections({}, fed, tmp_path, 3) == {}
+    with (tmp_path / "rounds.jsonl").open("a") as out:
+        out.write(json.dumps(rounds[0]) + "\n")
+    assert bench._with_rejections({}, fed, tmp_path, 3) == {}
 
     def part(counts: Sequence[list[int] | None]) -> dict[str, Any]:
         jobs = {bench.Job("central", "t", s).key: {"value": 0.8, "metric": "auc", "n": 9}
