@@ -41,7 +41,9 @@ table, saying so, where the cache of the others is gone. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import fcntl
 import json
 import logging
 import math
@@ -557,13 +559,30 @@ RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
     "fed": run_fed, "mixed": run_fed, "central": run_central, "local": run_local}
 
 
+@contextlib.contextmanager
+def _job_lock(run_dir: Path) -> Any:
+    """Hold ``run_dir``'s lock while a job runs, so a second process (say a render started
+    before every job was cached) cannot train the same job into the same folder at once,
+    which mixes two runs' round records; the OS drops the lock when its process ends."""
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.parent / f"{run_dir.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SystemExit(f"{run_dir}: another process is running this job in the same "
+                             "work folder; wait for it to finish (its result is cached) or "
+                             "use another --work-dir") from None
+        yield
+
+
 def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     import torch
 
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cpu = time.process_time()
-    out = RUNNERS[job.kind](setup, job, work / "runs" / job.key)
+    with _job_lock(work / "runs" / job.key):
+        out = RUNNERS[job.kind](setup, job, work / "runs" / job.key)
     out["cpu_s"] = time.process_time() - cpu
     out["made"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out["augmentation"] = AUGMENTATION

@@ -840,6 +840,31 @@ def test_rejected_updates_are_counted_from_the_rounds_and_rendered(tmp_path: Pat
     assert "the server rejected" not in text([[0, 90], None])
 
 
+def test_a_job_running_elsewhere_in_the_work_folder_is_not_run_again(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """While one process trains a job, a second one asked for the same job in the same work
+    folder stops with a clear error instead of writing into the same run folder; once the
+    first lets go, the job runs."""
+    import fcntl
+
+    ran: list[str] = []
+
+    def fake(setup: Any, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+        ran.append(job.key)
+        return {"value": 0.5}
+
+    monkeypatch.setitem(bench.RUNNERS, "fed", fake)
+    job = bench.Job("fed", "t", 0)
+    (tmp_path / "runs").mkdir()
+    with open(tmp_path / "runs" / f"{job.key}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(SystemExit, match="another process is running this job"):
+            bench._run_job(None, job, tmp_path)  # type: ignore[arg-type]
+        assert ran == []
+    assert bench._run_job(None, job, tmp_path)[1]["value"] == 0.5  # type: ignore[arg-type]
+    assert ran == [job.key]
+
+
 def test_a_row_that_did_not_run_is_not_called_a_miss() -> None:
     assert bench._goal([math.nan, math.nan], math.nan) == "not run"
     assert bench._goal([0.99, math.nan], 0.99) == "incomplete (1 of 2 seeds)"
