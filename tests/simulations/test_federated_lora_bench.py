@@ -395,6 +395,8 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     ("clsdrop", "### synth_surv on the foundation at lr 0.001, without synth_surv_1"),
     ("fedopt", "### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)"),
     ("ctfedopt", "### synth_surv on the 3D CT foundation, FedOpt's split (4 x 1 of 2)"),
+    ("ctfedoptlong", "### synth_surv on the 3D CT foundation, FedOpt's split on 3x the "
+                     "rounds' examples (12 x 1 of 2)"),
     ("kept", "### The same on the foundation, sites keeping their optimiser state")])
 def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.MonkeyPatch,
                                                            tmp_path: Path, name: str,
@@ -454,37 +456,43 @@ def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
 
 def test_parts_whose_tables_the_file_lacks_go_before_the_bytes_table_in_order(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Prepare: a whole section from fake runs, less the last two parts' tables (a file
+    # Prepare: a whole section from fake runs, less the last three parts' tables (a file
     # written before those parts existed)
-    assert list(bench.PARTS)[-2:] == ["fedopt", "ctfedopt"]
+    assert list(bench.PARTS)[-3:] == ["fedopt", "ctfedopt", "ctfedoptlong"]
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
     first = "### synth_surv on the foundation at lr 0.001, FedOpt's split (2 x 1)"
     head = "### synth_surv on the 3D CT foundation, FedOpt's split (4 x 1 of 2)"
+    last = ("### synth_surv on the 3D CT foundation, FedOpt's split on 3x the rounds' "
+            "examples (12 x 1 of 2)")
     start = before.index(first)
     end = before.index(bench.BYTES_HEADING)
-    assert start < before.index(head) < end
+    assert start < before.index(head) < before.index(last) < end
     older = before[:start] + before[end:]
     out.write_text(older)
-    # Execute: the two parts alone, in PARTS order; the one before the last must say its
-    # table is new
+    # Execute: the parts alone, in PARTS order; those before the last must say their table
+    # is new
     rerun = ["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"), "--out",
              str(out), "--part"]
-    with pytest.raises(ValueError, match=r"no subsection .* FedOpt's split"):
-        bench.main([*rerun, "fedopt"])
-    assert out.read_text() == older
+    for name in ("fedopt", "ctfedopt"):
+        with pytest.raises(ValueError, match=r"no subsection .* FedOpt's split"):
+            bench.main([*rerun, name])
+        assert out.read_text() == older
     bench.main([*rerun, "fedopt", "--new-table"])
-    bench.main([*rerun, "ctfedopt"])
+    bench.main([*rerun, "ctfedopt", "--new-table"])
+    bench.main([*rerun, "ctfedoptlong"])
     # Assert: the tables are back where the whole section has them, with the new runs'
     # values, and nothing else changed
     after = out.read_text()
-    assert after.count(head) == after.count(first) == 1
+    assert after.count(head) == after.count(first) == after.count(last) == 1
     assert after.index("### synth_surv on the foundation at lr 0.001, without synth_surv_1") \
-        < after.index(first) < after.index(head) < after.index(bench.BYTES_HEADING)
+        < after.index(first) < after.index(head) < after.index(last) \
+        < after.index(bench.BYTES_HEADING)
     tables = after[after.index(first):after.index(bench.BYTES_HEADING)]
-    assert tables.count("| 0.900 ± 0.000 |") >= 2
-    assert tables.count("This table alone was rerun by") == 2
+    assert tables.count("| 0.900 ± 0.000 |") >= 3
+    assert tables.count("This table alone was rerun by") == 3
     assert "2 rounds x 1 local steps of batch 8 per site, lr 0.001" in tables
     assert "4 rounds x 1 local steps of batch 2 per site, lr 0.002" in tables
+    assert "12 rounds x 1 local steps of batch 2 per site, lr 0.002" in tables
     assert after.replace(tables, "") == older
 
 
@@ -548,7 +556,8 @@ def test_the_lr_parts_run_both_sides_at_their_budget_and_nothing_else_changes(
 
 @pytest.mark.parametrize(("name", "budget"), [
     ("fedopt", replace(bench.Budget(), lr=bench.FOUNDATION_LR)),
-    ("ctfedopt", replace(bench.Budget(), **bench.FOUNDATION_CT_BUDGET))])
+    ("ctfedopt", replace(bench.Budget(), **bench.FOUNDATION_CT_BUDGET)),
+    ("ctfedoptlong", bench.ct_long_budget(bench.Budget()))])
 def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, budget: bench.Budget
 ) -> None:
@@ -556,10 +565,11 @@ def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
     part, runs, _ = _spied_part(monkeypatch, tmp_path, name)
     seen = [(job.kind, setup.budget, setup.base, job.options) for job, setup in runs]
     # Assert: the bound and FedOpt only (no rule of its own), both on the one-step cut of the
-    # part's budget (the lr table's 5 x 12 -> 60 x 1; the 3D table's 5 x 4 of 2 -> 20 x 1),
-    # moments kept for the bound, the server's eta = lr x sites (2 quick sites)
+    # part's budget (the lr table's 5 x 12 -> 60 x 1; the 3D table's 5 x 4 of 2 -> 20 x 1,
+    # its 3x-rounds table's 15 x 4 of 2 -> 60 x 1), moments kept for the bound, the server's
+    # eta = lr x sites (2 quick sites)
     budget = bench.same_examples(budget, 1)
-    assert (budget.rounds, budget.local_steps) == ((60, 1) if name == "fedopt" else (20, 1))
+    assert (budget.rounds, budget.local_steps) == ((20, 1) if name == "ctfedopt" else (60, 1))
     assert {b for _, b, _, _ in seen} == {budget}
     assert {base for _, _, base, _ in seen} == {
         bench.FOUNDATION_BASE + bench.FOUNDATION_KEPT + bench.FOUNDATION_ONE_BASE}
