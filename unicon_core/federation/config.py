@@ -328,8 +328,9 @@ class TaskFederation:
 _RAW_GRADIENT_BOUND = (
     "strategy.update_norm_factor={factor:g} with strategy.lora.site_sgd_lr > 0 ({tasks}): under "
     "FedOpt's split each update is a raw minibatch gradient, whose honest norms vary more "
-    "than local runs' deltas, and the round's bound rejected about 4 % of honest updates on "
-    "tumour_cls (docs/security.md). To keep a bound that does not, set "
+    "than local runs' deltas, and the round's bound (on a task with 3 or more updates a "
+    "round) rejected about 4 % of honest updates on tumour_cls (docs/security.md). To keep a "
+    "bound that does not, set "
     "strategy.update_norm_factor=null with strategy.max_update_norm=<a fixed L2 bound>, or a "
     "larger factor.")
 
@@ -399,7 +400,7 @@ class StrategyConfig:
                if self.for_task(task).site_sgd_lr > 0]
         if raw and self.update_norm_factor is not None:
             warnings.warn(_RAW_GRADIENT_BOUND.format(
-                factor=self.update_norm_factor, tasks=", ".join(raw)), stacklevel=2)
+                factor=self.update_norm_factor, tasks=", ".join(raw)), stacklevel=3)
 
     def for_task(self, task: str) -> TaskFederation:
         """``task``'s options: ``lora`` overridden by ``lora_tasks[task]``."""
