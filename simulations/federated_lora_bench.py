@@ -52,7 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -560,7 +560,7 @@ RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
 
 
 @contextlib.contextmanager
-def _job_lock(run_dir: Path) -> Any:
+def _job_lock(run_dir: Path) -> Iterator[None]:
     """Hold ``run_dir``'s lock while a job runs, so a second process (say a render started
     before every job was cached) cannot train the same job into the same folder at once,
     which mixes two runs' round records; the OS drops the lock when its process ends."""
@@ -581,8 +581,9 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     torch.set_num_threads(1)
     logging.getLogger("flwr").setLevel(logging.WARNING)
     cpu = time.process_time()
-    with _job_lock(work / "runs" / job.key):
-        out = RUNNERS[job.kind](setup, job, work / "runs" / job.key)
+    run_dir = work / "runs" / job.key
+    with _job_lock(run_dir):
+        out = RUNNERS[job.kind](setup, job, run_dir)
     out["cpu_s"] = time.process_time() - cpu
     out["made"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out["augmentation"] = AUGMENTATION

@@ -384,8 +384,11 @@ class StrategyConfig:
             if unknown := sorted(set(opts) - known):
                 raise _fail("strategy.lora", f"unknown option(s) {unknown}; known: "
                             f"{sorted(known)}")
+        raw: list[str] = []  # tasks under FedOpt's split (site_sgd_lr), for the warning below
         for task in ["", *self.lora_tasks]:
             opts = self.for_task(task)  # validates every task's options
+            if opts.site_sgd_lr > 0:
+                raw.append(task or "the default")
             # options that trust a plain statistic of every site's update, which a robust
             # strategy would still let one lying site set
             for key, used, why in (
@@ -396,8 +399,6 @@ class StrategyConfig:
                 if used and self.name != "per_task_fedavg":
                     raise _fail(f"strategy.lora.{key}", f"{self.name} is robust to a lying "
                                 f"site; {why} (use per_task_fedavg)")
-        raw = [task or "the default" for task in ["", *self.lora_tasks]
-               if self.for_task(task).site_sgd_lr > 0]
         if raw and self.update_norm_factor is not None:
             warnings.warn(_RAW_GRADIENT_BOUND.format(
                 factor=self.update_norm_factor, tasks=", ".join(raw)), stacklevel=3)
