@@ -75,6 +75,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 HEADING = "## Federated LoRA (#14)"
+RULES_HEADING = "### Federated / centralised per LoRA rule"
+#: ``--part`` of the tiny backbone's own tables (not a part of ``--foundation``)
+TINY_PART = "tiny"
 RULES = ("naive", "ffa", "fedsa", "svd")
 GOAL_RATIO = 0.98  # federated / centralised, every multi-site task
 #: Recorded in every run made since the fixes of e5364ea (a site's rounds) and 82ea3e7 (the
@@ -555,6 +558,108 @@ def pooled_run(setup: Setup, sites: Sequence[Path], seed: int, run_dir: Path,
         setup, seed, local_steps=setup.budget.local_steps * steps_per_site, **kw), hooks=hooks)
 
 
+#: The split a part's rows are chosen on: each training site's own validation split, never
+#: the test split the chosen row is reported on.
+CHOICE_SPLIT = "val"
+#: How far a checkpoint's test score may be from its cached run's: an AUC counts pairs, and a
+#: run that ended at chance scores many images alike, so a few near-tied pairs can flip
+#: between two evaluations (seen: 0.0026 on one such run; equal to 1e-16 on the others).
+#: Another run's skill is caught by the round check, or by a larger difference.
+TEST_AGAIN_TOL = 0.01
+
+
+def val_scores(setup: Setup, jobs: Mapping[str, Mapping[str, Any]], wanted: Sequence[Job],
+               work: Path) -> dict[str, dict[str, Any]]:
+    """Each ``wanted`` federated run's final global skill scored on its task's training sites'
+    validation splits (:func:`val_score`), cached in ``work/val/<key>.json``; job key -> score.
+    ``jobs``: the runs' cached results (the test value each checkpoint must give again)."""
+    cache = work / CHOICE_SPLIT
+    cache.mkdir(parents=True, exist_ok=True)
+    out: dict[str, dict[str, Any]] = {}
+    for job in wanted:
+        path = cache / f"{job.key}.json"
+        if not path.is_file():
+            res = val_score(setup, job, work / "runs" / job.key, jobs[job.key]["value"],
+                            cache / "runs")
+            path.write_text(json.dumps({**res, "setup": setup_key(setup, job.task)}, indent=1))
+        out[job.key] = cached_job(path, setup_key(setup, job.task))
+    return out
+
+
+def val_score(setup: Setup, job: Job, run_dir: Path, test_value: float, scratch: Path
+              ) -> dict[str, Any]:
+    """One federated run's final global skill (``run_dir``'s checkpoint) on its task's training
+    sites' validation splits (one round at lr 1e-12, as the bound is evaluated; its folders
+    under ``scratch``). First the checkpoint must be of the run's last round and give the
+    run's cached ``test_value`` again on the test splits (to :data:`TEST_AGAIN_TOL`): a folder
+    that a later, unfinished run of the same job wrote into holds that run's skill, not the
+    cached one's."""
+    from unicon_core.federation.aggregation import slice_task
+    from unicon_core.federation.checkpoint import load_checkpoint
+    from unicon_flower.runner import run_in_process
+
+    ckpt = load_checkpoint(run_dir)
+    if ckpt.round != setup.budget.rounds:
+        raise RuntimeError(f"{run_dir}: its checkpoint is of round {ckpt.round}, not the run's "
+                           f"last ({setup.budget.rounds}); another run of {job.key} wrote into "
+                           "the folder: delete the job's cached result and folder and rerun it")
+    initial = {job.task: slice_task(ckpt.arrays, job.task)}
+
+    def scored(split: str) -> dict[str, Any]:
+        run = run_in_process(setup.sites[job.task], scratch / f"{job.key}_{split}",
+                             _settings(setup, job.seed, rounds=1, local_steps=1, lr=1e-12,
+                                       eval_split=split), initial=initial)
+        return task_outcome(run.results, job.task)
+
+    again = scored("test")["value"]
+    if not abs(again - test_value) <= TEST_AGAIN_TOL:
+        raise RuntimeError(f"{run_dir}: its checkpoint scores {again!r} on the test splits, "
+                           f"not the cached run's {test_value!r} (to {TEST_AGAIN_TOL}): it is "
+                           "not that run's final skill; delete the job's cached result and "
+                           "folder and rerun it")
+    val = scored(CHOICE_SPLIT)
+    return {"value": val["value"], "n": val["n"], "per_site": val["per_site"],
+            "per_site_n": val["per_site_n"], "test_again": again}
+
+
+def chosen_on_val(jobs: Mapping[str, Mapping[str, Any]],
+                  scores: Mapping[str, Mapping[str, Any]], task: str, seeds: Sequence[int],
+                  rows: Mapping[str, tuple[tuple[str, str | float], ...]]
+                  ) -> list[dict[str, Any]]:
+    """Per seed, the row of ``rows`` (label -> naive-rule options) whose run scored best on
+    the validation splits (the first such row on a tie; a run without a finite score is never
+    chosen), with every row's score and the chosen run's test and external values."""
+    out = []
+    for seed in seeds:
+        keys = {label: Job("fed", task, seed, VARIANT_RULE, options=opts).key
+                for label, opts in rows.items()}
+        val = {label: _num(scores[k].get("value")) for label, k in keys.items()}
+        finite = [label for label in keys if math.isfinite(val[label])]
+        if not finite:
+            raise RuntimeError(f"{task} seed {seed}: no row scored on {CHOICE_SPLIT}: {val}")
+        best = max(finite, key=lambda label: val[label])
+        run = jobs[keys[best]]
+        out.append({"seed": seed, "val": val, "val_n": scores[keys[best]].get("n"),
+                    "chosen": best, "value": run["value"],
+                    "external": run.get("external", {})})
+    return out
+
+
+def with_val_choice(part: dict[str, Any], setup: Setup, work: Path, seeds: Sequence[int]
+                    ) -> dict[str, Any]:
+    """``part`` (a part that ran no rule, only variants of the naive rule) with, per task,
+    the row chosen per seed on the validation splits (``chosen``) and the largest difference
+    between a checkpoint's test score and its cached run's (``test_again_max``)."""
+    rows = _stored_variants(part)
+    wanted = [Job("fed", t, s, VARIANT_RULE, options=o) for t in part["tasks"]
+              for o in rows.values() for s in seeds]
+    scores = val_scores(setup, part["jobs"], wanted, work)
+    return {**part, "chosen": {t: chosen_on_val(part["jobs"], scores, t, seeds, rows)
+                               for t in part["tasks"]},
+            "test_again_max": max(abs(scores[j.key]["test_again"] - part["jobs"][j.key]["value"])
+                                  for j in wanted)}
+
+
 RUNNERS: dict[str, Callable[[Setup, Job, Path], dict[str, Any]]] = {
     "fed": run_fed, "mixed": run_fed, "central": run_central, "local": run_local}
 
@@ -675,6 +780,15 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
     return out
 
 
+def run_tiny(setup: Setup, seeds: Sequence[int], work: Path, n_jobs: int) -> dict[str, Any]:
+    """The tiny backbone's runs (the rules, the bound, the variants, mixed ranks) and what the
+    section reads of them beside the jobs: the mixed ranks, the bound's largest change."""
+    jobs = run_jobs(setup, plan_jobs(setup, seeds), work, n_jobs)
+    changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
+    return {"jobs": jobs, "mixed_ranks": [list(r) for r in mixed_ranks(setup)],
+            "max_change": max(changes) if changes else None}
+
+
 def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: Sequence[int],
                    work: Path, n_jobs: int, mixed_task: str = FOUNDATION_MIXED_TASK,
                    base: tuple[str, ...] = FOUNDATION_BASE,
@@ -734,6 +848,22 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
     kept_base = FOUNDATION_BASE + FOUNDATION_KEPT
     drop_task, drop_site = ((QUICK_TASK, quick_sites[QUICK_TASK][-1].name)
                             if quick_sites is not None else FOUNDATION_CLS_DROP)
+
+    def fedopt() -> dict[str, Any]:
+        """FedOpt's split at the lr table's lr, its rows, then the row chosen per seed on
+        the validation splits (the rows came one after another, each after seeing test
+        results; the choice among them reads no test split)."""
+        cut = same_examples(replace(budget, lr=FOUNDATION_LR), FOUNDATION_ONE_STEPS)
+        base = kept_base + FOUNDATION_ONE_BASE
+        n_sites = _site_count(kept_sites)
+        rows = {**fedopt_variant(n_sites, FOUNDATION_LR), **fedopt_lr_variant(FOUNDATION_LR)}
+        part = run_foundation(kept_sites, cut, seeds, work / "foundation_fedopt", n_jobs,
+                              mixed_task="", base=base, rules=FOUNDATION_FEDOPT_RULES,
+                              variants={**rows, **unbounded(rows)}, external=ext)
+        return with_val_choice(part, site_setup(kept_sites, cut, base=base, mixed_task="",
+                                                external=ext),
+                               work / "foundation_fedopt", seeds)
+
     return {
         "foundation": lambda: run_foundation(
             fm_sites, budget, seeds, work / "foundation", n_jobs,
@@ -771,15 +901,7 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
             without_site(kept_sites, drop_task, drop_site), replace(budget, lr=FOUNDATION_LR),
             seeds, work / "foundation_clsdrop", n_jobs, mixed_task="",
             rules=FOUNDATION_LR_RULES, external=ext), "dropped": {drop_task: drop_site}},
-        "foundation_fedopt": lambda: run_foundation(
-            kept_sites, same_examples(replace(budget, lr=FOUNDATION_LR), FOUNDATION_ONE_STEPS),
-            seeds, work / "foundation_fedopt", n_jobs, mixed_task="",
-            base=kept_base + FOUNDATION_ONE_BASE, rules=FOUNDATION_FEDOPT_RULES,
-            variants={**fedopt_variant(_site_count(kept_sites), FOUNDATION_LR),
-                      **fedopt_lr_variant(FOUNDATION_LR),
-                      **unbounded({**fedopt_variant(_site_count(kept_sites), FOUNDATION_LR),
-                                   **fedopt_lr_variant(FOUNDATION_LR)})},
-            external=ext),
+        "foundation_fedopt": fedopt,
         # the same split on ct_seg (its own budget, 5 x 4 of 2, cut to 20 x 1), its own lr and
         # the same eta rule: set after FedOpt's first tumour_cls seed beat its bound, before
         # any ct_seg run of it; whether one mixed server step closes the 3D task's gap
@@ -1123,7 +1245,7 @@ def render(res: Mapping[str, Any]) -> str:
              "(`unicon_flower.runner.run_in_process`), tiny random transformer backbone "
              f"(`experiment=continual`) unless a table names another, seeds {seeds}."
              f"{_made_line(runs)}", ""]
-    lines += _rules_lines("### Federated / centralised per LoRA rule", res, seeds, b)
+    lines += _rules_lines(RULES_HEADING, res, seeds, b)
     lines += _variant_lines(res, seeds)
     for key in PARTS.values():
         if res.get(key):
@@ -1393,6 +1515,15 @@ def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],
         _mixed_lines(part, seeds, " on the pretrained foundation")]
 
 
+def tiny_alone(res: Mapping[str, Any], seeds: Sequence[int], budget: Mapping[str, Any],
+               note: str) -> list[str]:
+    """The tiny backbone's subsections (the rules table, its server optimisers and FedProx,
+    its mixed ranks) rerun alone, each with ``note`` under its heading."""
+    subs = [_rules_lines(RULES_HEADING, res, seeds, budget), _variant_lines(res, seeds),
+            _mixed_lines(res, seeds)]
+    return ["\n".join([*lines[:2], note, "", *lines[2:]]) for lines in subs if lines]
+
+
 def part_alone(part: Mapping[str, Any], key: str, seeds: Sequence[int],
                base: Mapping[str, Any], note: str) -> list[str]:
     """The subsections of one foundation part (``key``: its results key) rerun alone, each
@@ -1408,7 +1539,57 @@ def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, int
     (none where it ran none, or where they stand in the rules table: a part with no rule)."""
     return [*_rules_lines(heading, part, seeds, part["budget"], intro, per_site=True),
             *(_variant_lines(part, seeds, _stored_variants(part), variants_heading,
-                             variants_intro) if part.get("rules", RULES) else [])]
+                             variants_intro) if part.get("rules", RULES) else []),
+            *_chosen_lines(part, seeds)]
+
+
+def _chosen_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
+    """The row chosen per seed on the validation splits (:func:`with_val_choice`), against
+    the bound, and on the evaluation-only sites ([] where the part chose none)."""
+    chosen = part.get("chosen")
+    if not chosen:
+        return []
+    jobs, labels = part["jobs"], list(_stored_variants(part))
+    number = {label: i for i, label in enumerate(labels, 1)}
+    val_n = next((c["val_n"] for picks in chosen.values() for c in picks), None)
+    lines = [f"#### The row chosen on validation ({len(labels)} rows above)", "",
+             "Per seed, of the rows above, the one whose final global skill scored best on "
+             f"the training sites' validation splits (n {val_n}: each site's own held-out "
+             "sources, none in its train or test split; the same metric, example-weighted "
+             "over the sites), and that run's test value. No test split is read in the "
+             "choice, but the rows themselves came one after another, each after seeing the "
+             "earlier rows' test values: the set the choice is made from is not blind to "
+             "them. Before its score, each run's checkpoint was evaluated on the test splits "
+             f"again and gave the run's cached test value to within {TEST_AGAIN_TOL} (largest "
+             f"difference {part.get('test_again_max', math.nan):.1e}; an AUC counts pairs, "
+             "and a run near chance scores many images alike, so a few near-tied pairs can "
+             "flip): the skill scored is the one reported. Rows: "
+             + "; ".join(f"{i} = {label}" for label, i in number.items()) + ".", "",
+             "| task | seed | validation score of rows " + ", ".join(map(str, number.values()))
+             + " | chosen row | federated (test) | centralised (test) | fed / central |",
+             "|---|---|---|---|---|---|---|"]
+    summary = []
+    for task, picks in chosen.items():
+        central = _values(jobs, [Job("central", task, p["seed"]) for p in picks])
+        fed = [p["value"] for p in picks]
+        for p, c in zip(picks, central, strict=True):
+            lines.append(f"| {task} | {p['seed']} | "
+                         + ", ".join(_f(p["val"].get(label)) for label in labels)
+                         + f" | {number[p['chosen']]} | {_f(p['value'])} | {_f(c)} | "
+                         f"{_f(ratio_stats([p['value']], [c])[0][0])} |")
+        _, of_means = ratio_stats(fed, central)
+        summary.append(f"{task}: the chosen rows {_ms(fed)} against the bound's "
+                       f"{_ms(central)}, fed / central of the means {_f(of_means)}, goal >= "
+                       f"{GOAL_RATIO}: {_goal(fed, of_means)}")
+        for site in part.get("external", {}).get(task, []):
+            ext = [_num(p["external"].get(site, {}).get("value")) for p in picks]
+            ext_c = _external_values(jobs, [Job("central", task, p["seed"]) for p in picks],
+                                     site)
+            n = next((p["external"][site]["n"] for p in picks if site in p["external"]), None)
+            ext_ratio = ratio_stats(ext, ext_c)[1]
+            summary.append(f"on {site} (n {n}): {_ms(ext)} against {_ms(ext_c)}, "
+                           f"{_f(ext_ratio)}: {_goal(ext, ext_ratio)}")
+    return [*lines, "", "Chosen on validation: " + "; ".join(summary) + ".", ""]
 
 
 def _fed_rows(part: Mapping[str, Any]
@@ -1990,8 +2171,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--skip", nargs="*", default=[], choices=["rules", "bytes", "scale"])
     p.add_argument("--foundation", action="store_true",
                    help="also the rules on the pretrained foundation (backbone=demo)")
-    p.add_argument("--part", choices=sorted(PARTS), default=None,
-                   help="rerun one part of --foundation alone and replace only its table")
+    p.add_argument("--part", choices=sorted([*PARTS, TINY_PART]), default=None,
+                   help="rerun one part of --foundation alone and replace only its table; "
+                        f"{TINY_PART!r}: the tiny backbone's rules, server optimisers and "
+                        "mixed ranks tables")
     p.add_argument("--new-table", action="store_true",
                    help="with --part: the file has no table of this part yet (added since the "
                         "file was written); put it just before the bytes table. Without it, "
@@ -2024,7 +2207,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sites, synthetic = setup.sites, setup.synthetic
         mixed_task, scale_task = MIXED_TASK, SCALE_TASK
         sizes, sampled, backbones = SCALE_SIZES, SCALE_SAMPLED, BYTE_BACKBONES
-        where = "the table below" if args.foundation else "run with `--foundation`"
+        # --part tiny leaves the foundation's tables in the file as they are
+        where = ("the table below" if args.foundation or args.part
+                 else "run with `--foundation`")
         left_out = {t: f"{why} ({where})" for t, why in LEFT_OUT.items()}
     res: dict[str, Any] = {"seeds": list(args.seeds), "budget": asdict(budget),
                            "tasks": list(sites), "synthetic": synthetic, "left_out": left_out,
@@ -2035,10 +2220,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cmd += ["--quick"] if args.quick else []
     cmd += [f"--rounds {args.rounds}"] if args.rounds else []
     cmd += [f"--jobs {args.jobs}"] if args.jobs > 1 else []
-    cmd += ["--foundation"] if args.foundation or args.part else []
+    cmd += ["--foundation"] if args.foundation or args.part not in (None, TINY_PART) else []
     cmd += [f"--part {args.part}"] if args.part else []
     cmd += [f"--out {_rel(args.out)}"]
     res.update(command=" ".join(cmd), date=time.strftime("%Y-%m-%d"))
+    if args.part == TINY_PART:
+        res.update(run_tiny(setup, args.seeds, work, args.jobs))
+        note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
+                "section's other tables are from the run named above.")
+        for sub in tiny_alone(res, args.seeds, asdict(budget), note):
+            insert_subsection(args.out, sub)
+        print(f"replaced the tiny backbone's tables in {args.out}")
+        return res
     if args.part:
         key = PARTS[args.part]
         part = foundation_runs(sites if args.quick else None, args.data_root, budget,
@@ -2055,11 +2248,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"replaced the table of part {args.part!r} in {args.out}")
         return {**res, key: part}
     if "rules" not in args.skip:
-        jobs = plan_jobs(setup, args.seeds)
-        res["jobs"] = run_jobs(setup, jobs, work, args.jobs)
-        res["mixed_ranks"] = [list(r) for r in mixed_ranks(setup)]
-        changes = [r["max_change"] for k, r in res["jobs"].items() if k.startswith("central")]
-        res["max_change"] = max(changes) if changes else None
+        res.update(run_tiny(setup, args.seeds, work, args.jobs))
         if args.foundation:
             runs = foundation_runs(sites if args.quick else None, args.data_root, budget,
                                    args.seeds, work, args.jobs)

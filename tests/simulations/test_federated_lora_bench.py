@@ -3,6 +3,7 @@ helpers are right, and ``--quick`` runs the real federation end to end (slow).""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -52,6 +53,24 @@ FAKES = (("fed", _fake_fed), ("mixed", _fake_fed), ("central", _fake_central),
          ("local", _fake_local))
 
 
+def _fake_val(setup: bench.Setup, job: bench.Job, run_dir: Path, test_value: float,
+              scratch: Path) -> dict[str, Any]:
+    """Known validation scores of a federated run's final skill: 0.6, +0.1 without the round
+    norm bound, +0.05 at eta = lr on seed 1; its checkpoint gives the cached test value."""
+    opts = dict(job.options)
+    value = 0.6 + (0.1 if opts.get(bench.NORM_FACTOR) == "null" else 0.0)
+    value += 0.05 if job.seed == 1 and opts.get("server_eta") == setup.budget.lr else 0.0
+    return {"value": value, "n": 16, "per_site": {}, "per_site_n": {}, "test_again": test_value}
+
+
+def _use_fakes(monkeypatch: pytest.MonkeyPatch, wrap: Any = None) -> None:
+    """Every kind of run (each fake through ``wrap`` where given) and the validation scores
+    of a part's choice faked."""
+    for kind, fake in FAKES:
+        monkeypatch.setitem(bench.RUNNERS, kind, wrap(fake) if wrap else fake)
+    monkeypatch.setattr(bench, "val_score", _fake_val)
+
+
 def _fake_bytes(backbones: Any) -> list[dict[str, Any]]:
     codecs = {name: {"down": 1_000, "up": 500, "payload": 400, "raw_skill": 400}
               for name in bench.CODECS}
@@ -70,8 +89,7 @@ def _fake_scale(n: int, *args: Any, **kw: Any) -> dict[str, Any]:
 
 def test_section_shows_the_runs_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: every run returns known values; the output file has another section
-    for kind, fake in FAKES:
-        monkeypatch.setitem(bench.RUNNERS, kind, fake)
+    _use_fakes(monkeypatch)
     monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
     monkeypatch.setattr(bench, "run_scale", _fake_scale)
     out = tmp_path / "BENCH.md"
@@ -369,8 +387,7 @@ def _section_then_bound_moves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
                               ) -> tuple[Path, str]:
     """A whole --foundation section written from fake runs (the file and its text), then
     the centralised bound's fake moves to 0.9 for the next run."""
-    for kind, fake in FAKES:
-        monkeypatch.setitem(bench.RUNNERS, kind, fake)
+    _use_fakes(monkeypatch)
     monkeypatch.setattr(bench, "bytes_rows", _fake_bytes)
     monkeypatch.setattr(bench, "run_scale", _fake_scale)
     out = tmp_path / "BENCH.md"
@@ -454,6 +471,41 @@ def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
     assert "foundation" in res and not res["jobs"]
 
 
+def test_the_tiny_part_alone_replaces_the_tiny_backbones_tables(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: a whole section from fake runs, then the bound and the mixed runs move
+    out, before = _section_then_bound_moves(monkeypatch, tmp_path)
+
+    def mixed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
+        return {**_fake_fed(setup, job, run_dir), "value": 0.123}
+
+    monkeypatch.setitem(bench.RUNNERS, "mixed", mixed)
+    # Execute
+    res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
+                      "--out", str(out), "--part", "tiny"])
+    # Assert: the tiny backbone's rules, server optimisers and mixed-ranks tables changed,
+    # each says it was rerun alone (without --foundation); every other table did not
+    after = out.read_text()
+    rules, fm = bench.RULES_HEADING + "\n", "### Federated / centralised per LoRA rule on the "
+    mixed_head = "### Mixed ranks vs uniform rank (SVD rule)\n"
+    assert before.count(rules) == before.count(mixed_head) == 1
+    assert after.split(rules)[0] == before.split(rules)[0]
+    new, old = (text[text.index(rules):text.index(fm)] for text in (after, before))
+    assert "| 0.800 ± 0.000 |" in old and "| 0.900 ± 0.000 |" in new
+    assert "### Server optimisers and FedProx\n\nThis table alone was rerun by" in new
+    assert new.count("This table alone was rerun by") == 2 and "--part tiny" in new
+    assert "--foundation" not in new
+    assert (after[after.index(fm):after.index(mixed_head)]
+            == before[before.index(fm):before.index(mixed_head)])
+    mixed_new, mixed_old = (text[text.index(mixed_head):].split("\n### ")[0]
+                            for text in (after, before))
+    assert "| mixed (" in mixed_new and "| 0.123 ± 0.000 | 0.123 |" in mixed_new
+    assert "This table alone was rerun by" in mixed_new and "0.123" not in mixed_old
+    assert after.split(mixed_new)[1] == before.split(mixed_old)[1]
+    assert after.count("This table alone was rerun by") == 3
+    assert res["jobs"] and not any(key in res for key in bench.PARTS.values())
+
+
 def test_parts_whose_tables_the_file_lacks_go_before_the_bytes_table_in_order(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Prepare: a whole section from fake runs, less the last three parts' tables (a file
@@ -509,8 +561,7 @@ def _spied_part(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
             return fake(setup, job, run_dir)
         return run
 
-    for kind, fake in FAKES:
-        monkeypatch.setitem(bench.RUNNERS, kind, spy(fake))
+    _use_fakes(monkeypatch, spy)
     sites = bench.make_quick_sites(tmp_path / "sites")
     part = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0, 1], tmp_path / "w",
                                  1)[bench.PARTS[name]]()
@@ -588,6 +639,92 @@ def test_the_fedopt_parts_run_only_fedopt_and_the_bound_on_the_one_step_cut(
     intro = bench.PART_TEXTS[bench.PARTS[name]](part, asdict(bench.Budget()))[1]
     assert ("The row at eta = lr" in intro) == ("without the round norm bound" in intro) \
         == ("The row without the bound at eta = lr" in intro) == (name == "fedopt")
+
+
+def test_the_fedopt_row_is_chosen_per_seed_on_validation_and_reported_on_test(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare and execute: the tumour_cls FedOpt part on fake runs and fake validation scores
+    part, _, _ = _spied_part(monkeypatch, tmp_path, "fedopt")
+    labels = list(part["variants"])
+    # Assert: seed 0 ties rows 3 and 4 (both without the bound, 0.7) -> the first; seed 1
+    # lifts eta = lr (rows 2 and 4) by 0.05 -> row 4, its own test value
+    [picks] = part["chosen"].values()
+    assert [p["chosen"] for p in picks] == [labels[2], labels[3]]
+    assert picks[1]["val"] == pytest.approx(dict(zip(labels, [0.6, 0.65, 0.7, 0.75],
+                                                     strict=True)))
+    assert [p["value"] for p in picks] == pytest.approx([0.674, 0.684])
+    assert part["test_again_max"] == 0.0
+    # the table under the part's own: every row's score, the chosen row, both sides' test
+    # values; fed 0.674/0.684 against the bound's 0.80/0.81 -> 0.8435 of the means
+    text = "\n".join(bench._part_subsections(part, bench.PARTS["fedopt"], [0, 1],
+                                             asdict(bench.Budget()))[0])
+    chosen = text[text.index("#### The row chosen on validation (4 rows above)"):]
+    assert "(n 16: each site's own held-out sources" in chosen
+    assert "| synth_surv | 0 | 0.600, 0.600, 0.700, 0.700 | 3 | 0.674 | 0.800 | 0.843 |" \
+        in chosen
+    assert "| synth_surv | 1 | 0.600, 0.650, 0.700, 0.750 | 4 | 0.684 | 0.810 | 0.844 |" \
+        in chosen
+    assert f"4 = {labels[3]}" in chosen
+    assert "synth_surv: the chosen rows 0.679 ± 0.007 against the bound's 0.805 ± 0.007, " \
+        "fed / central of the means 0.843, goal >= 0.98: **MISSED**" in chosen
+    # parts without the choice have no such table
+    assert not bench._chosen_lines({**part, "chosen": {}}, [0, 1])
+
+
+def test_a_row_without_a_validation_score_is_never_chosen() -> None:
+    rows = {"a": (("server_eta", 1),), "b": (("server_eta", 2),)}
+    keys = {label: bench.Job("fed", "t", 0, options=o).key for label, o in rows.items()}
+    jobs = {k: {"value": 0.5 + i / 10, "external": {}} for i, k in enumerate(keys.values())}
+    scores = {keys["a"]: {"value": None, "n": 9}, keys["b"]: {"value": 0.1, "n": 9}}
+    [pick] = bench.chosen_on_val(jobs, scores, "t", [0], rows)
+    assert pick["chosen"] == "b" and pick["value"] == 0.6 and math.isnan(pick["val"]["a"])
+    with pytest.raises(RuntimeError, match="t seed 0: no row scored on val"):
+        bench.chosen_on_val(jobs, {k: {"value": math.nan} for k in keys.values()}, "t", [0],
+                            rows)
+
+
+def test_a_checkpoint_that_is_not_the_runs_final_skill_is_not_scored(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The choice scores each run's checkpoint: one of another round, or one that does not give
+    the cached run's test value again (a later run wrote into the folder), fails naming it."""
+    import numpy as np
+
+    import unicon_flower.runner as runner
+    from unicon_core.federation.aggregation import prefix_task
+    from unicon_core.federation.checkpoint import Checkpoint, save_checkpoint
+
+    # Prepare: a run folder whose checkpoint holds the task's skill at a given round; each
+    # evaluation round scores 0.7 on test and 0.6 on val, and records the skill it was given
+    setup = bench.site_setup(bench.make_quick_sites(tmp_path / "q"), bench.Budget(rounds=3))
+    job = bench.Job("fed", bench.QUICK_TASK, 0)
+    skill = {"lora_A": np.ones((2, 3), np.float32)}
+    given: list[tuple[str | None, Any]] = []
+
+    def fake(sites: Any, run_dir: Path, settings: Any, **kw: Any) -> Any:
+        given.append((settings.eval_split, kw["initial"]))
+        value = 0.7 if settings.eval_split == "test" else 0.6
+        entry = {"metric": "auc", "value": value, "n": 5, "per_site": {}, "per_site_n": {}}
+        return argparse.Namespace(results={"tasks": {job.task: entry}})
+
+    monkeypatch.setattr(runner, "run_in_process", fake)
+
+    def score(at_round: int, cached: float) -> dict[str, Any]:
+        save_checkpoint(tmp_path / "run", Checkpoint(
+            round=at_round, arrays=prefix_task(job.task, skill), foundation_hash="h",
+            config={}))
+        return bench.val_score(setup, job, tmp_path / "run", cached, tmp_path / "scratch")
+
+    # Execute and assert: the run's last round and its test value -> the val score
+    assert score(3, 0.7) == {"value": 0.6, "n": 5, "per_site": {}, "per_site_n": {},
+                             "test_again": 0.7}
+    assert [split for split, _ in given] == ["test", "val"]
+    assert given[-1][1][job.task]["lora_A"].tolist() == skill["lora_A"].tolist()
+    with pytest.raises(RuntimeError, match="checkpoint is of round 2, not the run's last"):
+        score(2, 0.7)
+    assert score(3, 0.7 + bench.TEST_AGAIN_TOL / 2)["test_again"] == 0.7  # near-tied pairs
+    with pytest.raises(RuntimeError, match=r"scores 0\.7 on the test splits, not the "
+                                           r"cached run's 0\.75"):
+        score(3, 0.75)
 
 
 def test_a_run_without_the_round_norm_bound_turns_the_strategy_option_off(
@@ -684,8 +821,7 @@ def test_the_largest_evaluation_change_counts_the_site_alone_runs(
     def moved(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
         return {**_fake_local(setup, job, run_dir), "max_change": 5e-9}
 
-    for kind, fake in FAKES:
-        monkeypatch.setitem(bench.RUNNERS, kind, fake)
+    _use_fakes(monkeypatch)
     monkeypatch.setitem(bench.RUNNERS, "local", moved)
     sites = bench.make_quick_sites(tmp_path / "sites")
     runs = bench.foundation_runs(sites, tmp_path, bench.Budget(), [0], tmp_path / "w", 1)
@@ -777,8 +913,7 @@ def test_the_per_site_table_shows_where_a_gap_sits() -> None:
 
 def test_a_part_needs_its_table_in_the_file(tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    for kind, fake in FAKES:
-        monkeypatch.setitem(bench.RUNNERS, kind, fake)
+    _use_fakes(monkeypatch)
     out = tmp_path / "BENCH.md"
     # a bytes table is there, but only the last part may go in before it
     out.write_text(f"# Benchmarks\n\n{bench.BYTES_HEADING}\n\nbytes\n\n" + OTHER)
