@@ -2224,10 +2224,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cmd += [f"--part {args.part}"] if args.part else []
     cmd += [f"--out {_rel(args.out)}"]
     res.update(command=" ".join(cmd), date=time.strftime("%Y-%m-%d"))
+    note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
+            "section's other tables are from the run named above.")
     if args.part == TINY_PART:
         res.update(run_tiny(setup, args.seeds, work, args.jobs))
-        note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
-                "section's other tables are from the run named above.")
         for sub in tiny_alone(res, args.seeds, asdict(budget), note):
             insert_subsection(args.out, sub)
         print(f"replaced the tiny backbone's tables in {args.out}")
@@ -2236,8 +2236,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         key = PARTS[args.part]
         part = foundation_runs(sites if args.quick else None, args.data_root, budget,
                                args.seeds, work, args.jobs)[key]()
-        note = (f"This table alone was rerun by `{res['command']}` on {res['date']}; the "
-                "section's other tables are from the run named above.")
         # render puts the last part just before the bytes table, so a file written before
         # that part existed takes its table there; any other part's table must be in the
         # file (a changed heading is an error, not a second table) unless --new-table says
