@@ -440,21 +440,29 @@ def test_one_foundation_part_alone_replaces_only_its_table(monkeypatch: pytest.M
     assert ("Each site alone (local-only) came later" in part_after) == (name == "clsx3")
 
 
-def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Prepare: a whole section from fake runs, then the bound and the mixed runs move
+def _moved_then_part_alone(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, part: str
+                           ) -> tuple[str, str, dict[str, Any]]:
+    """A whole section from fake runs, then ``--part part`` alone in a fresh work folder after
+    the bound moved to 0.9 and every mixed-ranks run to 0.123: the file's text before and
+    after, and the part's results."""
     out, before = _section_then_bound_moves(monkeypatch, tmp_path)
 
     def mixed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
         return {**_fake_fed(setup, job, run_dir), "value": 0.123}
 
     monkeypatch.setitem(bench.RUNNERS, "mixed", mixed)
-    # Execute
     res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                      "--out", str(out), "--part", "rules"])
+                      "--out", str(out), "--part", part])
+    return before, out.read_text(), res
+
+
+def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare and execute: a whole section from fake runs, then the part alone after the
+    # bound and the mixed runs moved
+    before, after, res = _moved_then_part_alone(monkeypatch, tmp_path, "rules")
     # Assert: the foundation's rules and mixed-ranks tables changed, each says it was rerun
     # alone; every table before and after them (the tiny backbone's mixed ranks too) did not
-    after = out.read_text()
     rules = "### Federated / centralised per LoRA rule on the pretrained foundation\n"
     mixed_head = "### Mixed ranks vs uniform rank (SVD rule) on the pretrained foundation\n"
     kept = "### The same on the foundation, sites keeping their optimiser state\n"
@@ -473,19 +481,11 @@ def test_the_rules_part_alone_replaces_the_foundation_rules_and_mixed_tables(
 
 def test_the_tiny_part_alone_replaces_the_tiny_backbones_tables(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    # Prepare: a whole section from fake runs, then the bound and the mixed runs move
-    out, before = _section_then_bound_moves(monkeypatch, tmp_path)
-
-    def mixed(setup: bench.Setup, job: bench.Job, run_dir: Path) -> dict[str, Any]:
-        return {**_fake_fed(setup, job, run_dir), "value": 0.123}
-
-    monkeypatch.setitem(bench.RUNNERS, "mixed", mixed)
-    # Execute
-    res = bench.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "fresh"),
-                      "--out", str(out), "--part", "tiny"])
+    # Prepare and execute: a whole section from fake runs, then the part alone after the
+    # bound and the mixed runs moved
+    before, after, res = _moved_then_part_alone(monkeypatch, tmp_path, "tiny")
     # Assert: the tiny backbone's rules, server optimisers and mixed-ranks tables changed,
     # each says it was rerun alone (without --foundation); every other table did not
-    after = out.read_text()
     rules, fm = bench.RULES_HEADING + "\n", "### Federated / centralised per LoRA rule on the "
     mixed_head = "### Mixed ranks vs uniform rank (SVD rule)\n"
     assert before.count(rules) == before.count(mixed_head) == 1
