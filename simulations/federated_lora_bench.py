@@ -572,15 +572,16 @@ def val_scores(setup: Setup, jobs: Mapping[str, Mapping[str, Any]], wanted: Sequ
                work: Path) -> dict[str, dict[str, Any]]:
     """Each ``wanted`` federated run's final global skill scored on its task's training sites'
     validation splits (:func:`val_score`), cached in ``work/val/<key>.json``; job key -> score.
-    ``jobs``: the runs' cached results (the test value each checkpoint must give again)."""
+    ``jobs``: the runs' cached results (the test value each checkpoint must give again). A
+    cached score whose test value is not its run's (the job was rerun since) is made again."""
     cache = work / CHOICE_SPLIT
     cache.mkdir(parents=True, exist_ok=True)
     out: dict[str, dict[str, Any]] = {}
     for job in wanted:
-        path = cache / f"{job.key}.json"
-        if not path.is_file():
-            res = val_score(setup, job, work / "runs" / job.key, jobs[job.key]["value"],
-                            cache / "runs")
+        path, test_value = cache / f"{job.key}.json", jobs[job.key]["value"]
+        if not path.is_file() or not abs(
+                json.loads(path.read_text())["test_again"] - test_value) <= TEST_AGAIN_TOL:
+            res = val_score(setup, job, work / "runs" / job.key, test_value, cache / "runs")
             path.write_text(json.dumps({**res, "setup": setup_key(setup, job.task)}, indent=1))
         out[job.key] = cached_job(path, setup_key(setup, job.task))
     return out

@@ -3,13 +3,13 @@ helpers are right, and ``--quick`` runs the real federation end to end (slow).""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -704,7 +704,7 @@ def test_a_checkpoint_that_is_not_the_runs_final_skill_is_not_scored(
         given.append((settings.eval_split, kw["initial"]))
         value = 0.7 if settings.eval_split == "test" else 0.6
         entry = {"metric": "auc", "value": value, "n": 5, "per_site": {}, "per_site_n": {}}
-        return argparse.Namespace(results={"tasks": {job.task: entry}})
+        return SimpleNamespace(results={"tasks": {job.task: entry}})
 
     monkeypatch.setattr(runner, "run_in_process", fake)
 
@@ -725,6 +725,27 @@ def test_a_checkpoint_that_is_not_the_runs_final_skill_is_not_scored(
     with pytest.raises(RuntimeError, match=r"scores 0\.7 on the test splits, not the "
                                            r"cached run's 0\.75"):
         score(3, 0.75)
+
+
+def test_a_cached_validation_score_of_a_rerun_job_is_made_again(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Prepare: a score cached for a run whose test value was 0.7, counted where it is made
+    setup = bench.Setup({"t": [Path("t0")]}, bench.Budget(), mixed_task="")
+    job, made = bench.Job("fed", "t", 0), []
+
+    def fake(setup: bench.Setup, job: bench.Job, run_dir: Path, test_value: float,
+             scratch: Path) -> dict[str, Any]:
+        made.append(test_value)
+        return {"value": 0.6, "n": 5, "per_site": {}, "per_site_n": {}, "test_again": test_value}
+
+    monkeypatch.setattr(bench, "val_score", fake)
+    bench.val_scores(setup, {job.key: {"value": 0.7}}, [job], tmp_path)
+    # Execute and assert: the same run reuses it; a rerun job (another test value) is scored
+    # again, and its new score is what the next call reads
+    bench.val_scores(setup, {job.key: {"value": 0.7}}, [job], tmp_path)
+    assert made == [0.7]
+    got = bench.val_scores(setup, {job.key: {"value": 0.9}}, [job], tmp_path)
+    assert made == [0.7, 0.9] and got[job.key]["test_again"] == 0.9
 
 
 def test_a_run_without_the_round_norm_bound_turns_the_strategy_option_off(
