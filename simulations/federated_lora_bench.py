@@ -590,11 +590,12 @@ def val_scores(setup: Setup, jobs: Mapping[str, Mapping[str, Any]], wanted: Sequ
 def val_score(setup: Setup, job: Job, run_dir: Path, test_value: float, scratch: Path
               ) -> dict[str, Any]:
     """One federated run's final global skill (``run_dir``'s checkpoint) on its task's training
-    sites' validation splits (one round at lr 1e-12, as the bound is evaluated; its folders
-    under ``scratch``). First the checkpoint must be of the run's last round and give the
-    run's cached ``test_value`` again on the test splits (to :data:`TEST_AGAIN_TOL`): a folder
-    that a later, unfinished run of the same job wrote into holds that run's skill, not the
-    cached one's."""
+    sites' validation splits (one round at lr 1e-12, as the bound is evaluated, in a folder
+    under ``scratch`` that is removed afterwards: the returned scores are all it keeps).
+    First the checkpoint must be of the run's last round and give the run's cached
+    ``test_value`` again on the test splits (to :data:`TEST_AGAIN_TOL`): a folder that a
+    later, unfinished run of the same job wrote into holds that run's skill, not the cached
+    one's."""
     from unicon_core.federation.aggregation import slice_task
     from unicon_core.federation.checkpoint import load_checkpoint
     from unicon_flower.runner import run_in_process
@@ -606,19 +607,22 @@ def val_score(setup: Setup, job: Job, run_dir: Path, test_value: float, scratch:
                            "the folder: delete the job's cached result and folder and rerun it")
     initial = {job.task: slice_task(ckpt.arrays, job.task)}
 
-    def scored(split: str) -> dict[str, Any]:
-        run = run_in_process(setup.sites[job.task], scratch / f"{job.key}_{split}",
-                             _settings(setup, job.seed, rounds=1, local_steps=1, lr=1e-12,
-                                       eval_split=split), initial=initial)
-        return task_outcome(run.results, job.task)
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, prefix=f"{job.key}_") as tmp:
 
-    again = scored("test")["value"]
-    if not abs(again - test_value) <= TEST_AGAIN_TOL:
-        raise RuntimeError(f"{run_dir}: its checkpoint scores {again!r} on the test splits, "
-                           f"not the cached run's {test_value!r} (to {TEST_AGAIN_TOL}): it is "
-                           "not that run's final skill; delete the job's cached result and "
-                           "folder and rerun it")
-    val = scored(CHOICE_SPLIT)
+        def scored(split: str) -> dict[str, Any]:
+            run = run_in_process(setup.sites[job.task], Path(tmp) / split,
+                                 _settings(setup, job.seed, rounds=1, local_steps=1, lr=1e-12,
+                                           eval_split=split), initial=initial)
+            return task_outcome(run.results, job.task)
+
+        again = scored("test")["value"]
+        if not abs(again - test_value) <= TEST_AGAIN_TOL:
+            raise RuntimeError(f"{run_dir}: its checkpoint scores {again!r} on the test "
+                               f"splits, not the cached run's {test_value!r} (to "
+                               f"{TEST_AGAIN_TOL}): it is not that run's final skill; delete "
+                               "the job's cached result and folder and rerun it")
+        val = scored(CHOICE_SPLIT)
     return {"value": val["value"], "n": val["n"], "per_site": val["per_site"],
             "per_site_n": val["per_site_n"], "test_again": again}
 

@@ -702,6 +702,8 @@ def test_a_checkpoint_that_is_not_the_runs_final_skill_is_not_scored(
 
     def fake(sites: Any, run_dir: Path, settings: Any, **kw: Any) -> Any:
         given.append((settings.eval_split, kw["initial"]))
+        run_dir.mkdir(parents=True)
+        (run_dir / "rounds.jsonl").write_text("{}")  # the run's records, made by every round
         value = 0.7 if settings.eval_split == "test" else 0.6
         entry = {"metric": "auc", "value": value, "n": 5, "per_site": {}, "per_site_n": {}}
         return SimpleNamespace(results={"tasks": {job.task: entry}})
@@ -722,9 +724,11 @@ def test_a_checkpoint_that_is_not_the_runs_final_skill_is_not_scored(
     with pytest.raises(RuntimeError, match="checkpoint is of round 2, not the run's last"):
         score(2, 0.7)
     assert score(3, 0.7 + bench.TEST_AGAIN_TOL / 2)["test_again"] == 0.7  # near-tied pairs
-    with pytest.raises(RuntimeError, match=r"scores 0\.7 on the test splits, not the "
-                                           r"cached run's 0\.75"):
+    with pytest.raises(RuntimeError, match=r"scores 0\.7 on the test "
+                                           r"splits, not the cached run's 0\.75"):
         score(3, 0.75)
+    # the scoring runs' folders are gone, after a score and after a failed check alike
+    assert list((tmp_path / "scratch").iterdir()) == []
 
 
 def test_a_cached_validation_score_of_a_rerun_job_is_made_again(
