@@ -789,9 +789,15 @@ def run_tiny(setup: Setup, seeds: Sequence[int], work: Path, n_jobs: int) -> dic
     """The tiny backbone's runs (the rules, the bound, the variants, mixed ranks) and what the
     section reads of them beside the jobs: the mixed ranks, the bound's largest change."""
     jobs = run_jobs(setup, plan_jobs(setup, seeds), work, n_jobs)
-    changes = [r["max_change"] for k, r in jobs.items() if k.startswith("central")]
     return {"jobs": jobs, "mixed_ranks": [list(r) for r in mixed_ranks(setup)],
-            "max_change": max(changes) if changes else None}
+            "max_change": largest_change(jobs)}
+
+
+def largest_change(jobs: Mapping[str, Mapping[str, Any]]) -> float | None:
+    """The largest change of any skill value in the evaluation rounds (lr 1e-12) of the
+    centralised and site-alone runs among ``jobs``; None where there are none."""
+    changes = [r["max_change"] for k, r in jobs.items() if k.startswith(("central", "local"))]
+    return max(changes) if changes else None
 
 
 def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: Sequence[int],
@@ -810,10 +816,9 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
                        mixed_task=mixed_task if mixed_task in sites else "", external=external)
     variants = dict(variants or {})
     jobs = run_jobs(setup, plan_jobs(setup, seeds, variants, rules, local), work, n_jobs)
-    changes = [r["max_change"] for k, r in jobs.items() if k.startswith(("central", "local"))]
     return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
             "sites": {t: [d.name for d in ds] for t, ds in setup.sites.items()},
-            "jobs": jobs, "max_change": max(changes) if changes else None,
+            "jobs": jobs, "max_change": largest_change(jobs),
             "mixed_task": setup.mixed_task,
             "external": {t: [d.name for d in ds] for t, ds in setup.external.items()},
             "variants": {label: [list(o) for o in opts] for label, opts in variants.items()},
