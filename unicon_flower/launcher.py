@@ -88,12 +88,17 @@ def federation_config_args(num_supernodes: int, cpus_per_site: int = 1,
                            gpus_per_site: float = 0.0) -> list[str]:
     """``flwr run --federation-config``: one virtual SuperNode per site, each with
     ``cpus_per_site`` CPUs and ``gpus_per_site`` of a GPU (0 where torch sees no CUDA)."""
-    import torch
-
-    gpus = float(gpus_per_site) if torch.cuda.is_available() else 0.0
     return ["--federation-config", f"num-supernodes={int(num_supernodes)} "
             f"client-resources-num-cpus={int(cpus_per_site)} "
-            f"client-resources-num-gpus={gpus}"]
+            f"client-resources-num-gpus={site_gpus(gpus_per_site)}"]
+
+
+def site_gpus(gpus_per_site: float) -> float:
+    """The share of a GPU each simulated site asks for: ``gpus_per_site``, or 0 where torch
+    sees no CUDA (Ray would otherwise wait for a GPU that is not there)."""
+    import torch
+
+    return float(gpus_per_site) if torch.cuda.is_available() else 0.0
 
 
 def flower_tool_env(python: str = sys.executable, **extra: str) -> dict[str, str]:
@@ -338,15 +343,10 @@ def _join(overrides: Sequence[str]) -> str:
     return " ".join(shlex.quote(o) for o in overrides)
 
 
-def run_federated(overrides: Sequence[str], timeout_s: float | None = None,
-                  superlink: KeptSuperLink | None = None) -> Path:
-    """Run (or with ``resume=true`` continue) a federated experiment; returns its run folder.
-
-    ``overrides`` are hydra overrides, e.g. ``["experiment=demo", "federation.rounds=5"]``.
-    Outputs go to ``federation.runs_dir`` (default ``<repo>/runs``). With ``superlink``, the
-    run goes to that kept local SuperLink (see :class:`KeptSuperLink`).
-    """
-    from unicon_core.commands.errors import RunFailedError, UsageError, config_errors
+def prepare_run(overrides: Sequence[str]) -> tuple[Any, Path, list[str]]:
+    """A run's validated settings, its run folder (made; the latest one with
+    ``resume=true``) and its overrides with both folders pinned, as every launcher runs it."""
+    from unicon_core.commands.errors import UsageError, config_errors
 
     overrides = list(overrides)
     with config_errors():
@@ -362,16 +362,36 @@ def run_federated(overrides: Sequence[str], timeout_s: float | None = None,
         run_dir = latest.resolve()
     else:
         run_dir = new_run_dir(runs_dir, settings.experiment)
-    full = [*overrides, f"federation.runs_dir='{runs_dir}'", f"federation.run_dir='{run_dir}'"]
-    code = launch_flower_run(run_dir, full, len(settings.federation.sites), timeout_s,
-                             gpus_per_site=settings.federation.gpus_per_site,
-                             rounds=settings.federation.rounds, superlink=superlink)
+    return settings, run_dir, [*overrides, f"federation.runs_dir='{runs_dir}'",
+                               f"federation.run_dir='{run_dir}'"]
+
+
+def check_finished(run_dir: Path, code: int) -> Path:
+    """``run_dir`` when the run exited with 0 and wrote its results; else a
+    ``RunFailedError`` pointing at its Flower log and quoting its last error line."""
+    from unicon_core.commands.errors import RunFailedError
+
     if code != 0 or not (run_dir / RESULTS_FILE).is_file():
         raise RunFailedError(
-            f"the federated run failed (flwr exit code {code}); its output is in "
+            f"the federated run failed (exit code {code}); its output is in "
             f"{run_dir / FLOWER_LOG}{_last_error(run_dir / FLOWER_LOG)}"
         )
     return run_dir
+
+
+def run_federated(overrides: Sequence[str], timeout_s: float | None = None,
+                  superlink: KeptSuperLink | None = None) -> Path:
+    """Run (or with ``resume=true`` continue) a federated experiment; returns its run folder.
+
+    ``overrides`` are hydra overrides, e.g. ``["experiment=demo", "federation.rounds=5"]``.
+    Outputs go to ``federation.runs_dir`` (default ``<repo>/runs``). With ``superlink``, the
+    run goes to that kept local SuperLink (see :class:`KeptSuperLink`).
+    """
+    settings, run_dir, full = prepare_run(overrides)
+    code = launch_flower_run(run_dir, full, len(settings.federation.sites), timeout_s,
+                             gpus_per_site=settings.federation.gpus_per_site,
+                             rounds=settings.federation.rounds, superlink=superlink)
+    return check_finished(run_dir, code)
 
 
 def _last_error(log_path: Path) -> str:

@@ -1,0 +1,76 @@
+"""``unicon federate --engine python-api``: Flower's simulation engine in this process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.server.fedtools import THREE_SITES, make_sites, tiny_overrides
+from unicon_core.commands.errors import RunFailedError
+from unicon_flower.engine import FLOWER_SWITCHES, backend_config
+from unicon_flower.launcher import FLOWER_LOG, FLWR_HOME_DIR, RESULTS_FILE, check_finished
+
+
+@pytest.mark.slow
+def test_the_python_api_engine_runs_the_federation_and_restores_the_process(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    import ray
+
+    from unicon_flower.cli import app
+
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+    run_dir = tmp_path / "run"
+    environ = {k: os.environ.get(k) for k in [*FLOWER_SWITCHES, "PYTHONPATH"]}
+    handlers = list(logging.getLogger("flwr").handlers)
+
+    # Execute
+    result = CliRunner().invoke(app, ["federate", "--engine", "python-api",
+                                      *tiny_overrides(dirs, run_dir, 1)])
+
+    # Assert: the run finished and wrote its folder, with Flower's log and no SuperLink
+    assert result.exit_code == 0, result.output
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    assert results["rounds"] == 1 and results["timing"]["rounds_run"] == 1
+    log = (run_dir / FLOWER_LOG).read_text()
+    assert "run_simulation" in log  # Flower's own records of this process went to the file
+    assert not (run_dir / FLWR_HOME_DIR).exists()
+    # ... and the process is as before: environment, Flower's handlers, no Ray left
+    assert {k: os.environ.get(k) for k in environ} == environ
+    assert logging.getLogger("flwr").handlers == handlers
+    assert not ray.is_initialized()
+
+
+def test_a_run_without_results_fails_naming_its_log_and_last_error(tmp_path: Path) -> None:
+    # Prepare
+    (tmp_path / FLOWER_LOG).write_text("INFO start\nERROR ServerApp raised: boom\nINFO end\n")
+
+    # Execute / Assert: exit code 0 but no results is a failure too
+    with pytest.raises(RunFailedError) as failed:
+        check_finished(tmp_path, 0)
+    assert str(tmp_path / FLOWER_LOG) in str(failed.value) and "boom" in str(failed.value)
+    (tmp_path / RESULTS_FILE).write_text("{}")
+    with pytest.raises(RunFailedError, match="exit code 3"):
+        check_finished(tmp_path, 3)
+    assert check_finished(tmp_path, 0) == tmp_path
+
+
+def test_the_backend_owns_its_ray_and_asks_for_no_gpu_torch_cannot_see() -> None:
+    # Execute
+    quiet = backend_config(0.5, echo=False)
+    shown = backend_config(0.0, echo=True)
+
+    # Assert
+    import torch
+
+    assert quiet["init_args"]["address"] == "local"  # never someone else's Ray cluster
+    assert quiet["client_resources"] == {
+        "num_cpus": 1, "num_gpus": 0.5 if torch.cuda.is_available() else 0.0}
+    assert quiet["init_args"]["log_to_driver"] is False
+    assert shown["init_args"]["log_to_driver"] is True

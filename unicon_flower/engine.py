@@ -1,0 +1,140 @@
+"""Flower's simulation engine in this process: ``unicon federate --engine python-api``.
+
+``flwr run`` (:mod:`unicon_flower.launcher`) starts Flower's local SuperLink, its SuperExec
+and a ``flwr-simulation`` process, which imports torch, peft and MONAI once more for the
+ServerApp before the first message leaves; a short run spends most of its time there
+(BENCHMARKS.md, "Wall time"). :func:`run_engine` runs the same ServerApp
+(:func:`server.server_app.make_server_app`) and ClientApp
+(:func:`client.client_app.make_client_app`) under Flower's simulation engine inside the calling
+process, through ``flwr.simulation.run_simulation``:
+
+* the ServerApp runs in a thread of this process, whose model stack is already imported;
+* each ClientApp runs in a Ray actor, one per CPU, as under ``flwr run``;
+* no SuperLink, no SuperExec, no second ServerApp process.
+
+The run writes the same run folder as ``flwr run`` (``results.json``, ``rounds.jsonl``,
+checkpoint); Flower's log records of this process (the ServerApp's) go to its ``flower.log``.
+The ClientApps' own output stays in Ray's session logs (``/tmp/ray/session_*/logs``) unless
+``-v`` shows it; a ClientApp's error reaches the ServerApp as an error reply and is logged
+there, as under ``flwr run``.
+
+``run_simulation`` is deprecated in Flower 1.41 ("will be removed in a future version"), so
+``flwr run`` stays the default; this engine is for the many short runs of a benchmark or a
+sweep, where Flower's start-up would dominate.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from unicon_core import console
+from unicon_flower.launcher import (
+    FLOWER_LOG,
+    RoundProgress,
+    check_finished,
+    prepare_run,
+    site_gpus,
+)
+
+#: Flower's switches for every run (as :func:`unicon_flower.launcher.flower_tool_env` sets
+#: them for ``flwr run``): no telemetry, no runtime dependency installation, no update check.
+FLOWER_SWITCHES = {"FLWR_TELEMETRY_ENABLED": "0",
+                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                   "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def backend_config(gpus_per_site: float, echo: bool) -> dict[str, dict[str, object]]:
+    """Flower's Ray backend config: one CPU (and ``gpus_per_site`` of a GPU) per ClientApp
+    actor, a Ray of its own (``address="local"``: never a Ray cluster someone else runs on
+    this machine), actors' output shown only when ``echo``."""
+    return {"client_resources": {"num_cpus": 1, "num_gpus": site_gpus(gpus_per_site)},
+            "init_args": {"address": "local", "log_to_driver": bool(echo),
+                          "logging_level": "WARNING"}}
+
+
+def run_engine(overrides: Sequence[str]) -> Path:
+    """Run (or with ``resume=true`` continue) a federated experiment under Flower's
+    simulation engine in this process; returns its run folder (as
+    :func:`unicon_flower.launcher.run_federated`)."""
+    from flwr.simulation import run_simulation
+
+    from client.client_app import make_client_app
+    from server.server_app import make_server_app
+
+    settings, run_dir, full = prepare_run(overrides)
+    fed = settings.federation
+    echo = console.verbosity() != console.QUIET
+    with _environ(FLOWER_SWITCHES), _flower_log(run_dir / FLOWER_LOG, echo), \
+            _progress(run_dir, fed.rounds, not echo):
+        run_simulation(make_server_app(full), make_client_app(full),
+                       num_supernodes=len(fed.sites),
+                       backend_config=backend_config(fed.gpus_per_site, echo))  # type: ignore[arg-type]
+    return check_finished(run_dir, 0)
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` for the run (Ray's processes inherit them), and the
+    environment restored afterwards (Flower's Ray backend also rewrites ``PYTHONPATH``)."""
+    saved = {key: os.environ.get(key) for key in [*values, "PYTHONPATH"]}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextmanager
+def _flower_log(path: Path, echo: bool) -> Iterator[None]:
+    """Flower's log records of this process appended to ``path``; without ``echo`` they
+    reach only that file (Flower's console handler is detached for the run)."""
+    logger = logging.getLogger("flwr")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
+    muted = [] if echo else [h for h in logger.handlers  # Flower's ConsoleHandler among them
+                             if isinstance(h, logging.StreamHandler)
+                             and not isinstance(h, logging.FileHandler)]
+    for h in muted:
+        logger.removeHandler(h)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        for h in muted:
+            logger.addHandler(h)
+
+
+@contextmanager
+def _progress(run_dir: Path, rounds: int, show: bool) -> Iterator[None]:
+    """A bar over the run's rounds (:class:`RoundProgress`), moved once a second while the
+    run goes on in this process; nothing when not ``show``."""
+    if not show or not rounds:
+        yield
+        return
+    bar, stop = RoundProgress(run_dir, rounds), threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            bar.poll()
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.poll()
+        bar.close()
