@@ -8,6 +8,9 @@ one process:
 * **kept SuperLink**: two runs on one :class:`unicon_flower.launcher.KeptSuperLink`, as a
   benchmark suite or a sweep runs them (the first starts the SuperLink, the second, **warm**,
   finds it running);
+* **engine**: Flower's simulation engine in this process (``unicon federate --engine
+  python-api``, :func:`unicon_flower.engine.run_engine`): no SuperLink, the ServerApp in a
+  thread of this process, the ClientApps in Ray actors;
 * **in process**: :func:`unicon_flower.runner.run_in_process` (the same ServerApp strategy and
   ClientApp, messages serialised as on the wire, without Flower's runtime: since issue #16 there
   is no second, plain training loop to compare with);
@@ -37,13 +40,20 @@ from unicon_core.federation.outputs import RESULTS_FILE
 from unicon_flower.runner import RunSettings, run_in_process
 
 
-def _timed_flwr_run(overrides: list[str], run_dir: Path, superlink: Any = None
-                    ) -> dict[str, float]:
-    """One ``flwr run`` into ``run_dir``: its seconds and their split by the server's clock."""
+def _timed_flwr_run(overrides: list[str], run_dir: Path, superlink: Any = None,
+                    engine: bool = False) -> dict[str, float]:
+    """One ``flwr run`` into ``run_dir`` (with ``engine``: one run of Flower's simulation
+    engine in this process instead, :func:`unicon_flower.engine.run_engine`): its seconds and
+    their split by the server's clock."""
+    from unicon_flower.engine import run_engine
     from unicon_flower.launcher import run_federated
 
+    full = [*overrides, f"federation.run_dir='{run_dir}'"]
     launched, t0 = time.time(), time.perf_counter()
-    run_federated([*overrides, f"federation.run_dir='{run_dir}'"], superlink=superlink)
+    if engine:
+        run_engine(full)
+    else:
+        run_federated(full, superlink=superlink)
     total = time.perf_counter() - t0
     timing = json.loads((run_dir / RESULTS_FILE).read_text())["timing"]
     startup = timing["started"] - launched
@@ -104,9 +114,9 @@ def measure_overhead(
     sites: list[Any], site_dirs: list[Path], overrides: list[str], backbone: BackboneConfig,
     rounds: int, train: TrainConfig, run_dir: Path, long_rounds: int | None = None,
 ) -> dict[str, Any]:
-    """Seconds of the cold flwr run, the two runs on a kept SuperLink and the in-process run,
-    and the flwr / in-process ratios; with ``long_rounds`` also a cold flwr run and an
-    in-process run of that many rounds (``long``)."""
+    """Seconds of the cold flwr run, the two runs on a kept SuperLink, the engine run and the
+    in-process run, and their ratios to the in-process run; with ``long_rounds`` also a cold
+    flwr run, an engine run and an in-process run of that many rounds (``long``)."""
     if long_rounds is not None and long_rounds <= rounds:
         raise ValueError(f"long_rounds={long_rounds} must exceed rounds={rounds}")
     from unicon_flower.launcher import KeptSuperLink
@@ -119,6 +129,9 @@ def measure_overhead(
     with KeptSuperLink(run_dir / "kept_flwr_home") as link:
         first = _timed_flwr_run(fed_overrides, run_dir / "flwr_kept_first", link)
         warm = _timed_flwr_run(fed_overrides, run_dir / "flwr_kept_warm", link)
+    engine = _timed_flwr_run(_flwr_overrides(settings, site_dirs, run_dir,
+                                             run_dir / "engine_run"),
+                             run_dir / "engine_run", engine=True)
 
     in_process, plain_s = _timed_in_process(site_dirs, run_dir / "in_process_run", settings)
     in_rounds_s = float(in_process.results["timing"]["rounds_s"])
@@ -128,6 +141,7 @@ def measure_overhead(
             **{k: cold[k] for k in ("startup_s", "query_s", "rounds_s", "shutdown_s")},
             "rounds_ratio": cold["rounds_s"] / in_rounds_s,
             "kept_first": first, "warm": warm, "warm_ratio": warm["total_s"] / plain_s,
+            "engine": engine, "engine_ratio": engine["total_s"] / plain_s,
             "comparator": "in-process federation (unicon_flower.runner)", "floor": floor,
             "cpus": os.cpu_count(),
             "sites": len(sites), "rounds": rounds, "local_steps": int(train.max_steps or 0),
@@ -136,14 +150,19 @@ def measure_overhead(
 
 def _longer(settings: RunSettings, site_dirs: list[Path], run_dir: Path, rounds: int
             ) -> dict[str, float]:
-    """A cold flwr run and an in-process run of ``rounds`` rounds, otherwise as ``settings``."""
+    """A cold flwr run, an engine run and an in-process run of ``rounds`` rounds, otherwise
+    as ``settings``."""
     settings = replace(settings, rounds=rounds)
     flwr_dir = run_dir / f"flwr_run_{rounds}_rounds"
     cold = _timed_flwr_run(_flwr_overrides(settings, site_dirs, run_dir, flwr_dir), flwr_dir)
+    engine_dir = run_dir / f"engine_run_{rounds}_rounds"
+    engine = _timed_flwr_run(_flwr_overrides(settings, site_dirs, run_dir, engine_dir),
+                             engine_dir, engine=True)
     _, plain_s = _timed_in_process(site_dirs, run_dir / f"in_process_run_{rounds}_rounds",
                                    settings)
     return {"rounds": rounds, "flwr_s": cold["total_s"], "plain_s": plain_s,
-            "ratio": cold["total_s"] / plain_s}
+            "ratio": cold["total_s"] / plain_s, "engine_s": engine["total_s"],
+            "engine_ratio": engine["total_s"] / plain_s}
 
 
 def _flwr_overrides(settings: RunSettings, site_dirs: list[Path], run_dir: Path,

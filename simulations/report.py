@@ -532,10 +532,25 @@ def overhead_section(ov: dict[str, Any] | None, meta: dict[str, Any] | None = No
                   "cold run: what remains of the start-up is the `flwr run` command itself "
                   "(building and submitting the app) and the simulation runtime (its process, "
                   "Ray, and the ServerApp's and ClientApps' imports), paid by every run.", ""]
+    engine = ov.get("engine")
+    if engine:
+        lines += [f"Flower's simulation engine in this process (`unicon federate --engine "
+                  f"python-api`, `unicon_flower.engine`: the same ServerApp in a thread of the "
+                  f"calling process, whose model stack is imported already, the same "
+                  f"ClientApps in Ray actors; no SuperLink, SuperExec or `flwr run` command) "
+                  f"takes {engine['total_s']:.1f} s: ratio **{ov['engine_ratio']:.2f}×**, "
+                  f"goal ≤ {GOAL_WALL_RATIO}×: {goal(ov['engine_ratio'] <= GOAL_WALL_RATIO)}. "
+                  f"It saves {ov['startup_s'] - engine['startup_s']:.1f} s of start-up and "
+                  f"{ov['shutdown_s'] - engine['shutdown_s']:.1f} s of shut-down against the "
+                  "cold `flwr run`; its query round still pays Ray and the actors' imports. "
+                  "It runs on Flower's `run_simulation`, deprecated in Flower 1.41, so "
+                  "`flwr run` stays the default.", ""]
     runs = [("cold", {k: ov[k] for _, k in _PARTS} | {"total_s": ov["flwr_s"]})]
     if "rounds_s" in ov:
         if warm:
             runs += [("kept, first", ov["kept_first"]), ("kept, warm", warm)]
+        if engine:
+            runs += [("engine", engine)]
         lines += _table(["part of the flwr run", *[f"{n} s" for n, _ in runs],
                          *[f"{n} share" for n, _ in runs]],
                         [[name, *[f"{r[key]:.1f}" for _, r in runs],
@@ -565,6 +580,21 @@ def _long_lines(ov: dict[str, Any]) -> list[str]:
     where = ("not brought to the goal by longer runs" if at is None else
              f"≤ {GOAL_WALL_RATIO}× at every length" if at == 0 else
              f"≤ {GOAL_WALL_RATIO}× from about {at:.0f} rounds of this federation on")
+    engine_line = []
+    if "engine_s" in long and ov.get("engine"):
+        at_engine = crossing_rounds(
+            {"rounds": ov["rounds"], "flwr_s": ov["engine"]["total_s"],
+             "plain_s": ov["plain_s"]},
+            {"rounds": long["rounds"], "flwr_s": long["engine_s"], "plain_s": long["plain_s"]},
+            GOAL_WALL_RATIO)
+        where_engine = ("not brought to the goal by longer runs" if at_engine is None else
+                        f"≤ {GOAL_WALL_RATIO}× at every length" if at_engine == 0 else
+                        f"≤ {GOAL_WALL_RATIO}× from about {at_engine:.0f} rounds on")
+        engine_line = [f"The engine in process at {long['rounds']} rounds: "
+                       f"{long['engine_s']:.1f} s, ratio **{long['engine_ratio']:.2f}×**, "
+                       f"goal ≤ {GOAL_WALL_RATIO}×: "
+                       f"{goal(long['engine_ratio'] <= GOAL_WALL_RATIO)}; by the same two "
+                       f"lengths its ratio is {where_engine}.", ""]
     return [f"The same federation with {long['rounds']} rounds instead of {ov['rounds']} "
             f"(same sites, local steps and evaluation; measured in this run after the runs "
             f"above): cold `flwr run` {long['flwr_s']:.1f} s vs in process "
@@ -576,7 +606,7 @@ def _long_lines(ov: dict[str, Any]) -> list[str]:
                 " A round costs Flower less than the in-process grid, which runs its sites one "
                 "after another, where Flower runs one ClientApp actor per CPU "
                 f"({ov.get('cpus', '?')} here)." if ov.get("rounds_ratio", 1.0) < 1 else ""),
-            ""]
+            "", *engine_line]
 
 
 def _floor_lines(ov: dict[str, Any]) -> list[str]:
@@ -596,7 +626,10 @@ def _floor_lines(ov: dict[str, Any]) -> list[str]:
             "command it would pay the imports once too, never Ray or the actors' second "
             "copy): " + ("out of reach at this run length on this machine, whatever the "
                            "launch does; the ratio falls as runs get longer."
-                           if floor > allowed else "within reach."), ""]
+                           if floor > allowed else "within reach.")
+            + (" The engine in process removes the ServerApp process's copy of the imports, "
+               "not Ray or the actors' copies, so the same floor holds for it."
+               if ov.get("engine") else ""), ""]
 
 
 #: Parts of a flwr run's wall time, as (label, key) (see :mod:`simulations.overhead`).

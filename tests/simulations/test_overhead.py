@@ -15,12 +15,12 @@ from unicon_flower.runner import RunSettings
 def test_longer_runs_both_sides_at_its_rounds_and_divides_their_times(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Prepare: a flwr run that "takes" 6 s and an in-process run timed at 2 s
+    # Prepare: a flwr run that "takes" 6 s, an engine run 5 s, an in-process run timed at 2 s
     calls: dict[str, Any] = {}
 
-    def flwr(overrides: list[str], out_dir: Path) -> dict[str, float]:
-        calls["flwr"] = (overrides, out_dir)
-        return {"total_s": 6.0}
+    def flwr(overrides: list[str], out_dir: Path, engine: bool = False) -> dict[str, float]:
+        calls["engine" if engine else "flwr"] = (overrides, out_dir)
+        return {"total_s": 5.0 if engine else 6.0}
 
     def in_process(site_dirs: list[Path], out_dir: Path, settings: RunSettings) -> None:
         calls["in_process"] = (out_dir, settings.rounds)
@@ -40,4 +40,7 @@ def test_longer_runs_both_sides_at_its_rounds_and_divides_their_times(
     assert f"federation.runs_dir='{tmp_path}'" in overrides
     assert flwr_dir == tmp_path / "flwr_run_15_rounds"
     assert calls["in_process"] == (tmp_path / "in_process_run_15_rounds", 15)
-    assert out == {"rounds": 15, "flwr_s": 6.0, "plain_s": 2.0, "ratio": 3.0}
+    overrides, engine_dir = calls["engine"]
+    assert "federation.rounds=15" in overrides and engine_dir == tmp_path / "engine_run_15_rounds"
+    assert out == {"rounds": 15, "flwr_s": 6.0, "plain_s": 2.0, "ratio": 3.0,
+                   "engine_s": 5.0, "engine_ratio": 2.5}

@@ -235,21 +235,25 @@ def test_wall_time_section_reports_cold_and_kept_superlink_runs() -> None:
     ov = {"flwr_s": 40.0, "plain_s": 10.0, "ratio": 4.0, "sites": 5, "rounds": 3,
           "local_steps": 12, "startup_s": 20.0, "query_s": 6.0, "rounds_s": 8.0,
           "shutdown_s": 6.0, "rounds_ratio": 0.8, "comparator": "in-process",
-          "kept_first": run(36.0), "warm": run(12.0), "warm_ratio": 1.2}
+          "kept_first": run(36.0), "warm": run(12.0), "warm_ratio": 1.2,
+          "engine": run(16.0), "engine_ratio": 1.6}
 
     text = "\n".join(overhead_section(ov, {"command": "c", "date": "d", "machine": "m"}))
 
     assert "ratio **4.00×**, goal ≤ 1.3×: **MISSED**" in text
     assert "warm run takes 12.0 s: ratio **1.20×**, goal ≤ 1.3×: met" in text
     assert "saves 17.0 s of start-up and 3.0 s of shut-down" in text
-    assert "| Flower start-up until the ServerApp runs | 20.0 | 9.0 | 3.0 | 50% | 25% | 25% |" \
-        in text
+    assert "takes 16.0 s: ratio **1.60×**, goal ≤ 1.3×: **MISSED**" in text  # the engine
+    assert "It saves 16.0 s of start-up and 2.0 s of shut-down" in text
+    assert ("| Flower start-up until the ServerApp runs | 20.0 | 9.0 | 3.0 | 4.0 | 50% | 25% "
+            "| 25% | 25% |") in text
     assert overhead_section(None)[-2] == "not measured in this run."
     # the floor outside unicon's code against the 0.3 x 10 s the goal leaves
     ov["floor"], ov["cpus"] = {"python_s": 0.1, "ray_s": 2.0, "stack_s": 2.5}, 2
     text = "\n".join(overhead_section(ov))
     assert "that is 4.5 s, against the 3.0 s of overhead that ≤ 1.3× leaves" in text
     assert "out of reach at this run length" in text
+    assert "the same floor holds for it" in text  # the engine run is in the section
     ov["floor"]["ray_s"] = 0.2
     assert "that is 2.7 s" in "\n".join(overhead_section(ov))
     assert "within reach." in "\n".join(overhead_section(ov))
@@ -280,7 +284,10 @@ def test_wall_time_section_reports_the_longer_run_and_its_crossing() -> None:
     ov = {"flwr_s": 36.0, "plain_s": 14.0, "ratio": 36 / 14, "sites": 5, "rounds": 3,
           "local_steps": 12, "comparator": "in-process", "startup_s": 20.0, "query_s": 4.0,
           "rounds_s": 8.0, "shutdown_s": 4.0, "rounds_ratio": 0.8,
-          "long": {"rounds": 15, "flwr_s": 60.0, "plain_s": 50.0, "ratio": 1.2}}
+          "long": {"rounds": 15, "flwr_s": 60.0, "plain_s": 50.0, "ratio": 1.2,
+                   "engine_s": 80.0, "engine_ratio": 1.6},
+          "engine": {"total_s": 32.0, "startup_s": 16.0, "query_s": 8.0, "rounds_s": 6.0,
+                     "shutdown_s": 2.0}, "engine_ratio": 32 / 14}
 
     text = "\n".join(overhead_section(ov))
 
@@ -290,6 +297,9 @@ def test_wall_time_section_reports_the_longer_run_and_its_crossing() -> None:
     # flwr 30 + 2r, in process 5 + 3r: 1.3x at r = 23.5 / 1.9 = 12.4
     assert "≤ 1.3× from about 12 rounds of this federation on" in text
     assert "A round costs Flower less" in text  # its rounds took 0.8x the in-process ones
+    # the engine: 24 + 4r against 5 + 3r costs more a round than 1.3x allows
+    assert "The engine in process at 15 rounds: 80.0 s, ratio **1.60×**" in text
+    assert "its ratio is not brought to the goal by longer runs" in text
     ov["rounds_ratio"] = 1.1
     assert "A round costs Flower less" not in "\n".join(overhead_section(ov))
 
