@@ -698,6 +698,7 @@ def _run_job(setup: Setup, job: Job, work: Path) -> tuple[Job, dict[str, Any]]:
     out["made"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     out["augmentation"] = AUGMENTATION
     out["cpu"] = cpu_name()
+    out["torch_threads"] = torch.get_num_threads()  # other thread counts give other floats
     return job, out
 
 
@@ -1553,6 +1554,10 @@ def _part_lines(part: Mapping[str, Any], seeds: Sequence[int], heading: str, int
             *_chosen_lines(part, seeds)]
 
 
+#: Metrics that count pairs of cases (a near-tie can flip when a score is recomputed).
+PAIR_METRICS = {"auc", "c_index"}
+
+
 def _chosen_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     """The row chosen per seed on the validation splits (:func:`with_val_choice`), against
     the bound, and on the evaluation-only sites ([] where the part chose none)."""
@@ -1562,6 +1567,10 @@ def _chosen_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
     jobs, labels = part["jobs"], list(_stored_variants(part))
     number = {label: i for i, label in enumerate(labels, 1)}
     val_n = next((c["val_n"] for picks in chosen.values() for c in picks), None)
+    metrics = {_first_metric(jobs, task, seeds) for task in chosen}
+    why = ("a rank metric (AUC, c-index) counts pairs, and a run near chance scores many "
+           "cases alike, so a few near-tied pairs can flip" if metrics <= PAIR_METRICS else
+           "the evaluation sums floats in another order than the run did")
     lines = [f"#### The row chosen on validation ({len(labels)} rows above)", "",
              "Per seed, of the rows above, the one whose final global skill scored best on "
              f"the training sites' validation splits (n {val_n}: each site's own held-out "
@@ -1571,9 +1580,8 @@ def _chosen_lines(part: Mapping[str, Any], seeds: Sequence[int]) -> list[str]:
              "earlier rows' test values: the set the choice is made from is not blind to "
              "them. Before its score, each run's checkpoint was evaluated on the test splits "
              f"again and gave the run's cached test value to within {TEST_AGAIN_TOL} (largest "
-             f"difference {part.get('test_again_max', math.nan):.1e}; an AUC counts pairs, "
-             "and a run near chance scores many images alike, so a few near-tied pairs can "
-             "flip): the skill scored is the one reported. Rows: "
+             f"difference {part.get('test_again_max', math.nan):.1e}; {why}): the skill "
+             "scored is the one reported. Rows: "
              + "; ".join(f"{i} = {label}" for label, i in number.items()) + ".", "",
              "| task | seed | validation score of rows " + ", ".join(map(str, number.values()))
              + " | chosen row | federated (test) | centralised (test) | fed / central |",
@@ -1877,10 +1885,16 @@ def _cpu_note(jobs: Mapping[str, Mapping[str, Any]]) -> str:
     if not cpus:
         return ""
     unrecorded = sum("cpu" not in j for j in jobs.values())
+    threads = sorted({int(j["torch_threads"]) for j in jobs.values() if "torch_threads" in j})
+    untold = sum("torch_threads" not in j for j in jobs.values())
+    told = ("" if not threads else
+            f", torch threads {', '.join(map(str, threads))}"
+            + (f" ({untold} runs from before the thread count was recorded)" if untold else ""))
     return ("Made on " + "; ".join(f"`{c}`" for c in cpus)
             + (f" ({unrecorded} runs from before the CPU was recorded)" if unrecorded else "")
-            + ": a run on a CPU with other vector kernels gives other floats, so a rerun "
-            "elsewhere need not agree bit for bit.")
+            + told + ": a run on a CPU with other vector kernels, or with another number of "
+            "torch threads, gives other floats, so a rerun elsewhere need not agree bit for "
+            "bit.")
 
 
 def _goal(fed: Sequence[float], of_means: float, ran: Sequence[bool] | None = None) -> str:

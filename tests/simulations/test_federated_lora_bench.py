@@ -345,6 +345,11 @@ def test_a_table_names_the_cpus_its_runs_were_made_on() -> None:
     line = bench._cpu_note({"a": {"cpu": "B, AVX2"}, "b": {"cpu": "A, AVX512"},
                             "c": {"cpu": "B, AVX2"}, "d": {}})
     assert line.startswith("Made on `A, AVX512`; `B, AVX2` (1 runs from before the CPU was")
+    assert "torch threads" not in line.split(":")[0]  # no run recorded its thread count
+    line = bench._cpu_note({"a": {"cpu": "A", "torch_threads": 1},
+                            "b": {"cpu": "A", "torch_threads": 2}, "c": {"cpu": "A"}})
+    assert line.startswith("Made on `A`, torch threads 1, 2 (1 runs from before the thread "
+                           "count was recorded): ")
 
 
 def test_a_summed_variant_needs_one_number_of_sites() -> None:
@@ -665,6 +670,10 @@ def test_the_fedopt_row_is_chosen_per_seed_on_validation_and_reported_on_test(
     assert "| synth_surv | 1 | 0.600, 0.650, 0.700, 0.750 | 4 | 0.684 | 0.810 | 0.844 |" \
         in chosen
     assert f"4 = {labels[3]}" in chosen
+    assert "a rank metric (AUC, c-index) counts pairs" in chosen  # c-index runs
+    dice = {k: {**v, "metric": "dice"} for k, v in part["jobs"].items()}
+    assert "sums floats in another order" in "\n".join(
+        bench._chosen_lines({**part, "jobs": dice}, [0, 1]))
     assert "synth_surv: the chosen rows 0.679 ± 0.007 against the bound's 0.805 ± 0.007, " \
         "fed / central of the means 0.843, goal >= 0.98: **MISSED**" in chosen
     # parts without the choice have no such table
