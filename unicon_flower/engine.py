@@ -65,15 +65,22 @@ def run_engine(overrides: Sequence[str]) -> Path:
 
     from client.client_app import make_client_app
     from server.server_app import make_server_app
+    from unicon_core.commands.errors import RunFailedError
 
     settings, run_dir, full = prepare_run(overrides)
     fed = settings.federation
     echo = console.verbosity() != console.QUIET
     with _environ(FLOWER_SWITCHES), _flower_log(run_dir / FLOWER_LOG, echo), \
             _progress(run_dir, fed.rounds, not echo):
-        run_simulation(make_server_app(full), make_client_app(full),
-                       num_supernodes=len(fed.sites),
-                       backend_config=backend_config(fed.gpus_per_site, echo))  # type: ignore[arg-type]
+        try:
+            run_simulation(make_server_app(full), make_client_app(full),
+                           num_supernodes=len(fed.sites),
+                           backend_config=backend_config(fed.gpus_per_site, echo))  # type: ignore[arg-type]
+        except Exception as ex:  # the ServerApp raised: as flwr run's non-zero exit
+            logging.getLogger("flwr").exception("the run failed")  # traceback to flower.log
+            raise RunFailedError(
+                f"the federated run failed ({type(ex).__name__}: {ex}); its output is in "
+                f"{run_dir / FLOWER_LOG}") from ex
     return check_finished(run_dir, 0)
 
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unicon_core import console
 from unicon_core.federation.outputs import (
@@ -48,6 +48,9 @@ from unicon_core.federation.outputs import (
 )
 from unicon_core.hydra_config import load_settings
 from unicon_core.processes import cmdline, descendants, find, free_port, terminate
+
+if TYPE_CHECKING:
+    from unicon_core.federation.config import ExperimentSettings
 
 FLWR_HOME_DIR = "flwr_home"
 RUN_CONFIG_FILE = "run_config.toml"
@@ -343,7 +346,7 @@ def _join(overrides: Sequence[str]) -> str:
     return " ".join(shlex.quote(o) for o in overrides)
 
 
-def prepare_run(overrides: Sequence[str]) -> tuple[Any, Path, list[str]]:
+def prepare_run(overrides: Sequence[str]) -> tuple[ExperimentSettings, Path, list[str]]:
     """A run's validated settings, its run folder (made; the latest one with
     ``resume=true``) and its overrides with both folders pinned, as every launcher runs it."""
     from unicon_core.commands.errors import UsageError, config_errors

@@ -47,6 +47,33 @@ def test_the_python_api_engine_runs_the_federation_and_restores_the_process(
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
+def test_a_failing_server_app_is_a_run_failure_with_its_traceback_in_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: the ServerApp's orchestration raises (it runs in a thread of this process)
+    import ray
+
+    import server.federation
+    from unicon_flower.engine import run_engine
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("orchestration broke")
+
+    monkeypatch.setattr(server.federation, "run_federation", broken)
+    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+
+    # Execute
+    with pytest.raises(RunFailedError, match="RuntimeError: orchestration broke") as failed:
+        run_engine(tiny_overrides(dirs, tmp_path / "run", 1))
+
+    # Assert: the message names the log, which holds the traceback; Ray is gone
+    assert str(tmp_path / "run" / FLOWER_LOG) in str(failed.value)
+    log = (tmp_path / "run" / FLOWER_LOG).read_text()
+    assert "Traceback" in log and "orchestration broke" in log
+    assert not ray.is_initialized()
+
+
 def test_a_run_without_results_fails_naming_its_log_and_last_error(tmp_path: Path) -> None:
     # Prepare
     (tmp_path / FLOWER_LOG).write_text("INFO start\nERROR ServerApp raised: boom\nINFO end\n")
