@@ -35,17 +35,16 @@ from pathlib import Path
 from unicon_core import console
 from unicon_flower.launcher import (
     FLOWER_LOG,
+    FLOWER_SWITCHES,
     RoundProgress,
     check_finished,
     prepare_run,
     site_gpus,
 )
 
-#: Flower's switches for every run (as :func:`unicon_flower.launcher.flower_tool_env` sets
-#: them for ``flwr run``): no telemetry, no runtime dependency installation, no update check.
-FLOWER_SWITCHES = {"FLWR_TELEMETRY_ENABLED": "0",
-                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                   "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+#: What the engine sets in this process for a run: Flower's switches (as ``flwr run``
+#: gets them) and no Ray usage statistics.
+ENGINE_ENV = {**FLOWER_SWITCHES, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def backend_config(gpus_per_site: float, echo: bool) -> dict[str, dict[str, object]]:
@@ -70,7 +69,7 @@ def run_engine(overrides: Sequence[str]) -> Path:
     settings, run_dir, full = prepare_run(overrides)
     fed = settings.federation
     echo = console.verbosity() != console.QUIET
-    with _environ(FLOWER_SWITCHES), _flower_log(run_dir / FLOWER_LOG, echo), \
+    with _environ(ENGINE_ENV), _flower_log(run_dir / FLOWER_LOG, echo), \
             _progress(run_dir, fed.rounds, not echo):
         try:
             run_simulation(make_server_app(full), make_client_app(full),

@@ -52,6 +52,11 @@ from unicon_core.processes import cmdline, descendants, find, free_port, termina
 if TYPE_CHECKING:
     from unicon_core.federation.config import ExperimentSettings
 
+#: Flower's switches for every run either launcher (or the engine in process) starts: no
+#: telemetry, no runtime dependency installation, no update check.
+FLOWER_SWITCHES = {"FLWR_TELEMETRY_ENABLED": "0",
+                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+                   "FLWR_DISABLE_UPDATE_CHECK": "1"}
 FLWR_HOME_DIR = "flwr_home"
 RUN_CONFIG_FILE = "run_config.toml"
 SUPERLINK_LOG = Path("local-superlink") / "superlink.log"
@@ -111,8 +116,7 @@ def flower_tool_env(python: str = sys.executable, **extra: str) -> dict[str, str
     installation, no update check; ``extra`` on top."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(python).parent), env.get("PATH", "")])
-    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-               FLWR_DISABLE_UPDATE_CHECK="1", **extra)
+    env.update(FLOWER_SWITCHES, **extra)
     return env
 
 

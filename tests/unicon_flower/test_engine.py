@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tests.server.fedtools import THREE_SITES, make_sites, tiny_overrides
 from unicon_core.commands.errors import RunFailedError
-from unicon_flower.engine import FLOWER_SWITCHES, backend_config
+from unicon_flower.engine import ENGINE_ENV, backend_config
 from unicon_flower.launcher import FLOWER_LOG, FLWR_HOME_DIR, RESULTS_FILE, check_finished
 
 
@@ -27,7 +27,7 @@ def test_the_python_api_engine_runs_the_federation_and_restores_the_process(
 
     dirs = make_sites(tmp_path / "sites", THREE_SITES)
     run_dir = tmp_path / "run"
-    environ = {k: os.environ.get(k) for k in [*FLOWER_SWITCHES, "PYTHONPATH"]}
+    environ = {k: os.environ.get(k) for k in [*ENGINE_ENV, "PYTHONPATH"]}
     handlers = list(logging.getLogger("flwr").handlers)
 
     # Execute
