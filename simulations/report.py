@@ -577,9 +577,7 @@ def _long_lines(ov: dict[str, Any]) -> list[str]:
     long = ov["long"]
     at = crossing_rounds({"rounds": ov["rounds"], "flwr_s": ov["flwr_s"],
                           "plain_s": ov["plain_s"]}, long, GOAL_WALL_RATIO)
-    where = ("not brought to the goal by longer runs" if at is None else
-             f"≤ {GOAL_WALL_RATIO}× at every length" if at == 0 else
-             f"≤ {GOAL_WALL_RATIO}× from about {at:.0f} rounds of this federation on")
+    where = _where_met(at, " of this federation")
     engine_line = []
     if "engine_s" in long and ov.get("engine"):
         at_engine = crossing_rounds(
@@ -587,9 +585,7 @@ def _long_lines(ov: dict[str, Any]) -> list[str]:
              "plain_s": ov["plain_s"]},
             {"rounds": long["rounds"], "flwr_s": long["engine_s"], "plain_s": long["plain_s"]},
             GOAL_WALL_RATIO)
-        where_engine = ("not brought to the goal by longer runs" if at_engine is None else
-                        f"≤ {GOAL_WALL_RATIO}× at every length" if at_engine == 0 else
-                        f"≤ {GOAL_WALL_RATIO}× from about {at_engine:.0f} rounds on")
+        where_engine = _where_met(at_engine)
         engine_line = [f"The engine in process at {long['rounds']} rounds: "
                        f"{long['engine_s']:.1f} s, ratio **{long['engine_ratio']:.2f}×**, "
                        f"goal ≤ {GOAL_WALL_RATIO}×: "
@@ -607,6 +603,16 @@ def _long_lines(ov: dict[str, Any]) -> list[str]:
                 "after another, where Flower runs one ClientApp actor per CPU "
                 f"({ov.get('cpus', '?')} here)." if ov.get("rounds_ratio", 1.0) < 1 else ""),
             "", *engine_line]
+
+
+def _where_met(at: float | None, of: str = "") -> str:
+    """Where a ratio meets the wall-time goal, from :func:`simulations.overhead.crossing_rounds`
+    (``of`` names the rounds, e.g. " of this federation")."""
+    if at is None:
+        return "not brought to the goal by longer runs"
+    if at == 0:
+        return f"≤ {GOAL_WALL_RATIO}× at every length"
+    return f"≤ {GOAL_WALL_RATIO}× from about {at:.0f} rounds{of} on"
 
 
 def _floor_lines(ov: dict[str, Any]) -> list[str]:
