@@ -134,6 +134,17 @@ def secure_mode_available() -> bool:
     return importlib.util.find_spec("torchcsprng") is not None
 
 
+def noise_generator(module: nn.Module, seed: int) -> torch.Generator:
+    """The seeded generator of DP-SGD's noise, on the device of ``module``'s parameters:
+    opacus draws the noise where the gradients are, and refuses a generator elsewhere (a CPU
+    generator fails on a GPU site)."""
+    import torch
+
+    from unicon_core.device import module_device
+
+    return torch.Generator(device=module_device(module)).manual_seed(seed)
+
+
 class DPSGD:
     """``make_private`` hook for :func:`unicon_core.training.train_task` (opacus DP-SGD).
 
@@ -159,7 +170,6 @@ class DPSGD:
         self, module: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader
     ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
         """Wrap model, optimizer and loader with opacus (Poisson sampling, clipping, noise)."""
-        import torch
         from opacus import PrivacyEngine
 
         secure = self.seed is None and secure_mode_available()
@@ -175,7 +185,7 @@ class DPSGD:
             noise_multiplier=self.cfg.noise_multiplier,
             max_grad_norm=self.cfg.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=None if secure else torch.Generator().manual_seed(seed),
+            noise_generator=None if secure else noise_generator(module, seed),
         )
         self._module = module
         return module, optimizer, loader
