@@ -16,8 +16,12 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/nvidia.txt"
 python3 -c "import sys, torch, peft, monai; print(sys.version.split()[0], torch.__version__, \
 torch.version.cuda, 'peft', peft.__version__, 'monai', monai.__version__)" | tee "$OUT/versions.txt"
-for tests in tests/unicon_core/test_cuda.py tests/server/test_cuda_federation.py; do
-  timeout "${TEST_S:-240}" python3 -m pytest -q -p no:cacheprovider -rA "$tests" 2>&1 \
+# each file alone, so that one that cannot be collected there does not stop the others;
+# test_backbones.py: its tests parametrized by tests.devices.DEVICES, GPU cases only
+for tests in tests/unicon_core/test_cuda.py "tests/unicon_core/model/test_backbones.py -k cuda" \
+             tests/server/test_cuda_federation.py; do
+  # shellcheck disable=SC2086  # $tests holds a path and its options
+  timeout "${TEST_S:-240}" python3 -m pytest -q -p no:cacheprovider -rA $tests 2>&1 \
     | tee -a "$OUT/cuda_tests.txt" | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|Error"
 done
 if [ "${BENCH_S:-300}" -gt 0 ]; then

@@ -7,13 +7,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
+from tests.devices import needs_cuda
 from tests.server.fedtools import THREE_SITES, make_sites, run_in_process, tiny_overrides
 from unicon_core.federation.checkpoint import load_checkpoint
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = needs_cuda
 
 
 def test_sites_train_on_the_gpu_and_only_cpu_tensors_travel(tmp_path: Path) -> None:

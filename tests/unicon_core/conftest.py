@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,16 @@ import torch
 
 from tests.unicon_core.data.sites import pandas_cohort
 from unicon_core.model import UniconModel
+
+
+@pytest.fixture
+def deterministic_cudnn() -> Iterator[None]:
+    """cuDNN picks the same algorithm for the same call (bit-identity checks on a GPU); no
+    effect on the CPU."""
+    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
 
 
 @pytest.fixture

@@ -1,19 +1,18 @@
 """The CUDA paths on a real GPU: skipped where none is visible (CI, this project's CPU machines).
 
-They run on a GPU machine (``python -m pytest tests/unicon_core/test_cuda.py``; the session that
-ran them is named in BENCHMARKS.md's *gpu* section). On a CPU they would only repeat the CPU
-tests, so they skip rather than pass vacuously.
+They run on a GPU machine (``simulations/gpu_session.sh``; the session that ran them is named in
+BENCHMARKS.md's *gpu* section), with the GPU cases of the tests parametrized by
+``tests.devices.DEVICES`` (the skill contract and DP-SGD in ``model/test_backbones.py``). On a
+CPU they would only repeat the CPU tests, so they skip rather than pass vacuously.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
+from tests.devices import needs_cuda
 from tests.unicon_core.inference._tiny import tiny_model, trained_on, write_nifti
 from tests.unicon_core.model.test_backbones import CASES, _image_tasks, _Images, _input
 from unicon_core.config import TrainConfig
@@ -25,50 +24,12 @@ from unicon_core.inference.predict import Predictor
 from unicon_core.model import UniconModel
 from unicon_core.training import evaluate_task, make_loader, train_task
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@pytest.fixture(autouse=True)
-def _deterministic_cudnn() -> Iterator[None]:
-    """Bit-identity checks need cuDNN to pick the same algorithm for the same call."""
-    before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    yield
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before
+pytestmark = needs_cuda
 
 
 def _cuda(**kw: object) -> TrainConfig:
     """A short training config on the GPU (``kw`` overrides)."""
     return TrainConfig(**{"max_steps": 2, "lr": 0.05, "progress": False, "device": "cuda", **kw})
-
-
-@pytest.mark.parametrize("case", ["transformer", "i3resnet_3d", "monai_resnet"])
-def test_skill_contract_holds_on_the_gpu(case: str) -> None:
-    # Prepare: two tasks on one frozen backbone, on the GPU
-    cfg, dims = CASES[case]
-    model = UniconModel(cfg, seed=0)
-    task_a, task_b = _image_tasks(dims)
-    model.add_task(task_a)
-    model.add_task(task_b)
-    model.to("cuda").eval()
-    x_a = _input(task_a).cuda()
-    before_a = model(x_a, "task_a").detach().clone()
-    foundation = model.foundation_hash
-    skill_a = model.skill_state_dict("task_a")
-    skill_b = model.skill_state_dict("task_b")
-    # Execute: train B on the GPU (bf16 autocast)
-    result = train_task(model, "task_b", make_loader(_Images(task_b), 2, shuffle=True), _cuda())
-    # Assert: A and the backbone (batch-norm statistics included) are bit-identical; B moved
-    assert np.isfinite(result.loss) and result.steps == 2
-    assert module_device(model).type == "cuda"
-    model.eval()
-    assert torch.equal(model(x_a, "task_a"), before_a)
-    assert model.foundation_hash == foundation
-    for key, value in model.skill_state_dict("task_a").items():
-        assert torch.equal(value, skill_a[key]), key
-    after_b = model.skill_state_dict("task_b")
-    assert any(not torch.equal(after_b[k].cpu(), skill_b[k].cpu()) for k in skill_b)
-    assert all(v.dtype == torch.float32 for v in after_b.values())  # autocast keeps fp32 masters
 
 
 def test_training_runs_under_bf16_autocast_and_loss_is_float32() -> None:
@@ -121,28 +82,6 @@ def test_pinned_memory_and_workers_feed_the_gpu() -> None:
     assert loader.pin_memory and next(iter(loader))["input"].is_pinned()
     result = train_task(model, "task_a", loader, _cuda(max_steps=4))
     assert result.steps == 4 and np.isfinite(result.loss)
-
-
-def test_dp_sgd_trains_a_skill_on_the_gpu_with_frozen_batch_norm() -> None:
-    from unicon_core.federation.config import PrivacyConfig
-    from unicon_core.privacy import DPSGD
-
-    cfg, dims = CASES["i3resnet_3d"]
-    model = UniconModel(cfg, seed=0)
-    task_a, _ = _image_tasks(dims)
-    model.add_task(task_a)
-    foundation = model.foundation_hash
-    before = model.skill_state_dict("task_a")
-    dp = DPSGD(PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), seed=0)
-    try:
-        result = train_task(model, "task_a", make_loader(_Images(task_a, n=8), 4, shuffle=True),
-                            _cuda(), make_private=dp)
-    finally:
-        dp.close()
-    assert result.steps == 2 and dp.history
-    assert model.foundation_hash == foundation
-    after = model.skill_state_dict("task_a")
-    assert any(not torch.equal(after[k].cpu(), before[k].cpu()) for k in before)
 
 
 def test_pretraining_runs_on_the_gpu() -> None:

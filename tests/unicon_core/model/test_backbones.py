@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.devices import DEVICES
 from unicon_core.config import BackboneConfig, TaskSpec, TrainConfig
 from unicon_core.model import SkillStateError, UniconModel
 from unicon_core.model.backbones import backbone_families, create_backbone, i3resnet
@@ -89,31 +90,36 @@ def _input(spec: TaskSpec, seed: int = 1) -> torch.Tensor:
     return torch.rand(2, spec.channels, *spec.input_size, generator=generator)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", list(CASES))
-def test_skill_contract(case: str) -> None:
-    # Prepare: two tasks on one frozen backbone
+@pytest.mark.usefixtures("deterministic_cudnn")
+def test_skill_contract(case: str, device: str) -> None:
+    # Prepare: two tasks on one frozen backbone, on the device
     cfg, dims = CASES[case]
     model = UniconModel(cfg, seed=0)
     task_a, task_b = _image_tasks(dims)
     model.add_task(task_a)
     model.add_task(task_b)
-    model.eval()
-    x_a = _input(task_a)
+    model.to(device).eval()
+    x_a = _input(task_a).to(device)
     before_a = model(x_a, "task_a").detach().clone()
     foundation = model.foundation_hash
     skill_a = model.skill_state_dict("task_a")
+    start_b = {k: v.cpu() for k, v in model.skill_state_dict("task_b").items()}
 
-    # Execute: train task B (the backbone in train mode too)
+    # Execute: train task B (the backbone in train mode too; bf16 autocast on a GPU)
     train_task(model, "task_b", make_loader(_Images(task_b), 2, shuffle=True),
-               TrainConfig(max_steps=2, lr=0.05, progress=False, device="cpu"))
+               TrainConfig(max_steps=2, lr=0.05, progress=False, device=device))
 
-    # Assert: A and the backbone (batch-norm statistics included) are bit-identical
+    # Assert: A and the backbone (batch-norm statistics included) are bit-identical; B moved
     model.eval()
     assert torch.equal(model(x_a, "task_a"), before_a)
     assert model.foundation_hash == foundation
     for key, value in model.skill_state_dict("task_a").items():
         assert torch.equal(value, skill_a[key]), key
     skill_b = model.skill_state_dict("task_b")
+    assert any(not torch.equal(v.cpu(), start_b[k]) for k, v in skill_b.items())
+    assert all(v.dtype == torch.float32 for v in skill_b.values())  # fp32 even under autocast
     assert skill_b and all(k.split(".")[0] in ("adapter", "head", "stem") for k in skill_b)
     assert any(".lora_A." in k for k in skill_b)
     assert not any(k.startswith("adapter") and ".base_layer" in k for k in skill_b)
@@ -399,7 +405,8 @@ def test_a_modality_can_have_its_own_backbone(tmp_path: Path) -> None:
                                       "checkpoint": str(path)}))
 
 
-def test_dp_sgd_trains_a_skill_on_a_cnn_with_frozen_batch_norm() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_dp_sgd_trains_a_skill_on_a_cnn_with_frozen_batch_norm(device: str) -> None:
     from unicon_core.federation.config import PrivacyConfig
     from unicon_core.privacy import DPSGD
 
@@ -410,15 +417,17 @@ def test_dp_sgd_trains_a_skill_on_a_cnn_with_frozen_batch_norm() -> None:
     before = model.skill_state_dict("task_a")
     dp = DPSGD(PrivacyConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), seed=0)
     try:
+        # on a GPU the seeded noise generator must sit beside the gradients (opacus refuses
+        # a CPU one there)
         result = train_task(model, "task_a", make_loader(_Images(task_a, n=8), 4, shuffle=True),
-                            TrainConfig(max_steps=2, progress=False, device="cpu"),
+                            TrainConfig(max_steps=2, progress=False, device=device),
                             make_private=dp)
     finally:
         dp.close()
     assert result.steps == 2 and dp.history
     assert model.foundation_hash == foundation  # opacus never touched the frozen BN statistics
     after = model.skill_state_dict("task_a")
-    assert any(not torch.equal(after[k], before[k]) for k in before)
+    assert any(not torch.equal(after[k].cpu(), before[k].cpu()) for k in before)
 
 
 def _fake_weights_package(cache: Path, payload: bytes) -> types.ModuleType:
