@@ -1513,8 +1513,9 @@ PART_TEXTS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]],
 def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],
                       base: Mapping[str, Any]) -> list[list[str]]:
     """The ``###`` subsections of one foundation part (``key``: its results key; ``base``:
-    the budget the cut parts are cut from): the per-rule table and its mixed ranks, or a
-    part's table with its variants."""
+    the budget the cut parts are cut from): the per-rule table (with its rows per training
+    site, as every foundation table) and its mixed ranks, or a part's table with its
+    variants."""
     if key != PARTS["rules"]:
         return [_part_lines(part, seeds, *PART_TEXTS[key](part, base))]
     return [_rules_lines(
@@ -1522,7 +1523,7 @@ def _part_subsections(part: Mapping[str, Any], key: str, seeds: Sequence[int],
         base, f"The rules again on a backbone that learns: `{' '.join(part['base'])}` (the "
         "demo's foundation: the CT foundation's I3ResNet-152 with the astra weights, 3D for "
         "CT, its kernels summed over depth for the 2D MRI tasks, frozen; LoRA on its "
-        "bottleneck convolutions). Same budget and measures as above."),
+        "bottleneck convolutions). Same budget and measures as above.", per_site=True),
         _mixed_lines(part, seeds, " on the pretrained foundation")]
 
 

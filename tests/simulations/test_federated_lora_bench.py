@@ -784,6 +784,25 @@ def test_a_run_without_the_round_norm_bound_turns_the_strategy_option_off(
     assert not [o for o in plain if "update_norm_factor" in o]
 
 
+def test_the_foundation_rules_table_lists_each_training_site_as_every_foundation_table() -> None:
+    def job(value: float, a: float) -> dict[str, Any]:
+        return {"value": value, "n": 30, "metric": "auc", "per_site": {"a": a, "b": value},
+                "per_site_n": {"a": 20, "b": 10}}
+
+    jobs = {bench.Job("central", "t", s).key: job(0.8, 0.7) for s in (0, 1)}
+    jobs |= {bench.Job("fed", "t", s).key: job(0.5, 0.6) for s in (0, 1)}
+    part = {"jobs": jobs, "tasks": ["t"], "rules": ["naive"], "sites": {"t": ["a", "b"]},
+            "base": ["experiment=continual"], "budget": asdict(bench.Budget())}
+    rules, mixed = bench._part_subsections(part, bench.PARTS["rules"], [0, 1],
+                                           asdict(bench.Budget()))
+    text = "\n".join(rules)
+    assert mixed == []  # no mixed-ranks runs in this part: no such table
+    assert text.startswith("### Federated / centralised per LoRA rule on the pretrained")
+    assert text.index("| t (real, auc) | 30 | naive |") < text.index(bench.PER_SITE_INTRO)
+    assert "| t | a | 20 | naive | 0.600 ± 0.000 | 0.700 ± 0.000 |" in text
+    assert "| t | b | 10 | naive | 0.500 ± 0.000 | 0.800 ± 0.000 |" in text
+
+
 def test_a_part_without_rules_puts_its_variants_in_the_main_and_per_site_tables() -> None:
     """No naive row to compare a variants table with: the variants are the main table's
     federated rows (and the per-site table's), each once on the evaluation-only site."""
