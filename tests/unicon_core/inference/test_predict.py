@@ -134,23 +134,29 @@ def test_predictions_equal_those_of_the_in_memory_model(bundle_dir: Path, tmp_pa
     assert torch.equal(_one(live, ct).output, _one(loaded, ct).output)
 
 
+#: Unreadable inputs: (content, file name, the error it must give). The gzip member has a
+#: timestamp, so the test ids are the file names (pytest-xdist workers must agree on them).
+CORRUPT_INPUTS = [
+    (b"", "empty.nii.gz", r"empty\.nii\.gz: file is empty"),
+    (
+        gzip.compress(b"this is not a nifti file" * 20),
+        "bad.nii.gz",
+        r"bad\.nii\.gz: cannot read",
+    ),
+    (b"\x89PNG\r\n\x1a\n garbage", "broken.png", r"broken\.png: cannot read"),
+    (
+        b"id,age,size,grade\n",
+        "header_only.csv",
+        r"header_only\.csv: CSV has a header but no rows",
+    ),
+    (b"x", "notes.txt", r"notes\.txt: unsupported file type"),
+]
+
+
 @pytest.mark.parametrize(
     ("content", "name", "message"),
-    [
-        (b"", "empty.nii.gz", r"empty\.nii\.gz: file is empty"),
-        (
-            gzip.compress(b"this is not a nifti file" * 20),
-            "bad.nii.gz",
-            r"bad\.nii\.gz: cannot read",
-        ),
-        (b"\x89PNG\r\n\x1a\n garbage", "broken.png", r"broken\.png: cannot read"),
-        (
-            b"id,age,size,grade\n",
-            "header_only.csv",
-            r"header_only\.csv: CSV has a header but no rows",
-        ),
-        (b"x", "notes.txt", r"notes\.txt: unsupported file type"),
-    ],
+    CORRUPT_INPUTS,
+    ids=[name for _, name, _ in CORRUPT_INPUTS],
 )
 def test_corrupt_and_empty_inputs_name_the_file(
     tmp_path: Path, content: bytes, name: str, message: str
