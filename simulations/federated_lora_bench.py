@@ -579,11 +579,13 @@ def val_scores(setup: Setup, jobs: Mapping[str, Mapping[str, Any]], wanted: Sequ
     out: dict[str, dict[str, Any]] = {}
     for job in wanted:
         path, test_value = cache / f"{job.key}.json", jobs[job.key]["value"]
-        if not path.is_file() or not abs(
-                json.loads(path.read_text())["test_again"] - test_value) <= TEST_AGAIN_TOL:
-            res = val_score(setup, job, work / "runs" / job.key, test_value, cache / "runs")
-            path.write_text(json.dumps({**res, "setup": setup_key(setup, job.task)}, indent=1))
-        out[job.key] = cached_job(path, setup_key(setup, job.task))
+        made_with = setup_key(setup, job.task)
+        score = json.loads(path.read_text()) if path.is_file() else {}
+        if not abs(score.get("test_again", math.inf) - test_value) <= TEST_AGAIN_TOL:
+            score = {**val_score(setup, job, work / "runs" / job.key, test_value,
+                                 cache / "runs"), "setup": made_with}
+            path.write_text(json.dumps(score, indent=1))
+        out[job.key] = same_setup(path, score, made_with)
     return out
 
 
@@ -714,7 +716,13 @@ def setup_key(setup: Setup, task: str) -> dict[str, Any]:
 def cached_job(path: Path, made_with: Mapping[str, Any]) -> dict[str, Any]:
     """A cached run's result; fails when it was made under another setup (or before runs
     recorded theirs), rather than report it as this setup's."""
-    result = json.loads(path.read_text())
+    return same_setup(path, json.loads(path.read_text()), made_with)
+
+
+def same_setup(path: Path, result: dict[str, Any], made_with: Mapping[str, Any]
+               ) -> dict[str, Any]:
+    """``result`` (read from ``path``) if it was made under the setup ``made_with``; else
+    a clear error naming the file."""
     if result.get("setup") != made_with:
         raise SystemExit(f"{path}: made with {result.get('setup', 'an unrecorded setup')}, "
                          f"not this run's {dict(made_with)}: use another --work-dir or delete "
@@ -815,15 +823,25 @@ def run_foundation(sites: Mapping[str, Sequence[Path]], budget: Budget, seeds: S
     on fewer tasks leaves them out by design); with ``local``, each site alone as well."""
     setup = site_setup(sites, budget, base=base,
                        mixed_task=mixed_task if mixed_task in sites else "", external=external)
+    return run_setup(setup, seeds, work, n_jobs, variants, rules, say_left_out, local)
+
+
+def run_setup(setup: Setup, seeds: Sequence[int], work: Path, n_jobs: int,
+              variants: Mapping[str, tuple[tuple[str, str | float], ...]] | None = None,
+              rules: Sequence[str] = RULES, say_left_out: bool = False, local: bool = False
+              ) -> dict[str, Any]:
+    """:func:`run_foundation` on a ready :class:`Setup` (a part that needs its setup again
+    afterwards builds it once)."""
+    sites = setup.sites
     variants = dict(variants or {})
     jobs = run_jobs(setup, plan_jobs(setup, seeds, variants, rules, local), work, n_jobs)
-    return {"base": list(base), "tasks": list(sites), "synthetic": setup.synthetic,
+    return {"base": list(setup.base), "tasks": list(sites), "synthetic": setup.synthetic,
             "sites": {t: [d.name for d in ds] for t, ds in setup.sites.items()},
             "jobs": jobs, "max_change": largest_change(jobs),
             "mixed_task": setup.mixed_task,
             "external": {t: [d.name for d in ds] for t, ds in setup.external.items()},
             "variants": {label: [list(o) for o in opts] for label, opts in variants.items()},
-            "rules": list(rules), "budget": asdict(budget),
+            "rules": list(rules), "budget": asdict(setup.budget),
             "mixed_ranks": [list(r) for r in mixed_ranks(setup)] if setup.mixed_task else [],
             "left_out": {t: why for t, why in FOUNDATION_LEFT_OUT.items() if t not in sites}
             if say_left_out else {}}
@@ -868,12 +886,10 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         base = kept_base + FOUNDATION_ONE_BASE
         n_sites = _site_count(kept_sites)
         rows = {**fedopt_variant(n_sites, FOUNDATION_LR), **fedopt_lr_variant(FOUNDATION_LR)}
-        part = run_foundation(kept_sites, cut, seeds, work / "foundation_fedopt", n_jobs,
-                              mixed_task="", base=base, rules=FOUNDATION_FEDOPT_RULES,
-                              variants={**rows, **unbounded(rows)}, external=ext)
-        return with_val_choice(part, site_setup(kept_sites, cut, base=base, mixed_task="",
-                                                external=ext),
-                               work / "foundation_fedopt", seeds)
+        setup = site_setup(kept_sites, cut, base=base, mixed_task="", external=ext)
+        part = run_setup(setup, seeds, work / "foundation_fedopt", n_jobs,
+                         rules=FOUNDATION_FEDOPT_RULES, variants={**rows, **unbounded(rows)})
+        return with_val_choice(part, setup, work / "foundation_fedopt", seeds)
 
     return {
         "foundation": lambda: run_foundation(
