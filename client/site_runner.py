@@ -16,7 +16,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -410,6 +410,9 @@ def handle_query(
         site = open_node_site(context, settings, hooks)
     except (SiteValidationError, ValueError) as err:
         name, _ = site_for_node(context.node_config, settings.federation)
+        # The site's own log gets the whole error (its folder, the command that lists every
+        # problem); the server receives only exclusion_info's reason, without paths.
+        log(ERROR, "site %s cannot join the run: %s", name, err)
         info = ConfigRecord(exclusion_info(name, err))
         return Message(RecordDict({RecordKey.INFO.value: info}), reply_to=msg)
     model = build_model(settings, site)

@@ -18,10 +18,18 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 #: Environment variable holding the level for child processes (Flower's, Ray's).
 VERBOSITY_ENV = "UNICON_VERBOSITY"
+#: Environment variable naming a run's log file, where an app's Flower log records go as well
+#: (set by the in-process engine: its ClientApps run in Ray actors, whose console output Ray
+#: keeps in its own session logs, not in the run folder).
+APP_LOG_ENV = "UNICON_APP_LOG"
+#: A log file's lines: level, time, the process (several write one file), message.
+LOG_FORMAT = "%(levelname)s %(asctime)s [pid %(process)d]: %(message)s"
 QUIET, VERBOSE, EVERYTHING = 0, 1, 2
 
 #: Warning categories about libraries' own APIs, never about a user's data or config.
@@ -117,4 +125,32 @@ def app_lifespan(context: Any) -> Iterator[None]:
     ``$UNICON_VERBOSITY`` in whatever process runs the app (default 1: Flower's INFO logs, no
     dependency warnings). ``context`` is Flower's ``Context``, unused here."""
     configure(default=VERBOSE)
-    yield
+    with log_file(os.environ.get(APP_LOG_ENV, "")):
+        yield
+
+
+def file_handler(path: Path) -> logging.FileHandler:
+    """A handler appending records to ``path`` in :data:`LOG_FORMAT`."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
+
+
+@contextmanager
+def log_file(path: str | Path, logger_name: str = "flwr") -> Iterator[None]:
+    """``logger_name``'s records appended to ``path`` as well while inside (nothing when
+    ``path`` is empty, or when the logger writes to that file already, as the engine's own
+    process does)."""
+    logger = logging.getLogger(logger_name)
+    target = os.path.abspath(path) if path else ""
+    if not target or any(isinstance(h, logging.FileHandler) and h.baseFilename == target
+                         for h in logger.handlers):
+        yield
+        return
+    handler = file_handler(Path(target))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

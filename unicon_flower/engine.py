@@ -13,10 +13,12 @@ process, through ``flwr.simulation.run_simulation``:
 * no SuperLink, no SuperExec, no second ServerApp process.
 
 The run writes the same run folder as ``flwr run`` (``results.json``, ``rounds.jsonl``,
-checkpoint); Flower's log records of this process (the ServerApp's) go to its ``flower.log``.
-The ClientApps' own output stays in Ray's session logs (``/tmp/ray/session_*/logs``) unless
-``-v`` shows it; a ClientApp's error reaches the ServerApp as an error reply and is logged
-there, as under ``flwr run``.
+checkpoint); Flower's log records go to its ``flower.log``: this process's (the ServerApp's)
+and each ClientApp's (its lifespan appends them there, :data:`unicon_core.console.APP_LOG_ENV`;
+each line names its process), e.g. a site's egress guard refusing a reply or its privacy
+warnings. The rest of an actor's console output stays in Ray's session logs
+(``/tmp/ray/session_*/logs``) unless ``-v`` shows it; a ClientApp's error reaches the ServerApp
+as an error reply and is logged there, as under ``flwr run``.
 
 ``run_simulation`` is deprecated in Flower 1.41 ("will be removed in a future version"), so
 ``flwr run`` stays the default; this engine is for the many short runs of a benchmark or a
@@ -69,7 +71,8 @@ def run_engine(overrides: Sequence[str]) -> Path:
     settings, run_dir, full = prepare_run(overrides)
     fed = settings.federation
     echo = console.verbosity() != console.QUIET
-    with _environ(ENGINE_ENV), _flower_log(run_dir / FLOWER_LOG, echo), \
+    with _environ({**ENGINE_ENV, console.APP_LOG_ENV: str(run_dir / FLOWER_LOG)}), \
+            _flower_log(run_dir / FLOWER_LOG, echo), \
             _progress(run_dir, fed.rounds, not echo):
         try:
             run_simulation(make_server_app(full), make_client_app(full),
@@ -105,8 +108,7 @@ def _flower_log(path: Path, echo: bool) -> Iterator[None]:
     reach only that file (Flower's console handler is detached for the run)."""
     logger = logging.getLogger("flwr")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s: %(message)s"))
+    handler = console.file_handler(path)
     muted = [] if echo else [h for h in logger.handlers  # Flower's ConsoleHandler among them
                              if isinstance(h, logging.StreamHandler)
                              and not isinstance(h, logging.FileHandler)]

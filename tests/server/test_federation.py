@@ -7,6 +7,7 @@ all of it: only the skill tensors of a site's own task ever leave the site.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from tests.server.fedtools import (
     task_spec,
     tiny_overrides,
 )
+from unicon_core import console
 from unicon_core.config import BackboneConfig
 from unicon_core.federation.aggregation import slice_task
 from unicon_core.federation.checkpoint import load_checkpoint
@@ -238,13 +240,18 @@ def test_invalid_site_data_excludes_that_site_and_the_others_continue(tmp_path: 
     manifest.write_text("\n".join(lines) + "\n")
 
     # Execute
-    run_in_process(tiny_overrides(dirs, tmp_path / "run", 1), 3)
+    with console.log_file(tmp_path / "flower.log"):
+        run_in_process(tiny_overrides(dirs, tmp_path / "run", 1), 3)
 
     # Assert: site_b is reported with the problem; site_a and site_c trained
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     [(who, reason)] = results["excluded"].items()
     assert who == "site_b" and "label" in reason  # keyed by the site's name, short reason
     assert "Traceback" not in reason and len(reason) <= MAX_REASON_CHARS
+    assert str(dirs[1]) not in reason  # no path of the site's leaves it ...
+    records = re.split(r"^(?=[A-Z]+ \d{4}-)", (tmp_path / "flower.log").read_text(), flags=re.M)
+    [own] = [r for r in records if "site site_b cannot join the run" in r]
+    assert str(dirs[1]) in own and "unicon validate" in own  # ... its own log has them
     assert set(results["tasks"][CLS_TASK]["per_site"]) == {"site_a"}
     row = read_jsonl(tmp_path / "run" / "rounds.jsonl")[0]
     assert set(row["sites"]) == {"site_a", "site_c"}

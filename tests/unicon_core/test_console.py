@@ -115,6 +115,44 @@ def test_an_app_handler_applies_the_level_it_inherits_without_exporting_or_loude
 
 
 @pytest.mark.usefixtures("restored")
+def test_an_app_lifespan_appends_flowers_records_to_the_run_log_it_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process engine's ClientApps (Ray actors) write their records to the run's log."""
+    from flwr.supercore import log
+
+    path = tmp_path / "flower.log"
+    flwr = logging.getLogger("flwr")
+    before = list(flwr.handlers)
+    monkeypatch.setenv(console.APP_LOG_ENV, str(path))
+
+    for _ in console.app_lifespan(None):  # as Flower enters and leaves it around a message
+        log(logging.WARNING, "site a: a warning")
+    log(logging.WARNING, "after the message")
+
+    assert flwr.handlers == before
+    [line] = path.read_text().splitlines()
+    assert line.startswith("WARNING ") and line.endswith(f"[pid {os.getpid()}]: site a: a warning")
+
+
+def test_a_process_already_writing_the_run_log_writes_each_record_once(tmp_path: Path) -> None:
+    """The engine's own process (the ServerApp's) has the run log's handler already."""
+    from flwr.supercore import log
+
+    path, flwr = tmp_path / "flower.log", logging.getLogger("flwr")
+    handler = console.file_handler(path)
+    flwr.addHandler(handler)
+    try:
+        with console.log_file(path), console.log_file(""):
+            log(logging.WARNING, "once")
+    finally:
+        flwr.removeHandler(handler)
+        handler.close()
+
+    assert path.read_text().count("once") == 1
+
+
+@pytest.mark.usefixtures("restored")
 def test_flower_gets_everything_when_quiet_and_the_asked_level_otherwise(tmp_path: Path) -> None:
     console.configure(0)  # the console shows nothing of Flower: its processes log it all
     env = federated.flower_env(tmp_path)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tests.server.fedtools import THREE_SITES, make_sites, tiny_overrides
+from tests.server.fedtools import CLS_TASK, THREE_SITES, make_sites, tiny_overrides
+from unicon_core import console
 from unicon_core.commands.errors import RunFailedError
 from unicon_flower.engine import ENGINE_ENV, backend_config
 from unicon_flower.launcher import FLOWER_LOG, FLWR_HOME_DIR, RESULTS_FILE, check_finished
@@ -25,9 +27,12 @@ def test_the_python_api_engine_runs_the_federation_and_restores_the_process(
 
     from unicon_flower.cli import app
 
-    dirs = make_sites(tmp_path / "sites", THREE_SITES)
+    dirs = make_sites(tmp_path / "sites", [*THREE_SITES, ("site_d", CLS_TASK, 24)])
+    manifest = dirs[3] / "manifest.csv"  # a label outside the task's classes: site_d won't join
+    head, first, *rest = manifest.read_text().splitlines()
+    manifest.write_text("\n".join([head, first.rsplit(",", 1)[0] + ",7", *rest]) + "\n")
     run_dir = tmp_path / "run"
-    environ = {k: os.environ.get(k) for k in [*ENGINE_ENV, "PYTHONPATH"]}
+    environ = {k: os.environ.get(k) for k in [*ENGINE_ENV, console.APP_LOG_ENV, "PYTHONPATH"]}
     handlers = list(logging.getLogger("flwr").handlers)
 
     # Execute
@@ -38,8 +43,12 @@ def test_the_python_api_engine_runs_the_federation_and_restores_the_process(
     assert result.exit_code == 0, result.output
     results = json.loads((run_dir / RESULTS_FILE).read_text())
     assert results["rounds"] == 1 and results["timing"]["rounds_run"] == 1
+    assert list(results["excluded"]) == ["site_d"]
     log = (run_dir / FLOWER_LOG).read_text()
     assert "run_simulation" in log  # Flower's own records of this process went to the file
+    # ... and so did the ClientApps' (Ray actors, other processes): site_d's own record
+    [site_d] = re.findall(r"\[pid (\d+)\]: site site_d cannot join the run", log)
+    assert int(site_d) != os.getpid()
     assert not (run_dir / FLWR_HOME_DIR).exists()
     # ... and the process is as before: environment, Flower's handlers, no Ray left
     assert {k: os.environ.get(k) for k in environ} == environ
