@@ -129,13 +129,6 @@ def app_lifespan(context: Any) -> Iterator[None]:
         yield
 
 
-def file_handler(path: Path) -> logging.FileHandler:
-    """A handler appending records to ``path`` in :data:`LOG_FORMAT`."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    return handler
-
-
 @contextmanager
 def log_file(path: str | Path, logger_name: str = "flwr") -> Iterator[None]:
     """``logger_name``'s records appended to ``path`` as well while inside (nothing when
@@ -147,7 +140,8 @@ def log_file(path: str | Path, logger_name: str = "flwr") -> Iterator[None]:
                          for h in logger.handlers):
         yield
         return
-    handler = file_handler(Path(target))
+    handler = logging.FileHandler(target, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     logger.addHandler(handler)
     try:
         yield

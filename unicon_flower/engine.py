@@ -108,18 +108,15 @@ def _flower_log(path: Path, echo: bool) -> Iterator[None]:
     reach only that file (Flower's console handler is detached for the run)."""
     logger = logging.getLogger("flwr")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = console.file_handler(path)
     muted = [] if echo else [h for h in logger.handlers  # Flower's ConsoleHandler among them
                              if isinstance(h, logging.StreamHandler)
                              and not isinstance(h, logging.FileHandler)]
     for h in muted:
         logger.removeHandler(h)
-    logger.addHandler(handler)
     try:
-        yield
+        with console.log_file(path):
+            yield
     finally:
-        logger.removeHandler(handler)
-        handler.close()
         for h in muted:
             logger.addHandler(h)
 

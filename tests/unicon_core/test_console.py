@@ -139,15 +139,9 @@ def test_a_process_already_writing_the_run_log_writes_each_record_once(tmp_path:
     """The engine's own process (the ServerApp's) has the run log's handler already."""
     from flwr.supercore import log
 
-    path, flwr = tmp_path / "flower.log", logging.getLogger("flwr")
-    handler = console.file_handler(path)
-    flwr.addHandler(handler)
-    try:
-        with console.log_file(path), console.log_file(""):
-            log(logging.WARNING, "once")
-    finally:
-        flwr.removeHandler(handler)
-        handler.close()
+    path = tmp_path / "flower.log"
+    with console.log_file(path), console.log_file(path), console.log_file(""):
+        log(logging.WARNING, "once")
 
     assert path.read_text().count("once") == 1
 
