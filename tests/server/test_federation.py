@@ -18,6 +18,7 @@ from tests.server.fedtools import (
     CLS_TASK,
     SURV_TASK,
     THREE_SITES,
+    break_label,
     make_sites,
     run_in_process,
     task_spec,
@@ -233,11 +234,7 @@ def test_site_on_another_foundation_is_refused_clearly(tmp_path: Path) -> None:
 def test_invalid_site_data_excludes_that_site_and_the_others_continue(tmp_path: Path) -> None:
     # Prepare: break one site's manifest
     dirs = make_sites(tmp_path / "sites", THREE_SITES)
-    manifest = dirs[1] / "manifest.csv"
-    lines = manifest.read_text().splitlines()
-    assert lines[0].endswith(",label")
-    lines[1] = lines[1].rsplit(",", 1)[0] + ",7"  # class 7 of a 2-class task
-    manifest.write_text("\n".join(lines) + "\n")
+    break_label(dirs[1])
 
     # Execute
     with console.log_file(tmp_path / "flower.log"):

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tests.server.fedtools import CLS_TASK, THREE_SITES, make_sites, tiny_overrides
+from tests.server.fedtools import (
+    CLS_TASK,
+    THREE_SITES,
+    break_label,
+    make_sites,
+    tiny_overrides,
+)
 from unicon_core import console
 from unicon_core.commands.errors import RunFailedError
 from unicon_flower.engine import ENGINE_ENV, backend_config
@@ -28,9 +34,7 @@ def test_the_python_api_engine_runs_the_federation_and_restores_the_process(
     from unicon_flower.cli import app
 
     dirs = make_sites(tmp_path / "sites", [*THREE_SITES, ("site_d", CLS_TASK, 24)])
-    manifest = dirs[3] / "manifest.csv"  # a label outside the task's classes: site_d won't join
-    head, first, *rest = manifest.read_text().splitlines()
-    manifest.write_text("\n".join([head, first.rsplit(",", 1)[0] + ",7", *rest]) + "\n")
+    break_label(dirs[3])  # a label outside the task's classes: site_d won't join
     run_dir = tmp_path / "run"
     environ = {k: os.environ.get(k) for k in [*ENGINE_ENV, console.APP_LOG_ENV, "PYTHONPATH"]}
     handlers = list(logging.getLogger("flwr").handlers)
