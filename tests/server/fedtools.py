@@ -65,13 +65,13 @@ def make_sites(root: Path, layout: Sequence[tuple[str, str, int]]) -> list[Path]
     return [make_site(root, name, task, n, seed=i) for i, (name, task, n) in enumerate(layout)]
 
 
-
 def break_label(site: Path) -> None:
     """Give the first data row of a classification site's manifest class 7 (of 2): it won't join."""
     manifest = site / "manifest.csv"
     head, first, *rest = manifest.read_text().splitlines()
     assert head.endswith(",label"), f"{manifest}: not a classification manifest"
     manifest.write_text("\n".join([head, first.rsplit(",", 1)[0] + ",7", *rest]) + "\n")
+
 
 #: 3 sites, 2 tasks: two classification sites of different sizes, one survival site.
 THREE_SITES = [("site_a", CLS_TASK, 24), ("site_b", CLS_TASK, 36), ("site_c", SURV_TASK, 24)]
