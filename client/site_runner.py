@@ -98,13 +98,18 @@ class SiteHooks:
     strategy's own, holding every task its plugins need; the site's foundation identity is
     still that of the model it builds itself); ``local_loss(site, model, task)`` returns an
     extra zero-argument loss for local training (a continual plugin's term; its ``close()`` is
-    called after training); ``on_site(site)`` is called before the site trains.
+    called after training); ``on_site(site)`` is called before the site trains;
+    ``batches(dataset, batch_size, seed)`` returns a batch sampler that orders the site's
+    training batches instead of the loader's seeded shuffle (site-homogeneous batches of a
+    pooled site, :mod:`unicon_core.data.site_batches`; not with DP-SGD, whose accounting
+    assumes its own Poisson sampling).
     """
 
     site_view: Callable[[Any], Any] | None = None
     model: Callable[[Any], Any] | None = None
     local_loss: Callable[[str, Any, str], Any] | None = None
     on_site: Callable[[str], None] | None = None
+    batches: Callable[[Any, int, int], Any] | None = None
 
 
 def check_plan(context: Context, settings: ExperimentSettings, hooks: SiteHooks | None) -> str:
@@ -479,6 +484,9 @@ def handle_train(
     task, rnd = site.task_spec.name, server_round(msg)
     options = instruction_options(msg)
     privacy, notes = site_privacy(settings.privacy, context.node_config)
+    if privacy.enabled and hooks is not None and hooks.batches is not None:
+        raise ValueError(f"site {site.name}: a research batch order is not combined with "
+                         "DP-SGD, whose privacy accounting assumes its own Poisson sampling")
     for note in notes:
         log(WARNING, "site %s, privacy: %s", site.name, note)
     # Under DP the seed of noise, sampling and shuffling comes from OS entropy unless a
@@ -538,8 +546,11 @@ def handle_train(
         regulariser = combined(regulariser, extra_loss)
 
     control = site_control(msg, context, model, task, options, params, dp is not None)
+    batches = (None if hooks is None or hooks.batches is None
+               else hooks.batches(train_set, cfg.batch_size, seed))
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, seed=seed,
-                         num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu")
+                         num_workers=cfg.num_workers, pin_memory=cfg.device != "cpu",
+                         batch_sampler=batches)
     try:
         result = train_task(model, task, loader, cfg, make_private=dp, params=params,
                             regulariser=regulariser, optimizer_state=kept_optimizer(context, cfg),

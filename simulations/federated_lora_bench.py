@@ -205,6 +205,10 @@ SITE_BATCH = "site_batch"
 NORM_FACTOR = "update_norm_factor"
 #: The option of a local-only job naming the one site it trains.
 LOCAL_SITE = "site"
+#: The option of a centralised job whose pooled node trains on site-homogeneous batches,
+#: this many consecutive batches of one site before the next
+#: (:mod:`unicon_core.data.site_batches`; :mod:`simulations.batch_order_bench`).
+SITE_BLOCK = "site_block"
 SMALL_SITE_BATCH = 2
 SMALL_BATCH = (f"FedAvg, site batches of {SMALL_SITE_BATCH} (more local steps, the same "
                "examples)")
@@ -501,7 +505,9 @@ def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     """The centralised bound: pooled train splits in one node (``local_steps x sites`` steps a
     round), then its skill evaluated on every site's test split (one round at lr 1e-12)."""
     sites = setup.sites[job.task]
-    pooled = pooled_run(setup, sites, job.seed, run_dir / "pooled", len(sites))
+    block = dict(job.options).get(SITE_BLOCK)
+    pooled = pooled_run(setup, sites, job.seed, run_dir / "pooled", len(sites),
+                        block=None if block is None else int(block))
     return _evaluated(setup, job, pooled, run_dir)
 
 
@@ -543,17 +549,20 @@ def _evaluated(setup: Setup, job: Job, trained: RunResult, run_dir: Path) -> dic
 
 
 def pooled_run(setup: Setup, sites: Sequence[Path], seed: int, run_dir: Path,
-               steps_per_site: int, **kw: Any) -> RunResult:
+               steps_per_site: int, block: int | None = None, **kw: Any) -> RunResult:
     """The train splits of ``sites`` pooled in one node (the first site's folder, its data
-    replaced by the pool), ``local_steps x steps_per_site`` steps a round (``kw``: further
-    :class:`RunSettings` fields)."""
+    replaced by the pool), ``local_steps x steps_per_site`` steps a round; batches shuffled
+    across the pool, or with ``block`` each from one site, ``block`` batches a site in turn
+    (``kw``: further :class:`RunSettings` fields)."""
     from client.site_runner import SiteHooks
     from unicon_core.continual.sites import pooled_site
     from unicon_core.data.site import open_site_cached
+    from unicon_core.data.site_batches import site_blocks
     from unicon_flower.runner import run_in_process
 
     members = [open_site_cached(p, seed=seed) for p in sites]
-    hooks = SiteHooks(site_view=lambda _site: pooled_site(members))
+    hooks = SiteHooks(site_view=lambda _site: pooled_site(members), batches=None
+                      if block is None else lambda data, size, s: site_blocks(data, size, block, s))
     return run_in_process([sites[0]], run_dir, _settings(
         setup, seed, local_steps=setup.budget.local_steps * steps_per_site, **kw), hooks=hooks)
 

@@ -645,15 +645,20 @@ _PARTS = [("Flower start-up until the ServerApp runs", "startup_s"),
           ("shut-down", "shutdown_s")]
 
 
-def insert_section(path: Path, section: str) -> None:
+def insert_section(path: Path, section: str, before: str | None = None) -> None:
     """Put ``section`` (its first line is its ``## `` heading) into ``path``, replacing a
-    previous one, else appending it at the end."""
+    previous one, else just before the heading line ``before`` where the file has it, else
+    at the end."""
     text = path.read_text()
     head = section.splitlines()[0] + "\n"
+    anchor = f"\n{before}\n" if before else None
     if head in text:
         start = text.index(head)
         nxt = text.find("\n## ", start + len(head))
         text = text[:start] + section.rstrip() + "\n" + (text[nxt:] if nxt >= 0 else "")
+    elif anchor is not None and anchor in text:
+        at = text.index(anchor) + 1
+        text = text[:at] + section.rstrip() + "\n\n" + text[at:]
     else:
         text = text.rstrip() + "\n\n" + section.rstrip() + "\n"
     path.write_text(text)

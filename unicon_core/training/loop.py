@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unicon_core.config import TrainConfig
 from unicon_core.data.epochs import set_epoch
@@ -51,9 +51,19 @@ def make_loader(
     seed: int = 0,
     num_workers: int = 0,
     pin_memory: bool = False,
+    batch_sampler: Sampler[list[int]] | None = None,
 ) -> DataLoader:
     """A DataLoader whose shuffling depends only on ``seed`` (workers and pinned memory for a
-    GPU site; ``pin_memory`` only matters when batches go to CUDA)."""
+    GPU site; ``pin_memory`` only matters when batches go to CUDA). ``batch_sampler`` (a
+    research batch order, e.g. :mod:`~unicon_core.data.site_batches`) draws the batches
+    instead: it is seeded itself, and ``batch_size`` must be its own."""
+    pin = pin_memory and torch.cuda.is_available()
+    if batch_sampler is not None:
+        own = getattr(batch_sampler, "batch_size", batch_size)
+        if own != batch_size:
+            raise ValueError(f"batch_sampler draws batches of {own}, not {batch_size}")
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                          pin_memory=pin, persistent_workers=num_workers > 0)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -61,7 +71,7 @@ def make_loader(
         shuffle=shuffle,
         generator=generator,
         num_workers=num_workers,
-        pin_memory=pin_memory and torch.cuda.is_available(),
+        pin_memory=pin,
         persistent_workers=num_workers > 0,
     )
 
