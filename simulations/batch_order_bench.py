@@ -69,9 +69,11 @@ def share_removed(shuffled: float, ordered: float, federated: float) -> float:
 
 
 def reading(share: float) -> str:
-    """The reading rule fixed before any run (see the module docstring)."""
+    """The reading rule fixed before any run (see the module docstring), on the share as the
+    table shows it (two decimals)."""
     if not math.isfinite(share):
         return "no reading: the federation is not below the shuffled bound here"
+    share = round(share, 2)
     if share >= MOST:
         return "most of the gap comes with how batches are made up"
     if share <= LITTLE:
@@ -147,7 +149,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="batch_order_"))
     work.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        sites = fl.make_quick_sites(work / "quick_sites")
+        quick = work / "quick_sites"
+        sites = ({fl.QUICK_TASK: sorted(quick.glob(f"{fl.QUICK_TASK}_*"))} if quick.exists()
+                 else fl.make_quick_sites(quick))
         task = fl.QUICK_TASK
         setup = fl.site_setup(sites, fl.Budget(rounds=1, local_steps=2), mixed_task="")
     else:

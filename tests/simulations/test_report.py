@@ -311,3 +311,15 @@ def test_runtime_floor_times_each_snippet_in_a_fresh_process() -> None:
     assert set(out) == {"a", "b"} and out["b"] >= 0.3 and out["a"] > 0
     with pytest.raises(RuntimeError, match="timing bad"):
         runtime_floor(snippets={"bad": "raise SystemExit(3)"})
+
+
+def test_a_new_section_goes_before_the_named_heading_or_at_the_end(tmp_path: Path) -> None:
+    from simulations.report import insert_section
+
+    path = tmp_path / "B.md"
+    path.write_text("# B\n\n## one\n\na\n\n## three\n\nc\n")
+    insert_section(path, "## two\n\nb\n", before="## three")
+    insert_section(path, "## four\n\nd\n", before="## nowhere")
+    insert_section(path, "## two\n\nB\n", before="## three")  # replaced where it stands
+    assert path.read_text() == ("# B\n\n## one\n\na\n\n## two\n\nB\n\n## three\n\nc\n\n"
+                                "## four\n\nd\n")

@@ -1,0 +1,98 @@
+"""The bound's batch-order diagnostic: its runs, its reading rule and its section."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulations import batch_order_bench as bo
+from simulations import federated_lora_bench as fl
+
+
+def test_the_shuffled_bound_and_the_federation_are_the_kept_tables_own_runs(
+        tmp_path: Path) -> None:
+    sites = fl.make_quick_sites(tmp_path / "q")
+    setup = fl.site_setup(sites, fl.Budget(), mixed_task="")
+    kept = {j.key for j in fl.plan_jobs(setup, [0, 1], {}, ("naive",))}
+    planned = bo.plan(fl.QUICK_TASK, [0, 1], 12)
+    assert {j.key for j in planned if not j.options} == kept  # reused, not rerun
+    assert sorted(j.key for j in planned if j.options) == [
+        f"central_{fl.QUICK_TASK}_naive_site_block-12_seed0",
+        f"central_{fl.QUICK_TASK}_naive_site_block-12_seed1",
+        f"central_{fl.QUICK_TASK}_naive_site_block-1_seed0",
+        f"central_{fl.QUICK_TASK}_naive_site_block-1_seed1"]
+
+
+@pytest.mark.parametrize(("ordered", "share", "reads"), [
+    (0.6, 1.0, "most of the gap"), (0.75, 0.5, "most of the gap"),
+    (0.8, 1 / 3, "part of the gap"), (0.84, 0.2, "little of it"), (0.9, 0.0, "little of it"),
+    (0.95, -1 / 6, "little of it")])
+def test_the_share_of_the_gap_and_its_reading(ordered: float, share: float, reads: str) -> None:
+    got = bo.share_removed(0.9, ordered, 0.6)
+    assert got == pytest.approx(share)
+    assert bo.reading(got).startswith(reads)
+
+
+def test_no_share_where_the_federation_is_not_below_the_bound() -> None:
+    assert math.isnan(bo.share_removed(0.8, 0.7, 0.85))
+    assert math.isnan(bo.share_removed(0.8, math.nan, 0.6))
+    assert bo.reading(math.nan).startswith("no reading")
+
+
+def _run(value: float, per_site: dict[str, float], ext: float) -> dict[str, Any]:
+    return {"value": value, "metric": "auc", "n": 30, "per_site": per_site,
+            "per_site_n": {"s_a": 20, "s_b": 10}, "external": {"s_ext": {"value": ext, "n": 40}},
+            "made": "2026-12-05 08:00 UTC", "cpu": "AMD EPYC, AVX512", "torch_threads": 1}
+
+
+def test_the_section_shows_every_run_and_the_share_removed() -> None:
+    # Prepare: shuffled bound 0.9, block 1 at 0.88, block 12 at 0.66, federation 0.6
+    orders = bo.orders(12)
+    values = dict(zip(orders, (0.9, 0.88, 0.66), strict=True))
+    jobs = {}
+    for label, opts in orders.items():
+        for seed in (0, 1):
+            v = values[label] + 0.01 * seed
+            jobs[fl.Job("central", "t", seed, options=opts).key] = _run(
+                v, {"s_a": v, "s_b": v - 0.2}, v - 0.1)
+    for seed in (0, 1):
+        jobs[fl.Job("fed", "t", seed).key] = _run(0.6 + 0.01 * seed, {"s_a": 0.7, "s_b": 0.3}, 0.5)
+    res = {"task": "t", "seeds": [0, 1], "jobs": jobs, "base": ["experiment=continual"],
+           "budget": {"rounds": 5, "local_steps": 12, "batch_size": 8, "lr": 0.002},
+           "synthetic": True, "command": "python -m simulations.batch_order_bench",
+           "date": "2026-12-05",
+           "orders": {k: [list(o) for o in v] for k, v in orders.items()}}
+    # Execute
+    text = bo.render(res)
+    # Assert
+    assert text.startswith(bo.HEADING) and "**SYNTHETIC**" in text
+    assert "`s_b` (n 10)" in text and "`s_ext` (n 40)" in text
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "0.905 ± 0.007 | 0.900, 0.910" in rows[f"centralised, {bo.SHUFFLED}"]
+    block1 = next(r for k, r in rows.items() if "(block 1)" in k)
+    block12 = next(r for k, r in rows.items() if "(block 12" in k)
+    assert "0.07: little of it" in block1  # (0.905 - 0.885) / (0.905 - 0.605)
+    assert "0.80: most of the gap" in block12  # (0.905 - 0.665) / 0.3
+    assert "| 0.73 | 0.80: most" in block12  # 0.665 / 0.905, of the shuffled bound
+    assert rows["federated, naive rule"].endswith("| 0.67 | – |")
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_every_order_and_puts_the_section_before_forgetting(
+        tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    out.write_text("# Benchmarks\n\n## Federated LoRA (#14)\n\nx\n\n## Forgetting regime (#15)\n"
+                   "\ny\n")
+    res = bo.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"),
+                   "--out", str(out)])
+    text = out.read_text()
+    assert text.index("## Federated LoRA (#14)\n") < text.index(bo.HEADING) < text.index(
+        bo.BEFORE)
+    assert len(res["jobs"]) == 4 and all(math.isfinite(r["value"]) for r in res["jobs"].values())
+    for run in res["jobs"].values():
+        assert f"{run['value']:.3f}" in text
+    bo.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)])
+    assert out.read_text().count(bo.HEADING) == 1  # a rerun replaces it
