@@ -43,10 +43,21 @@ SHUFFLED = "shuffled across the pooled sites (the bound of every #14 table)"
 MOST, LITTLE = 0.5, 0.2
 
 
+#: A block length between 1 and a round's local steps: the shorter rounds' local steps
+#: (the 15 x 4 table), added after the block 1 and block 12 runs had been seen, to show how
+#: the bound moves with the length of its single-site stretches.
+MIDDLE_BLOCK = fl.FOUNDATION_SHORT_STEPS
+
+
 def orders(local_steps: int) -> dict[str, tuple[tuple[str, str | float], ...]]:
-    """The bound's batch orders: label -> the centralised job's options."""
+    """The bound's batch orders: label -> the centralised job's options (the middle block
+    only where it is shorter than a round's local steps)."""
+    middle = ({f"one site per batch, {MIDDLE_BLOCK} batches a site in turn (block "
+               f"{MIDDLE_BLOCK}: the shorter rounds' local steps; added after the block 1 "
+               f"and block {local_steps} rows had been seen)": ((fl.SITE_BLOCK, MIDDLE_BLOCK),)}
+              if 1 < MIDDLE_BLOCK < local_steps else {})
     return {SHUFFLED: (),
-            "one site per batch, sites in turn (block 1)": ((fl.SITE_BLOCK, 1),),
+            "one site per batch, sites in turn (block 1)": ((fl.SITE_BLOCK, 1),), **middle,
             f"one site per batch, {local_steps} batches a site in turn (block {local_steps}: "
             "a round's local steps, sites one after another, no averaging)":
                 ((fl.SITE_BLOCK, local_steps),)}

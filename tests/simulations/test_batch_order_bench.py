@@ -19,11 +19,12 @@ def test_the_shuffled_bound_and_the_federation_are_the_kept_tables_own_runs(
     kept = {j.key for j in fl.plan_jobs(setup, [0, 1], {}, ("naive",))}
     planned = bo.plan(fl.QUICK_TASK, [0, 1], 12)
     assert {j.key for j in planned if not j.options} == kept  # reused, not rerun
-    assert sorted(j.key for j in planned if j.options) == [
-        f"central_{fl.QUICK_TASK}_naive_site_block-12_seed0",
-        f"central_{fl.QUICK_TASK}_naive_site_block-12_seed1",
-        f"central_{fl.QUICK_TASK}_naive_site_block-1_seed0",
-        f"central_{fl.QUICK_TASK}_naive_site_block-1_seed1"]
+    assert {j.key for j in planned if j.options} == {
+        f"central_{fl.QUICK_TASK}_naive_site_block-{b}_seed{s}"
+        for b in (1, 4, 12) for s in (0, 1)}
+    # a round of 2 local steps has no middle block
+    assert {dict(j.options)[fl.SITE_BLOCK] for j in bo.plan(fl.QUICK_TASK, [0], 2)
+            if j.options} == {1, 2}
 
 
 @pytest.mark.parametrize(("ordered", "share", "reads"), [
@@ -49,9 +50,10 @@ def _run(value: float, per_site: dict[str, float], ext: float) -> dict[str, Any]
 
 
 def test_the_section_shows_every_run_and_the_share_removed() -> None:
-    # Prepare: shuffled bound 0.9, block 1 at 0.88, block 12 at 0.66, federation 0.6
+    # Prepare: shuffled bound 0.9, block 1 at 0.88, block 4 at 0.8, block 12 at 0.66,
+    # federation 0.6
     orders = bo.orders(12)
-    values = dict(zip(orders, (0.9, 0.88, 0.66), strict=True))
+    values = dict(zip(orders, (0.9, 0.88, 0.8, 0.66), strict=True))
     jobs = {}
     for label, opts in orders.items():
         for seed in (0, 1):
@@ -76,6 +78,7 @@ def test_the_section_shows_every_run_and_the_share_removed() -> None:
     block12 = next(r for k, r in rows.items() if "(block 12" in k)
     assert "0.07: little of it" in block1  # (0.905 - 0.885) / (0.905 - 0.605)
     assert "0.80: most of the gap" in block12  # (0.905 - 0.665) / 0.3
+    assert "0.33: part of the gap" in next(r for k, r in rows.items() if "(block 4" in k)
     assert "| 0.73 | 0.80: most" in block12  # 0.665 / 0.905, of the shuffled bound
     assert rows["federated, naive rule"].endswith("| 0.67 | – |")
 
