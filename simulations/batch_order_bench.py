@@ -114,7 +114,8 @@ def render(res: Mapping[str, Any]) -> str:
         f"`{task}`, {b['rounds']} rounds x {b['local_steps']} local steps of {b['batch_size']}, "
         f"lr {b['lr']:g}, `{' '.join(res['base'])}`, seeds {', '.join(map(str, seeds))}. The "
         "centralised bound trains the pooled train splits (`local_steps x sites` steps a "
-        "round) with its batches made up three ways; the federation is the naive rule at the "
+        "round) with its batches made up "
+        f"{len(res['orders'])} ways; the federation is the naive rule at the "
         "same budget. Metric: "
         f"{first['metric']} on the training sites' test splits (n {first['n']}), per training "
         "site and on the evaluation-only sites (never trained or pooled).",
@@ -133,7 +134,9 @@ def render(res: Mapping[str, Any]) -> str:
                      + ", ".join(f"{v:.3f}" for v in values) + " | "
                      + " | ".join([*per_site, *per_ext])
                      + f" | {fl._f(means[label] / shuffled if shuffled else math.nan, 2)} | "
-                     + ("–" if not math.isfinite(share) else f"{share:.2f}: {reading(share)}")
+                     + ("–" if not math.isfinite(share) else f"{share:.2f}: {reading(share)}"
+                        + ("; this order falls below the federation itself" if share > 1
+                           else ""))
                      + " |")
     lines += ["", "How the share is read was fixed in `simulations/batch_order_bench.py` before "
               f"any run: at least {MOST} reads \"most of the gap comes with how batches are "

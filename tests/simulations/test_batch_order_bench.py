@@ -78,6 +78,7 @@ def test_the_section_shows_every_run_and_the_share_removed() -> None:
     block12 = next(r for k, r in rows.items() if "(block 12" in k)
     assert "0.07: little of it" in block1  # (0.905 - 0.885) / (0.905 - 0.605)
     assert "0.80: most of the gap" in block12  # (0.905 - 0.665) / 0.3
+    assert "below the federation itself" not in text
     assert "0.33: part of the gap" in next(r for k, r in rows.items() if "(block 4" in k)
     assert "| 0.73 | 0.80: most" in block12  # 0.665 / 0.905, of the shuffled bound
     assert rows["federated, naive rule"].endswith("| 0.67 | – |")
@@ -99,3 +100,17 @@ def test_quick_mode_runs_every_order_and_puts_the_section_before_forgetting(
         assert f"{run['value']:.3f}" in text
     bo.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)])
     assert out.read_text().count(bo.HEADING) == 1  # a rerun replaces it
+
+
+def test_an_order_below_the_federation_is_named() -> None:
+    orders = bo.orders(2)
+    jobs = {fl.Job("central", "t", 0, options=opts).key: _run(v, {"s_a": v, "s_b": v}, v)
+            for opts, v in zip(orders.values(), (0.9, 0.8, 0.5), strict=True)}
+    jobs[fl.Job("fed", "t", 0).key] = _run(0.6, {"s_a": 0.6, "s_b": 0.6}, 0.6)
+    text = bo.render({"task": "t", "seeds": [0], "jobs": jobs, "base": ["b"],
+                      "budget": {"rounds": 1, "local_steps": 2, "batch_size": 8, "lr": 0.1},
+                      "synthetic": False, "command": "c", "date": "d",
+                      "orders": {k: [list(o) for o in v] for k, v in orders.items()}})
+    block2 = next(line for line in text.splitlines() if "(block 2" in line)
+    assert "1.33: most of the gap" in block2 and "below the federation itself" in block2
+    assert "real data" in text and "SYNTHETIC" not in text
