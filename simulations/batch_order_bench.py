@@ -1,23 +1,30 @@
-"""Federated LoRA (#14): is the federation's gap to its bound how batches are made up?
+"""Federated LoRA (#14): where the federation's gap to its centralised bound comes from.
 
-On ``tumour_cls`` (real Br35H, the pretrained foundation, sites keeping their AdamW moments,
-5 rounds x 12 local steps) the federation stays at 0.57-0.64 of its centralised bound under
-every aggregation rule. A federated site's every step sees only its own sources; the bound's
-pooled node shuffles every site's examples into each batch. This trains the bound again on
-the same pooled data, budget and seeds with site-homogeneous batches
-(:mod:`unicon_core.data.site_batches`): one site per batch, sites in turn (``block`` 1), and
-a federated round's local steps of one site after another (``block`` = local steps), beside
-the shuffled bound and the federation (naive rule). Sites weigh equally in the site orders
-(the same steps each), as in the federation.
+On ``tumour_cls`` (real Br35H, the pretrained foundation) the federation stays below its bound
+under every rule. Two diagnostics train the bound again on the same pooled rows, seeds and
+start, changing only its batches, beside the federation's own runs (reused from the federated
+bench's cache):
 
-How the result is read, fixed before any run: the share of the shuffled bound's lead over the
-federation that a site order removes, (shuffled - ordered) / (shuffled - federated) on the
-means over seeds; at least 0.5 reads "most of the gap comes with how batches are made up",
-at most 0.2 "little of it: the rest comes from averaging models trained apart", between them
-"part of it".
+1. **Batch order** (the kept-moments table: 5 rounds x 12 local steps, lr 0.002). A federated
+   site's every step sees its own sources only; the bound shuffles every site's examples into
+   each batch. Here it also trains on site-homogeneous batches
+   (:mod:`unicon_core.data.site_batches`): one site per batch, sites in turn (``block`` 1),
+   and a round's local steps of one site after another (``block`` = local steps), against
+   the naive rule. Sites weigh equally in the site orders (the same steps each), as in the
+   federation.
+2. **Step count** (FedOpt's split: 60 rounds x 1 step, lr 0.001). FedOpt's server takes one
+   Adam step a round on the sites' mean gradient, i.e. on their batches taken together (3 x 8
+   = 24 examples); the bound takes ``sites`` steps of 8 a round. Here it also takes one step
+   of 24 a round, against FedOpt's row chosen per seed on validation.
 
-``--work-dir`` may be the federated bench's ``foundation_kept`` folder: its shuffled bound and
-naive runs have the same job keys and setup, so they are reused rather than rerun.
+How each is read, fixed before any of its runs: the share of the bound's lead over the
+federation that the changed bound removes, (bound - changed) / (bound - federated) on the
+means over seeds; at least 0.5 reads "most of the gap comes with" the change, at most 0.2
+"little of it", between them "part of it".
+
+``--work-dir`` is the federated bench's work folder: its ``foundation_kept`` and
+``foundation_fedopt`` parts hold the bounds and federated runs read here, with the same job
+keys and setups, so they are reused rather than rerun (and run first where missing).
 """
 
 from __future__ import annotations
@@ -34,15 +41,23 @@ from typing import Any
 from simulations import federated_lora_bench as fl
 from simulations.report import REPO, fmt, insert_section, mean_std, shown_path
 
-HEADING = "## Federated LoRA (#14): the centralised bound's batch order"
+HEADING = "## Federated LoRA (#14): where the gap to the centralised bound comes from"
+ORDER_HEADING = "### The bound's batch order (moments kept, 5 x 12)"
+STEPS_HEADING = "### The bound at FedOpt's step count (60 x 1, lr 0.001)"
 TASK = "tumour_cls"
 #: Where the section goes when the file has none yet: just after the federated LoRA section.
 BEFORE = "## Forgetting regime (#15)"
 SHUFFLED = "shuffled across the pooled sites (the bound of every #14 table)"
-#: The reading rule of the module docstring (share of the gap a site order removes).
+FEDERATED = "federated, naive rule"
+STEPS_BOUND = "centralised, the fedopt table's bound (`sites` steps of {batch} a round)"
+FEDOPT_CHOSEN = "FedOpt's split, the row chosen per seed on validation"
+#: The reading rule of the module docstring (share of the gap a change removes).
 MOST, LITTLE = 0.5, 0.2
-
-
+#: What each table's change stands for, and what the rest of the gap is put down to.
+ORDER_CAUSE = ("how batches are made up", "averaging models trained apart")
+STEPS_CAUSE = ("FedOpt's fewer, larger steps",
+               "federating them (each site's gradient apart, the round norm bound, the "
+               "server's own Adam)")
 #: A block length between 1 and a round's local steps: the shorter rounds' local steps
 #: (the 15 x 4 table), added after the block 1 and block 12 runs had been seen, to show how
 #: the bound moves with the length of its single-site stretches.
@@ -70,81 +85,133 @@ def plan(task: str, seeds: Sequence[int], local_steps: int) -> list[fl.Job]:
     return jobs + [fl.Job("fed", task, s, fl.VARIANT_RULE) for s in seeds]
 
 
-def share_removed(shuffled: float, ordered: float, federated: float) -> float:
-    """How much of the shuffled bound's lead over the federation a site order removes; NaN
-    where the federation is not below the bound (no gap to split)."""
-    gap = shuffled - federated
-    if not (math.isfinite(gap) and math.isfinite(ordered)) or gap <= 0:
+def steps_job(task: str, seed: int, setup: fl.Setup, n_sites: int) -> fl.Job:
+    """The bound at FedOpt's step count: one step a round on ``n_sites`` batches as one."""
+    return fl.Job("central", task, seed,
+                  options=((fl.POOLED_BATCH, setup.budget.batch_size * n_sites),))
+
+
+def share_removed(bound: float, changed: float, federated: float) -> float:
+    """How much of the bound's lead over the federation a changed bound removes; NaN where
+    the federation is not below the bound (no gap to split)."""
+    gap = bound - federated
+    if not (math.isfinite(gap) and math.isfinite(changed)) or gap <= 0:
         return math.nan
-    return (shuffled - ordered) / gap
+    return (bound - changed) / gap
 
 
-def reading(share: float) -> str:
+def reading(share: float, cause: tuple[str, str] = ORDER_CAUSE) -> str:
     """The reading rule fixed before any run (see the module docstring), on the share as the
-    table shows it (two decimals)."""
+    table shows it (two decimals); ``cause``: what the change stands for, and the rest."""
     if not math.isfinite(share):
-        return "no reading: the federation is not below the shuffled bound here"
+        return "no reading: the federation is not below the bound here"
     share = round(share, 2)
     if share >= MOST:
-        return "most of the gap comes with how batches are made up"
+        return f"most of the gap comes with {cause[0]}"
     if share <= LITTLE:
-        return "little of it: the rest comes from averaging models trained apart"
-    return "part of the gap comes with how batches are made up"
+        return f"little of it: the rest comes from {cause[1]}"
+    return f"part of the gap comes with {cause[0]}"
+
+
+def table_lines(rows: Mapping[str, Sequence[Mapping[str, Any]]], bound: str, federated: str,
+                cause: tuple[str, str]) -> list[str]:
+    """One table: per row (label -> its runs, one per seed) the test metric (mean ± std, per
+    seed), per training site and evaluation-only site, the ratio to row ``bound`` and, for
+    every other centralised row, the share of ``bound``'s lead over row ``federated`` it
+    removes, read by the rule fixed before the runs."""
+    sites = sorted({site for rs in rows.values() for r in rs for site in r["per_site"]})
+    ext = sorted({site for rs in rows.values() for r in rs for site in r.get("external", {})})
+    first = rows[bound][0]
+    n = {**first["per_site_n"], **{e: first["external"][e]["n"] for e in ext}}
+    means = {label: mean_std([r["value"] for r in rs])[0] for label, rs in rows.items()}
+    top, fed = means[bound], means[federated]
+    lines = ["| training, batches | test (mean ± std) | per seed | "
+             + " | ".join(f"`{s}` (n {n[s]})" for s in [*sites, *ext])
+             + " | of the bound | share of its lead over the federation removed |",
+             "|---|---|---|" + "---|" * (len(sites) + len(ext)) + "---|---|"]
+    for label, rs in rows.items():
+        values = [r["value"] for r in rs]
+        share = (share_removed(top, means[label], fed)
+                 if label not in (bound, federated) else math.nan)
+        said = ("–" if not math.isfinite(share) else f"{share:.2f}: {reading(share, cause)}"
+                + ("; below the federation itself" if share > 1 else ""))
+        lines.append(" | ".join([
+            f"| {label}", fmt(values), ", ".join(f"{v:.3f}" for v in values),
+            *[fmt([r["per_site"].get(s, math.nan) for r in rs]) for s in sites],
+            *[fmt([r["external"][e]["value"] for r in rs]) for e in ext],
+            fl._f(means[label] / top if top else math.nan, 2), said]) + " |")
+    return lines
+
+
+def _setting(part: Mapping[str, Any]) -> str:
+    """A part's budget and overrides, as a table's intro gives them."""
+    b = part["budget"]
+    return (f"{b['rounds']} rounds x {b['local_steps']} local steps of {b['batch_size']}, lr "
+            f"{b['lr']:g}, `{' '.join(part['base'])}`")
+
+
+def order_lines(res: Mapping[str, Any]) -> list[str]:
+    """The batch-order table and its intro."""
+    task, seeds, jobs = res["task"], res["seeds"], res["order"]["jobs"]
+    rows = {f"centralised, {label}": [jobs[fl.Job("central", task, s, options=tuple(
+        tuple(o) for o in opts)).key] for s in seeds]
+        for label, opts in res["order"]["orders"].items()}
+    rows[FEDERATED] = [jobs[fl.Job("fed", task, s, fl.VARIANT_RULE).key] for s in seeds]
+    return [ORDER_HEADING, "",
+            f"{_setting(res['order'])}. The bound trains the pooled train splits "
+            f"(`local_steps x sites` steps a round) with its batches made up {len(rows) - 1} "
+            "ways; the federation is the naive rule at the same budget (both the "
+            "kept-moments table's runs). Site orders weigh the sites equally (the same steps "
+            "each, as the federation's sites take); the shuffled bound weighs them by their "
+            "rows.", "",
+            *table_lines(rows, f"centralised, {SHUFFLED}", FEDERATED, ORDER_CAUSE), ""]
+
+
+def steps_lines(res: Mapping[str, Any]) -> list[str]:
+    """The step-count table and its intro."""
+    task, seeds, part = res["task"], res["seeds"], res["steps"]
+    jobs, batch = part["jobs"], part["budget"]["batch_size"]
+    variants = fl._stored_variants(part)
+    chosen = [jobs[fl.Job("fed", task, p["seed"], fl.VARIANT_RULE,
+                          options=variants[p["chosen"]]).key] for p in part["chosen"][task]]
+    pooled = part["pooled_batch"]
+    rows = {STEPS_BOUND.format(batch=batch): [jobs[fl.Job("central", task, s).key]
+                                              for s in seeds],
+            f"centralised, one step of {pooled} a round (FedOpt's server steps)": [
+                jobs[fl.Job("central", task, s, options=((fl.POOLED_BATCH, pooled),)).key]
+                for s in seeds],
+            FEDOPT_CHOSEN: chosen}
+    return [STEPS_HEADING, "",
+            f"{_setting(part)}. FedOpt's server takes one Adam step a round on the sites' "
+            f"mean gradient, i.e. on their {batch}-example batches taken together; the "
+            f"bound of its table takes `sites` steps of {batch} a round. The second row "
+            f"takes one step of {pooled} a round on the shuffled pool (so {pooled} examples "
+            "from any sites, not exactly each site's share) with the bound's own AdamW. "
+            f"FedOpt: the row chosen per seed on the validation splits among its table's "
+            f"{len(variants)} rows (chosen: "
+            + ", ".join(f"seed {p['seed']} {p['chosen']!r}" for p in part["chosen"][task])
+            + ").", "",
+            *table_lines(rows, STEPS_BOUND.format(batch=batch), FEDOPT_CHOSEN, STEPS_CAUSE),
+            ""]
 
 
 def render(res: Mapping[str, Any]) -> str:
-    """The section: per order and the federation, the test metric (mean over seeds, per seed),
-    per training site, on the evaluation-only sites, and the share of the gap removed."""
-    jobs, seeds, task = res["jobs"], res["seeds"], res["task"]
-    rows = {**{f"centralised, {label}": [fl.Job("central", task, s, options=tuple(
-        tuple(o) for o in opts)) for s in seeds] for label, opts in res["orders"].items()},
-        "federated, naive rule": [fl.Job("fed", task, s, fl.VARIANT_RULE) for s in seeds]}
-    runs = {label: [jobs[j.key] for j in wanted] for label, wanted in rows.items()}
-    sites = sorted({site for rs in runs.values() for r in rs for site in r["per_site"]})
-    ext = sorted({site for rs in runs.values() for r in rs for site in r.get("external", {})})
-    first = next(iter(runs.values()))[0]
-    n = {**first["per_site_n"], **{e: first["external"][e]["n"] for e in ext}}
+    """The section: the batch-order table and the step-count table."""
     data = "**SYNTHETIC** sites" if res["synthetic"] else "real data"
-    b = res["budget"]
-    means = {label: mean_std([r["value"] for r in rs])[0] for label, rs in runs.items()}
-    shuffled, fed = means[f"centralised, {SHUFFLED}"], means["federated, naive rule"]
-    lines = [
+    every = {**res["order"]["jobs"], **res["steps"]["jobs"]}
+    made = fl._made_line(list(every.values())).strip()
+    return "\n".join([
         HEADING, "",
-        f"Written by `{res['command']}` on {res['date']}; {data}; "
-        f"`{task}`, {b['rounds']} rounds x {b['local_steps']} local steps of {b['batch_size']}, "
-        f"lr {b['lr']:g}, `{' '.join(res['base'])}`, seeds {', '.join(map(str, seeds))}. The "
-        "centralised bound trains the pooled train splits (`local_steps x sites` steps a "
-        "round) with its batches made up "
-        f"{len(res['orders'])} ways; the federation is the naive rule at the "
-        "same budget. Metric: "
-        f"{first['metric']} on the training sites' test splits (n {first['n']}), per training "
-        "site and on the evaluation-only sites (never trained or pooled).",
-        fl._made_line([r for rs in runs.values() for r in rs]).strip(), "",
-        "| training, batches | test (mean ± std) | per seed | "
-        + " | ".join(f"`{s}` (n {n[s]})" for s in [*sites, *ext])
-        + " | of the shuffled bound | share of its lead over the federation removed |",
-        "|---|---|---|" + "---|" * (len(sites) + len(ext)) + "---|---|"]
-    for label, rs in runs.items():
-        values = [r["value"] for r in rs]
-        per_site = [fmt([r["per_site"].get(s, math.nan) for r in rs]) for s in sites]
-        per_ext = [fmt([r["external"][e]["value"] for r in rs]) for e in ext]
-        share = (share_removed(shuffled, means[label], fed)
-                 if label.startswith("centralised") and SHUFFLED not in label else math.nan)
-        lines.append(f"| {label} | {fmt(values)} | "
-                     + ", ".join(f"{v:.3f}" for v in values) + " | "
-                     + " | ".join([*per_site, *per_ext])
-                     + f" | {fl._f(means[label] / shuffled if shuffled else math.nan, 2)} | "
-                     + ("–" if not math.isfinite(share) else f"{share:.2f}: {reading(share)}"
-                        + ("; this order falls below the federation itself" if share > 1
-                           else ""))
-                     + " |")
-    lines += ["", "How the share is read was fixed in `simulations/batch_order_bench.py` before "
-              f"any run: at least {MOST} reads \"most of the gap comes with how batches are "
-              f"made up\"; at most {LITTLE}, \"little of it\" (the rest from averaging models "
-              "trained apart); between, \"part of it\". Site orders weigh the sites equally "
-              "(the same steps each, as the federation's sites take); the shuffled bound "
-              "weighs them by their rows.", "", fl._cpu_note(jobs), ""]
-    return "\n".join(lines)
+        f"Written by `{res['command']}` on {res['date']}; {data}; `{res['task']}`, seeds "
+        f"{', '.join(map(str, res['seeds']))}. Each table trains the centralised bound again "
+        "on the same pooled train splits, seeds and start with only its batches changed, "
+        "beside the federation's own runs. Metric: "
+        f"{res['metric']} on the training sites' test splits (n {res['n']}), per training "
+        f"site and on the evaluation-only sites (never trained or pooled). {made}", "",
+        "How each share is read was fixed in `simulations/batch_order_bench.py` before any "
+        f"run of its table: at least {MOST} reads \"most of the gap comes with\" the change; "
+        f"at most {LITTLE}, \"little of it\"; between, \"part of it\".", "",
+        *order_lines(res), *steps_lines(res), fl._cpu_note(every), ""])
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -152,37 +219,50 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--quick", action="store_true",
-                   help="two tiny SYNTHETIC tabular sites, 1 round, the tiny backbone")
+                   help="two tiny SYNTHETIC tabular sites, 1 round of 2 steps")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--data-root", type=Path, default=REPO / "demo_data")
     p.add_argument("--work-dir", type=Path, default=None,
-                   help="run cache; the federated bench's foundation_kept folder reuses its "
-                        "shuffled bound and naive runs")
+                   help="the federated bench's work folder: its kept-moments and FedOpt "
+                        "parts' runs are reused")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="batch_order_"))
     work.mkdir(parents=True, exist_ok=True)
+    quick: dict[str, list[Path]] | None = None
     if args.quick:
-        quick = work / "quick_sites"
-        sites = ({fl.QUICK_TASK: sorted(quick.glob(f"{fl.QUICK_TASK}_*"))} if quick.exists()
-                 else fl.make_quick_sites(quick))
-        task = fl.QUICK_TASK
-        setup = fl.site_setup(sites, fl.Budget(rounds=1, local_steps=2), mixed_task="")
+        folder = work / "quick_sites"
+        sites = ({fl.QUICK_TASK: sorted(folder.glob(f"{fl.QUICK_TASK}_*"))} if folder.exists()
+                 else fl.make_quick_sites(folder))
+        quick, task, budget = sites, fl.QUICK_TASK, fl.Budget(rounds=1, local_steps=2)
+        ext: dict[str, list[Path]] = {}
     else:
-        task = TASK
-        setup = fl.site_setup(
-            {task: [args.data_root / n for n in fl.FOUNDATION_TASKS[task]]}, fl.Budget(),
-            base=fl.FOUNDATION_BASE + fl.FOUNDATION_KEPT, mixed_task="",
-            external={task: [args.data_root / n for n in fl.FOUNDATION_EXTERNAL[task]]})
-    steps = setup.budget.local_steps
-    jobs = fl.run_jobs(setup, plan(task, args.seeds, steps), work, args.jobs)
+        task, budget = TASK, fl.Budget()
+        sites = {task: [args.data_root / n for n in fl.FOUNDATION_TASKS[task]]}
+        ext = {task: [args.data_root / n for n in fl.FOUNDATION_EXTERNAL[task]]}
+    kept = fl.site_setup(sites, budget, base=fl.FOUNDATION_BASE + fl.FOUNDATION_KEPT,
+                         mixed_task="", external=ext)
+    steps = kept.budget.local_steps
+    order_jobs = fl.run_jobs(kept, plan(task, args.seeds, steps), work / "foundation_kept",
+                             args.jobs)
+    one = fl.fedopt_setup(fl.kept_tasks(sites, quick is not None), budget, ext)
+    n_sites = len(sites[task])
+    extra = fl.run_jobs(one, [steps_job(task, s, one, n_sites) for s in args.seeds],
+                        work / "foundation_fedopt", args.jobs)
+    fedopt = fl.foundation_runs(quick, args.data_root, budget, args.seeds, work,
+                                args.jobs)["foundation_fedopt"]()
+    first = next(iter(order_jobs.values()))
     cmd = ["python -m simulations.batch_order_bench", "--seeds", *map(str, args.seeds)]
     cmd += ["--quick"] if args.quick else []
     cmd += [f"--jobs {args.jobs}"] if args.jobs > 1 else []
     res: dict[str, Any] = {
-        "task": task, "seeds": list(args.seeds), "jobs": jobs, "base": list(setup.base),
-        "budget": asdict(setup.budget), "synthetic": setup.synthetic[task],
-        "orders": {label: [list(o) for o in opts] for label, opts in orders(steps).items()},
+        "task": task, "seeds": list(args.seeds), "synthetic": kept.synthetic[task],
+        "metric": first["metric"], "n": first["n"],
+        "order": {"jobs": order_jobs, "base": list(kept.base), "budget": asdict(kept.budget),
+                  "orders": {label: [list(o) for o in opts]
+                             for label, opts in orders(steps).items()}},
+        "steps": {**fedopt, "jobs": {**fedopt["jobs"], **extra},
+                  "pooled_batch": one.budget.batch_size * n_sites},
         "command": " ".join([*cmd, f"--out {shown_path(args.out)}"]),
         "date": time.strftime("%Y-%m-%d")}
     insert_section(args.out, render(res), before=BEFORE)

@@ -209,6 +209,10 @@ LOCAL_SITE = "site"
 #: this many consecutive batches of one site before the next
 #: (:mod:`unicon_core.data.site_batches`; :mod:`simulations.batch_order_bench`).
 SITE_BLOCK = "site_block"
+#: The option of a centralised job whose pooled node takes one step a round on batches of this
+#: size (``local_steps`` steps a round, not ``local_steps x sites``): on the one-step cut,
+#: the steps of FedOpt's server, each on every site's batch taken together.
+POOLED_BATCH = "pooled_batch"
 SMALL_SITE_BATCH = 2
 SMALL_BATCH = (f"FedAvg, site batches of {SMALL_SITE_BATCH} (more local steps, the same "
                "examples)")
@@ -505,9 +509,13 @@ def run_central(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     """The centralised bound: pooled train splits in one node (``local_steps x sites`` steps a
     round), then its skill evaluated on every site's test split (one round at lr 1e-12)."""
     sites = setup.sites[job.task]
-    block = dict(job.options).get(SITE_BLOCK)
-    pooled = pooled_run(setup, sites, job.seed, run_dir / "pooled", len(sites),
-                        block=None if block is None else int(block))
+    block, batch = dict(job.options).get(SITE_BLOCK), dict(job.options).get(POOLED_BATCH)
+    if block is not None and batch is not None:
+        raise ValueError(f"{job.key}: {SITE_BLOCK} and {POOLED_BATCH} are not combined")
+    kw = {} if batch is None else {"batch_size": int(batch)}
+    pooled = pooled_run(setup, sites, job.seed, run_dir / "pooled",
+                        len(sites) if batch is None else 1,
+                        block=None if block is None else int(block), **kw)
     return _evaluated(setup, job, pooled, run_dir)
 
 
@@ -882,7 +890,7 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
     fm_sites, ct_sites = demo(FOUNDATION_TASKS), demo(FOUNDATION_CT_TASKS)
     ext = {} if quick else {t: [data_root / n for n in names]
                             for t, names in FOUNDATION_EXTERNAL.items()}
-    kept_sites = {t: d for t, d in fm_sites.items() if quick or t in FOUNDATION_KEPT_TASKS}
+    kept_sites = kept_tasks(fm_sites, quick)
     kept_base = FOUNDATION_BASE + FOUNDATION_KEPT
     drop_task, drop_site = ((QUICK_TASK, quick_sites[QUICK_TASK][-1].name)
                             if quick_sites is not None else FOUNDATION_CLS_DROP)
@@ -891,11 +899,9 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         """FedOpt's split at the lr table's lr, its rows, then the row chosen per seed on
         the validation splits (the rows came one after another, each after seeing test
         results; the choice among them reads no test split)."""
-        cut = same_examples(replace(budget, lr=FOUNDATION_LR), FOUNDATION_ONE_STEPS)
-        base = kept_base + FOUNDATION_ONE_BASE
         n_sites = _site_count(kept_sites)
         rows = {**fedopt_variant(n_sites, FOUNDATION_LR), **fedopt_lr_variant(FOUNDATION_LR)}
-        setup = site_setup(kept_sites, cut, base=base, mixed_task="", external=ext)
+        setup = fedopt_setup(kept_sites, budget, ext)
         part = run_setup(setup, seeds, work / "foundation_fedopt", n_jobs,
                          rules=FOUNDATION_FEDOPT_RULES, variants={**rows, **unbounded(rows)})
         return with_val_choice(part, setup, work / "foundation_fedopt", seeds)
@@ -955,6 +961,20 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
             base=kept_base + FOUNDATION_ONE_BASE, rules=FOUNDATION_FEDOPT_RULES,
             variants=fedopt_variant(_site_count(ct_sites), budget.lr)),
     }
+
+
+def kept_tasks(sites: Mapping[str, Sequence[Path]], quick: bool) -> dict[str, list[Path]]:
+    """The tasks of the kept-moments parts among ``sites`` (every quick task)."""
+    return {t: list(d) for t, d in sites.items() if quick or t in FOUNDATION_KEPT_TASKS}
+
+
+def fedopt_setup(sites: Mapping[str, Sequence[Path]], budget: Budget,
+                 external: Mapping[str, Sequence[Path]]) -> Setup:
+    """The setup of FedOpt's split on ``sites`` (``--part fedopt``): ``budget``'s examples at
+    the lr table's lr cut into one-step rounds, moments kept, no validation split."""
+    cut = same_examples(replace(budget, lr=FOUNDATION_LR), FOUNDATION_ONE_STEPS)
+    return site_setup(sites, cut, base=FOUNDATION_BASE + FOUNDATION_KEPT + FOUNDATION_ONE_BASE,
+                      mixed_task="", external=external)
 
 
 def without_site(sites: Mapping[str, Sequence[Path]], task: str, name: str

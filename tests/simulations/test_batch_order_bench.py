@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,43 +50,93 @@ def _run(value: float, per_site: dict[str, float], ext: float) -> dict[str, Any]
             "made": "2026-12-05 08:00 UTC", "cpu": "AMD EPYC, AVX512", "torch_threads": 1}
 
 
-def test_the_section_shows_every_run_and_the_share_removed() -> None:
-    # Prepare: shuffled bound 0.9, block 1 at 0.88, block 4 at 0.8, block 12 at 0.66,
-    # federation 0.6
-    orders = bo.orders(12)
-    values = dict(zip(orders, (0.9, 0.88, 0.8, 0.66), strict=True))
+def _order_part(values: Sequence[float], fed: float, local_steps: int = 12) -> dict[str, Any]:
+    """The batch-order runs of two seeds: each order at its value (+0.01 on seed 1)."""
+    orders = bo.orders(local_steps)
     jobs = {}
-    for label, opts in orders.items():
+    for opts, value in zip(orders.values(), values, strict=True):
         for seed in (0, 1):
-            v = values[label] + 0.01 * seed
+            v = value + 0.01 * seed
             jobs[fl.Job("central", "t", seed, options=opts).key] = _run(
                 v, {"s_a": v, "s_b": v - 0.2}, v - 0.1)
     for seed in (0, 1):
-        jobs[fl.Job("fed", "t", seed).key] = _run(0.6 + 0.01 * seed, {"s_a": 0.7, "s_b": 0.3}, 0.5)
-    res = {"task": "t", "seeds": [0, 1], "jobs": jobs, "base": ["experiment=continual"],
-           "budget": {"rounds": 5, "local_steps": 12, "batch_size": 8, "lr": 0.002},
-           "synthetic": True, "command": "python -m simulations.batch_order_bench",
-           "date": "2026-12-05",
-           "orders": {k: [list(o) for o in v] for k, v in orders.items()}}
+        jobs[fl.Job("fed", "t", seed).key] = _run(fed + 0.01 * seed, {"s_a": 0.7, "s_b": 0.3},
+                                                  0.5)
+    return {"jobs": jobs, "base": ["experiment=continual"],
+            "budget": {"rounds": 5, "local_steps": local_steps, "batch_size": 8, "lr": 0.002},
+            "orders": {k: [list(o) for o in v] for k, v in orders.items()}}
+
+
+def _steps_part(bound: float, steps: float, fedopt: Sequence[float]) -> dict[str, Any]:
+    """FedOpt's part of two seeds (two rows, the second chosen on seed 0, the first on 1)
+    with the bound at FedOpt's step count."""
+    rows = {"row A": (("server_eta", 0.003),), "row B": (("server_eta", 0.001),)}
+    jobs = {}
+    for seed in (0, 1):
+        jobs[fl.Job("central", "t", seed).key] = _run(bound, {"s_a": bound, "s_b": bound}, 0.8)
+        jobs[fl.Job("central", "t", seed, options=((fl.POOLED_BATCH, 24),)).key] = _run(
+            steps, {"s_a": steps, "s_b": steps}, 0.7)
+        for label, opts in rows.items():
+            v = fedopt[seed] if label == ("row B" if seed == 0 else "row A") else 0.1
+            jobs[fl.Job("fed", "t", seed, options=opts).key] = _run(v, {"s_a": v, "s_b": v}, v)
+    return {"jobs": jobs, "base": ["b"], "pooled_batch": 24,
+            "budget": {"rounds": 60, "local_steps": 1, "batch_size": 8, "lr": 0.001},
+            "variants": {k: [list(o) for o in v] for k, v in rows.items()},
+            "chosen": {"t": [{"seed": 0, "chosen": "row B"}, {"seed": 1, "chosen": "row A"}]}}
+
+
+def _res(order: dict[str, Any], steps: dict[str, Any], synthetic: bool = True
+         ) -> dict[str, Any]:
+    return {"task": "t", "seeds": [0, 1], "synthetic": synthetic, "metric": "auc", "n": 30,
+            "order": order, "steps": steps, "command": "python -m simulations.batch_order_bench",
+            "date": "2026-12-05"}
+
+
+def _rows(text: str) -> dict[str, str]:
+    return {line.split(" | ")[0][2:]: line for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| training")}
+
+
+def test_the_section_shows_every_run_and_the_share_removed() -> None:
+    # Prepare: shuffled bound 0.9, block 1 at 0.88, block 4 at 0.8, block 12 at 0.66,
+    # federation 0.6; FedOpt's bound 0.8, at FedOpt's steps 0.7, FedOpt chosen 0.6 and 0.62
+    res = _res(_order_part((0.9, 0.88, 0.8, 0.66), 0.6), _steps_part(0.8, 0.7, (0.6, 0.62)))
     # Execute
     text = bo.render(res)
     # Assert
     assert text.startswith(bo.HEADING) and "**SYNTHETIC**" in text
+    assert text.index(bo.ORDER_HEADING) < text.index(bo.STEPS_HEADING)
     assert "`s_b` (n 10)" in text and "`s_ext` (n 40)" in text
-    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    rows = _rows(text)
     assert "0.905 ± 0.007 | 0.900, 0.910" in rows[f"centralised, {bo.SHUFFLED}"]
     block1 = next(r for k, r in rows.items() if "(block 1)" in k)
     block12 = next(r for k, r in rows.items() if "(block 12" in k)
     assert "0.07: little of it" in block1  # (0.905 - 0.885) / (0.905 - 0.605)
-    assert "0.80: most of the gap" in block12  # (0.905 - 0.665) / 0.3
-    assert "below the federation itself" not in text
+    assert "0.80: most of the gap comes with how batches" in block12  # 0.24 / 0.3
     assert "0.33: part of the gap" in next(r for k, r in rows.items() if "(block 4" in k)
     assert "| 0.73 | 0.80: most" in block12  # 0.665 / 0.905, of the shuffled bound
-    assert rows["federated, naive rule"].endswith("| 0.67 | – |")
+    assert rows[bo.FEDERATED].endswith("| 0.67 | – |")
+    assert "below the federation itself" not in text
+    # the step-count table: FedOpt's chosen rows are each seed's chosen run
+    assert "0.610 ± 0.014 | 0.600, 0.620" in rows[bo.FEDOPT_CHOSEN]
+    steps = next(r for k, r in rows.items() if "one step of 24" in k)
+    assert "0.53: most of the gap comes with FedOpt's fewer, larger steps" in steps  # 0.1/0.19
+    assert "seed 0 'row B', seed 1 'row A'" in text
+
+
+def test_an_order_below_the_federation_is_named() -> None:
+    text = bo.render(_res(_order_part((0.9, 0.8, 0.5), 0.6, local_steps=2),
+                          _steps_part(0.8, 0.79, (0.6, 0.6)), synthetic=False))
+    rows = _rows(text)
+    block2 = next(r for k, r in rows.items() if "(block 2" in k)
+    assert "1.33: most of the gap" in block2 and "below the federation itself" in block2
+    assert "0.05: little of it: the rest comes from federating" in next(
+        r for k, r in rows.items() if "one step of 24" in k)
+    assert "real data" in text and "SYNTHETIC" not in text
 
 
 @pytest.mark.slow
-def test_quick_mode_runs_every_order_and_puts_the_section_before_forgetting(
+def test_quick_mode_runs_both_tables_and_puts_the_section_before_forgetting(
         tmp_path: Path) -> None:
     out = tmp_path / "B.md"
     out.write_text("# Benchmarks\n\n## Federated LoRA (#14)\n\nx\n\n## Forgetting regime (#15)\n"
@@ -95,22 +146,13 @@ def test_quick_mode_runs_every_order_and_puts_the_section_before_forgetting(
     text = out.read_text()
     assert text.index("## Federated LoRA (#14)\n") < text.index(bo.HEADING) < text.index(
         bo.BEFORE)
-    assert len(res["jobs"]) == 4 and all(math.isfinite(r["value"]) for r in res["jobs"].values())
-    for run in res["jobs"].values():
-        assert f"{run['value']:.3f}" in text
+    runs = {**res["order"]["jobs"], **res["steps"]["jobs"]}
+    assert len(res["order"]["jobs"]) == 4
+    assert fl.Job("central", fl.QUICK_TASK, 0, options=((fl.POOLED_BATCH, 16),)
+                  ).key in res["steps"]["jobs"]  # 2 sites' batches of 8 as one
+    for run in runs.values():
+        assert math.isfinite(run["value"])
+    for key in [*res["order"]["jobs"], fl.Job("central", fl.QUICK_TASK, 0).key]:
+        assert f"{runs[key]['value']:.3f}" in text, key
     bo.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)])
     assert out.read_text().count(bo.HEADING) == 1  # a rerun replaces it
-
-
-def test_an_order_below_the_federation_is_named() -> None:
-    orders = bo.orders(2)
-    jobs = {fl.Job("central", "t", 0, options=opts).key: _run(v, {"s_a": v, "s_b": v}, v)
-            for opts, v in zip(orders.values(), (0.9, 0.8, 0.5), strict=True)}
-    jobs[fl.Job("fed", "t", 0).key] = _run(0.6, {"s_a": 0.6, "s_b": 0.6}, 0.6)
-    text = bo.render({"task": "t", "seeds": [0], "jobs": jobs, "base": ["b"],
-                      "budget": {"rounds": 1, "local_steps": 2, "batch_size": 8, "lr": 0.1},
-                      "synthetic": False, "command": "c", "date": "d",
-                      "orders": {k: [list(o) for o in v] for k, v in orders.items()}})
-    block2 = next(line for line in text.splitlines() if "(block 2" in line)
-    assert "1.33: most of the gap" in block2 and "below the federation itself" in block2
-    assert "real data" in text and "SYNTHETIC" not in text
