@@ -171,7 +171,8 @@ def table_lines(rows: Mapping[str, Sequence[Mapping[str, Any]]], bound: str, fed
 def _setting(part: Mapping[str, Any]) -> str:
     """A part's budget and overrides, as a table's intro gives them."""
     b = part["budget"]
-    return (f"{b['rounds']} rounds x {b['local_steps']} local steps of {b['batch_size']}, lr "
+    steps = f"{b['local_steps']} local step{'s' if b['local_steps'] != 1 else ''}"
+    return (f"{b['rounds']} rounds x {steps} of {b['batch_size']}, lr "
             f"{b['lr']:g}, `{' '.join(part['base'])}`")
 
 

@@ -170,7 +170,9 @@ def test_an_order_below_the_federation_is_named() -> None:
 
 @pytest.mark.slow
 def test_quick_mode_runs_both_tables_and_puts_the_section_before_forgetting(
-        tmp_path: Path) -> None:
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # the wiring, not the foundation: the tiny transformer keeps the 12 runs short
+    monkeypatch.setattr(fl, "FOUNDATION_BASE", ("experiment=continual",))
     out = tmp_path / "B.md"
     out.write_text("# Benchmarks\n\n## Federated LoRA (#14)\n\nx\n\n## Forgetting regime (#15)\n"
                    "\ny\n")
