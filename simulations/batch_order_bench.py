@@ -218,11 +218,18 @@ def steps_lines(res: Mapping[str, Any]) -> list[str]:
                                  [r["external"][e]["value"]
                                   for r in rows[STEPS_BOUND.format(batch=batch)]])[1]
                   for e in ext]
+    picks = part["chosen"][task]
+    own = part["matched"]["val"]
+    theirs = [p["val"][p["chosen"]] for p in picks]
     goal = (f"The last row against the bound: fed / central {fl._f(of_means)} (per seed "
             + ", ".join(fl._f(v) for v in per) + f"), goal >= {fl.GOAL_RATIO}: "
             + fl._goal(fed, of_means)
             + "".join(f"; on `{e}` {fl._f(v)}" for e, v in zip(ext, ext_ratios, strict=True))
-            + ".")
+            + f". On the training sites' validation splits (n {picks[0].get('val_n')}) it "
+            "scores " + ", ".join(fl._f(v) for v in own) + " against the chosen FedOpt "
+            "row's " + ", ".join(fl._f(v) for v in theirs) + ": validation would choose it "
+            f"over that row on {sum(a > b for a, b in zip(own, theirs, strict=True))} of "
+            f"{len(own)} seeds.")
     return [STEPS_HEADING, "",
             f"{_setting(part)}. FedOpt's server takes one Adam step a round on the sites' "
             f"mean gradient, i.e. on their {batch}-example batches taken together; the "
@@ -296,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     batch = dict(matched.options)[fl.ONE_STEP_BATCH]
     fedopt = fl.foundation_runs(quick, args.data_root, budget, args.seeds, work,
                                 args.jobs)["foundation_fedopt"]()
+    wanted = [matched_job(task, s, one, n_sites) for s in args.seeds]
+    val = fl.val_scores(one, extra, wanted, work / "foundation_fedopt")
     first = next(iter(order_jobs.values()))
     cmd = ["python -m simulations.batch_order_bench", "--seeds", *map(str, args.seeds)]
     cmd += ["--quick"] if args.quick else []
@@ -309,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "steps": {**fedopt, "jobs": {**fedopt["jobs"], **extra},
                   "pooled_batch": one.budget.batch_size * n_sites,
                   "matched": {"batch": batch, "options": [list(o) for o in matched.options],
+                              "val": [fl._num(val[j.key].get("value")) for j in wanted],
                               "rounds": fl.one_step_budget(one.budget, int(batch)).rounds}},
         "command": " ".join([*cmd, f"--out {shown_path(args.out)}"]),
         "date": time.strftime("%Y-%m-%d")}

@@ -467,15 +467,9 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
     from unicon_flower.runner import run_in_process
 
     sites = [*setup.sites[job.task], *setup.external.get(job.task, [])]
-    lora = dict(job.options)
-    batch = lora.pop(SITE_BATCH, None)  # a bench option, not a strategy.lora one
-    one = lora.pop(ONE_STEP_BATCH, None)  # nor this
-    norm = lora.pop(NORM_FACTOR, None)  # nor this: the strategy's own norm bound
-    if batch is not None and one is not None:
-        raise ValueError(f"{job.key}: {SITE_BATCH} and {ONE_STEP_BATCH} are not combined")
-    budget = (setup.budget if batch is None and one is None
-              else site_batch_budget(setup.budget, int(batch)) if batch is not None
-              else one_step_budget(setup.budget, int(one)))  # type: ignore[arg-type]
+    budget = job_budget(setup, job)
+    lora = {k: v for k, v in job.options if k not in BENCH_OPTIONS}
+    norm = dict(job.options).get(NORM_FACTOR)  # the strategy's own norm bound
     extra = (*lora_overrides(job.rule, dict(job.site_ranks), list(lora.items())),
              *([f"strategy.{NORM_FACTOR}={norm}"] if norm is not None else []))
     result = run_in_process(sites, run_dir, _settings(setup, job.seed, budget, extra=extra))
@@ -490,6 +484,24 @@ def run_fed(setup: Setup, job: Job, run_dir: Path) -> dict[str, Any]:
             "svd_truncation_error": float(np.mean(trunc)) if trunc else None,
             "external": external_outcome(result.results, setup.external.get(job.task, []),
                                          job.key)}
+
+
+#: A federated job's options that the bench reads itself (not ``strategy.lora`` settings).
+BENCH_OPTIONS = (SITE_BATCH, ONE_STEP_BATCH, NORM_FACTOR)
+
+
+def job_budget(setup: Setup, job: Job) -> Budget:
+    """The budget a federated ``job`` trains under: ``setup``'s, or its site batches'
+    (:data:`SITE_BATCH`, :data:`ONE_STEP_BATCH`: one of them at most)."""
+    opts = dict(job.options)
+    batch, one = opts.get(SITE_BATCH), opts.get(ONE_STEP_BATCH)
+    if batch is not None and one is not None:
+        raise ValueError(f"{job.key}: {SITE_BATCH} and {ONE_STEP_BATCH} are not combined")
+    if batch is not None:
+        return site_batch_budget(setup.budget, int(batch))
+    if one is not None:
+        return one_step_budget(setup.budget, int(one))
+    return setup.budget
 
 
 def rejected_updates(rounds: Sequence[Mapping[str, Any]], task: str) -> list[int]:
@@ -641,9 +653,10 @@ def val_score(setup: Setup, job: Job, run_dir: Path, test_value: float, scratch:
     from unicon_flower.runner import run_in_process
 
     ckpt = load_checkpoint(run_dir)
-    if ckpt.round != setup.budget.rounds:
+    last = job_budget(setup, job).rounds
+    if ckpt.round != last:
         raise RuntimeError(f"{run_dir}: its checkpoint is of round {ckpt.round}, not the run's "
-                           f"last ({setup.budget.rounds}); another run of {job.key} wrote into "
+                           f"last ({last}); another run of {job.key} wrote into "
                            "the folder: delete the job's cached result and folder and rerun it")
     initial = {job.task: slice_task(ckpt.arrays, job.task)}
 
@@ -808,7 +821,7 @@ def run_jobs(setup: Setup, jobs: Sequence[Job], work: Path, n_jobs: int
     cache.mkdir(parents=True, exist_ok=True)
     out = {j.key: _with_rejections(cached_job(cache / f"{j.key}.json",
                                               setup_key(setup, j.task)),
-                                   j, work / "runs" / j.key, setup.budget.rounds)
+                                   j, work / "runs" / j.key, job_budget(setup, j).rounds)
            for j in jobs if (cache / f"{j.key}.json").is_file()}
     todo = [j for j in jobs if j.key not in out]
 
