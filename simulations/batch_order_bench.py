@@ -44,12 +44,13 @@ from simulations.report import REPO, fmt, insert_section, mean_std, shown_path
 HEADING = "## Federated LoRA (#14): where the gap to the centralised bound comes from"
 ORDER_HEADING = "### The bound's batch order (moments kept, 5 x 12)"
 STEPS_HEADING = "### The bound at FedOpt's step count (60 x 1, lr 0.001)"
+CT_HEADING = "### FedOpt at the bound's step count on {task} (3x the rounds' examples, one-step)"
 TASK = "tumour_cls"
 #: Where the section goes when the file has none yet: just after the federated LoRA section.
 BEFORE = "## Forgetting regime (#15)"
 SHUFFLED = "shuffled across the pooled sites (the bound of every #14 table)"
 FEDERATED = "federated, naive rule"
-STEPS_BOUND = "centralised, the fedopt table's bound (`sites` steps of {batch} a round)"
+STEPS_BOUND = "centralised, its FedOpt table's bound (`sites` steps of {batch} a round)"
 FEDOPT_CHOSEN = "FedOpt's split, the row chosen per seed on validation"
 #: FedOpt's split at the bound's step count, set from the step-count table before any run of
 #: it (not one of the fedopt table's rows, and no choice among rows: its one reading is its
@@ -148,7 +149,7 @@ def reading(share: float, cause: tuple[str, str] = ORDER_CAUSE) -> str:
 
 
 def table_lines(rows: Mapping[str, Sequence[Mapping[str, Any]]], bound: str, federated: str,
-                cause: tuple[str, str]) -> list[str]:
+                cause: tuple[str, str], shares: bool = True) -> list[str]:
     """One table: per row (label -> its runs, one per seed) the test metric (mean ± std, per
     seed), per training site and evaluation-only site, the ratio to row ``bound`` and, for
     every other centralised row, the share of ``bound``'s lead over row ``federated`` it
@@ -161,8 +162,9 @@ def table_lines(rows: Mapping[str, Sequence[Mapping[str, Any]]], bound: str, fed
     top, fed = means[bound], means[federated]
     lines = ["| training, batches | test (mean ± std) | per seed | "
              + " | ".join(f"`{s}` (n {n[s]})" for s in [*sites, *ext])
-             + " | of the bound | share of its lead over the federation removed |",
-             "|---|---|---|" + "---|" * (len(sites) + len(ext)) + "---|---|"]
+             + " | of the bound |" + (" share of its lead over the federation removed |"
+                                      if shares else ""),
+             "|---|---|---|" + "---|" * (len(sites) + len(ext)) + "---|" + "---|" * shares]
     for label, rs in rows.items():
         values = [r["value"] for r in rs]
         share = (share_removed(top, means[label], fed)
@@ -173,8 +175,26 @@ def table_lines(rows: Mapping[str, Sequence[Mapping[str, Any]]], bound: str, fed
             f"| {label}", fmt(values), ", ".join(f"{v:.3f}" for v in values),
             *[fmt([r["per_site"].get(s, math.nan) for r in rs]) for s in sites],
             *[fmt([r["external"][e]["value"] for r in rs]) for e in ext],
-            fl._f(means[label] / top if top else math.nan, 2), said]) + " |")
+            fl._f(means[label] / top if top else math.nan, 2), *([said] if shares else [])])
+                     + " |")
     return lines
+
+
+def goal_line(fed_runs: Sequence[Mapping[str, Any]], bound_runs: Sequence[Mapping[str, Any]],
+              which: str = "The last row") -> str:
+    """``which`` row's fed / central against the bound (ratio of the means, per seed), the
+    #14 goal's verdict, and the same on each evaluation-only site."""
+    fed = [r["value"] for r in fed_runs]
+    per, of_means = fl.ratio_stats(fed, [r["value"] for r in bound_runs])
+    ext = sorted(fed_runs[0].get("external", {}))
+    ext_ratios = [fl.ratio_stats([r["external"][e]["value"] for r in fed_runs],
+                                 [r["external"][e]["value"] for r in bound_runs])[1]
+                  for e in ext]
+    return (f"{which} against the bound: fed / central {fl._f(of_means)} (per seed "
+            + ", ".join(fl._f(v) for v in per) + f"), goal >= {fl.GOAL_RATIO}: "
+            + fl._goal(fed, of_means)
+            + "".join(f"; on `{e}` {fl._f(v)}" for e, v in zip(ext, ext_ratios, strict=True))
+            + ".")
 
 
 def _setting(part: Mapping[str, Any]) -> str:
@@ -219,22 +239,11 @@ def steps_lines(res: Mapping[str, Any]) -> list[str]:
     matched = MATCHED.format(**part["matched"])
     rows[matched] = [jobs[fl.Job("fed", task, s, fl.VARIANT_RULE, options=tuple(
         tuple(o) for o in part["matched"]["options"])).key] for s in seeds]
-    fed = [r["value"] for r in rows[matched]]
-    central = [r["value"] for r in rows[STEPS_BOUND.format(batch=batch)]]
-    per, of_means = fl.ratio_stats(fed, central)
-    ext = sorted(rows[matched][0].get("external", {}))
-    ext_ratios = [fl.ratio_stats([r["external"][e]["value"] for r in rows[matched]],
-                                 [r["external"][e]["value"]
-                                  for r in rows[STEPS_BOUND.format(batch=batch)]])[1]
-                  for e in ext]
     picks = part["chosen"][task]
     own = part["matched"]["val"]
     theirs = [p["val"][p["chosen"]] for p in picks]
-    goal = (f"The last row against the bound: fed / central {fl._f(of_means)} (per seed "
-            + ", ".join(fl._f(v) for v in per) + f"), goal >= {fl.GOAL_RATIO}: "
-            + fl._goal(fed, of_means)
-            + "".join(f"; on `{e}` {fl._f(v)}" for e, v in zip(ext, ext_ratios, strict=True))
-            + f". On the training sites' validation splits (n {picks[0].get('val_n')}) it "
+    goal = (goal_line(rows[matched], rows[STEPS_BOUND.format(batch=batch)])
+            + f" On the training sites' validation splits (n {picks[0].get('val_n')}) it "
             "scores " + ", ".join(fl._f(v) for v in own) + " against the chosen FedOpt "
             "row's " + ", ".join(fl._f(v) for v in theirs) + ": validation would choose it "
             f"over that row on {sum(a > b for a, b in zip(own, theirs, strict=True))} of "
@@ -253,10 +262,38 @@ def steps_lines(res: Mapping[str, Any]) -> list[str]:
             "", goal, ""]
 
 
+def ct_lines(res: Mapping[str, Any]) -> list[str]:
+    """The matched row's rule on the 3D task, beside its table's bound and FedOpt row."""
+    part, seeds = res["ct"], res["seeds"]
+    task, jobs, b = part["task"], part["jobs"], part["budget"]
+    (label, opts), = fl._stored_variants(part).items()
+    matched = MATCHED.format(**part["matched"])
+    rows = {STEPS_BOUND.format(batch=b["batch_size"]): [jobs[fl.Job("central", task, s).key]
+                                                        for s in seeds],
+            label: [jobs[fl.Job("fed", task, s, fl.VARIANT_RULE, options=opts).key]
+                    for s in seeds],
+            matched: [jobs[fl.Job("fed", task, s, fl.VARIANT_RULE, options=tuple(
+                tuple(o) for o in part["matched"]["options"])).key] for s in seeds]}
+    bound = rows[STEPS_BOUND.format(batch=b["batch_size"])]
+    data = "**SYNTHETIC** CT phantoms" if part["synthetic"] else "real data"
+    first = bound[0]
+    return [CT_HEADING.format(task=task), "",
+            f"{data}; {_setting(part)}; {first['metric']} on the training sites' test splits "
+            f"(n {first['n']}). The same rule as the row above, on the 3D task's FedOpt table "
+            f"(its 3x-rounds examples cut into one-step rounds), set before any run of it: "
+            f"one-step rounds on site batches of {part['matched']['batch']}, so the server "
+            "takes as many steps, on as many volumes, as the bound. No validation choice: that "
+            "table chose no row.", "",
+            *table_lines(rows, STEPS_BOUND.format(batch=b["batch_size"]), label,
+                         STEPS_CAUSE, shares=False), "",
+            goal_line(rows[label], bound, "FedOpt's row") + " "
+            + goal_line(rows[matched], bound), ""]
+
+
 def render(res: Mapping[str, Any]) -> str:
     """The section: the batch-order table and the step-count table."""
     data = "**SYNTHETIC** sites" if res["synthetic"] else "real data"
-    every = {**res["order"]["jobs"], **res["steps"]["jobs"]}
+    every = {**res["order"]["jobs"], **res["steps"]["jobs"], **res["ct"]["jobs"]}
     made = fl._made_line(list(every.values())).strip()
     return "\n".join([
         HEADING, "",
@@ -269,7 +306,31 @@ def render(res: Mapping[str, Any]) -> str:
         "How each share is read was fixed in `simulations/batch_order_bench.py` before any "
         f"run of its table: at least {MOST} reads \"most of the gap comes with\" the change; "
         f"at most {LITTLE}, \"little of it\"; between, \"part of it\".", "",
-        *order_lines(res), *steps_lines(res), fl._cpu_note(every), ""])
+        *order_lines(res), *steps_lines(res), *ct_lines(res), fl._cpu_note(every), ""])
+
+
+def _matched(setup: fl.Setup, job: fl.Job) -> dict[str, Any]:
+    """What the matched row's label and table read of its job: site batch, rounds, options."""
+    return {"batch": dict(job.options)[fl.ONE_STEP_BATCH], "options": [list(o) for o in
+                                                                       job.options],
+            "rounds": fl.job_budget(setup, job).rounds}
+
+
+def ct_part(quick: Mapping[str, Sequence[Path]] | None, args: argparse.Namespace,
+            budget: fl.Budget, work: Path) -> dict[str, Any]:
+    """The 3D task's FedOpt part (its bound and row, reused from the cache) with the matched
+    row's runs; on the quick sites with ``--quick``."""
+    sites = ({t: list(d) for t, d in quick.items()} if quick is not None
+             else {t: [args.data_root / n for n in names]
+                   for t, names in fl.FOUNDATION_CT_TASKS.items()})
+    (task,) = sites
+    setup = ct_setup(sites, budget)
+    part = fl.foundation_runs(quick, args.data_root, budget, args.seeds, work,
+                              args.jobs)["foundation_ctfedoptlong"]()
+    wanted = [matched_job(task, s, setup, len(sites[task])) for s in args.seeds]
+    extra = fl.run_jobs(setup, wanted, work / "foundation_ctfedoptlong", args.jobs)
+    return {**part, "task": task, "jobs": {**part["jobs"], **extra},
+            "synthetic": setup.synthetic[task], "matched": _matched(setup, wanted[0])}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -308,8 +369,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     extra = fl.run_jobs(one, [job(task, s, one, n_sites) for s in args.seeds
                               for job in (steps_job, matched_job)],
                         work / "foundation_fedopt", args.jobs)
-    matched = matched_job(task, args.seeds[0], one, n_sites)
-    batch = dict(matched.options)[fl.ONE_STEP_BATCH]
     fedopt = fl.foundation_runs(quick, args.data_root, budget, args.seeds, work,
                                 args.jobs)["foundation_fedopt"]()
     wanted = [matched_job(task, s, one, n_sites) for s in args.seeds]
@@ -326,9 +385,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              for label, opts in orders(steps).items()}},
         "steps": {**fedopt, "jobs": {**fedopt["jobs"], **extra},
                   "pooled_batch": one.budget.batch_size * n_sites,
-                  "matched": {"batch": batch, "options": [list(o) for o in matched.options],
-                              "val": [fl._num(val[j.key].get("value")) for j in wanted],
-                              "rounds": fl.one_step_budget(one.budget, int(batch)).rounds}},
+                  "matched": {**_matched(one, wanted[0]),
+                              "val": [fl._num(val[j.key].get("value")) for j in wanted]}},
+        "ct": ct_part(quick, args, budget, work),
         "command": " ".join([*cmd, f"--out {shown_path(args.out)}"]),
         "date": time.strftime("%Y-%m-%d")}
     insert_section(args.out, render(res), before=BEFORE)

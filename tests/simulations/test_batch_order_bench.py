@@ -96,11 +96,29 @@ def _steps_part(bound: float, steps: float, fedopt: Sequence[float]) -> dict[str
                               "val_n": 12}]}}
 
 
-def _res(order: dict[str, Any], steps: dict[str, Any], synthetic: bool = True
-         ) -> dict[str, Any]:
+CT_ROW = (("site_sgd_lr", 1.0), ("server_eta", 0.004))
+
+
+def _ct_part(bound: float, row: float, matched: float) -> dict[str, Any]:
+    """The 3D task's FedOpt part of two seeds: its bound, its one row, the matched row."""
+    jobs = {}
+    for seed in (0, 1):
+        for job, v in ((fl.Job("central", "c", seed), bound),
+                       (fl.Job("fed", "c", seed, options=CT_ROW), row),
+                       (fl.Job("fed", "c", seed, options=MATCHED_OPTS), matched + 0.02 * seed)):
+            jobs[job.key] = _run(v, {"s_a": v, "s_b": v}, v)
+            jobs[job.key]["external"] = {}
+    return {"task": "c", "jobs": jobs, "synthetic": True, "base": ["b"],
+            "budget": {"rounds": 60, "local_steps": 1, "batch_size": 2, "lr": 0.002},
+            "variants": {"the row": [list(o) for o in CT_ROW]},
+            "matched": {"batch": 1, "rounds": 120, "options": [list(o) for o in MATCHED_OPTS]}}
+
+
+def _res(order: dict[str, Any], steps: dict[str, Any], synthetic: bool = True,
+         ct: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"task": "t", "seeds": [0, 1], "synthetic": synthetic, "metric": "auc", "n": 30,
-            "order": order, "steps": steps, "command": "python -m simulations.batch_order_bench",
-            "date": "2026-12-05"}
+            "order": order, "steps": steps, "ct": ct or _ct_part(0.8, 0.76, 0.79),
+            "command": "python -m simulations.batch_order_bench", "date": "2026-12-05"}
 
 
 def _rows(text: str) -> dict[str, str]:
@@ -135,6 +153,12 @@ def test_the_section_shows_every_run_and_the_share_removed() -> None:
     assert "seed 0 'row B', seed 1 'row A'" in text
     matched = next(r for k, r in rows.items() if k.startswith("FedOpt's split at the bound"))
     assert "site batches of 3 (160 x 1)" in matched and matched.endswith("| 0.97 | – |")
+    ct = text[text.index(bo.CT_HEADING.format(task="c")):]
+    assert "**SYNTHETIC** CT phantoms" in ct and "site batches of 1 (120 x 1)" in ct
+    assert "share of its lead" not in ct
+    assert ("FedOpt's row against the bound: fed / central 0.950 (per seed 0.950, 0.950), goal "
+            ">= 0.98: **MISSED**. The last row against the bound: fed / central 1.000 (per "
+            "seed 0.988, 1.012), goal >= 0.98: met.") in ct
     assert ("fed / central 0.970 (per seed 0.990, 0.950), goal >= 0.98: **MISSED**; on "
             "`s_ext` 0.970. On the training sites' validation splits (n 12) it scores 0.700, "
             "0.500 against the chosen FedOpt row's 0.600, 0.550: validation would choose it "
@@ -171,7 +195,8 @@ def test_an_order_below_the_federation_is_named() -> None:
     assert "1.33: most of the gap" in block2 and "below the federation itself" in block2
     assert "0.05: little of it: the rest comes from federating" in next(
         r for k, r in rows.items() if "one step of 24" in k)
-    assert "real data" in text and "SYNTHETIC" not in text
+    head = text[:text.index(bo.ORDER_HEADING)]
+    assert "real data" in head and "SYNTHETIC" not in head
 
 
 @pytest.mark.slow
@@ -189,6 +214,10 @@ def test_quick_mode_runs_both_tables_and_puts_the_section_before_forgetting(
         bo.BEFORE)
     runs = {**res["order"]["jobs"], **res["steps"]["jobs"]}
     assert len(res["order"]["jobs"]) == 4
+    assert bo.CT_HEADING.format(task=fl.QUICK_TASK) in text
+    ct_matched = [k for k in res["ct"]["jobs"] if k.endswith(
+        f"{fl.ONE_STEP_BATCH}-1_seed0")]  # 2 sites' batches of 2: one volume each
+    assert len(ct_matched) == 1 and math.isfinite(res["ct"]["jobs"][ct_matched[0]]["value"])
     assert fl.Job("central", fl.QUICK_TASK, 0, options=((fl.POOLED_BATCH, 16),)
                   ).key in res["steps"]["jobs"]  # 2 sites' batches of 8 as one
     for run in runs.values():
