@@ -16,15 +16,22 @@ bench's cache):
    Adam step a round on the sites' mean gradient, i.e. on their batches taken together (3 x 8
    = 24 examples); the bound takes ``sites`` steps of 8 a round. Here it also takes one step
    of 24 a round, against FedOpt's row chosen per seed on validation.
+3. **FedOpt at the bound's step count** (:data:`MATCHED`, set from (2) before any run of it):
+   one-step rounds on site batches of about ``batch / sites`` in as many more rounds as keep
+   each site's examples, so the server takes about the bound's steps on about as many
+   examples; on ``tumour_cls`` (the last row of table 2, also scored on validation) and on
+   ``ct_seg`` (table 3, beside its FedOpt table's bound and row). One row each, no choice
+   among rows: its reading is its fed / central against the #14 goal.
 
 How each is read, fixed before any of its runs: the share of the bound's lead over the
 federation that the changed bound removes, (bound - changed) / (bound - federated) on the
 means over seeds; at least 0.5 reads "most of the gap comes with" the change, at most 0.2
 "little of it", between them "part of it".
 
-``--work-dir`` is the federated bench's work folder: its ``foundation_kept`` and
-``foundation_fedopt`` parts hold the bounds and federated runs read here, with the same job
-keys and setups, so they are reused rather than rerun (and run first where missing).
+``--work-dir`` is the federated bench's work folder: its ``foundation_kept``,
+``foundation_fedopt`` and ``foundation_ctfedoptlong`` parts hold the bounds and federated runs
+read here, with the same job keys and setups, so they are reused rather than rerun (and run
+first where missing).
 """
 
 from __future__ import annotations
