@@ -355,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "parts' runs are reused")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
+    # the sites' paths travel into run configs, which refuse a relative one
+    args.data_root = args.data_root.resolve()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="batch_order_"))
     work.mkdir(parents=True, exist_ok=True)
     quick: dict[str, list[Path]] | None = None

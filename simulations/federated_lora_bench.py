@@ -2285,6 +2285,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         "only the last part's table may be missing")
     p.add_argument("--scale-worker", nargs=4, type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    # the sites' paths travel into run configs, which refuse a relative one
+    args.data_root = args.data_root.resolve()
     if args.scale_worker is not None:
         scale_worker(*args.scale_worker)
         return {}

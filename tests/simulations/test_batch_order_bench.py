@@ -226,3 +226,19 @@ def test_quick_mode_runs_both_tables_and_puts_the_section_before_forgetting(
         assert f"{runs[key]['value']:.3f}" in text, key
     bo.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)])
     assert out.read_text().count(bo.HEADING) == 1  # a rerun replaces it
+
+
+def test_a_relative_data_root_is_made_absolute(monkeypatch: pytest.MonkeyPatch,
+                                               tmp_path: Path) -> None:
+    # the validation scoring's run configs refuse a relative site path: main resolves it
+    seen: list[Path] = []
+
+    def stop(*args: Any, **kw: Any) -> None:
+        seen.append(kw.get("external", {}).get(bo.TASK, [Path("x")])[0])
+        raise SystemExit("stopped")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fl, "site_setup", stop)
+    with pytest.raises(SystemExit, match="stopped"):
+        bo.main(["--data-root", "demo", "--work-dir", str(tmp_path / "w")])
+    assert seen == [tmp_path / "demo" / "br35h_ext"]
