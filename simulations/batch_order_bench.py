@@ -124,15 +124,6 @@ def matched_job(task: str, seed: int, setup: fl.Setup, n_sites: int) -> fl.Job:
                   options=(*opts, (fl.ONE_STEP_BATCH, matched_batch(setup.budget, n_sites))))
 
 
-def ct_setup(sites: Mapping[str, Sequence[Path]], budget: fl.Budget) -> fl.Setup:
-    """The setup of FedOpt's split on ``ct_seg`` at 3x the rounds' examples (``--part
-    ctfedoptlong``: 15 x 4 of 2 cut into 60 x 1, moments kept), whose bound and FedOpt row
-    the matched row is set beside."""
-    cut = fl.same_examples(fl.ct_long_budget(budget), fl.FOUNDATION_ONE_STEPS)
-    return fl.site_setup(sites, cut, base=fl.FOUNDATION_BASE + fl.FOUNDATION_KEPT
-                         + fl.FOUNDATION_ONE_BASE, mixed_task="")
-
-
 def share_removed(bound: float, changed: float, federated: float) -> float:
     """How much of the bound's lead over the federation a changed bound removes; NaN where
     the federation is not below the bound (no gap to split)."""
@@ -333,7 +324,7 @@ def ct_part(quick: Mapping[str, Sequence[Path]] | None, args: argparse.Namespace
              else {t: [args.data_root / n for n in names]
                    for t, names in fl.FOUNDATION_CT_TASKS.items()})
     (task,) = sites
-    setup = ct_setup(sites, budget)
+    setup = fl.ct_fedopt_long_setup(sites, budget)
     part = fl.foundation_runs(quick, args.data_root, budget, args.seeds, work,
                               args.jobs)["foundation_ctfedoptlong"]()
     wanted = [matched_job(task, s, setup, len(sites[task])) for s in args.seeds]

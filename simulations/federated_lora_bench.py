@@ -989,10 +989,9 @@ def foundation_runs(quick_sites: Mapping[str, Sequence[Path]] | None, data_root:
         # the same on the 3x-rounds table's examples (15 x 4 of 2 cut to 60 x 1), after the
         # 20 x 1 bound segmented nothing on one seed and FedOpt on two: whether the split
         # closes the 3D task's gap where both sides have the budget to learn
-        "foundation_ctfedoptlong": lambda: run_foundation(
-            ct_sites, same_examples(ct_long_budget(budget), FOUNDATION_ONE_STEPS), seeds,
-            work / "foundation_ctfedoptlong", n_jobs, mixed_task="",
-            base=kept_base + FOUNDATION_ONE_BASE, rules=FOUNDATION_FEDOPT_RULES,
+        "foundation_ctfedoptlong": lambda: run_setup(
+            ct_fedopt_long_setup(ct_sites, budget), seeds, work / "foundation_ctfedoptlong",
+            n_jobs, rules=FOUNDATION_FEDOPT_RULES,
             variants=fedopt_variant(_site_count(ct_sites), budget.lr)),
     }
 
@@ -1009,6 +1008,15 @@ def fedopt_setup(sites: Mapping[str, Sequence[Path]], budget: Budget,
     cut = same_examples(replace(budget, lr=FOUNDATION_LR), FOUNDATION_ONE_STEPS)
     return site_setup(sites, cut, base=FOUNDATION_BASE + FOUNDATION_KEPT + FOUNDATION_ONE_BASE,
                       mixed_task="", external=external)
+
+
+def ct_fedopt_long_setup(sites: Mapping[str, Sequence[Path]], budget: Budget) -> Setup:
+    """The setup of FedOpt's split on the 3D task at 3x the rounds' examples (``--part
+    ctfedoptlong``): ``budget``'s 3D cut at 3x its rounds, cut into one-step rounds, moments
+    kept, no validation split."""
+    cut = same_examples(ct_long_budget(budget), FOUNDATION_ONE_STEPS)
+    return site_setup(sites, cut, base=FOUNDATION_BASE + FOUNDATION_KEPT + FOUNDATION_ONE_BASE,
+                      mixed_task="")
 
 
 def without_site(sites: Mapping[str, Sequence[Path]], task: str, name: str
