@@ -22,6 +22,10 @@ bench's cache):
    examples; on ``tumour_cls`` (the last row of table 2, also scored on validation) and on
    ``ct_seg`` (table 3, beside its FedOpt table's bound and row). One row each, no choice
    among rows: its reading is its fed / central against the #14 goal.
+4. **Replication** (``--replicate-seeds``, :data:`REPLICATE_HEADING`): the setting of (3) and
+   each task's bound again on seeds no table above used, read by the same goal on those
+   seeds alone (fed / central of their means at least 0.98: met), a rule fixed before any of
+   their runs; the ratio over every seed of both is shown beside it, not read.
 
 How each is read, fixed before any of its runs: the share of the bound's lead over the
 federation that the changed bound removes, (bound - changed) / (bound - federated) on the
@@ -52,6 +56,7 @@ HEADING = "## Federated LoRA (#14): where the gap to the centralised bound comes
 ORDER_HEADING = "### The bound's batch order (moments kept, 5 x 12)"
 STEPS_HEADING = "### The bound at FedOpt's step count (60 x 1, lr 0.001)"
 CT_HEADING = "### FedOpt at the bound's step count on {task} (3x the rounds' examples, one-step)"
+REPLICATE_HEADING = "### The setting again on new seeds ({seeds}): a replication"
 TASK = "tumour_cls"
 #: Where the section goes when the file has none yet: just after the federated LoRA section.
 BEFORE = "## Forgetting regime (#15)"
@@ -288,10 +293,51 @@ def ct_lines(res: Mapping[str, Any]) -> list[str]:
             + goal_line(rows[matched], bound), ""]
 
 
+def replicate_lines(res: Mapping[str, Any]) -> list[str]:
+    """The replication: per task the bound and the setting on the new seeds, the goal's
+    verdict on those seeds alone, and the ratio over every seed beside it."""
+    parts = res.get("replicate") or []
+    if not parts:
+        return []
+    seeds = parts[0]["seeds"]
+    lines = [REPLICATE_HEADING.format(seeds=", ".join(map(str, seeds))), "",
+             "The last rows of tables 2 and 3, each beside its bound, again on seeds none of "
+             "the tables above used (their seeds: " + ", ".join(map(str, res["seeds"]))
+             + "), nothing else changed. How it is read was fixed before any of these runs: "
+             f"the goal (fed / central of the means >= {fl.GOAL_RATIO}) on these seeds alone. "
+             "The ratio over every seed of both runs is shown beside it, not read.", ""]
+    for part in parts:
+        task, jobs, b = part["task"], part["jobs"], part["budget"]
+        bound_label = STEPS_BOUND.format(batch=b["batch_size"])
+        opts = tuple(tuple(o) for o in part["matched"]["options"])
+
+        def runs(job_seeds: Sequence[int], fed: bool, jobs: Mapping[str, Any] = jobs,
+                 task: str = task, opts: tuple[tuple[Any, ...], ...] = opts
+                 ) -> list[Mapping[str, Any]]:
+            return [jobs[(fl.Job("fed", task, s, fl.VARIANT_RULE, options=opts) if fed
+                          else fl.Job("central", task, s)).key] for s in job_seeds]
+
+        matched = MATCHED.format(**part["matched"])
+        rows = {bound_label: runs(seeds, False), matched: runs(seeds, True)}
+        every = [*res["seeds"], *seeds]
+        _, all_ratio = fl.ratio_stats([r["value"] for r in runs(every, True)],
+                                      [r["value"] for r in runs(every, False)])
+        data = "**SYNTHETIC** CT phantoms" if part["synthetic"] else "real data"
+        first = rows[bound_label][0]
+        lines += [f"`{task}`: {data}; {_setting(part)}; {first['metric']} on the training "
+                  f"sites' test splits (n {first['n']}).", "",
+                  *table_lines(rows, bound_label, matched, STEPS_CAUSE, shares=False), "",
+                  goal_line(rows[matched], rows[bound_label], "The setting")
+                  + f" Over all {len(every)} seeds ({', '.join(map(str, every))}): fed / "
+                  f"central {fl._f(all_ratio)}.", ""]
+    return lines
+
+
 def render(res: Mapping[str, Any]) -> str:
     """The section: the batch-order table and the step-count table."""
     data = "**SYNTHETIC** sites" if res["synthetic"] else "real data"
-    every = {**res["order"]["jobs"], **res["steps"]["jobs"], **res["ct"]["jobs"]}
+    every = {**res["order"]["jobs"], **res["steps"]["jobs"], **res["ct"]["jobs"],
+             **{k: v for part in res.get("replicate") or [] for k, v in part["jobs"].items()}}
     made = fl._made_line(list(every.values())).strip()
     return "\n".join([
         HEADING, "",
@@ -306,7 +352,8 @@ def render(res: Mapping[str, Any]) -> str:
         "How each share is read was fixed in `simulations/batch_order_bench.py` before any "
         f"run of its table: at least {MOST} reads \"most of the gap comes with\" the change; "
         f"at most {LITTLE}, \"little of it\"; between, \"part of it\".", "",
-        *order_lines(res), *steps_lines(res), *ct_lines(res), fl._cpu_note(every), ""])
+        *order_lines(res), *steps_lines(res), *ct_lines(res), *replicate_lines(res),
+        fl._cpu_note(every), ""])
 
 
 def _matched(setup: fl.Setup, job: fl.Job) -> dict[str, Any]:
@@ -316,18 +363,36 @@ def _matched(setup: fl.Setup, job: fl.Job) -> dict[str, Any]:
             "rounds": fl.job_budget(setup, job).rounds}
 
 
+def ct_setup(quick: Mapping[str, Sequence[Path]] | None, data_root: Path, budget: fl.Budget
+             ) -> tuple[str, int, fl.Setup]:
+    """The 3D task's FedOpt setup (the quick sites with ``--quick``): task, sites, setup."""
+    sites = ({t: list(d) for t, d in quick.items()} if quick is not None
+             else {t: [data_root / n for n in names]
+                   for t, names in fl.FOUNDATION_CT_TASKS.items()})
+    (task,) = sites
+    return task, len(sites[task]), fl.ct_fedopt_long_setup(sites, budget)
+
+
+def replicate_part(setup: fl.Setup, task: str, n_sites: int, seeds: Sequence[int],
+                   earlier: Sequence[int], work: Path, n_jobs: int) -> dict[str, Any]:
+    """The bound and the matched row of ``setup`` on the new ``seeds`` and on the tables'
+    ``earlier`` ones (run where not cached in ``work``, the part's own folder, so the
+    tables' runs are reused, not rerun)."""
+    wanted = [job for s in [*seeds, *earlier] for job in (
+        fl.Job("central", task, s), matched_job(task, s, setup, n_sites))]
+    return {"task": task, "seeds": list(seeds), "synthetic": setup.synthetic[task],
+            "jobs": fl.run_jobs(setup, wanted, work, n_jobs), "base": list(setup.base),
+            "budget": asdict(setup.budget), "matched": _matched(setup, wanted[1])}
+
+
 def ct_part(quick: Mapping[str, Sequence[Path]] | None, args: argparse.Namespace,
             budget: fl.Budget, work: Path) -> dict[str, Any]:
     """The 3D task's FedOpt part (its bound and row, reused from the cache) with the matched
     row's runs; on the quick sites with ``--quick``."""
-    sites = ({t: list(d) for t, d in quick.items()} if quick is not None
-             else {t: [args.data_root / n for n in names]
-                   for t, names in fl.FOUNDATION_CT_TASKS.items()})
-    (task,) = sites
-    setup = fl.ct_fedopt_long_setup(sites, budget)
+    task, n_sites, setup = ct_setup(quick, args.data_root, budget)
     part = fl.foundation_runs(quick, args.data_root, budget, args.seeds, work,
                               args.jobs)["foundation_ctfedoptlong"]()
-    wanted = [matched_job(task, s, setup, len(sites[task])) for s in args.seeds]
+    wanted = [matched_job(task, s, setup, n_sites) for s in args.seeds]
     extra = fl.run_jobs(setup, wanted, work / "foundation_ctfedoptlong", args.jobs)
     return {**part, "task": task, "jobs": {**part["jobs"], **extra},
             "synthetic": setup.synthetic[task], "matched": _matched(setup, wanted[0])}
@@ -344,8 +409,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="the federated bench's work folder: its kept-moments and FedOpt "
                         "parts' runs are reused")
+    p.add_argument("--replicate-seeds", type=int, nargs="*", default=[],
+                   help="seeds none of --seeds: the matched rows and their bounds again "
+                        "(table 4)")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     args = p.parse_args(argv)
+    if reused := sorted(set(args.replicate_seeds) & set(args.seeds)):
+        p.error(f"--replicate-seeds {reused} are among --seeds: a replication needs new seeds")
     # the sites' paths travel into run configs, which refuse a relative one
     args.data_root = args.data_root.resolve()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="batch_order_"))
@@ -375,10 +445,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                 args.jobs)["foundation_fedopt"]()
     wanted = [matched_job(task, s, one, n_sites) for s in args.seeds]
     val = fl.val_scores(one, extra, wanted, work / "foundation_fedopt")
+    replicate = []
+    if args.replicate_seeds:
+        ct_task, ct_sites, ct_one = ct_setup(quick, args.data_root, budget)
+        replicate = [
+            replicate_part(one, task, n_sites, args.replicate_seeds, args.seeds,
+                           work / "foundation_fedopt", args.jobs),
+            replicate_part(ct_one, ct_task, ct_sites, args.replicate_seeds, args.seeds,
+                           work / "foundation_ctfedoptlong", args.jobs)]
     first = next(iter(order_jobs.values()))
     cmd = ["python -m simulations.batch_order_bench", "--seeds", *map(str, args.seeds)]
     cmd += ["--quick"] if args.quick else []
     cmd += [f"--jobs {args.jobs}"] if args.jobs > 1 else []
+    cmd += (["--replicate-seeds", *map(str, args.replicate_seeds)] if args.replicate_seeds
+            else [])
     res: dict[str, Any] = {
         "task": task, "seeds": list(args.seeds), "synthetic": kept.synthetic[task],
         "metric": first["metric"], "n": first["n"],
@@ -389,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   "pooled_batch": one.budget.batch_size * n_sites,
                   "matched": {**_matched(one, wanted[0]),
                               "val": [fl._num(val[j.key].get("value")) for j in wanted]}},
-        "ct": ct_part(quick, args, budget, work),
+        "ct": ct_part(quick, args, budget, work), "replicate": replicate,
         "command": " ".join([*cmd, f"--out {shown_path(args.out)}"]),
         "date": time.strftime("%Y-%m-%d")}
     insert_section(args.out, render(res), before=BEFORE)

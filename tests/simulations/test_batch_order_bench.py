@@ -165,6 +165,52 @@ def test_the_section_shows_every_run_and_the_share_removed() -> None:
             "over that row on 1 of 2 seeds.") in text
 
 
+def _replicate_part(task: str, bound: float, matched: Sequence[float], synthetic: bool
+                    ) -> dict[str, Any]:
+    """A task's replication: the bound at ``bound`` and the matched row at ``matched`` on
+    seeds 0 to 3 (the tables' 0 and 1, the new 2 and 3)."""
+    jobs = {}
+    for seed, m in zip((0, 1, 2, 3), matched, strict=True):
+        for job, v in ((fl.Job("central", task, seed), bound),
+                       (fl.Job("fed", task, seed, options=MATCHED_OPTS), m)):
+            jobs[job.key] = _run(v, {"s_a": v, "s_b": v}, v)
+            if synthetic:  # the 3D task has no evaluation-only site
+                jobs[job.key]["external"] = {}
+    return {"task": task, "seeds": [2, 3], "synthetic": synthetic, "jobs": jobs,
+            "base": ["b"], "budget": {"rounds": 60, "local_steps": 1, "batch_size": 8,
+                                      "lr": 0.001},
+            "matched": {"batch": 3, "rounds": 160, "options": [list(o) for o in MATCHED_OPTS]}}
+
+
+def test_the_replication_reads_the_new_seeds_alone() -> None:
+    # Prepare: task t meets the goal on seeds 0 and 1 (1.0) but not on the new 2 and 3
+    # (0.95, 0.93); task c misses on the tables' seeds (0.9) and meets on the new (0.99)
+    res = _res(_order_part((0.9, 0.88, 0.8, 0.66), 0.6), _steps_part(0.8, 0.7, (0.6, 0.62)))
+    res["replicate"] = [_replicate_part("t", 0.8, (0.8, 0.8, 0.76, 0.744), False),
+                        _replicate_part("c", 0.8, (0.72, 0.72, 0.8, 0.784), True)]
+    # Execute
+    text = bo.render(res)
+    # Assert
+    rep = text[text.index(bo.REPLICATE_HEADING.format(seeds="2, 3")):]
+    assert "(their seeds: 0, 1)" in rep
+    t, c = rep.split("`c`: ")
+    assert "`t`: real data" in t and "**SYNTHETIC** CT phantoms" in c
+    assert ("The setting against the bound: fed / central 0.940 (per seed 0.950, 0.930), goal "
+            ">= 0.98: **MISSED**; on `s_ext` 0.940. Over all 4 seeds (0, 1, 2, 3): fed / "
+            "central 0.970.") in t
+    assert ("fed / central 0.990 (per seed 1.000, 0.980), goal >= 0.98: met. Over all 4 seeds "
+            "(0, 1, 2, 3): fed / central 0.945.") in c
+    assert "0.760, 0.744" in t and "0.720" not in t  # the new seeds' runs only in its table
+    assert bo.REPLICATE_HEADING[:20] not in bo.render(_res(
+        _order_part((0.9, 0.88, 0.8, 0.66), 0.6), _steps_part(0.8, 0.7, (0.6, 0.62))))
+
+
+def test_a_replication_refuses_the_tables_seeds(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bo.main(["--seeds", "0", "1", "--replicate-seeds", "1", "3"])
+    assert "--replicate-seeds [1] are among --seeds" in capsys.readouterr().err
+
+
 def test_the_matched_site_batch_gives_fedopts_server_about_the_bounds_steps() -> None:
     one = fl.same_examples(fl.Budget(lr=1e-3), 1)  # 60 x 1 of 8: 480 examples a site
     assert bo.matched_batch(one, 3) == 3 and fl.one_step_budget(one, 3).rounds == 160
@@ -207,8 +253,8 @@ def test_quick_mode_runs_both_tables_and_puts_the_section_before_forgetting(
     out = tmp_path / "B.md"
     out.write_text("# Benchmarks\n\n## Federated LoRA (#14)\n\nx\n\n## Forgetting regime (#15)\n"
                    "\ny\n")
-    res = bo.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"),
-                   "--out", str(out)])
+    res = bo.main(["--quick", "--seeds", "0", "--replicate-seeds", "1", "--work-dir",
+                   str(tmp_path / "w"), "--out", str(out)])
     text = out.read_text()
     assert text.index("## Federated LoRA (#14)\n") < text.index(bo.HEADING) < text.index(
         bo.BEFORE)
@@ -224,6 +270,13 @@ def test_quick_mode_runs_both_tables_and_puts_the_section_before_forgetting(
         assert math.isfinite(run["value"])
     for key in [*res["order"]["jobs"], fl.Job("central", fl.QUICK_TASK, 0).key]:
         assert f"{runs[key]['value']:.3f}" in text, key
+    # the replication: both parts' bound and matched row on the new seed, the tables' reused
+    assert bo.REPLICATE_HEADING.format(seeds="1") in text
+    assert [len(part["jobs"]) for part in res["replicate"]] == [4, 4]
+    assert res["replicate"][0]["jobs"][fl.Job("central", fl.QUICK_TASK, 0).key] == runs[
+        fl.Job("central", fl.QUICK_TASK, 0).key]
+    new = res["replicate"][1]["jobs"][fl.Job("central", fl.QUICK_TASK, 1).key]
+    assert f"{new['value']:.3f}" in text.split(bo.REPLICATE_HEADING.format(seeds="1"))[1]
     bo.main(["--quick", "--seeds", "0", "--work-dir", str(tmp_path / "w"), "--out", str(out)])
     assert out.read_text().count(bo.HEADING) == 1  # a rerun replaces it
 
