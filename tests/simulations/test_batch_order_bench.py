@@ -223,6 +223,23 @@ def test_the_matched_site_batch_gives_fedopts_server_about_the_bounds_steps() ->
         0.001)).values()))), fl.ONE_STEP_BATCH: 3}
 
 
+def test_the_hydra_presets_are_the_measured_setting() -> None:
+    # strategy=fedadam_one_step train=one_step: what the matched row's runs were given
+    from unicon_core.hydra_config import load_settings
+
+    lr = 0.001
+    job = bo.matched_job("t", 0, fl.Setup({}, fl.same_examples(fl.Budget(lr=lr), 1)), 3)
+    lora = [(k, v) for k, v in job.options if k not in fl.BENCH_OPTIONS]
+    bench = load_settings([*fl.lora_overrides(job.rule, {}, lora),
+                           f"strategy.{fl.NORM_FACTOR}={dict(job.options)[fl.NORM_FACTOR]}"])
+    preset = load_settings(["strategy=fedadam_one_step", "train=one_step", f"train.lr={lr}"])
+    assert preset.strategy.for_task("t") == bench.strategy.for_task("t")
+    assert preset.strategy.for_task("t").server_eta == lr  # eta follows train.lr
+    assert preset.strategy.update_norm_factor is None is bench.strategy.update_norm_factor
+    assert preset.train.max_steps == 1 and fl.job_budget(fl.Setup({}, fl.same_examples(
+        fl.Budget(lr=lr), 1)), job).local_steps == 1
+
+
 def test_a_run_takes_one_batch_option_at_a_time(tmp_path: Path) -> None:
     setup = fl.site_setup(fl.make_quick_sites(tmp_path / "q"), fl.Budget(), mixed_task="")
     with pytest.raises(ValueError, match="are not combined"):
