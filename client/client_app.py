@@ -10,6 +10,7 @@ tensors; the :class:`~client.mods.AnswerTimer` adds how long the site took to an
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Message
@@ -24,19 +25,22 @@ if TYPE_CHECKING:
 
 
 def make_client_app(
-    overrides: Sequence[str] = (), hooks: SiteHooks | None = None, mods: Sequence[Any] = ()
+    overrides: Sequence[str] = (), hooks: SiteHooks | None = None, mods: Sequence[Any] = (),
+    app_log: str | None = None,
 ) -> ClientApp:
     """A ClientApp; ``overrides`` are hydra overrides applied after the run config's own.
 
     ``hooks`` (research hooks of an in-process simulation, :class:`~client.site_runner.SiteHooks`)
     and extra ``mods`` (e.g. a simulated attack, inside the guard) are for simulations only; the
-    deployed ``app`` has neither.
+    deployed ``app`` has neither. ``app_log``: the run log Flower's records are appended to in
+    whatever process runs the app (default ``$UNICON_APP_LOG``, see
+    :func:`unicon_core.console.app_lifespan`).
     """
     extra = list(overrides)
     # The guard is outermost: it checks everything that leaves, the timer's metrics included.
     client_app = ClientApp(mods=[EgressGuard(), *mods, AnswerTimer()])
 
-    client_app.lifespan()(console.app_lifespan)
+    client_app.lifespan()(partial(console.app_lifespan, log=app_log))
 
     @client_app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -11,6 +11,9 @@ one process:
 * **engine**: Flower's simulation engine in this process (``unicon federate --engine
   python-api``, :func:`unicon_flower.engine.run_engine`): no SuperLink, the ServerApp in a
   thread of this process, the ClientApps in Ray actors;
+* **kept engine**: two engine runs in one :class:`unicon_flower.engine.KeptEngine`, as a
+  benchmark suite runs them (the first starts Ray and the ClientApp actors, the second,
+  **warm**, reuses them with their imports done);
 * **in process**: :func:`unicon_flower.runner.run_in_process` (the same ServerApp strategy and
   ClientApp, messages serialised as on the wire, without Flower's runtime: since issue #16 there
   is no second, plain training loop to compare with);
@@ -132,6 +135,7 @@ def measure_overhead(
     engine = _timed_flwr_run(_flwr_overrides(settings, site_dirs, run_dir,
                                              run_dir / "engine_run"),
                              run_dir / "engine_run", engine=True)
+    kept_engine = _kept_engine_runs(settings, site_dirs, run_dir)
 
     in_process, plain_s = _timed_in_process(site_dirs, run_dir / "in_process_run", settings)
     in_rounds_s = float(in_process.results["timing"]["rounds_s"])
@@ -142,10 +146,29 @@ def measure_overhead(
             "rounds_ratio": cold["rounds_s"] / in_rounds_s,
             "kept_first": first, "warm": warm, "warm_ratio": warm["total_s"] / plain_s,
             "engine": engine, "engine_ratio": engine["total_s"] / plain_s,
+            **kept_engine, "engine_warm_ratio": kept_engine["engine_warm"]["total_s"] / plain_s,
             "comparator": "in-process federation (unicon_flower.runner)", "floor": floor,
             "cpus": os.cpu_count(),
             "sites": len(sites), "rounds": rounds, "local_steps": int(train.max_steps or 0),
             "long": long}
+
+
+def _kept_engine_runs(settings: RunSettings, site_dirs: list[Path], run_dir: Path
+                      ) -> dict[str, dict[str, float]]:
+    """Two engine runs in one :class:`~unicon_flower.engine.KeptEngine`: the first starts
+    Ray and the actors, the warm one reuses them."""
+    from unicon_flower.engine import KeptEngine
+
+    out = {}
+    with KeptEngine() as kept:
+        for name in ("engine_first", "engine_warm"):
+            folder = run_dir / f"{name}_run"
+            out[name] = _timed_flwr_run(_flwr_overrides(settings, site_dirs, run_dir, folder),
+                                        folder, engine=True)
+    if kept.pools_started != 1:  # the warm run would not be warm: say so, never report it
+        raise RuntimeError(f"the kept engine started {kept.pools_started} actor pools for "
+                           "two runs, expected 1")
+    return out
 
 
 def _longer(settings: RunSettings, site_dirs: list[Path], run_dir: Path, rounds: int

@@ -545,12 +545,26 @@ def overhead_section(ov: dict[str, Any] | None, meta: dict[str, Any] | None = No
                   "cold `flwr run`; its query round still pays Ray and the actors' imports. "
                   "It runs on Flower's `run_simulation`, deprecated in Flower 1.41, so "
                   "`flwr run` stays the default.", ""]
+    kept_warm = ov.get("engine_warm")
+    if kept_warm:
+        kept_first = ov["engine_first"]
+        lines += [f"The engine kept for a whole suite (`unicon_flower.engine.KeptEngine`: "
+                  f"the first run starts Ray and the ClientApp actors, {kept_first['total_s']:.1f}"
+                  f" s; the next reuses them, their imports done) takes "
+                  f"{kept_warm['total_s']:.1f} s warm: ratio "
+                  f"**{ov['engine_warm_ratio']:.2f}×**, goal ≤ {GOAL_WALL_RATIO}×: "
+                  f"{goal(ov['engine_warm_ratio'] <= GOAL_WALL_RATIO)}. This is the ratio of "
+                  "the runs of a benchmark suite or a sweep after its first; the first pays "
+                  "what the engine run above pays, and a single `flwr run` the cold ratio.",
+                  ""]
     runs = [("cold", {k: ov[k] for _, k in _PARTS} | {"total_s": ov["flwr_s"]})]
     if "rounds_s" in ov:
         if warm:
             runs += [("kept, first", ov["kept_first"]), ("kept, warm", warm)]
         if engine:
             runs += [("engine", engine)]
+        if kept_warm:
+            runs += [("engine kept, warm", kept_warm)]
         lines += _table(["part of the flwr run", *[f"{n} s" for n, _ in runs],
                          *[f"{n} share" for n, _ in runs]],
                         [[name, *[f"{r[key]:.1f}" for _, r in runs],

@@ -120,12 +120,15 @@ def plain(line: str) -> str:
     return _ANSI.sub("", line)
 
 
-def app_lifespan(context: Any) -> Iterator[None]:
+def app_lifespan(context: Any, log: str | None = None) -> Iterator[None]:
     """A Flower app's lifespan (``app.lifespan()(app_lifespan)``): warnings and logs at
     ``$UNICON_VERBOSITY`` in whatever process runs the app (default 1: Flower's INFO logs, no
-    dependency warnings). ``context`` is Flower's ``Context``, unused here."""
+    dependency warnings), Flower's records appended to the run log ``log`` (default
+    ``$UNICON_APP_LOG``, read as the process started: an actor kept from an earlier run has
+    that run's, so a kept engine names each run's log here). ``context`` is Flower's
+    ``Context``, unused here."""
     configure(default=VERBOSE)
-    with log_file(os.environ.get(APP_LOG_ENV, "")):
+    with log_file(os.environ.get(APP_LOG_ENV, "") if log is None else log):
         yield
 
 

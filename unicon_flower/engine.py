@@ -23,16 +23,26 @@ as an error reply and is logged there, as under ``flwr run``.
 ``run_simulation`` is deprecated in Flower 1.41 ("will be removed in a future version"), so
 ``flwr run`` stays the default; this engine is for the many short runs of a benchmark or a
 sweep, where Flower's start-up would dominate.
+
+What every engine run still pays is Ray's start and each ClientApp actor's import of torch,
+MONAI and peft (its query round). :class:`KeptEngine` keeps both for a suite of runs in one
+process, as :class:`~unicon_flower.launcher.KeptSuperLink` keeps a SuperLink: the first run
+starts Ray and the actors, the next ones reuse them, warm, and leaving the suite stops them.
+Each run still builds its own ServerApp, ClientApp, nodes and contexts; only the processes
+that run the ClientApps stay.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 from unicon_core import console
 from unicon_flower.launcher import (
@@ -75,7 +85,8 @@ def run_engine(overrides: Sequence[str]) -> Path:
             _flower_log(run_dir / FLOWER_LOG, echo), \
             _progress(run_dir, fed.rounds, not echo):
         try:
-            run_simulation(make_server_app(full), make_client_app(full),
+            run_simulation(make_server_app(full),
+                           make_client_app(full, app_log=str(run_dir / FLOWER_LOG)),
                            num_supernodes=len(fed.sites),
                            backend_config=backend_config(fed.gpus_per_site, echo))  # type: ignore[arg-type]
         except Exception as ex:  # the ServerApp raised: as flwr run's non-zero exit
@@ -84,6 +95,124 @@ def run_engine(overrides: Sequence[str]) -> Path:
                 f"the federated run failed ({type(ex).__name__}: {ex}); its output is in "
                 f"{run_dir / FLOWER_LOG}") from ex
     return check_finished(run_dir, 0)
+
+
+#: The Flower releases whose simulation internals :class:`KeptEngine` was written against:
+#: ``start_vce`` builds its backend from ``raybackend.RayBackend`` at run time, and the backend
+#: builds a ``BasicActorPool`` in ``build`` and ends it in ``terminate``.
+KEPT_ENGINE_FLOWER = "1.41."
+#: Seconds a kept actor has to answer Ray's readiness call before a run: one that does not
+#: (it died, or hangs) makes the engine start a fresh pool.
+ACTOR_READY_S = 30.0
+
+
+class KeptEngine:
+    """Ray and the ClientApp actors of :func:`run_engine` kept for every run inside ``with``.
+
+    Inside, Flower's Ray backend (``raybackend.RayBackend``, which ``start_vce`` looks up for
+    each run) is a subclass whose ``build`` takes the kept actor pool when one is kept for the
+    same resources and every actor answers, and whose ``terminate`` keeps the pool when all
+    its actors are back and idle (else ends them); Ray itself stays up. Leaving ends the
+    actors, shuts Ray down and restores Flower's class. One at a time per process; only on
+    the Flower releases of :data:`KEPT_ENGINE_FLOWER`, whose internals it replaces.
+    """
+
+    _open: KeptEngine | None = None
+
+    def __init__(self) -> None:
+        self.pool: Any = None  # flwr's BasicActorPool, kept between runs
+        self.resources = ""  # the client resources the pool was built for (JSON)
+        self.pools_started = 0
+        self.runs = 0
+        self._restore: Callable[[], None] | None = None
+
+    def __enter__(self) -> KeptEngine:
+        import flwr
+        from flwr.server.superlink.fleet.vce.backend import raybackend
+
+        if not flwr.__version__.startswith(KEPT_ENGINE_FLOWER):
+            raise RuntimeError(
+                f"KeptEngine replaces internals of Flower {KEPT_ENGINE_FLOWER}x's simulation "
+                f"engine; this is Flower {flwr.__version__}: run without it (each run then "
+                "starts its own Ray and actors)")
+        if KeptEngine._open is not None:
+            raise RuntimeError("a KeptEngine is open already in this process")
+        original = raybackend.RayBackend
+        raybackend.RayBackend = _kept_backend(self, original)  # type: ignore[misc]
+
+        def restore() -> None:
+            raybackend.RayBackend = original  # type: ignore[misc]
+
+        self._restore, KeptEngine._open = restore, self
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        import ray
+
+        try:
+            self._drop()
+            if ray.is_initialized():
+                ray.shutdown()
+        finally:
+            if self._restore is not None:
+                self._restore()
+            self._restore, KeptEngine._open = None, None
+
+    def take(self, resources: str) -> Any:
+        """The kept pool for ``resources`` when every actor answers; else None (a pool for
+        other resources, or with an actor that does not answer, is ended)."""
+        import ray
+
+        if self.pool is not None and self.resources == resources:
+            pings = [actor.__ray_ready__.remote() for actor in self.pool.pool]
+            ready, _ = ray.wait(pings, num_returns=len(pings), timeout=ACTOR_READY_S)
+            if len(ready) == len(pings):
+                try:
+                    ray.get(ready)
+                    return self.pool
+                except ray.exceptions.RayError:
+                    pass
+        self._drop()
+        return None
+
+    def keep(self, pool: Any, resources: str) -> None:
+        """Keep ``pool`` for the next run when all its actors are idle, else end them."""
+        if pool is None:
+            return
+        if pool.num_actors and len(pool.pool) == pool.num_actors and not pool._future_to_actor:
+            self.pool, self.resources = pool, resources
+            self.runs += 1
+        else:  # an actor still busy or lost: the next run starts afresh
+            pool.terminate_all_actors()
+            self.pool = None
+
+    def _drop(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate_all_actors()
+        self.pool, self.resources = None, ""
+
+
+def _kept_backend(engine: KeptEngine, base: type) -> type:
+    """Flower's Ray backend, keeping its actor pool and Ray in ``engine`` between runs."""
+
+    class KeptRayBackend(base):  # type: ignore[misc,valid-type]
+        """``RayBackend`` whose pool and Ray outlive the run (:class:`KeptEngine`)."""
+
+        def build(self, app_fn: Callable[[], Any]) -> None:
+            self.kept_key = json.dumps(self.client_resources, sort_keys=True)
+            pool = engine.take(self.kept_key)
+            if pool is None:
+                super().build(app_fn)
+                engine.pools_started += 1
+            else:
+                self.pool, self.app_fn = pool, app_fn
+
+        def terminate(self) -> None:
+            engine.keep(self.pool, getattr(self, "kept_key", ""))
+            self.pool = None
+
+    return KeptRayBackend
 
 
 @contextmanager

@@ -245,6 +245,7 @@ def test_wall_time_section_reports_cold_and_kept_superlink_runs() -> None:
     assert "saves 17.0 s of start-up and 3.0 s of shut-down" in text
     assert "takes 16.0 s: ratio **1.60×**, goal ≤ 1.3×: **MISSED**" in text  # the engine
     assert "It saves 16.0 s of start-up and 2.0 s of shut-down" in text
+    assert "kept for a whole suite (`unicon_flower.engine" not in text  # not measured
     assert ("| Flower start-up until the ServerApp runs | 20.0 | 9.0 | 3.0 | 4.0 | 50% | 25% "
             "| 25% | 25% |") in text
     assert overhead_section(None)[-2] == "not measured in this run."
@@ -257,6 +258,28 @@ def test_wall_time_section_reports_cold_and_kept_superlink_runs() -> None:
     ov["floor"]["ray_s"] = 0.2
     assert "that is 2.7 s" in "\n".join(overhead_section(ov))
     assert "within reach." in "\n".join(overhead_section(ov))
+
+
+def test_wall_time_section_reports_the_kept_engines_warm_run() -> None:
+    from simulations.report import overhead_section
+
+    def run(total: float) -> dict[str, float]:
+        return {"total_s": total, "startup_s": total / 4, "query_s": total / 4,
+                "rounds_s": total / 4, "shutdown_s": total / 4}
+
+    ov = {"flwr_s": 40.0, "plain_s": 10.0, "ratio": 4.0, "sites": 5, "rounds": 3,
+          "local_steps": 12, "startup_s": 20.0, "query_s": 6.0, "rounds_s": 8.0,
+          "shutdown_s": 6.0, "rounds_ratio": 0.8, "comparator": "in-process",
+          "engine": run(16.0), "engine_ratio": 1.6, "engine_first": run(18.0),
+          "engine_warm": run(12.8), "engine_warm_ratio": 1.28}
+
+    text = "\n".join(overhead_section(ov))
+
+    assert ("the first run starts Ray and the ClientApp actors, 18.0 s; the next reuses them, "
+            "their imports done) takes 12.8 s warm: ratio **1.28×**, goal ≤ 1.3×: met") in text
+    assert "| query round (first ClientApp calls) | 6.0 | 4.0 | 3.2 | 15% | 25% | 25% |" in text
+    ov["engine_warm_ratio"] = 1.31
+    assert "ratio **1.31×**, goal ≤ 1.3×: **MISSED**" in "\n".join(overhead_section(ov))
 
 
 def test_crossing_rounds_solves_two_straight_lines() -> None:

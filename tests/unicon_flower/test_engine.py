@@ -114,3 +114,66 @@ def test_the_backend_owns_its_ray_and_asks_for_no_gpu_torch_cannot_see() -> None
         "num_cpus": 1, "num_gpus": 0.5 if torch.cuda.is_available() else 0.0}
     assert quiet["init_args"]["log_to_driver"] is False
     assert shown["init_args"]["log_to_driver"] is True
+
+
+def _site_d_pids(log: Path) -> set[int]:
+    """The processes whose record says site_d cannot join (its ClientApp's, in Ray actors)."""
+    return {int(p) for p in re.findall(r"\[pid (\d+)\]: site site_d cannot join the run",
+                                       log.read_text())}
+
+
+def _metrics(run_dir: Path) -> dict[str, object]:
+    results = json.loads((run_dir / RESULTS_FILE).read_text())
+    return {task: entry.get("value") for task, entry in results["tasks"].items()}
+
+
+@pytest.mark.slow
+def test_a_kept_engine_reuses_ray_and_its_actors_and_gives_the_same_results(
+    tmp_path: Path,
+) -> None:
+    # Prepare: site_d breaks, so each run's ClientApps log a record naming their process
+    import ray
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from unicon_flower.engine import KeptEngine, run_engine
+
+    dirs = make_sites(tmp_path / "sites", [*THREE_SITES, ("site_d", CLS_TASK, 24)])
+    break_label(dirs[3])
+    original = raybackend.RayBackend
+
+    # Execute: two runs in one kept engine (the first on fresh actors, as a run of its own)
+    with KeptEngine() as engine:
+        first = run_engine(tiny_overrides(dirs, tmp_path / "first", 1))
+        assert ray.is_initialized()  # kept between the runs
+        warm = run_engine(tiny_overrides(dirs, tmp_path / "warm", 1))
+
+    # Assert: one pool for both runs, the same actors, each run's records in its own log
+    assert (engine.pools_started, engine.runs) == (1, 2)
+    first_pids, warm_pids = (_site_d_pids(d / FLOWER_LOG) for d in (first, warm))
+    assert first_pids and warm_pids <= first_pids  # no actor of the warm run is new
+    assert os.getpid() not in warm_pids
+    # ... the same results on warm actors as on fresh ones; Ray and Flower's class restored
+    assert _metrics(first) == _metrics(warm) and all(
+        isinstance(v, float) for v in _metrics(warm).values())
+    assert not ray.is_initialized() and raybackend.RayBackend is original
+
+
+def test_a_kept_engine_refuses_another_flower_and_a_second_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwr
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+
+    from unicon_flower.engine import KeptEngine
+
+    original = raybackend.RayBackend
+    with KeptEngine():
+        assert raybackend.RayBackend is not original
+        with pytest.raises(RuntimeError, match="open already"), KeptEngine():
+            pass
+    assert raybackend.RayBackend is original
+    monkeypatch.setattr(flwr, "__version__", "1.42.0")
+    with pytest.raises(RuntimeError, match=r"Flower 1\.41\.x's simulation engine; this is "
+                                           r"Flower 1\.42\.0"), KeptEngine():
+        pass
+    assert raybackend.RayBackend is original
