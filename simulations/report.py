@@ -521,17 +521,15 @@ def overhead_section(ov: dict[str, Any] | None, meta: dict[str, Any] | None = No
               "includes starting the SuperLink, SuperExec and the simulation runtime.", ""]
     warm = ov.get("warm")
     if warm:
-        first = ov["kept_first"]
-        lines += [f"On a SuperLink kept for a whole suite (`unicon_flower.launcher."
-                  f"KeptSuperLink`: the first run starts it, {first['total_s']:.1f} s; the "
-                  f"next finds it running), the warm run takes {warm['total_s']:.1f} s: ratio "
-                  f"**{ov['warm_ratio']:.2f}×**, goal ≤ {GOAL_WALL_RATIO}×: "
-                  f"{goal(ov['warm_ratio'] <= GOAL_WALL_RATIO)}. Keeping the SuperLink saves "
-                  f"{ov['startup_s'] - warm['startup_s']:.1f} s of start-up and "
-                  f"{ov['shutdown_s'] - warm['shutdown_s']:.1f} s of shut-down against the "
-                  "cold run: what remains of the start-up is the `flwr run` command itself "
-                  "(building and submitting the app) and the simulation runtime (its process, "
-                  "Ray, and the ServerApp's and ClientApps' imports), paid by every run.", ""]
+        lines += _kept_lines(
+            "On a SuperLink kept for a whole suite (`unicon_flower.launcher.KeptSuperLink`: "
+            "the first run starts it", "the next finds it running), the warm run takes",
+            ov["kept_first"], warm, ov["warm_ratio"],
+            f"Keeping the SuperLink saves {ov['startup_s'] - warm['startup_s']:.1f} s of "
+            f"start-up and {ov['shutdown_s'] - warm['shutdown_s']:.1f} s of shut-down against "
+            "the cold run: what remains of the start-up is the `flwr run` command itself "
+            "(building and submitting the app) and the simulation runtime (its process, Ray, "
+            "and the ServerApp's and ClientApps' imports), paid by every run.")
     engine = ov.get("engine")
     if engine:
         lines += [f"Flower's simulation engine in this process (`unicon federate --engine "
@@ -547,16 +545,13 @@ def overhead_section(ov: dict[str, Any] | None, meta: dict[str, Any] | None = No
                   "`flwr run` stays the default.", ""]
     kept_warm = ov.get("engine_warm")
     if kept_warm:
-        kept_first = ov["engine_first"]
-        lines += [f"The engine kept for a whole suite (`unicon_flower.engine.KeptEngine`: "
-                  f"the first run starts Ray and the ClientApp actors, {kept_first['total_s']:.1f}"
-                  f" s; the next reuses them, their imports done) takes "
-                  f"{kept_warm['total_s']:.1f} s warm: ratio "
-                  f"**{ov['engine_warm_ratio']:.2f}×**, goal ≤ {GOAL_WALL_RATIO}×: "
-                  f"{goal(ov['engine_warm_ratio'] <= GOAL_WALL_RATIO)}. This is the ratio of "
-                  "the runs of a benchmark suite or a sweep after its first; the first pays "
-                  "what the engine run above pays, and a single `flwr run` the cold ratio.",
-                  ""]
+        lines += _kept_lines(
+            "The engine kept for a whole suite (`unicon_flower.engine.KeptEngine`: the first "
+            "run starts Ray and the ClientApp actors", "the next reuses them, their imports "
+            "done), the warm run takes", ov["engine_first"], kept_warm, ov["engine_warm_ratio"],
+            "This is the ratio of the runs of a benchmark suite or a sweep after its first; "
+            "the first pays what the engine run above pays, and a single `flwr run` the cold "
+            "ratio.")
     runs = [("cold", {k: ov[k] for _, k in _PARTS} | {"total_s": ov["flwr_s"]})]
     if "rounds_s" in ov:
         if warm:
@@ -581,6 +576,15 @@ def overhead_section(ov: dict[str, Any] | None, meta: dict[str, Any] | None = No
     if ov.get("floor"):
         lines += _floor_lines(ov)
     return lines
+
+
+def _kept_lines(what: str, warm_is: str, first: dict[str, float], warm: dict[str, float],
+                ratio: float, after: str) -> list[str]:
+    """A kept runtime's paragraph: ``what`` (its first run's seconds follow), ``warm_is``
+    (the warm run's seconds follow), the warm ratio against the goal, then ``after``."""
+    return [f"{what}, {first['total_s']:.1f} s; {warm_is} {warm['total_s']:.1f} s: ratio "
+            f"**{ratio:.2f}×**, goal ≤ {GOAL_WALL_RATIO}×: {goal(ratio <= GOAL_WALL_RATIO)}. "
+            f"{after}", ""]
 
 
 def _long_lines(ov: dict[str, Any]) -> list[str]:

@@ -113,8 +113,11 @@ class KeptEngine:
     each run) is a subclass whose ``build`` takes the kept actor pool when one is kept for the
     same resources and every actor answers, and whose ``terminate`` keeps the pool when all
     its actors are back and idle (else ends them); Ray itself stays up. Leaving ends the
-    actors, shuts Ray down and restores Flower's class. One at a time per process; only on
-    the Flower releases of :data:`KEPT_ENGINE_FLOWER`, whose internals it replaces.
+    actors, shuts Ray down and restores Flower's class. Ray keeps the first run's start
+    arguments (:func:`backend_config`) and the actors the environment they started with, so
+    each run names its own log to its ClientApp (``make_client_app(app_log=...)``). One at a
+    time per process; only on the Flower releases of :data:`KEPT_ENGINE_FLOWER`, whose
+    internals it replaces. ``runs``: the runs whose pool was kept afterwards.
     """
 
     _open: KeptEngine | None = None
