@@ -653,7 +653,10 @@ def _floor_lines(ov: dict[str, Any]) -> list[str]:
                            if floor > allowed else "within reach.")
             + (" The engine in process removes the ServerApp process's copy of the imports, "
                "not Ray or the actors' copies, so the same floor holds for it."
-               if ov.get("engine") else ""), ""]
+               if ov.get("engine") else "")
+            + (" The kept engine pays Ray and the actors' imports once for a whole suite, not "
+               "once a run: its warm runs are the only ones here below the floor."
+               if ov.get("engine_warm") else ""), ""]
 
 
 #: Parts of a flwr run's wall time, as (label, key) (see :mod:`simulations.overhead`).

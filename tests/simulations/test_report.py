@@ -281,6 +281,9 @@ def test_wall_time_section_reports_the_kept_engines_warm_run() -> None:
     assert "| query round (first ClientApp calls) | 6.0 | 4.0 | 3.2 | 15% | 25% | 25% |" in text
     ov["engine_warm_ratio"] = 1.31
     assert "ratio **1.31×**, goal ≤ 1.3×: **MISSED**" in "\n".join(overhead_section(ov))
+    ov["floor"], ov["cpus"] = {"python_s": 0.1, "ray_s": 2.0, "stack_s": 2.5}, 2
+    assert "pays Ray and the actors' imports once for a whole suite" in "\n".join(
+        overhead_section(ov))
 
 
 def test_crossing_rounds_solves_two_straight_lines() -> None:
