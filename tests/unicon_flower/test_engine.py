@@ -150,7 +150,7 @@ def test_a_kept_engine_reuses_ray_and_its_actors_and_gives_the_same_results(
     # Assert: one pool for both runs, the same actors, each run's records in its own log
     assert (engine.pools_started, engine.runs) == (1, 2)
     first_pids, warm_pids = (_site_d_pids(d / FLOWER_LOG) for d in (first, warm))
-    assert first_pids and warm_pids <= first_pids  # no actor of the warm run is new
+    assert first_pids and warm_pids and warm_pids <= first_pids  # no new actor in the warm run
     assert os.getpid() not in warm_pids
     # ... the same results on warm actors as on fresh ones; Ray and Flower's class restored
     assert _metrics(first) == _metrics(warm) and all(
