@@ -24,8 +24,9 @@ bench's cache):
    among rows: its reading is its fed / central against the #14 goal.
 4. **Replication** (``--replicate-seeds``, :data:`REPLICATE_HEADING`): the setting of (3) and
    each task's bound again on seeds no table above used, read by the same goal on those
-   seeds alone (fed / central of their means at least 0.98: met), a rule fixed before any of
-   their runs; the ratio over every seed of both is shown beside it, not read.
+   seeds alone (fed / central of their means at least 0.98: met), a rule committed before
+   any of their runs had a result; the ratio over every seed of both is shown beside it, not
+   read.
 
 How each is read, fixed before any of its runs: the share of the bound's lead over the
 federation that the changed bound removes, (bound - changed) / (bound - federated) on the
@@ -303,7 +304,8 @@ def replicate_lines(res: Mapping[str, Any]) -> list[str]:
     lines = [REPLICATE_HEADING.format(seeds=", ".join(map(str, seeds))), "",
              "The last rows of tables 2 and 3, each beside its bound, again on seeds none of "
              "the tables above used (their seeds: " + ", ".join(map(str, res["seeds"]))
-             + "), nothing else changed. How it is read was fixed before any of these runs: "
+             + "), nothing else changed. How it is read was committed before any of these "
+             "runs had a result: "
              f"the goal (fed / central of the means >= {fl.GOAL_RATIO}) on these seeds alone. "
              "The ratio over every seed of both runs is shown beside it, not read.", ""]
     for part in parts:
@@ -334,7 +336,8 @@ def replicate_lines(res: Mapping[str, Any]) -> list[str]:
 
 
 def render(res: Mapping[str, Any]) -> str:
-    """The section: the batch-order table and the step-count table."""
+    """The section: the batch-order, step-count and 3D tables, and the replication when
+    ``res`` has one."""
     data = "**SYNTHETIC** sites" if res["synthetic"] else "real data"
     every = {**res["order"]["jobs"], **res["steps"]["jobs"], **res["ct"]["jobs"],
              **{k: v for part in res.get("replicate") or [] for k, v in part["jobs"].items()}}
