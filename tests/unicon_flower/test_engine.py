@@ -145,13 +145,19 @@ def test_a_kept_engine_reuses_ray_and_its_actors_and_gives_the_same_results(
     with KeptEngine() as engine:
         first = run_engine(tiny_overrides(dirs, tmp_path / "first", 1))
         assert ray.is_initialized()  # kept between the runs
+        actors = {a._actor_id.hex() for a in engine.pool.pool}
         warm = run_engine(tiny_overrides(dirs, tmp_path / "warm", 1))
+        kept_pools = engine.pools_started
+        assert {a._actor_id.hex() for a in engine.pool.pool} == actors  # the same actors
+        ray.kill(engine.pool.pool[0])  # a lost actor: the next run starts a fresh pool
+        fresh = run_engine(tiny_overrides(dirs, tmp_path / "fresh", 1))
 
-    # Assert: one pool for both runs, the same actors, each run's records in its own log
-    assert (engine.pools_started, engine.runs) == (1, 2)
+    # Assert: one pool for the first two runs, the same actors, each run's records in its
+    # own log; a third pool-less run after the loss
+    assert (kept_pools, engine.pools_started, engine.runs) == (1, 2, 3)
+    assert _site_d_pids(fresh / FLOWER_LOG).isdisjoint(_site_d_pids(first / FLOWER_LOG))
     first_pids, warm_pids = (_site_d_pids(d / FLOWER_LOG) for d in (first, warm))
-    assert first_pids and warm_pids and warm_pids <= first_pids  # no new actor in the warm run
-    assert os.getpid() not in warm_pids
+    assert first_pids and warm_pids and os.getpid() not in warm_pids  # each in its own log
     # ... the same results on warm actors as on fresh ones; Ray and Flower's class restored
     assert _metrics(first) == _metrics(warm) and all(
         isinstance(v, float) for v in _metrics(warm).values())
@@ -177,3 +183,29 @@ def test_a_kept_engine_refuses_another_flower_and_a_second_one(
                                            r"Flower 1\.42\.0"), KeptEngine():
         pass
     assert raybackend.RayBackend is original
+
+
+class _Pool:
+    """Flower's actor pool as the kept engine reads it: idle actors, their count, futures."""
+
+    def __init__(self, idle: int, actors: int) -> None:
+        self.pool, self.num_actors = [object()] * idle, actors
+        self._future_to_actor: dict[object, object] = {}
+        self.ended = False
+
+    def terminate_all_actors(self) -> None:
+        self.ended = True
+
+
+def test_a_kept_engine_keeps_a_pool_only_when_every_actor_is_back() -> None:
+    from unicon_flower.engine import KeptEngine
+
+    engine = KeptEngine()
+    idle = _Pool(2, 2)
+    engine.keep(idle, "cpu")
+    assert engine.pool is idle and engine.runs == 1 and not idle.ended
+    busy = _Pool(1, 2)  # an actor still out with a message
+    engine.keep(busy, "cpu")
+    assert engine.pool is None and busy.ended and engine.runs == 1
+    engine.keep(None, "cpu")  # a run that built no pool
+    assert engine.pool is None
