@@ -26,15 +26,15 @@ if TYPE_CHECKING:
 
 def make_client_app(
     overrides: Sequence[str] = (), hooks: SiteHooks | None = None, mods: Sequence[Any] = (),
-    app_log: str | None = None,
+    app_log: str = "",
 ) -> ClientApp:
     """A ClientApp; ``overrides`` are hydra overrides applied after the run config's own.
 
     ``hooks`` (research hooks of an in-process simulation, :class:`~client.site_runner.SiteHooks`)
     and extra ``mods`` (e.g. a simulated attack, inside the guard) are for simulations only; the
-    deployed ``app`` has neither. ``app_log``: the run log Flower's records are appended to in
-    whatever process runs the app (default ``$UNICON_APP_LOG``, see
-    :func:`unicon_core.console.app_lifespan`).
+    deployed ``app`` has neither. ``app_log``: a run log Flower's records are appended to as
+    well, in whatever process runs the app (:func:`unicon_core.console.app_lifespan`; the
+    in-process engine's, whose ClientApps run in Ray actors).
     """
     extra = list(overrides)
     # The guard is outermost: it checks everything that leaves, the timer's metrics included.

@@ -226,6 +226,27 @@ def order_lines(res: Mapping[str, Any]) -> list[str]:
             *table_lines(rows, f"centralised, {SHUFFLED}", FEDERATED, ORDER_CAUSE), ""]
 
 
+def bound_runs(part: Mapping[str, Any], task: str, seeds: Sequence[int]
+               ) -> list[Mapping[str, Any]]:
+    """A part's centralised bound on ``seeds`` (its plain central job)."""
+    return [part["jobs"][fl.Job("central", task, s).key] for s in seeds]
+
+
+def matched_runs(part: Mapping[str, Any], task: str, seeds: Sequence[int]
+                 ) -> list[Mapping[str, Any]]:
+    """A part's :data:`MATCHED` row on ``seeds``."""
+    opts = tuple(tuple(o) for o in part["matched"]["options"])
+    return [part["jobs"][fl.Job("fed", task, s, fl.VARIANT_RULE, options=opts).key]
+            for s in seeds]
+
+
+def _data_line(part: Mapping[str, Any], first: Mapping[str, Any]) -> str:
+    """A 3D or replication table's intro: its data, setting, metric and test n."""
+    data = "**SYNTHETIC** CT phantoms" if part["synthetic"] else "real data"
+    return (f"{data}; {_setting(part)}; {first['metric']} on the training sites' test splits "
+            f"(n {first['n']}).")
+
+
 def steps_lines(res: Mapping[str, Any]) -> list[str]:
     """The step-count table and its intro."""
     task, seeds, part = res["task"], res["seeds"], res["steps"]
@@ -234,15 +255,13 @@ def steps_lines(res: Mapping[str, Any]) -> list[str]:
     chosen = [jobs[fl.Job("fed", task, p["seed"], fl.VARIANT_RULE,
                           options=variants[p["chosen"]]).key] for p in part["chosen"][task]]
     pooled = part["pooled_batch"]
-    rows = {STEPS_BOUND.format(batch=batch): [jobs[fl.Job("central", task, s).key]
-                                              for s in seeds],
+    rows = {STEPS_BOUND.format(batch=batch): bound_runs(part, task, seeds),
             f"centralised, one step of {pooled} a round (FedOpt's server steps)": [
                 jobs[fl.Job("central", task, s, options=((fl.POOLED_BATCH, pooled),)).key]
                 for s in seeds],
             FEDOPT_CHOSEN: chosen}
     matched = MATCHED.format(**part["matched"])
-    rows[matched] = [jobs[fl.Job("fed", task, s, fl.VARIANT_RULE, options=tuple(
-        tuple(o) for o in part["matched"]["options"])).key] for s in seeds]
+    rows[matched] = matched_runs(part, task, seeds)
     picks = part["chosen"][task]
     own = part["matched"]["val"]
     theirs = [p["val"][p["chosen"]] for p in picks]
@@ -272,18 +291,14 @@ def ct_lines(res: Mapping[str, Any]) -> list[str]:
     task, jobs, b = part["task"], part["jobs"], part["budget"]
     (label, opts), = fl._stored_variants(part).items()
     matched = MATCHED.format(**part["matched"])
-    rows = {STEPS_BOUND.format(batch=b["batch_size"]): [jobs[fl.Job("central", task, s).key]
-                                                        for s in seeds],
+    bound = bound_runs(part, task, seeds)
+    rows = {STEPS_BOUND.format(batch=b["batch_size"]): bound,
             label: [jobs[fl.Job("fed", task, s, fl.VARIANT_RULE, options=opts).key]
                     for s in seeds],
-            matched: [jobs[fl.Job("fed", task, s, fl.VARIANT_RULE, options=tuple(
-                tuple(o) for o in part["matched"]["options"])).key] for s in seeds]}
-    bound = rows[STEPS_BOUND.format(batch=b["batch_size"])]
-    data = "**SYNTHETIC** CT phantoms" if part["synthetic"] else "real data"
-    first = bound[0]
+            matched: matched_runs(part, task, seeds)}
     return [CT_HEADING.format(task=task), "",
-            f"{data}; {_setting(part)}; {first['metric']} on the training sites' test splits "
-            f"(n {first['n']}). The same rule as the row above, on the 3D task's FedOpt table "
+            f"{_data_line(part, bound[0])} The same rule as the row above, on the 3D task's "
+            "FedOpt table "
             f"(its 3x-rounds examples cut into one-step rounds), set before any run of it: "
             f"one-step rounds on site batches of {part['matched']['batch']}, so the server "
             "takes as many steps, on as many volumes, as the bound. No validation choice: that "
@@ -309,25 +324,15 @@ def replicate_lines(res: Mapping[str, Any]) -> list[str]:
              f"the goal (fed / central of the means >= {fl.GOAL_RATIO}) on these seeds alone. "
              "The ratio over every seed of both runs is shown beside it, not read.", ""]
     for part in parts:
-        task, jobs, b = part["task"], part["jobs"], part["budget"]
-        bound_label = STEPS_BOUND.format(batch=b["batch_size"])
-        opts = tuple(tuple(o) for o in part["matched"]["options"])
-
-        def runs(job_seeds: Sequence[int], fed: bool, jobs: Mapping[str, Any] = jobs,
-                 task: str = task, opts: tuple[tuple[Any, ...], ...] = opts
-                 ) -> list[Mapping[str, Any]]:
-            return [jobs[(fl.Job("fed", task, s, fl.VARIANT_RULE, options=opts) if fed
-                          else fl.Job("central", task, s)).key] for s in job_seeds]
-
+        task = part["task"]
+        bound_label = STEPS_BOUND.format(batch=part["budget"]["batch_size"])
         matched = MATCHED.format(**part["matched"])
-        rows = {bound_label: runs(seeds, False), matched: runs(seeds, True)}
+        rows = {bound_label: bound_runs(part, task, seeds),
+                matched: matched_runs(part, task, seeds)}
         every = [*res["seeds"], *seeds]
-        _, all_ratio = fl.ratio_stats([r["value"] for r in runs(every, True)],
-                                      [r["value"] for r in runs(every, False)])
-        data = "**SYNTHETIC** CT phantoms" if part["synthetic"] else "real data"
-        first = rows[bound_label][0]
-        lines += [f"`{task}`: {data}; {_setting(part)}; {first['metric']} on the training "
-                  f"sites' test splits (n {first['n']}).", "",
+        _, all_ratio = fl.ratio_stats([r["value"] for r in matched_runs(part, task, every)],
+                                      [r["value"] for r in bound_runs(part, task, every)])
+        lines += [f"`{task}`: {_data_line(part, rows[bound_label][0])}", "",
                   *table_lines(rows, bound_label, matched, STEPS_CAUSE, shares=False), "",
                   goal_line(rows[matched], rows[bound_label], "The setting")
                   + f" Over all {len(every)} seeds ({', '.join(map(str, every))}): fed / "

@@ -24,10 +24,6 @@ from typing import Any
 
 #: Environment variable holding the level for child processes (Flower's, Ray's).
 VERBOSITY_ENV = "UNICON_VERBOSITY"
-#: Environment variable naming a run's log file, where an app's Flower log records go as well
-#: (set by the in-process engine: its ClientApps run in Ray actors, whose console output Ray
-#: keeps in its own session logs, not in the run folder).
-APP_LOG_ENV = "UNICON_APP_LOG"
 #: A log file's lines: level, time, the process (several write one file), message.
 LOG_FORMAT = "%(levelname)s %(asctime)s [pid %(process)d]: %(message)s"
 QUIET, VERBOSE, EVERYTHING = 0, 1, 2
@@ -120,15 +116,15 @@ def plain(line: str) -> str:
     return _ANSI.sub("", line)
 
 
-def app_lifespan(context: Any, log: str | None = None) -> Iterator[None]:
+def app_lifespan(context: Any, log: str = "") -> Iterator[None]:
     """A Flower app's lifespan (``app.lifespan()(app_lifespan)``): warnings and logs at
     ``$UNICON_VERBOSITY`` in whatever process runs the app (default 1: Flower's INFO logs, no
-    dependency warnings), Flower's records appended to the run log ``log`` (default
-    ``$UNICON_APP_LOG``, read as the process started: an actor kept from an earlier run has
-    that run's, so a kept engine names each run's log here). ``context`` is Flower's
-    ``Context``, unused here."""
+    dependency warnings), and Flower's records appended to the run log ``log`` as well (the
+    in-process engine's: its ClientApps run in Ray actors, whose console output Ray keeps in
+    its own session logs, not in the run folder). ``context`` is Flower's ``Context``,
+    unused here."""
     configure(default=VERBOSE)
-    with log_file(os.environ.get(APP_LOG_ENV, "") if log is None else log):
+    with log_file(log):
         yield
 
 

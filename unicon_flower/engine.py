@@ -14,11 +14,12 @@ process, through ``flwr.simulation.run_simulation``:
 
 The run writes the same run folder as ``flwr run`` (``results.json``, ``rounds.jsonl``,
 checkpoint); Flower's log records go to its ``flower.log``: this process's (the ServerApp's)
-and each ClientApp's (its lifespan appends them there, :data:`unicon_core.console.APP_LOG_ENV`;
-each line names its process), e.g. a site's egress guard refusing a reply or its privacy
-warnings. The rest of an actor's console output stays in Ray's session logs
-(``/tmp/ray/session_*/logs``) unless ``-v`` shows it; a ClientApp's error reaches the ServerApp
-as an error reply and is logged there, as under ``flwr run``.
+and each ClientApp's (the ClientApp is given the run's log, and its lifespan appends them
+there, :func:`unicon_core.console.app_lifespan`; each line names its process), e.g. a site's
+egress guard refusing a reply or its privacy warnings. The rest of an actor's console output
+stays in Ray's session logs (``/tmp/ray/session_*/logs``) unless ``-v`` shows it; a
+ClientApp's error reaches the ServerApp as an error reply and is logged there, as under
+``flwr run``.
 
 ``run_simulation`` is deprecated in Flower 1.41 ("will be removed in a future version"), so
 ``flwr run`` stays the default; this engine is for the many short runs of a benchmark or a
@@ -81,7 +82,7 @@ def run_engine(overrides: Sequence[str]) -> Path:
     settings, run_dir, full = prepare_run(overrides)
     fed = settings.federation
     echo = console.verbosity() != console.QUIET
-    with _environ({**ENGINE_ENV, console.APP_LOG_ENV: str(run_dir / FLOWER_LOG)}), \
+    with _environ(ENGINE_ENV), \
             _flower_log(run_dir / FLOWER_LOG, echo), \
             _progress(run_dir, fed.rounds, not echo):
         try:
@@ -114,8 +115,8 @@ class KeptEngine:
     same resources and every actor answers, and whose ``terminate`` keeps the pool when all
     its actors are back and idle (else ends them); Ray itself stays up. Leaving ends the
     actors, shuts Ray down and restores Flower's class. Ray keeps the first run's start
-    arguments (:func:`backend_config`) and the actors the environment they started with, so
-    each run names its own log to its ClientApp (``make_client_app(app_log=...)``). One at a
+    arguments (:func:`backend_config`) and the actors the environment they started with;
+    each run's ClientApp is given that run's log (``make_client_app(app_log=...)``). One at a
     time per process; only on the Flower releases of :data:`KEPT_ENGINE_FLOWER`, whose
     internals it replaces. ``runs``: the runs whose pool was kept afterwards.
     """

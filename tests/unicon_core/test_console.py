@@ -116,7 +116,7 @@ def test_an_app_handler_applies_the_level_it_inherits_without_exporting_or_loude
 
 @pytest.mark.usefixtures("restored")
 def test_an_app_lifespan_appends_flowers_records_to_the_run_log_it_is_given(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     """The in-process engine's ClientApps (Ray actors) write their records to the run's log."""
     from flwr.supercore import log
@@ -124,9 +124,9 @@ def test_an_app_lifespan_appends_flowers_records_to_the_run_log_it_is_given(
     path = tmp_path / "flower.log"
     flwr = logging.getLogger("flwr")
     before = list(flwr.handlers)
-    monkeypatch.setenv(console.APP_LOG_ENV, str(path))
 
-    for _ in console.app_lifespan(None):  # as Flower enters and leaves it around a message
+    # as Flower enters and leaves it around a message
+    for _ in console.app_lifespan(None, str(path)):
         log(logging.WARNING, "site a: a warning")
     log(logging.WARNING, "after the message")
 

@@ -18,7 +18,6 @@ from tests.server.fedtools import (
     make_sites,
     tiny_overrides,
 )
-from unicon_core import console
 from unicon_core.commands.errors import RunFailedError
 from unicon_flower.engine import ENGINE_ENV, backend_config
 from unicon_flower.launcher import FLOWER_LOG, FLWR_HOME_DIR, RESULTS_FILE, check_finished
@@ -36,7 +35,7 @@ def test_the_python_api_engine_runs_the_federation_and_restores_the_process(
     dirs = make_sites(tmp_path / "sites", [*THREE_SITES, ("site_d", CLS_TASK, 24)])
     break_label(dirs[3])  # a label outside the task's classes: site_d won't join
     run_dir = tmp_path / "run"
-    environ = {k: os.environ.get(k) for k in [*ENGINE_ENV, console.APP_LOG_ENV, "PYTHONPATH"]}
+    environ = {k: os.environ.get(k) for k in [*ENGINE_ENV, "PYTHONPATH"]}
     handlers = list(logging.getLogger("flwr").handlers)
 
     # Execute
